@@ -1,0 +1,5 @@
+"""`python -m beiran` is `beiran`."""
+
+from beiran.cli.main import main
+
+main()

@@ -1,0 +1,143 @@
+"""`beiran blobs ...` and `beiran stats`."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from beiran.cli.client import CLIError
+from beiran.cli.main import client
+from beiran.cli.output import emit_json, human_size, json_option, table
+
+
+@click.group()
+def blobs() -> None:
+    """The content-addressed blob store and cluster fetches."""
+
+
+@blobs.command("add")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--algorithm", type=click.Choice(["sha256", "sha512"]), default="sha256", show_default=True)
+def add(files: tuple[str, ...], algorithm: str) -> None:
+    """Store FILES; prints each digest."""
+    c = client(timeout=600)
+    for path in files:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            data = c.request("PUT", f"/blobs/upload?algorithm={algorithm}", raw=fh,
+                             headers={"Content-Length": str(size)})
+        click.echo(data["digest"])
+
+
+@blobs.command("fetch")
+@click.argument("digest")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the blob here.")
+@click.option("--size", type=int, help="Expected size in bytes.")
+@click.option("--source", help='Origin as JSON, e.g. {"plugin": "origin", "name": "files", "path": "/x"}.')
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def fetch(digest: str, output: str | None, size: int | None, source: str | None, no_progress: bool) -> None:
+    """Fetch DIGEST through the cluster (peers first, then the origin)."""
+    src = None
+    if source:
+        try:
+            src = json.loads(source)
+        except ValueError as exc:
+            raise CLIError(f"--source is not valid JSON: {exc}") from None
+    c = client(timeout=600)
+    final: dict = {}
+    bar = None
+    shown = 0
+    try:
+        for event in c.stream_lines("POST", "/blobs?cmd=fetch", {"digest": digest, "size": size, "source": src}):
+            final = event
+            total = event.get("total")
+            if not no_progress and bar is None and total and sys.stderr.isatty():
+                bar = click.progressbar(length=total, label=digest[:19], file=sys.stderr)
+                bar.__enter__()
+            if bar is not None:
+                bar.update(max(0, (event.get("bytes") or 0) - shown))
+                shown = event.get("bytes") or 0
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    if final.get("error"):
+        raise CLIError(final["error"].get("message", "fetch failed"))
+    srcs = ", ".join(f"{k} {human_size(v)}" for k, v in (final.get("sources") or {}).items())
+    click.echo(f"{digest}: {human_size(final.get('total'))} in {final.get('elapsed')}s ({srcs or 'local'})",
+               err=bool(output is None and False))
+    if output:
+        tmp = output + ".part"
+        with open(tmp, "wb") as fh:
+            c.download(f"/blobs/{digest}", fh)
+        os.replace(tmp, output)
+
+
+@blobs.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Include blobs only other nodes hold.")
+@json_option
+def list_blobs(show_all: bool, as_json: bool) -> None:
+    """Blobs in this node's store (with --all, in the cluster)."""
+    data = client().get("/blobs" + ("?all=true" if show_all else ""))["blobs"]
+    if as_json:
+        emit_json(data)
+        return
+    for b in data:
+        b["hsize"] = human_size(b.get("size"))
+        b["where"] = len(b.get("nodes", {})) if show_all else ""
+        b["pins"] = ",".join(b.get("pinned_by", []))
+    cols = [("digest", "DIGEST"), ("hsize", "SIZE"), ("state", "STATE"), ("pins", "PINNED BY")]
+    if show_all:
+        cols.append(("where", "NODES"))
+    table(data, cols, empty="(no blobs)")
+
+
+@blobs.command("stats")
+@json_option
+def store_stats(as_json: bool) -> None:
+    """Store usage."""
+    data = client().get("/blobs/stats")
+    if as_json:
+        emit_json(data)
+        return
+    for k in ("path", "blobs", "bytes", "pinned_blobs", "pinned_bytes", "downloading", "max_size",
+              "disk_free"):
+        v = data.get(k)
+        click.echo(f"{k:13} {human_size(v) if k.endswith(('bytes', 'size', 'free')) and v else v}")
+
+
+@blobs.command("rm")
+@click.argument("digests", nargs=-1, required=True)
+@click.option("--force", is_flag=True, help="Remove even when a plugin pins it.")
+def rm(digests: tuple[str, ...], force: bool) -> None:
+    """Remove blobs from this node's store."""
+    c = client()
+    for d in digests:
+        c.post("/blobs?cmd=rm", {"digest": d, "force": force})
+        click.echo(f"removed {d}")
+
+
+@blobs.command("gc")
+@json_option
+def gc(as_json: bool) -> None:
+    """Evict down to store.max_size and re-check the index against the files."""
+    data = client(timeout=600).post("/blobs?cmd=gc")
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(", ".join(f"{k}: {v}" for k, v in data.items()))
+
+
+@click.command()
+@json_option
+def stats(as_json: bool) -> None:
+    """Fetch and serving counters of this node."""
+    data = client().get("/stats")
+    if as_json:
+        emit_json(data)
+        return
+    rows = [{"name": k, "value": int(v) if float(v).is_integer() else v}
+            for k, v in sorted(data["metrics"].items())]
+    table(rows, [("name", "COUNTER"), ("value", "VALUE")])

@@ -1,0 +1,84 @@
+"""`beiran`: core commands plus one lazily-loaded group per installed plugin."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+from beiran import __version__
+from beiran.cli.client import CLIError
+
+CORE_COMMANDS = {
+    "daemon": "beiran.cli.daemon:daemon",
+    "node": "beiran.cli.node:node",
+    "plugins": "beiran.cli.plugins:plugins",
+    "config": "beiran.cli.plugins:config",
+    "blobs": "beiran.cli.blobs:blobs",
+    "stats": "beiran.cli.blobs:stats",
+}
+
+
+class BeiranCLI(click.Group):
+    """Core commands are imported on use; plugin groups come from `beiran_plugins.<name>.cli`."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        from beiran.plugin_loader import plugin_names
+
+        return sorted(CORE_COMMANDS) + [n for n in plugin_names() if n not in CORE_COMMANDS]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in CORE_COMMANDS:
+            modname, attr = CORE_COMMANDS[name].split(":")
+            return getattr(importlib.import_module(modname), attr)
+        from beiran.plugin_loader import NAMESPACE, plugin_names
+
+        if name not in plugin_names():
+            return None
+        try:
+            module = importlib.import_module(f"{NAMESPACE}.{name}.cli")
+            group = module.cli
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the CLI
+            return _broken(name, exc)
+        if group.name != name:
+            group.name = name
+        return group
+
+
+def _broken(name: str, exc: Exception) -> click.Command:
+    @click.command(name=name, short_help=f"(plugin failed to load: {type(exc).__name__})")
+    def cmd() -> None:
+        raise CLIError(f"plugin {name} failed to load: {exc}")
+    return cmd
+
+
+@click.group(cls=BeiranCLI, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--socket", "socket_path", envvar="BEIRAN_SOCKET", metavar="PATH",
+              help="The daemon's unix socket (default: from config).")
+@click.version_option(__version__, prog_name="beiran")
+@click.pass_context
+def cli(ctx: click.Context, socket_path: str | None) -> None:
+    """Beiran: one daemon per machine so every package crosses the WAN once.
+
+    Image layers, .debs and npm tarballs one node has are fetched by its neighbours from it.
+    """
+    ctx.obj = {"socket": socket_path}
+
+
+def client(ctx: click.Context | None = None, timeout: float = 60.0) -> Any:
+    """The daemon client for the current command (honours --socket)."""
+    from beiran.cli.client import DaemonClient
+
+    ctx = ctx or click.get_current_context()
+    root = ctx.find_root()
+    return DaemonClient((root.obj or {}).get("socket"), timeout=timeout)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="beiran", standalone_mode=True)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)

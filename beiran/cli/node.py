@@ -1,0 +1,78 @@
+"""`beiran node ...`."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from beiran import __version__
+from beiran.cli.main import client
+from beiran.cli.output import emit_json, json_option, table
+
+NODE_COLUMNS = [("uuid", "UUID"), ("url", "URL"), ("hostname", "HOSTNAME"), ("status", "STATUS"),
+                ("found_by", "FOUND BY"), ("version", "VERSION"), ("seen", "LAST SEEN")]
+
+
+@click.group()
+def node() -> None:
+    """Nodes of the cluster."""
+
+
+@node.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Include offline nodes.")
+@json_option
+def list_nodes(show_all: bool, as_json: bool) -> None:
+    """Known nodes and their status."""
+    data = client().get("/nodes" + ("?all=true" if show_all else ""))
+    if as_json:
+        emit_json(data["nodes"])
+        return
+    now = time.time()
+    for n in data["nodes"]:
+        n["seen"] = f"{max(0, now - (n.get('last_seen') or now)):.0f}s ago"
+    table(data["nodes"], NODE_COLUMNS)
+
+
+@node.command("info")
+@click.argument("uuid", required=False)
+@json_option
+def info(uuid: str | None, as_json: bool) -> None:
+    """This node, or another by UUID."""
+    data = client().get(f"/nodes/{uuid}" if uuid else "/info")
+    if as_json:
+        emit_json(data)
+        return
+    for key in ("uuid", "url", "hostname", "status", "version", "os_type", "architecture",
+                "addresses", "plugins", "found_by", "blobs"):
+        if key in data:
+            value = data[key]
+            click.echo(f"{key:13} {', '.join(map(str, value)) if isinstance(value, list) else value}")
+
+
+@node.command("probe")
+@click.argument("address")
+@json_option
+def probe(address: str, as_json: bool) -> None:
+    """Probe ADDRESS (HOST:PORT or URL) and connect it as a peer."""
+    data = client(timeout=30).request("POST", "/nodes?cmd=probe", {"address": address})
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(f"{data.get('uuid')} at {data.get('url')}: {data.get('status')}")
+
+
+@node.command("version")
+@json_option
+def version(as_json: bool) -> None:
+    """Versions of this CLI and of the running daemon."""
+    from beiran.cli.client import CLIError
+
+    try:
+        daemon = client(timeout=5).get("/info").get("version")
+    except CLIError:
+        daemon = None
+    if as_json:
+        emit_json({"cli": __version__, "daemon": daemon})
+    else:
+        click.echo(f"cli     {__version__}\ndaemon  {daemon or 'not running'}")

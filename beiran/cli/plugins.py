@@ -1,0 +1,75 @@
+"""`beiran plugins` and `beiran config`."""
+
+from __future__ import annotations
+
+import click
+
+from beiran.cli.client import CLIError
+from beiran.cli.main import client
+from beiran.cli.output import emit_json, json_option, table
+
+
+def installed_plugins() -> list[dict]:
+    """Installed plugins without a daemon: names and distributions (imports no plugin code)."""
+    from beiran.plugin_loader import plugin_distributions, plugin_names
+
+    dists = plugin_distributions()
+    return [{"name": n, "kind": "", "distribution": dists.get(n, (None, ""))[0],
+             "version": dists.get(n, (None, ""))[1], "enabled": None, "status": "daemon not running",
+             "error": None} for n in plugin_names()]
+
+
+@click.command()
+@json_option
+def plugins(as_json: bool) -> None:
+    """Installed plugins: kind, distribution, version, status (from the daemon when it runs)."""
+    try:
+        rows = client(timeout=10).get("/status")["plugins"]
+    except CLIError as exc:
+        if "not running" not in exc.message:
+            raise
+        rows = installed_plugins()
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        if r.get("error"):
+            r["status"] = f"{r['status']}: {r['error']}"
+    table(rows, [("name", "NAME"), ("kind", "KIND"), ("distribution", "DISTRIBUTION"),
+                 ("version", "VERSION"), ("enabled", "ENABLED"), ("status", "STATUS")],
+          empty="(no plugins installed)")
+
+
+@click.command()
+@click.option("--local", is_flag=True, help="Show the config this CLI would start a daemon with.")
+@json_option
+def config(local: bool, as_json: bool) -> None:
+    """The effective config of the running daemon (secrets masked)."""
+    if local:
+        from beiran.config import load_config
+        from beiran.errors import BeiranError
+
+        try:
+            data = load_config().to_public_dict()
+        except BeiranError as exc:
+            raise CLIError(exc.message) from None
+    else:
+        data = client().get("/config")
+    if as_json:
+        emit_json(data)
+        return
+    _print_toml(data)
+
+
+def _print_toml(data: dict, prefix: str = "") -> None:
+    import json
+
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    if prefix and scalars:
+        click.echo(f"\n[{prefix}]")
+    for k, v in scalars.items():
+        if v is not None:
+            click.echo(f"{k} = {json.dumps(v)}")
+    for k, v in data.items():
+        if isinstance(v, dict):
+            _print_toml(v, f"{prefix}.{k}" if prefix else k)

@@ -1,0 +1,250 @@
+"""Effective configuration: defaults < TOML file < BEIRAN_* environment < command-line flags.
+
+Plugin sections (`[plugins.<name>]`) are passed through as dicts; each plugin validates its own.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from beiran.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = Path("/etc/beiran/config.toml")
+ENV_PREFIX = "BEIRAN_"
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)?\s*$", re.I)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(value: Any, what: str = "size") -> int | None:
+    """Accept 1048576, "512M", "10GiB"; None/0/"" mean unlimited."""
+    if value in (None, "", 0, "0"):
+        return None
+    if isinstance(value, int) and value > 0:
+        return value
+    m = _SIZE_RE.match(str(value))
+    if not m:
+        raise ConfigError(f"{what}: expected a size such as 512M or 10G, got {value!r}")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def parse_hostport(value: str, default_port: int = 8888) -> tuple[str, int]:
+    """'127.0.0.2:8888', '[::1]:8888', ':8888', '127.0.0.2' -> (host, port)."""
+    value = value.strip()
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port = rest.lstrip(":") or str(default_port)
+    elif value.count(":") == 1:
+        host, port = value.split(":")
+    elif value.count(":") > 1:
+        host, port = value, str(default_port)
+    else:
+        host, port = value, str(default_port)
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"listen address {value!r}: bad port")
+    return host or "0.0.0.0", int(port)
+
+
+def _default_data_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/beiran")
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "beiran"
+
+
+def _default_run_dir(data_dir: Path) -> Path:
+    """The system run dir for the default data dir; a daemon given its own data dir keeps its
+    socket there too, so several daemons can run side by side."""
+    if data_dir != _default_data_dir():
+        return data_dir
+    if os.geteuid() == 0:
+        return Path("/run/beiran")
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(xdg) / "beiran" if xdg else data_dir
+
+
+@dataclass
+class StoreConfig:
+    max_size: int | None = None  # bytes; None = no cap
+    reserve_free: int = 256 << 20  # refuse writes that would leave less free disk than this
+
+
+@dataclass
+class FetchConfig:
+    large_blob_threshold: int = 32 << 20  # blobs this large are fetched in ranges from several peers
+    piece_size: int = 8 << 20
+    max_parallel_peers: int = 4
+    peer_timeout: float = 30.0  # seconds without a byte before a source is given up
+    origin_delegation: bool = True  # ask the blob's rendezvous owner to fetch cold blobs
+
+
+@dataclass
+class Config:
+    data_dir: Path = field(default_factory=_default_data_dir)
+    run_dir: Path | None = None
+    listen: str = "0.0.0.0:8888"
+    socket: Path | None = None
+    log_level: str = "info"
+    peers: list[str] = field(default_factory=list)
+    cluster_token: str | None = None
+    client_cidrs: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    heartbeat_interval: float = 2.0
+    heartbeat_timeout: float = 6.0
+    origins: dict[str, str] = field(default_factory=dict)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    fetch: FetchConfig = field(default_factory=FetchConfig)
+    plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
+    testing: dict[str, Any] = field(default_factory=dict)  # test-only switches, e.g. corrupt_serving
+    source_file: Path | None = None
+
+    @property
+    def listen_host(self) -> str:
+        return parse_hostport(self.listen)[0]
+
+    @property
+    def listen_port(self) -> int:
+        return parse_hostport(self.listen)[1]
+
+    @property
+    def socket_path(self) -> Path:
+        return self.socket or (self.run_dir or self.data_dir) / "beirand.sock"
+
+    def plugin_section(self, name: str) -> dict[str, Any]:
+        return dict(self.plugins.get(name) or {})
+
+    def plugin_enabled(self, name: str) -> bool:
+        return bool(self.plugin_section(name).get("enabled", True))
+
+    def client_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(c, strict=False) for c in self.client_cidrs]
+
+    def to_public_dict(self) -> dict[str, Any]:
+        """The effective config, with secrets masked."""
+        data = asdict(self)
+        for key, value in list(data.items()):
+            if isinstance(value, Path):
+                data[key] = str(value)
+        data["socket"] = str(self.socket_path)
+        data["run_dir"] = str(self.run_dir)
+        if data.get("cluster_token"):
+            data["cluster_token"] = "***"
+        for section in data["plugins"].values():
+            for k in list(section):
+                if any(s in k.lower() for s in ("password", "token", "secret")):
+                    section[k] = "***"
+        return data
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    """BEIRAN_LISTEN=..., BEIRAN_STORE__MAX_SIZE=10G, BEIRAN_PLUGINS__DNS__ENABLED=false."""
+    out: dict[str, Any] = {}
+    skip = {"BEIRAN_CONFIG", "BEIRAN_SOCKET_CLIENT"}
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX) or key in skip:
+            continue
+        path = key[len(ENV_PREFIX):].lower().split("__")
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = _parse_env_value(path[-1], raw)
+    return out
+
+
+def _parse_env_value(key: str, raw: str) -> Any:
+    if key == "peers":
+        return [p.strip() for p in raw.split(",") if p.strip()]
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _build_section(cls: type, data: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(f"config: unknown setting {where}{key}")
+        kwargs[key] = value
+    obj = cls(**kwargs)
+    if isinstance(obj, StoreConfig):
+        obj.max_size = parse_size(obj.max_size, "store.max_size")
+        obj.reserve_free = parse_size(obj.reserve_free, "store.reserve_free") or 0
+    if isinstance(obj, FetchConfig):
+        obj.large_blob_threshold = parse_size(obj.large_blob_threshold, "fetch.large_blob_threshold") or 0
+        obj.piece_size = parse_size(obj.piece_size, "fetch.piece_size") or (8 << 20)
+    return obj
+
+
+def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] | None = None,
+                overrides: dict[str, Any] | None = None) -> Config:
+    """Build the effective config. `overrides` are command-line flags (None values ignored)."""
+    environ = dict(os.environ if environ is None else environ)
+    file_data: dict[str, Any] = {}
+    source: Path | None = None
+    path = path or environ.get("BEIRAN_CONFIG")
+    if path:
+        source = Path(path)
+        if not source.is_file():
+            raise ConfigError(f"config file {source} not found")
+    elif DEFAULT_CONFIG_FILE.is_file():
+        source = DEFAULT_CONFIG_FILE
+    if source:
+        try:
+            file_data = tomllib.loads(source.read_text())
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {source}: {exc}") from exc
+    data = _merge(file_data, _env_overrides(environ))
+    data = _merge(data, {k: v for k, v in (overrides or {}).items() if v not in (None, (), [])})
+    try:
+        store = _build_section(StoreConfig, data.pop("store", {}) or {}, "store.")
+        fetch = _build_section(FetchConfig, data.pop("fetch", {}) or {}, "fetch.")
+        plugins = data.pop("plugins", {}) or {}
+        if not isinstance(plugins, dict) or not all(isinstance(v, dict) for v in plugins.values()):
+            raise ConfigError("config: [plugins.<name>] sections must be tables")
+        cfg = _build_section(Config, data, "")
+    except TypeError as exc:
+        raise ConfigError(f"config: {exc}") from exc
+    cfg.store, cfg.fetch, cfg.plugins, cfg.source_file = store, fetch, plugins, source
+    cfg.data_dir = Path(cfg.data_dir).expanduser()
+    cfg.run_dir = Path(cfg.run_dir).expanduser() if cfg.run_dir else _default_run_dir(cfg.data_dir)
+    cfg.socket = Path(cfg.socket).expanduser() if cfg.socket else None
+    if isinstance(cfg.peers, str):
+        cfg.peers = [p.strip() for p in cfg.peers.split(",") if p.strip()]
+    cfg.peers = [normalize_peer_url(p) for p in cfg.peers]
+    parse_hostport(cfg.listen)
+    try:
+        cfg.client_networks()
+    except ValueError as exc:
+        raise ConfigError(f"config: client_cidrs: {exc}") from exc
+    if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"config: log_level must be debug, info, warning or error, not {cfg.log_level!r}")
+    return cfg
+
+
+def normalize_peer_url(value: str) -> str:
+    """'127.0.0.2:8888' -> 'http://127.0.0.2:8888'; rejects anything but http(s) host:port."""
+    value = value.strip().rstrip("/")
+    if "://" not in value:
+        value = "http://" + value
+    scheme, _, rest = value.partition("://")
+    if scheme not in ("http", "https") or not rest or "/" in rest:
+        raise ConfigError(f"peer {value!r}: expected http://HOST:PORT")
+    host, port = parse_hostport(rest)
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}:{port}"

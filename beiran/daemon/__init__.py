@@ -1,0 +1,1 @@
+"""The daemon: Tornado application, listeners, lifecycle."""

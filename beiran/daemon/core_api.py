@@ -1,0 +1,111 @@
+"""Core routes: /info, /ping, /status, /nodes, /config, /metrics, /stats."""
+
+from __future__ import annotations
+
+import time
+
+from beiran import __version__
+from beiran.errors import BadRequest
+from beiran.handlers import BaseHandler, JSONEndpoint, RPCEndpoint, rpc_command
+from beiran.models.node import Node
+
+
+class InfoHandler(JSONEndpoint):
+    async def get(self) -> None:
+        self.write_json(self.ctx.identity.to_dict())
+
+
+class PingHandler(BaseHandler):
+    def get(self) -> None:
+        self.write_json({"pong": True, "uuid": self.ctx.identity.uuid})
+
+
+class StatusHandler(JSONEndpoint):
+    async def get(self) -> None:
+        ident = self.ctx.identity
+        self.write_json({"status": "ready", "uuid": ident.uuid, "version": __version__,
+                         "uptime": round(time.time() - ident.started, 1),
+                         "peers_online": len(self.ctx.peers.online()),
+                         "store": {"blobs": len(self.ctx.store.entries),
+                                   "bytes": self.ctx.store.total_size()},
+                         "plugins": self.ctx.plugins.to_list()})
+
+
+class NodesHandler(RPCEndpoint):
+    """GET lists known nodes; `POST ?cmd=probe` (admin) probes an address and connects it."""
+
+    async def get(self) -> None:
+        show_all = self.get_query_argument("all", "false").lower() in ("1", "true", "yes")
+        rows = await self.ctx.run_db(lambda: [n.to_dict() for n in Node.select()])
+        me = self.ctx.identity.uuid
+        nodes = []
+        for n in rows:
+            if n["uuid"] == me:
+                continue
+            conn = self.ctx.peers.conn(n["uuid"])
+            n["status"] = conn.status.value if conn else "offline"
+            n["found_by"] = sorted(self.ctx.peers.found_by.get(n["uuid"], set()) or n["found_by"])
+            if show_all or n["status"] not in ("offline",):
+                nodes.append(n)
+        self_row = {**self.ctx.identity.to_dict(), "status": "ready", "found_by": ["self"],
+                    "last_seen": time.time(), "self": True}
+        self.write_json({"nodes": [self_row, *sorted(nodes, key=lambda n: n["url"])]})
+
+    @rpc_command
+    async def probe(self) -> dict:
+        body = self.json_object()
+        address = body.get("address")
+        if not isinstance(address, str) or not address:
+            raise BadRequest("probe needs {\"address\": \"HOST:PORT\"}")
+        return await self.ctx.peers.probe(address)
+
+
+class NodeHandler(JSONEndpoint):
+    async def get(self, node: str) -> None:
+        from beiran.errors import NotFound
+
+        if node == self.ctx.identity.uuid:
+            self.write_json({**self.ctx.identity.to_dict(), "status": "ready", "self": True})
+            return
+        rows = await self.ctx.run_db(lambda: [n.to_dict() for n in Node.select().where(Node.uuid == node)])
+        if not rows:
+            raise NotFound(f"node {node[:40]} is not known")
+        conn = self.ctx.peers.conn(node)
+        rows[0]["status"] = conn.status.value if conn else "offline"
+        holdings = self.ctx.availability.peers.get(node)
+        rows[0]["blobs"] = len(holdings.blobs) if holdings else 0
+        self.write_json(rows[0])
+
+
+class ConfigHandler(JSONEndpoint):
+    local_only = True
+
+    def get(self) -> None:
+        self.write_json(self.ctx.config.to_public_dict())
+
+
+class MetricsHandler(BaseHandler):
+    def get(self) -> None:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(self.ctx.metrics.render())
+
+
+class StatsHandler(JSONEndpoint):
+    def get(self) -> None:
+        peers = {c.uuid: c.counts for c in self.ctx.peers.conns.values() if c.uuid}
+        self.write_json({"metrics": self.ctx.metrics.snapshot(), "store": self.ctx.store.stats(),
+                         "peer_messages": peers, "fetches_in_progress": len(self.ctx.fetcher.jobs)})
+
+
+ROUTES = [
+    (r"/info", InfoHandler),
+    (r"/ping", PingHandler),
+    (r"/status", StatusHandler),
+    (r"/nodes", NodesHandler),
+    (r"/nodes/([0-9a-fA-F-]{1,64})", NodeHandler),
+    (r"/config", ConfigHandler),
+    (r"/metrics", MetricsHandler),
+    (r"/stats", StatsHandler),
+]

@@ -1,0 +1,275 @@
+"""The fetcher every package plugin calls: `fetch(digest, size, source)`.
+
+Order: local store -> peers holding the blob complete (several at once for large blobs) -> peers
+still downloading it (only those ranked above this node, so streams never form a cycle) -> the
+blob's rendezvous owner, asked to fetch it from the origin for everyone -> the origin itself.
+Every byte is verified before the blob is stored; a peer whose bytes fail is skipped for that blob.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from beiran import events
+from beiran.errors import BeiranError, BlobNotFound, Conflict, UpstreamError, VerificationError
+from beiran.fetch import placement
+from beiran.fetch.origins import local_source_keys, open_origin, source_key
+from beiran.fetch.peer_source import PeerSource
+from beiran.store.blobstore import BlobEntry
+from beiran.store.digest import parse_digest
+from beiran.store.writer import BlobWriter
+
+if TYPE_CHECKING:
+    from beiran.context import DaemonContext
+
+log = logging.getLogger("beiran.fetch")
+MAX_RESTARTS = 4
+
+
+@dataclass
+class FetchJob:
+    digest: str
+    size: int | None
+    source: dict[str, Any] | None
+    writer: BlobWriter | None = None
+    done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    bytes_from: Counter = field(default_factory=Counter)  # local / peer / origin
+    contributors: set[str] = field(default_factory=set)  # peers whose bytes are in the writer
+    bad: set[str] = field(default_factory=set)  # peers skipped for this blob
+    started: float = field(default_factory=time.monotonic)
+    _last_event: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        return self.done.done() and (self.done.cancelled() or self.done.exception() is not None)
+
+    def progress(self) -> dict[str, Any]:
+        got = self.writer.available if self.writer and not self.done.done() else sum(self.bytes_from.values())
+        return {"digest": self.digest, "bytes": got, "total": self.size, "sources": dict(self.bytes_from),
+                "done": self.done.done(), "elapsed": round(time.monotonic() - self.started, 3)}
+
+
+class Fetcher:
+    def __init__(self, ctx: DaemonContext) -> None:
+        self.ctx = ctx
+        self.jobs: dict[str, FetchJob] = {}
+        self.peers = PeerSource(ctx)
+
+    # -- public API ------------------------------------------------------------------------------
+    async def fetch(self, digest: str, size: int | None = None,
+                    source: dict[str, Any] | None = None) -> BlobEntry:
+        """Make the blob local (verified) and return its entry. Cancelling the caller does not
+        cancel the download for others waiting on the same digest."""
+        job = await self.start(digest, size, source)
+        return await asyncio.shield(job.done)
+
+    async def stream(self, digest: str, size: int | None = None, source: dict[str, Any] | None = None,
+                     start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Bytes as they arrive (a registry mirror must not wait for the whole layer). If the
+        download later fails verification, the iterator raises and the consumer must abort."""
+        job = await self.start(digest, size, source)
+        async with self.ctx.store.use(digest) as target:
+            async for chunk in self.ctx.store.read(target, start, end,
+                                                   timeout=self.ctx.config.fetch.peer_timeout):
+                yield chunk
+        if not job.done.done():
+            await asyncio.shield(job.done)
+
+    async def start(self, digest: str, size: int | None, source: dict[str, Any] | None,
+                    delegated: bool = False) -> FetchJob:
+        """Begin (or join) the download of `digest`; returns at once."""
+        d = parse_digest(digest)
+        digest = str(d)
+        entry = self.ctx.store.get(digest)
+        if entry is not None:
+            if size is not None and entry.size != size:
+                raise VerificationError(f"blob {d.short} is {entry.size} bytes, not {size}")
+            job = FetchJob(digest, entry.size, source)
+            job.done.set_result(entry)
+            job.bytes_from["local"] = entry.size
+            self.ctx.metrics.fetch_requests.labels("local").inc()
+            return job
+        if digest in self.jobs:
+            return self.jobs[digest]
+        if size is None:
+            size = self._announced_size(digest)
+        job = FetchJob(digest, size, source)
+        self.jobs[digest] = job
+        try:
+            job.writer = await self.ctx.store.begin_write(digest, size)
+        except Conflict:
+            del self.jobs[digest]
+            raise
+        except BaseException:
+            del self.jobs[digest]
+            raise
+        task = asyncio.ensure_future(self._run(job))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return job
+
+    def _announced_size(self, digest: str) -> int | None:
+        for p in self.ctx.availability.peers.values():
+            if p.online and digest in p.blobs and p.blobs[digest][1] is not None:
+                return p.blobs[digest][1]
+        return None
+
+    # -- the download ----------------------------------------------------------------------------
+    async def _run(self, job: FetchJob) -> None:
+        try:
+            entry = await self._download(job)
+            job.done.set_result(entry)
+            log.info("fetched %s (%d bytes: %s) in %.2fs", job.digest[:19], entry.size,
+                     ", ".join(f"{k} {v}" for k, v in job.bytes_from.items()),
+                     time.monotonic() - job.started)
+        except BaseException as exc:  # noqa: BLE001 - every failure ends up on the job
+            if job.writer is not None:
+                self.ctx.store.abort(job.writer, exc)
+            if not job.done.done():
+                job.done.set_exception(exc if isinstance(exc, BeiranError) else UpstreamError(str(exc)))
+                job.done.exception()
+            log.warning("fetch %s failed: %s", job.digest[:19], exc)
+        finally:
+            self._emit(job, force=True)
+            self.jobs.pop(job.digest, None)
+
+    async def _download(self, job: FetchJob) -> BlobEntry:
+        for _ in range(MAX_RESTARTS):
+            try:
+                await self._fill(job)
+                return await self.ctx.store.commit(job.writer)
+            except VerificationError as exc:
+                self.ctx.metrics.verify_failures.inc()
+                suspects = set(job.contributors)
+                job.writer = None  # commit() already discarded the bytes
+                if not suspects:
+                    raise  # the origin itself served bad bytes
+                log.warning("blob %s from %s failed verification (%s); skipping them",
+                            job.digest[:19], ", ".join(s[:8] for s in suspects), exc)
+                job.bad |= suspects
+                job.contributors.clear()
+                job.bytes_from.clear()
+                job.writer = await self.ctx.store.begin_write(job.digest, job.size)
+        raise UpstreamError(f"blob {job.digest[:19]}: gave up after {MAX_RESTARTS} bad sources")
+
+    def _candidates(self, job: FetchJob, failed: set[str]) -> tuple[list[str], list[str]]:
+        complete, partial = self.ctx.availability.holders(job.digest)
+        skip = job.bad | failed
+        complete = [n for n in complete if n not in skip]
+        me = self.ctx.identity.uuid
+        ranked = placement.rank(job.digest, [*partial, me])
+        above = set(ranked[:ranked.index(me)])
+        partial = [n for n in partial if n in above and n not in skip]
+        random.shuffle(complete)
+        return complete, partial
+
+    async def _fill(self, job: FetchJob) -> None:
+        writer = job.writer
+        assert writer is not None
+        failed: set[str] = set()
+        delegated = False
+        cfg = self.ctx.config.fetch
+        while True:
+            complete, partial = self._candidates(job, failed)
+            if (len(complete) >= 2 and job.size and job.size >= cfg.large_blob_threshold
+                    and writer.position == 0):
+                used = await self.peers.fill_ranges(job, complete[:cfg.max_parallel_peers], failed)
+                if writer.available == job.size:
+                    return
+                writer.seek(writer.available)
+                failed |= used
+                continue
+            node = (complete or partial or [None])[0]
+            if node is not None:
+                if await self._try_peer(job, node, failed):
+                    return
+                continue
+            if job.source and cfg.origin_delegation and not delegated:
+                delegated = True
+                owner = self._owner(job)
+                if owner is not None and owner not in failed:
+                    if await self._try_delegate(job, owner, failed):
+                        return
+                    continue
+            if job.source:
+                await self._from_origin(job)
+                return
+            raise BlobNotFound(f"blob {job.digest[:19]} is on no reachable node and no origin was given")
+
+    def _owner(self, job: FetchJob) -> str | None:
+        """The rendezvous owner among online nodes that can reach this source (self included)."""
+        key = source_key(job.source or {})
+        nodes = [self.ctx.identity.uuid] if key in local_source_keys(self.ctx) else []
+        for node in self.ctx.peers.online():
+            conn = self.ctx.peers.conn(node)
+            if conn and key in (conn.info.get("plugins") or []) and node not in job.bad:
+                nodes.append(node)
+        found = placement.owner(job.digest, nodes)
+        return None if found == self.ctx.identity.uuid else found
+
+    async def _try_peer(self, job: FetchJob, node: str, failed: set[str]) -> bool:
+        writer = job.writer
+        try:
+            job.contributors.add(node)
+            await self.peers.stream_into(job, node, writer.position)
+            return True
+        except (BeiranError, OSError) as exc:
+            failed.add(node)
+            self.ctx.metrics.peer_failures.inc()
+            log.info("peer %s failed for %s at byte %d: %s; trying the next source", node[:8],
+                     job.digest[:19], writer.position, exc)
+            await writer.flush()
+            writer.seek(writer.available)
+            return False
+
+    async def _try_delegate(self, job: FetchJob, owner: str, failed: set[str]) -> bool:
+        from beiran.peer.protocol import call_fetch
+
+        conn = self.ctx.peers.conn(owner)
+        if conn is None:
+            return False
+        try:
+            answer = await call_fetch(conn, job.digest, job.size, job.source)
+            if job.size is None and isinstance(answer, dict) and answer.get("size"):
+                job.size = job.writer.size = int(answer["size"])
+        except BeiranError as exc:
+            log.info("owner %s could not fetch %s (%s); going to the origin myself", owner[:8],
+                     job.digest[:19], exc.message)
+            failed.add(owner)
+            return False
+        return await self._try_peer(job, owner, failed)
+
+    async def _from_origin(self, job: FetchJob) -> None:
+        writer = job.writer
+        offset = writer.position
+        self.ctx.metrics.fetch_requests.labels("origin").inc()
+        stream = await open_origin(self.ctx, job.source or {}, job.digest, offset)
+        try:
+            if job.size is None and stream.size is not None:
+                job.size = writer.size = stream.size
+            writer.source = "origin"
+            async for chunk in stream:
+                await writer.feed(chunk)
+                self.account(job, "origin", len(chunk))
+            await writer.flush()
+        finally:
+            await stream.aclose()
+        if job.size is not None and writer.position != job.size:
+            raise UpstreamError(f"origin sent {writer.position} of {job.size} bytes")
+
+    def account(self, job: FetchJob, source: str, n: int) -> None:
+        job.bytes_from[source] += n
+        self.ctx.metrics.fetch_bytes.labels(source).inc(n)
+        self._emit(job)
+
+    def _emit(self, job: FetchJob, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - job._last_event > 0.25:
+            job._last_event = now
+            self.ctx.bus.emit(events.FETCH_PROGRESS, **job.progress())

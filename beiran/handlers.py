@@ -1,0 +1,193 @@
+"""Base request handlers for core and plugins.
+
+Errors are raised as typed `BeiranError`s (or Tornado's HTTPError) anywhere in a handler and
+rendered once, in `write_error`, as one JSON body shape. Admin operations are accepted only on the
+unix socket; package-client routes only from the configured CIDRs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import tornado.web
+
+from beiran.errors import BeiranError, Forbidden, InvalidJSON, PayloadTooLarge, UnknownCommand
+
+if TYPE_CHECKING:
+    from beiran.context import DaemonContext
+
+log = logging.getLogger("beiran.http")
+DEFAULT_MAX_JSON_BODY = 1 << 20
+
+
+def rpc_command(fn: Callable | None = None, *, admin: bool = True) -> Callable:
+    """Mark a handler method as an RPC command (`POST ...?cmd=<name>`). Admin by default."""
+    def mark(f: Callable) -> Callable:
+        f._rpc_admin = admin  # type: ignore[attr-defined]
+        return f
+    return mark(fn) if fn is not None else mark
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    #: every method of this handler is admin-only (unix socket)
+    local_only: bool = False
+    #: only these HTTP methods are admin-only
+    admin_methods: frozenset[str] = frozenset()
+    #: package clients (registry/npm clients): only from `client_cidrs` (or the unix socket)
+    clients_only: bool = False
+    #: peers must prove the cluster token (when one is set)
+    peer_auth: bool = False
+
+    def initialize(self, plugin: Any = None, **kwargs: Any) -> None:
+        self.plugin = plugin
+        self.options = kwargs
+
+    @property
+    def ctx(self) -> DaemonContext:
+        return self.application.settings["ctx"]
+
+    def is_unix_socket(self) -> bool:
+        return getattr(self.request.connection.context, "address_family", None) == socket.AF_UNIX
+
+    def prepare(self) -> None:
+        method = self.request.method or ""
+        if (self.local_only or method in self.admin_methods) and not self.is_unix_socket():
+            raise Forbidden("admin operations are accepted only on the local unix socket")
+        if self.clients_only and not self.is_unix_socket():
+            self.check_client_cidr()
+        if self.peer_auth and not self.is_unix_socket() and self.ctx.auth is not None:
+            self.ctx.auth.check_request(self.request)
+
+    def check_client_cidr(self) -> None:
+        try:
+            addr = ipaddress.ip_address(self.request.remote_ip)
+        except ValueError:
+            raise Forbidden("client address not allowed") from None
+        if not any(addr in net for net in self.ctx.config.client_networks()):
+            raise Forbidden(f"client {addr} is not in client_cidrs")
+
+    def set_default_headers(self) -> None:
+        self.set_header("Server", "beiran")
+
+    # -- errors --------------------------------------------------------------------------------
+    def error_body(self, status: int, exc: BaseException | None) -> dict[str, Any]:
+        """The JSON body for an error; subclasses (OCI, npm) override the shape, not the logic."""
+        if isinstance(exc, BeiranError):
+            return exc.to_dict()
+        if isinstance(exc, tornado.web.HTTPError):
+            return {"error": _code_for(status), "message": exc.log_message or self._reason}
+        if status >= 500:
+            return {"error": "internal_error", "message": "internal error (see the daemon log)"}
+        return {"error": _code_for(status), "message": self._reason}
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, BeiranError):
+            status_code = exc.status
+            self.set_status(status_code)
+            if exc.status == 401:
+                self.set_header("WWW-Authenticate", 'Beiran realm="cluster"')
+        body = self.error_body(status_code, exc)
+        self.clear_header("Content-Range")
+        if self.request.method == "HEAD":
+            self.finish()
+            return
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(body))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, BeiranError):
+            level = logging.WARNING if value.status >= 500 else logging.INFO
+            log.log(level, "%s %s -> %d %s", self.request.method, self.request.path,
+                    value.status, value.message)
+        elif isinstance(value, tornado.web.HTTPError):
+            log.info("%s %s -> %d %s", self.request.method, self.request.path, value.status_code,
+                     value.log_message or "")
+        else:
+            super().log_exception(typ, value, tb)
+
+    def write_json(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(data, default=str))
+
+
+def _code_for(status: int) -> str:
+    return {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+            405: "method_not_allowed", 413: "payload_too_large"}.get(status, "error")
+
+
+@tornado.web.stream_request_body
+class JSONEndpoint(BaseHandler):
+    """JSON in, JSON out, with a body-size limit enforced before the body is read."""
+
+    max_body_size: int = DEFAULT_MAX_JSON_BODY
+
+    def prepare(self) -> None:
+        super().prepare()
+        self._body_chunks: list[bytes] = []
+        self._body_len = 0
+        length = self.request.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > self.max_body_size:
+            raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of "
+                                  f"{self.max_body_size}")
+
+    def data_received(self, chunk: bytes) -> None:
+        self._body_len += len(chunk)
+        if self._body_len > self.max_body_size:
+            raise PayloadTooLarge(f"request body exceeds the limit of {self.max_body_size} bytes")
+        self._body_chunks.append(chunk)
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(self._body_chunks)
+
+    def json_body(self, default: Any = None) -> Any:
+        raw = self.body
+        if not raw.strip():
+            return {} if default is None else default
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidJSON(f"request body is not valid JSON: {exc}") from None
+
+    def json_object(self) -> dict[str, Any]:
+        data = self.json_body()
+        if not isinstance(data, dict):
+            raise InvalidJSON("request body must be a JSON object")
+        return data
+
+
+class RPCEndpoint(JSONEndpoint):
+    """`POST /path?cmd=NAME`: dispatches to methods marked with `@rpc_command`."""
+
+    @classmethod
+    def commands(cls) -> dict[str, Callable]:
+        return {name: getattr(cls, name) for name in dir(cls)
+                if hasattr(getattr(cls, name, None), "_rpc_admin")}
+
+    async def post(self, *args: str) -> None:
+        cmd = self.get_query_argument("cmd", None)
+        commands = self.commands()
+        if not cmd or cmd not in commands:
+            raise UnknownCommand(f"unknown cmd {cmd!r}; available: {', '.join(sorted(commands))}")
+        method = commands[cmd]
+        if method._rpc_admin and not self.is_unix_socket():
+            raise Forbidden("admin operations are accepted only on the local unix socket")
+        result = await method(self, *args)
+        if not self._finished:
+            self.write_json(result if result is not None else {"ok": True})
+
+
+class NotFoundHandler(BaseHandler):
+    """Unknown routes get the same JSON error shape as everything else."""
+
+    def prepare(self) -> None:
+        from beiran.errors import NotFound
+
+        raise NotFound(f"no route for {self.request.method} {self.request.path}")

@@ -1,0 +1,169 @@
+"""Streaming HTTP GET built on Tornado's HTTP/1 connection, with backpressure.
+
+Tornado's AsyncHTTPClient streaming callback cannot slow the sender down, so a slow disk would let a
+fast peer fill memory; here `data_received` waits while the consumer is behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from urllib.parse import urljoin, urlsplit
+
+from tornado import httputil
+from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters
+from tornado.iostream import StreamClosedError
+from tornado.tcpclient import TCPClient
+
+from beiran.errors import UpstreamError
+
+BUFFER_LIMIT = 4 << 20
+READ_CHUNK = 1 << 20
+_EOF = object()
+
+
+class StreamResponse(httputil.HTTPMessageDelegate):
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.code = 0
+        self.reason = ""
+        self.headers = httputil.HTTPHeaders()
+        self._headers_seen = asyncio.get_running_loop().create_future()
+        self._buf: deque = deque()
+        self._buf_bytes = 0
+        self._space = asyncio.Event()
+        self._space.set()
+        self._more = asyncio.Event()
+        self._conn: HTTP1Connection | None = None
+        self._task: asyncio.Future | None = None
+
+    # delegate side (Tornado calls these)
+    def headers_received(self, start_line: httputil.ResponseStartLine,  # type: ignore[override]
+                         headers: httputil.HTTPHeaders) -> None:
+        self.code, self.reason, self.headers = start_line.code, start_line.reason, headers
+        if not self._headers_seen.done():
+            self._headers_seen.set_result(None)
+
+    async def data_received(self, chunk: bytes) -> None:  # type: ignore[override]
+        self._buf.append(chunk)
+        self._buf_bytes += len(chunk)
+        self._more.set()
+        if self._buf_bytes > BUFFER_LIMIT:
+            self._space.clear()
+            await self._space.wait()
+
+    def finish(self) -> None:
+        self._buf.append(_EOF)
+        self._more.set()
+
+    def on_connection_close(self) -> None:
+        if not self._headers_seen.done():
+            self._headers_seen.set_exception(UpstreamError(f"{self.url}: connection closed"))
+        self._buf.append(UpstreamError(f"{self.url}: connection closed mid-body"))
+        self._more.set()
+
+    # consumer side
+    async def chunks(self, idle_timeout: float = 30.0) -> AsyncIterator[bytes]:
+        while True:
+            while not self._buf:
+                self._more.clear()
+                try:
+                    await asyncio.wait_for(self._more.wait(), idle_timeout)
+                except TimeoutError:
+                    raise UpstreamError(f"{self.url}: no data for {idle_timeout:.0f}s") from None
+            item = self._buf.popleft()
+            if item is _EOF:
+                return
+            if isinstance(item, Exception):
+                raise item
+            self._buf_bytes -= len(item)
+            if self._buf_bytes <= BUFFER_LIMIT // 2:
+                self._space.set()
+            yield item
+
+    async def read_all(self, limit: int, idle_timeout: float = 30.0) -> bytes:
+        out, n = [], 0
+        async for chunk in self.chunks(idle_timeout):
+            n += len(chunk)
+            if n > limit:
+                raise UpstreamError(f"{self.url}: response larger than {limit} bytes")
+            out.append(chunk)
+        return b"".join(out)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._space.set()
+
+
+async def _open(method: str, url: str, headers: dict[str, str], connect_timeout: float,
+                ssl_ctx: ssl.SSLContext | None, body: bytes | None) -> StreamResponse:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UpstreamError(f"unsupported URL {url!r}")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    tls = None
+    if parts.scheme == "https":
+        tls = ssl_ctx or ssl.create_default_context()
+    try:
+        stream = await asyncio.wait_for(TCPClient().connect(
+            parts.hostname, port, ssl_options=tls, server_hostname=parts.hostname if tls else None,
+            max_buffer_size=64 << 20), connect_timeout)
+    except ssl.SSLError as exc:
+        raise UpstreamError(f"{parts.netloc}: TLS failed: {exc.reason or exc}") from None
+    except (OSError, StreamClosedError, TimeoutError) as exc:
+        raise UpstreamError(f"cannot connect to {parts.netloc}: {exc or 'timeout'}") from None
+    stream.read_chunk_size = READ_CHUNK
+    conn = HTTP1Connection(stream, True, HTTP1ConnectionParameters(
+        no_keep_alive=True, chunk_size=READ_CHUNK, max_body_size=1 << 62, decompress=False))
+    resp = StreamResponse(url)
+    resp._conn = conn
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    hdrs = httputil.HTTPHeaders({"Host": parts.netloc, "Connection": "close",
+                                 "User-Agent": "beiran", **headers})
+    if body is not None:
+        hdrs["Content-Length"] = str(len(body))
+    try:
+        await conn.write_headers(httputil.RequestStartLine(method, path, "HTTP/1.1"), hdrs)
+        if body:
+            await conn.write(body)
+        conn.finish()
+    except (StreamClosedError, OSError) as exc:
+        conn.close()
+        raise UpstreamError(f"{parts.netloc}: {exc}") from None
+    resp._task = asyncio.ensure_future(conn.read_response(resp))
+    resp._task.add_done_callback(lambda f: f.cancelled() or f.exception())
+    try:
+        await asyncio.wait_for(asyncio.shield(resp._headers_seen), connect_timeout + 25)
+    except TimeoutError:
+        conn.close()
+        raise UpstreamError(f"{parts.netloc}: no response headers in time") from None
+    return resp
+
+
+@asynccontextmanager
+async def stream_request(url: str, headers: dict[str, str] | None = None, *, method: str = "GET",
+                         connect_timeout: float = 10.0, ssl_ctx: ssl.SSLContext | None = None,
+                         max_redirects: int = 5, body: bytes | None = None
+                         ) -> AsyncIterator[StreamResponse]:
+    """Open `url`, follow redirects (dropping credentials when the host changes), yield the response."""
+    headers = dict(headers or {})
+    origin_host = urlsplit(url).netloc
+    for _ in range(max_redirects + 1):
+        resp = await _open(method, url, headers, connect_timeout, ssl_ctx, body)
+        location = resp.headers.get("Location")
+        if resp.code in (301, 302, 303, 307, 308) and location:
+            resp.close()
+            url = urljoin(url, location)
+            if urlsplit(url).netloc != origin_host:
+                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+            continue
+        try:
+            yield resp
+        finally:
+            resp.close()
+        return
+    raise UpstreamError(f"too many redirects from {origin_host}")

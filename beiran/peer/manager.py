@@ -1,0 +1,257 @@
+"""Peer manager: known peer URLs (static, probe, discovery), dialers with backoff, one connection
+per node pair, node records and statuses, and delta pushes of this node's holdings."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+from beiran import events
+from beiran.config import normalize_peer_url
+from beiran.errors import BadRequest, UpstreamError
+from beiran.models.node import Node, NodeStatus
+from beiran.peer.availability import Availability
+from beiran.peer.connection import PeerConnection
+
+if TYPE_CHECKING:
+    from beiran.context import DaemonContext
+
+log = logging.getLogger("beiran.peer")
+PUSH_DELAY = 0.05
+
+
+@dataclass
+class PeerTarget:
+    url: str
+    found_by: set[str] = field(default_factory=set)
+    uuid: str | None = None
+    task: asyncio.Task | None = None
+    is_self: bool = False
+
+
+class PeerManager:
+    def __init__(self, ctx: DaemonContext, avail: Availability) -> None:
+        self.ctx = ctx
+        self.avail = avail
+        self.targets: dict[str, PeerTarget] = {}
+        self.conns: dict[str, PeerConnection] = {}
+        self.found_by: dict[str, set[str]] = {}  # node uuid -> how it was found
+        self._pending_ops: list[list] = []
+        self._pending_from = 0
+        self._push_handle: asyncio.TimerHandle | None = None
+        self._closing = False
+
+    # -- targets ---------------------------------------------------------------------------------
+    async def start(self) -> None:
+        rows = await self.ctx.run_db(lambda: list(Node.select().dicts()))
+        for r in rows:
+            self.found_by[r["uuid"]] = set(r["found_by"] or [])
+        await self.ctx.run_db(lambda: Node.update(status=NodeStatus.OFFLINE.value)
+                              .where(Node.uuid != self.ctx.identity.uuid).execute())
+        for url in self.ctx.config.peers:
+            self.discovered(url, via="static")
+
+    def discovered(self, url: str, via: str) -> None:
+        """A discovery source saw a peer at `url`; connect if not yet connected."""
+        url = normalize_peer_url(url)
+        if url == self.ctx.identity.url:
+            return
+        target = self.targets.get(url)
+        if target is None:
+            target = self.targets[url] = PeerTarget(url)
+        if target.is_self:
+            return
+        target.found_by.add(via)
+        if target.uuid:
+            self._add_found_by(target.uuid, via)
+        if target.task is None or target.task.done():
+            target.task = asyncio.ensure_future(self._dial_loop(target))
+
+    def vanished(self, url_or_uuid: str, via: str) -> None:
+        """A discovery source lost a peer: drop it at once unless another source still sees it."""
+        targets = [t for t in self.targets.values() if url_or_uuid in (t.url, t.uuid)]
+        for t in targets:
+            t.found_by.discard(via)
+            if not t.found_by:
+                if t.task:
+                    t.task.cancel()
+                del self.targets[t.url]
+                conn = self.conns.get(t.uuid or "")
+                if conn and not any(x.uuid == t.uuid for x in self.targets.values()):
+                    conn.shutdown(f"{via} says the node is gone")
+
+    def note_self(self, url: str | None) -> None:
+        if url and url in self.targets:
+            self.targets[url].is_self = True
+
+    async def _dial_loop(self, target: PeerTarget) -> None:
+        from beiran.peer.websocket import dial
+
+        delay = 0.25
+        while not self._closing:
+            if target.uuid and target.uuid in self.conns:  # connected the other way: stand by
+                await asyncio.shield(self.conns[target.uuid].closed)
+                continue
+            try:
+                conn = await dial(self, target.url)
+                delay = 0.25
+                await asyncio.shield(conn.closed)
+                if conn.uuid:
+                    target.uuid = conn.uuid
+                if target.is_self:
+                    return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - unreachable peers are normal; retry later
+                log.debug("dial %s failed: %s", target.url, exc)
+            await asyncio.sleep(delay * (0.8 + random.random() * 0.4))
+            delay = min(delay * 2, 10.0)
+
+    # -- connections -----------------------------------------------------------------------------
+    def register(self, conn: PeerConnection) -> bool:
+        """Keep one connection per pair: the one dialed by the smaller UUID wins."""
+        node = conn.uuid or ""
+        existing = self.conns.get(node)
+        if existing is not None and existing is not conn and not existing.closed.done():
+            preferred = min(self.ctx.identity.uuid, node)
+            if existing.dialer == preferred or conn.dialer != preferred:
+                conn.shutdown("duplicate connection", code=4002, notify=False)
+                return False
+            existing.shutdown("duplicate connection", code=4002, notify=False)
+        self.conns[node] = conn
+        if conn.outbound and conn.url in self.targets:
+            self.targets[conn.url].uuid = node
+            for via in self.targets[conn.url].found_by:
+                self._add_found_by(node, via)
+        elif not conn.outbound and not self.found_by.get(node):
+            self._add_found_by(node, "inbound")
+        asyncio.ensure_future(self._save_node(conn, NodeStatus.SYNCING))
+        return True
+
+    def unregister(self, conn: PeerConnection) -> None:
+        if conn.uuid and self.conns.get(conn.uuid) is conn:
+            del self.conns[conn.uuid]
+            self.avail.set_online(conn.uuid, False)
+            log.info("peer %s (%s) offline: %s", conn.uuid[:8], conn.info.get("url"), conn.close_reason)
+            asyncio.ensure_future(self._save_node(conn, NodeStatus.OFFLINE))
+            self.ctx.bus.emit(events.NODE_OFFLINE, uuid=conn.uuid)
+
+    def on_online(self, conn: PeerConnection) -> None:
+        log.info("peer %s (%s) online", conn.uuid[:8], conn.info.get("url"))
+        self.ctx.bus.emit(events.NODE_ONLINE, uuid=conn.uuid, info=conn.info)
+        self.ctx.bus.emit(events.AVAILABILITY_CHANGED, uuid=conn.uuid, ops=None)
+
+    def availability_changed(self, node: str, ops: list) -> None:
+        self.ctx.bus.emit(events.AVAILABILITY_CHANGED, uuid=node, ops=ops)
+
+    def node_status(self, node: str, status: NodeStatus, conn: PeerConnection) -> None:
+        if self.conns.get(node) is conn:
+            asyncio.ensure_future(self._save_node(conn, status))
+
+    def _add_found_by(self, node: str, via: str) -> None:
+        have = self.found_by.setdefault(node, set())
+        if via not in have:
+            have.add(via)
+            if via != "inbound":
+                have.discard("inbound")
+
+    async def _save_node(self, conn: PeerConnection, status: NodeStatus) -> None:
+        info, node = conn.info, conn.uuid
+        found = sorted(self.found_by.get(node, set()))
+        values = {"hostname": str(info.get("hostname") or "")[:255],
+                  "url": str(info.get("url") or conn.url or "")[:255],
+                  "addresses": list(info.get("addresses") or [])[:16], "port": int(info.get("port") or 0),
+                  "os_type": str(info.get("os_type") or "")[:64],
+                  "architecture": str(info.get("architecture") or "")[:64],
+                  "version": str(info.get("version") or "")[:64], "plugins": list(info.get("plugins") or [])[:64],
+                  "status": status.value, "found_by": found, "last_seen": time.time()}
+
+        def db() -> None:
+            Node.insert(uuid=node, **values).on_conflict(
+                conflict_target=[Node.uuid], update={getattr(Node, k): v for k, v in values.items()}
+            ).execute()
+        try:
+            await self.ctx.run_db(db)
+        except Exception as exc:  # noqa: BLE001 - a status write failing is logged, not fatal
+            log.warning("cannot save node %s: %s", node, exc)
+
+    def online(self) -> list[str]:
+        return [u for u, c in self.conns.items() if c.synced and not c.closed.done()]
+
+    def conn(self, node: str) -> PeerConnection | None:
+        c = self.conns.get(node)
+        return c if c is not None and not c.closed.done() else None
+
+    def url_of(self, node: str) -> str | None:
+        c = self.conns.get(node)
+        return (c.info.get("url") or c.url) if c else None
+
+    # -- local holdings -> deltas ------------------------------------------------------------
+    def local_change(self, op: str, digest: str, size: int | None) -> None:
+        before = self.avail.seq
+        entry = self.avail.local_change(op, digest, size)
+        if not entry:
+            return
+        if not self._pending_ops:
+            self._pending_from = before
+        self._pending_ops.append(entry)
+        if self._push_handle is None:
+            self._push_handle = asyncio.get_running_loop().call_later(PUSH_DELAY, self._push)
+
+    def _push(self) -> None:
+        self._push_handle = None
+        ops, self._pending_ops = self._pending_ops, []
+        if not ops:
+            return
+        msg = {"t": "delta", "epoch": self.avail.epoch, "from": self._pending_from,
+               "seq": self.avail.seq, "ops": ops}
+        for c in list(self.conns.values()):
+            if c.uuid and not c.closed.done():
+                c.send(msg)
+
+    # -- probe ---------------------------------------------------------------------------------
+    async def probe(self, address: str, via: str = "probe", timeout: float = 5.0) -> dict[str, Any]:
+        """GET /info at `address`; if it is a Beiran node (not this one), connect it as a peer."""
+        try:
+            url = normalize_peer_url(address)
+        except Exception as exc:  # noqa: BLE001
+            raise BadRequest(f"address {address!r}: {exc}") from None
+        info = await self.fetch_info(url, timeout)
+        node = str(info.get("uuid", ""))
+        if node == self.ctx.identity.uuid:
+            raise BadRequest(f"{url} is this node")
+        self.discovered(url, via)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and node not in self.online():
+            await asyncio.sleep(0.05)
+        info["status"] = "online" if node in self.online() else "connecting"
+        return info
+
+    async def fetch_info(self, url: str, timeout: float = 5.0) -> dict[str, Any]:
+        req = HTTPRequest(url + "/info", connect_timeout=timeout, request_timeout=timeout,
+                          headers=self.ctx.auth.headers("GET", "/info"))
+        try:
+            resp = await AsyncHTTPClient().fetch(req)
+            info = json.loads(resp.body)
+            if not isinstance(info, dict) or "uuid" not in info:
+                raise ValueError("not a Beiran /info answer")
+            return info
+        except HTTPClientError as exc:
+            raise UpstreamError(f"{url} answered {exc.code}") from None
+        except (OSError, ValueError, TimeoutError) as exc:
+            raise UpstreamError(f"cannot reach a Beiran node at {url}: {exc}") from None
+
+    async def stop(self) -> None:
+        self._closing = True
+        for t in self.targets.values():
+            if t.task:
+                t.task.cancel()
+        for c in list(self.conns.values()):
+            c.shutdown("daemon shutting down", code=1001)

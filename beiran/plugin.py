@@ -1,0 +1,112 @@
+"""Plugin base classes: the contract every `beiran_plugins.<name>.plugin` module fulfils.
+
+A plugin's lifecycle is init(config) -> start() -> stop(), all async. The daemon records a failure in
+any of them on the plugin (status "error" with the text) and carries on with the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from beiran.context import DaemonContext
+
+
+class PluginStatus(StrEnum):
+    INIT = "init"
+    READY = "ready"
+    ERROR = "error"
+    DISABLED = "disabled"
+    STOPPED = "stopped"
+
+
+class BasePlugin:
+    """Common base. Subclasses set `kind`; `name` defaults to the package name."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = "generic"
+    version: ClassVar[str] = "0"
+    #: route prefixes a plugin may use besides "/<name>/" (the docker mirror needs "/v2/").
+    extra_route_prefixes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, ctx: DaemonContext) -> None:
+        self.ctx = ctx
+        self.config: dict[str, Any] = {}
+        self.status = PluginStatus.INIT
+        self.error: str | None = None
+
+    async def init(self, config: dict[str, Any]) -> None:
+        """Receive (and validate) this plugin's `[plugins.<name>]` section."""
+        self.config = config
+
+    async def start(self) -> None:
+        """Open listeners, start background tasks. Raise to report an error."""
+
+    async def stop(self) -> None:
+        """Undo start(); must not raise."""
+
+    def status_info(self) -> dict[str, Any]:
+        """Extra, plugin-specific fields for `GET /status`."""
+        return {}
+
+
+class BasePackagePlugin(BasePlugin):
+    """A package system (docker, apt, npm): turns client requests into core fetches.
+
+    The one thing core cannot know is how to reach the origin for a blob, so each package plugin
+    implements `open_origin`: `params` is the plugin's own source description (e.g. registry and
+    repository), never a raw URL, and the plugin resolves it with its own configured upstreams.
+    """
+
+    kind: ClassVar[str] = "package"
+
+    def validate_source(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Check source params that may come from a peer; raise BadRequest if unusable."""
+        return params
+
+    async def open_origin(self, params: dict[str, Any], digest: str, offset: int) -> OriginStream:
+        raise NotImplementedError(f"plugin {self.name} cannot fetch from an origin")
+
+
+class BaseDiscoveryPlugin(BasePlugin):
+    """Finds peers; reports them with `self.ctx.peers.discovered(url, via=self.name)` and
+    `self.ctx.peers.vanished(url_or_uuid, via=self.name)`."""
+
+    kind: ClassVar[str] = "discovery"
+
+    async def advertise(self, service_type: str, port: int, properties: dict[str, str]) -> None:
+        """Announce an extra service (e.g. the apt proxy) when the mechanism supports it."""
+
+
+class BaseInterfacePlugin(BasePlugin):
+    """Serves an outside system (e.g. kubelet over CRI) using other plugins."""
+
+    kind: ClassVar[str] = "interface"
+
+
+class OriginStream:
+    """Bytes of one blob from its origin, starting at the requested offset."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], size: int | None = None,
+                 media_type: str | None = None, close: Any = None) -> None:
+        self.chunks = chunks
+        self.size = size
+        self.media_type = media_type
+        self._close = close
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self.chunks
+
+    async def aclose(self) -> None:
+        if self._close is not None:
+            res = self._close()
+            if hasattr(res, "__await__"):
+                await res
+        aclose = getattr(self.chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+PLUGIN_BASES = (BasePackagePlugin, BaseDiscoveryPlugin, BaseInterfacePlugin)

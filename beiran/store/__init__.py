@@ -1,0 +1,1 @@
+"""Content-addressed blob store: verified writes, growing-blob readers, pins and eviction."""

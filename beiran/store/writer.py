@@ -1,0 +1,204 @@
+"""A blob being written: temp file, hashed as its contiguous prefix grows, renamed only when verified.
+
+Writes may arrive in order (one source) or as pieces at offsets (several peers at once); the hash
+covers the contiguous prefix, so readers can stream a blob while it is still downloading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from beiran.errors import BeiranError, StorageFull, UpstreamError, VerificationError
+from beiran.store.digest import Digest
+
+log = logging.getLogger(__name__)
+FLUSH_BYTES = 1 << 20
+
+
+class BlobWriter:
+    def __init__(self, digest: Digest, size: int | None, tmp_path: Path,
+                 run_io: Callable, on_grow: Callable[[BlobWriter], None] | None = None) -> None:
+        self.digest = digest
+        self.size = size
+        self.tmp_path = tmp_path
+        self._run_io = run_io
+        self._on_grow = on_grow
+        self._fd = os.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        self._hasher = digest.hasher()
+        self._hashed = 0  # bytes [0, hashed) are hashed
+        self._pieces: dict[int, int] = {}  # offset -> end of written ranges beyond the prefix
+        self._lock = threading.Lock()
+        self._buf: list[bytes] = []
+        self._buf_len = 0
+        self._pos = 0  # next offset for sequential feed()
+        self._inflight: asyncio.Future | None = None
+        self._grown = asyncio.Event()
+        self.done = asyncio.get_running_loop().create_future()
+        self.error: BaseException | None = None
+        self.source = ""  # where the bytes are coming from right now (for progress)
+
+    # -- state seen by readers -----------------------------------------------------------------
+    @property
+    def available(self) -> int:
+        """Bytes [0, available) are on disk and may be streamed (not yet verified)."""
+        return self._hashed
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+    async def wait_for_growth(self, beyond: int, timeout: float) -> None:
+        """Wait until more than `beyond` bytes are available, the write ends, or timeout."""
+        while self._hashed <= beyond and not self.done.done():
+            event = self._grown
+            try:
+                await asyncio.wait_for(event.wait(), timeout)
+            except TimeoutError:
+                raise UpstreamError(f"blob {self.digest.short}: no progress for {timeout:.0f}s") from None
+        if self.error is not None and self._hashed <= beyond:
+            raise UpstreamError(f"blob {self.digest.short}: download failed: {self.error}")
+
+    def _notify(self) -> None:
+        event, self._grown = self._grown, asyncio.Event()
+        event.set()
+        if self._on_grow:
+            self._on_grow(self)
+
+    # -- writing (thread side) -----------------------------------------------------------------
+    def _write_at_sync(self, offset: int, data: bytes) -> None:
+        view = memoryview(data)
+        written = 0
+        try:
+            while written < len(view):
+                written += os.pwrite(self._fd, view[written:], offset + written)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull(f"disk full while writing {self.digest.short}") from None
+            raise
+        end = offset + len(data)
+        with self._lock:
+            if offset == self._hashed:
+                self._hasher.update(view)
+                self._hashed = end
+            else:
+                self._pieces[offset] = max(end, self._pieces.get(offset, 0))
+            self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Hash pieces that became contiguous, reading them back from the page cache."""
+        while True:
+            nxt = [(o, e) for o, e in self._pieces.items() if o <= self._hashed]
+            if not nxt:
+                return
+            for o, e in nxt:
+                del self._pieces[o]
+                if e > self._hashed:
+                    start = self._hashed
+                    while start < e:
+                        chunk = os.pread(self._fd, min(4 << 20, e - start), start)
+                        if not chunk:
+                            raise OSError("short read while hashing")
+                        self._hasher.update(chunk)
+                        start += len(chunk)
+                    self._hashed = e
+
+    # -- writing (loop side) -------------------------------------------------------------------
+    def _check_bounds(self, end: int) -> None:
+        if self.size is not None and end > self.size:
+            raise VerificationError(f"blob {self.digest.short}: more bytes than its size {self.size}")
+
+    async def write_at(self, offset: int, data: bytes) -> None:
+        """Write a piece (used by multi-source fetches)."""
+        self._check_bounds(offset + len(data))
+        await self._run_io(self._write_at_sync, offset, data)
+        self._notify()
+
+    async def feed(self, chunk: bytes) -> None:
+        """Append in order; batched so the thread hop is paid per MiB, not per packet."""
+        self._check_bounds(self._pos + self._buf_len + len(chunk))
+        self._buf.append(chunk)
+        self._buf_len += len(chunk)
+        if self._buf_len >= FLUSH_BYTES:
+            await self._dispatch()
+
+    async def _dispatch(self) -> None:
+        if self._inflight is not None:
+            fut, self._inflight = self._inflight, None
+            await fut
+            self._notify()
+        if self._buf_len:
+            data, offset = b"".join(self._buf), self._pos
+            self._buf, self._buf_len = [], 0
+            self._pos += len(data)
+            self._inflight = asyncio.ensure_future(self._run_io(self._write_at_sync, offset, data))
+
+    async def flush(self) -> None:
+        await self._dispatch()
+        if self._inflight is not None:
+            fut, self._inflight = self._inflight, None
+            await fut
+            self._notify()
+
+    def seek(self, offset: int) -> None:
+        """Continue sequential feeding at `offset` (after a source failed part-way)."""
+        if self._buf_len or self._inflight is not None:
+            raise RuntimeError("seek with unflushed data")
+        self._pos = offset
+
+    @property
+    def position(self) -> int:
+        return self._pos + self._buf_len
+
+    def reset(self) -> None:
+        """Start over (the bytes failed verification); readers of the old bytes fail."""
+        os.ftruncate(self._fd, 0)
+        self._hasher = self.digest.hasher()
+        self._hashed, self._pos, self._pieces = 0, 0, {}
+
+    async def finish(self, fsync: bool = True) -> str:
+        """Verify digest and size. Returns the temp path, ready to rename; raises on mismatch."""
+        await self.flush()
+        if self._pieces:
+            raise VerificationError(f"blob {self.digest.short}: gaps remain in the download")
+        if self.size is not None and self._hashed != self.size:
+            raise VerificationError(f"blob {self.digest.short}: got {self._hashed} bytes, "
+                                    f"expected {self.size}")
+        actual = self._hasher.hexdigest()
+        if actual != self.digest.hex:
+            raise VerificationError(f"blob {self.digest.short}: content hashes to "
+                                    f"{self.digest.algorithm}:{actual[:12]}, not the expected digest")
+        if fsync:
+            await self._run_io(os.fsync, self._fd)
+        return str(self.tmp_path)
+
+    def complete(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+        self._close()
+        self._notify()
+
+    def fail(self, error: BaseException) -> None:
+        if self.error is None:
+            self.error = error if isinstance(error, BeiranError) else UpstreamError(str(error))
+        if not self.done.done():
+            self.done.set_exception(self.error)
+            self.done.exception()  # mark retrieved: callers that care await it
+        self._close()
+        try:
+            self.tmp_path.unlink()
+        except FileNotFoundError:
+            pass
+        self._notify()
+
+    def _close(self) -> None:
+        if self._fd >= 0:
+            try:
+                os.close(self._fd)
+            finally:
+                self._fd = -1

@@ -1,0 +1,3 @@
+"""HTTP routes of the apt plugin (all under /apt/)."""
+
+ROUTES: list = []

@@ -1,0 +1,3 @@
+"""Database models of the apt plugin."""
+
+MODELS: list = []

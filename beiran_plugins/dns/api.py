@@ -1,0 +1,3 @@
+"""HTTP routes of the dns plugin (all under /dns/)."""
+
+ROUTES: list = []

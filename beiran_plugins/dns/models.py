@@ -1,0 +1,3 @@
+"""Database models of the dns plugin."""
+
+MODELS: list = []

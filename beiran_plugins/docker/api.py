@@ -1,0 +1,3 @@
+"""HTTP routes of the docker plugin (all under /docker/)."""
+
+ROUTES: list = []

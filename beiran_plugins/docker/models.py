@@ -1,0 +1,3 @@
+"""Database models of the docker plugin."""
+
+MODELS: list = []

@@ -1,0 +1,3 @@
+"""Database models of the k8s plugin."""
+
+MODELS: list = []

@@ -1,0 +1,3 @@
+"""HTTP routes of the npm plugin (all under /npm/)."""
+
+ROUTES: list = []

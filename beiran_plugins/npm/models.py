@@ -1,0 +1,3 @@
+"""Database models of the npm plugin."""
+
+MODELS: list = []

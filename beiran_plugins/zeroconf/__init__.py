@@ -1,0 +1,3 @@
+"""Zeroconf discovery: peers found over mDNS."""
+
+__version__ = "0.1.0"

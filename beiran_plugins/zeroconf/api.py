@@ -1,0 +1,3 @@
+"""HTTP routes of the zeroconf plugin (all under /zeroconf/)."""
+
+ROUTES: list = []

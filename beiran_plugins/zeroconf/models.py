@@ -1,0 +1,3 @@
+"""Database models of the zeroconf plugin."""
+
+MODELS: list = []
