@@ -110,7 +110,7 @@ async def _open(method: str, url: str, headers: dict[str, str], connect_timeout:
         tls = ssl_ctx or ssl.create_default_context()
     try:
         stream = await asyncio.wait_for(TCPClient().connect(
-            parts.hostname, port, ssl_options=tls, server_hostname=parts.hostname if tls else None,
+            parts.hostname, port, ssl_options=tls,
             max_buffer_size=64 << 20), connect_timeout)
     except ssl.SSLError as exc:
         raise UpstreamError(f"{parts.netloc}: TLS failed: {exc.reason or exc}") from None

@@ -69,9 +69,9 @@ async def open_origin(ctx: DaemonContext, source: dict[str, Any], digest: str, o
         base = ctx.config.origins.get(str(params.get("name")))
         if not base:
             raise BadRequest(f"origin {params.get('name')!r} is not configured on this node")
-        path = str(params.get("path", ""))
-        clean = posixpath.normpath("/" + path)
-        if ".." in path.split("/") or clean != "/" + path.lstrip("/"):
+        path = "/" + str(params.get("path", "")).lstrip("/")
+        clean = posixpath.normpath(path)
+        if ".." in path.split("/") or clean != path:
             raise BadRequest(f"origin path {path!r} is not a plain path")
         return await http_origin(base.rstrip("/") + quote(clean), offset, what=f"origin {params['name']}")
     plugin = ctx.plugins.get(str(plugin_name)) if ctx.plugins else None

@@ -71,7 +71,7 @@ class PeerConnection:
                 fut = asyncio.ensure_future(res)
                 fut.add_done_callback(lambda f: f.cancelled() or f.exception())
         except Exception as exc:  # noqa: BLE001 - a dead socket ends the connection, nothing more
-            self.shutdown(f"send failed: {exc}")
+            self.shutdown(f"send failed: {exc}", notify=False)
 
     # -- incoming ------------------------------------------------------------------------------
     def on_message(self, raw: str | bytes) -> None:

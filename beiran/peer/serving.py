@@ -75,7 +75,8 @@ class BlobHandler(BaseHandler):
                 return
             self.ctx.metrics.served_requests.inc()
             corrupt = bool(self.ctx.config.testing.get("corrupt_serving"))
-            if (isinstance(target, BlobEntry) and not corrupt and end is not None
+            rate = self.ctx.config.testing.get("serve_rate")  # tests only: bytes per second
+            if (isinstance(target, BlobEntry) and not corrupt and not rate and end is not None
                     and end - start >= SENDFILE_MIN and not self.is_unix_socket()):
                 await self._sendfile(store.file_of(target), start, end)
                 return
@@ -87,6 +88,8 @@ class BlobHandler(BaseHandler):
                     self.write(chunk)
                     sent += len(chunk)
                     await self.flush()
+                    if rate:
+                        await asyncio.sleep(len(chunk) / rate)
             except Exception as exc:  # noqa: BLE001 - headers are gone; all we can do is cut the body
                 log.info("serving %s stopped at byte %d: %s", d.short, start + sent, exc)
                 self.ctx.metrics.served_bytes.inc(sent)
@@ -99,8 +102,10 @@ class BlobHandler(BaseHandler):
         """Headers through Tornado, then the body with sendfile(2) on the raw socket, off the loop."""
         await self.flush()
         stream = self.detach()
-        fd = os.dup(stream.fileno())
-        stream.close()
+        try:
+            fd = os.dup(stream.socket.fileno())
+        finally:
+            stream.close()
         sock = socket.socket(fileno=fd)
         sock.settimeout(self.ctx.config.fetch.peer_timeout)
         sent = 0

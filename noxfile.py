@@ -1,0 +1,189 @@
+"""Build, lint and test Beiran: `nox` runs lint, build and one test session per distribution.
+
+    nox                      # everything (what scripts/test and CI run)
+    nox -s build             # the seven wheels into dist/
+    nox -s lint
+    nox -s "tests(dns)"      # core wheel + beiran-dns wheel only: tests/core + tests/plugins/dns
+    nox -t tests             # every test session
+    nox -s "tests(dns)" -- -k heartbeat -x     # extra arguments go to pytest
+
+Each test session installs wheels from dist/ (never the source tree) into a fresh venv and runs
+pytest from a scratch directory, so `beiran_plugins` holds exactly the plugins that session
+installed. The apt session runs on Debian's /usr/bin/python3 with system site packages, where
+python3-apt (`apt_pkg`) lives.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).resolve().parent
+DIST = ROOT / "dist"
+PLUGINS = ["docker", "apt", "npm", "dns", "zeroconf", "k8s"]
+#: plugins whose wheel depends on another plugin's wheel
+PLUGIN_DEPENDS = {"k8s": ["docker"]}
+#: what every test venv gets besides the wheels
+TEST_TOOLS = ["pytest>=8", "pytest-timeout"]
+DEBIAN_PYTHON = "/usr/bin/python3"
+#: sources that go into each wheel (a wheel older than any of them is rebuilt)
+SOURCE_SUFFIXES = {".py", ".proto", ".json", ".toml"}
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.sessions = ["lint", "build", "tests", "tests(apt)"]
+nox.options.reuse_venv = "no"
+
+
+def _project_dir(dist: str) -> Path:
+    return ROOT if dist == "core" else ROOT / "beiran_plugins" / dist
+
+
+def _wheel_glob(dist: str) -> str:
+    return "beiran-[0-9]*.whl" if dist == "core" else f"beiran_{dist}-[0-9]*.whl"
+
+
+def _find_wheel(dist: str) -> Path | None:
+    found = sorted(DIST.glob(_wheel_glob(dist)), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def _sources(dist: str) -> list[Path]:
+    if dist == "core":
+        files = [ROOT / "pyproject.toml", ROOT / "README.md"]
+        files += (ROOT / "beiran").rglob("*")
+    else:
+        files = list(_project_dir(dist).rglob("*"))
+    return [f for f in files if f.is_file() and f.suffix in SOURCE_SUFFIXES | {".md"}
+            and "__pycache__" not in f.parts]
+
+
+def _stale(dist: str) -> bool:
+    wheel = _find_wheel(dist)
+    if wheel is None:
+        return True
+    built = wheel.stat().st_mtime
+    return any(f.stat().st_mtime > built for f in _sources(dist))
+
+
+def _uv(session: nox.Session) -> None:
+    """Make `uv` runnable in this session (the uv backend provides it already)."""
+    if session.venv_backend != "uv" and not shutil.which("uv", path=session.bin):
+        session.install("uv")
+
+
+def _build(session: nox.Session, dists: list[str]) -> None:
+    _uv(session)
+    DIST.mkdir(exist_ok=True)
+    for dist in dists:
+        for old in DIST.glob(_wheel_glob(dist)):
+            old.unlink()
+        session.run("uv", "build", "--wheel", "--out-dir", str(DIST), str(_project_dir(dist)))
+        if _find_wheel(dist) is None:
+            session.error(f"building {dist} produced no wheel in {DIST}")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check over the code, the tests, the benchmarks and this file."""
+    session.install("ruff")
+    targets = [t for t in ("beiran", "beiran_plugins", "tests", "bench", "noxfile.py") if (ROOT / t).exists()]
+    # Extension-less Python scripts are not picked up from a directory: name them.
+    targets += [str(p.relative_to(ROOT)) for p in sorted((ROOT / "bench").glob("*"))
+                if p.is_file() and not p.suffix and p.read_bytes()[:64].startswith(b"#!")
+                and b"python" in p.read_bytes().split(b"\n", 1)[0]]
+    session.run("ruff", "check", *targets, *session.posargs)
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """All seven wheels into a clean dist/."""
+    if DIST.exists():
+        shutil.rmtree(DIST)
+    _build(session, ["core", *PLUGINS])
+    wheels = sorted(p.name for p in DIST.glob("*.whl"))
+    session.log("built: " + " ".join(wheels))
+    if len(wheels) != 1 + len(PLUGINS):
+        session.error(f"expected {1 + len(PLUGINS)} wheels in dist/, got {wheels}")
+
+
+def _clean_env() -> dict[str, str | None]:
+    """Drop what could point the tests back at the source tree or at someone's daemon/config:
+    PYTHONPATH and every BEIRAN_* variable of the calling shell (None unsets it for nox)."""
+    env: dict[str, str | None] = {"PYTHONDONTWRITEBYTECODE": "1"}
+    env.update({k: None for k in os.environ if k == "PYTHONPATH" or k.startswith("BEIRAN_")})
+    return env
+
+
+def _check_namespace(session: nox.Session, expected: list[str], cwd: Path) -> None:
+    """The venv sees exactly the plugins installed into it, and beiran from site-packages."""
+    code = (
+        "import importlib, pkgutil, beiran, sys\n"
+        "try:\n"
+        "    ns = importlib.import_module('beiran_plugins')\n"
+        "    names = sorted(m.name for m in pkgutil.iter_modules(ns.__path__))\n"
+        "except ImportError:\n"
+        "    names = []\n"
+        f"assert names == {sorted(expected)!r}, f'beiran_plugins holds {{names}}, expected {sorted(expected)!r}'\n"
+        f"assert not beiran.__file__.startswith({str(ROOT / 'beiran')!r}), beiran.__file__\n"
+        "print('beiran_plugins:', names)\n"
+    )
+    with session.chdir(cwd):
+        session.run("python", "-c", code, env=_clean_env())
+
+
+def _run_tests(session: nox.Session, dist: str) -> None:
+    plugins = [] if dist == "core" else [*PLUGIN_DEPENDS.get(dist, []), dist]
+    wanted = ["core", *plugins]
+    stale = [d for d in wanted if _stale(d)]
+    if stale:
+        session.log(f"dist/ lacks or has stale wheels for {', '.join(stale)}: building them")
+        _build(session, stale)
+    wheels = [str(_find_wheel(d)) for d in wanted]
+
+    extra: list[str] = []
+    for req in (ROOT / "tests" / "requirements.txt", ROOT / "tests" / "plugins" / dist / "requirements.txt"):
+        if dist != "core" or req.parent == ROOT / "tests":
+            if req.is_file():
+                extra += ["-r", str(req)]
+    session.install(*wheels, *TEST_TOOLS, *extra)
+
+    # A scratch cwd: neither the repo root (which would put the source beiran_plugins/, with
+    # every plugin, on sys.path for `python -c` and subprocesses) nor anything under it.
+    scratch = Path(session.create_tmp()).resolve()
+    _check_namespace(session, plugins, scratch)
+
+    paths = [str(ROOT / "tests" / "core")]
+    if dist != "core":
+        plugin_tests = ROOT / "tests" / "plugins" / dist
+        if plugin_tests.is_dir():
+            paths.append(str(plugin_tests))
+        else:
+            session.log(f"{plugin_tests.relative_to(ROOT)} does not exist yet: running the core tests only")
+    env = _clean_env()
+    env.update({"BEIRAN_DIST": str(DIST), "BEIRAN_TEST_PLUGINS": ",".join(plugins)})
+    with session.chdir(scratch):
+        # pytest exits 5 when it collected no test (e.g. a plugin without tests yet): not a failure.
+        session.run("pytest", "--import-mode=importlib", "-p", "no:cacheprovider", "-ra",
+                    *paths, *session.posargs, env=env, success_codes=[0, 5])
+
+
+@nox.session(tags=["tests"])
+@nox.parametrize("dist", [nox.param(d, id=d) for d in ["core", *(p for p in PLUGINS if p != "apt")]])
+def tests(session: nox.Session, dist: str) -> None:
+    """Core wheel + one plugin wheel (k8s also gets docker's) in a fresh venv: core + that plugin's tests."""
+    _run_tests(session, dist)
+
+
+@nox.session(name="tests(apt)", python=DEBIAN_PYTHON, venv_params=["--system-site-packages"], tags=["tests"])
+def tests_apt(session: nox.Session) -> None:
+    """The apt plugin on Debian's Python, whose system site packages hold python3-apt."""
+    session.run("python", "-c", "import apt_pkg", silent=True)  # fails loudly when python3-apt is missing
+    _run_tests(session, "apt")
+
+
+if __name__ == "__main__":  # `python noxfile.py` works too
+    sys.exit(nox.main())

@@ -1,0 +1,1 @@
+"""Real daemons, a counting origin server and helpers for Beiran's tests."""

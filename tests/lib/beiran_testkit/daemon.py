@@ -1,0 +1,216 @@
+"""Start real `beiran daemon` processes, each on its own 127.x.y.z address and data dir."""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+_NET = itertools.count(20)
+
+
+def next_subnet() -> int:
+    """A fresh 127.N.0.0/24 per cluster, so leftovers of one test never answer another."""
+    return next(_NET) % 250 + 1
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def write_toml(path: Path, data: dict[str, Any]) -> None:
+    lines: list[str] = []
+    tables: list[tuple[str, dict]] = []
+
+    def walk(prefix: str, d: dict) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                tables.append((f"{prefix}{k}", v))
+    for k, v in data.items():
+        if not isinstance(v, dict):
+            lines.append(f"{k} = {_toml(v)}")
+    walk("", data)
+    while tables:
+        name, table = tables.pop(0)
+        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        lines.append(f"\n[{name}]")
+        lines += [f'{json.dumps(k) if not k.isidentifier() else k} = {_toml(v)}' for k, v in scalars.items()]
+        for k, v in table.items():
+            if isinstance(v, dict):
+                tables.insert(0, (f"{name}.{k}", v))
+    path.write_text("\n".join(lines) + "\n")
+
+
+class UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float = 30) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.unix_path)
+
+
+class Daemon:
+    def __init__(self, base: Path, name: str, ip: str, port: int = 8888,
+                 config: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> None:
+        self.name, self.ip, self.port = name, ip, port
+        self.dir = base / name
+        self.data_dir = self.dir / "data"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config: dict[str, Any] = {"data_dir": str(self.data_dir), "listen": f"{ip}:{port}",
+                                       "log_level": "debug", "heartbeat_interval": 1.0,
+                                       "heartbeat_timeout": 4.0, "testing": {"fsync": False}}
+        for k, v in (config or {}).items():
+            if isinstance(v, dict) and isinstance(self.config.get(k), dict):
+                self.config[k] = {**self.config[k], **v}
+            else:
+                self.config[k] = v
+        self.env = dict(env or {})
+        self.proc: subprocess.Popen | None = None
+        self.uuid: str | None = None
+        self.log_path = self.dir / "daemon.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.ip}:{self.port}"
+
+    @property
+    def socket(self) -> str:
+        return str(self.data_dir / "beirand.sock")
+
+    def start(self, wait: bool = True) -> Daemon:
+        cfg = self.dir / "config.toml"
+        write_toml(cfg, self.config)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BEIRAN_")}
+        env.update(self.env)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "beiran", "daemon", "--config", str(cfg)],
+                                     stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.dir,
+                                     stdin=subprocess.DEVNULL)
+        log.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            try:
+                self.uuid = self.api("GET", "/info")["uuid"]
+                return
+            except (OSError, http.client.HTTPException, ValueError):
+                time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not start in {timeout}s:\n{self.log()[-3000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    # -- talking to it -------------------------------------------------------------------------
+    def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
+                headers: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, dict, bytes]:
+        """Over the unix socket (admin). Returns (status, headers, body)."""
+        conn = UnixHTTP(self.socket, timeout)
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        conn.request(method, path, body=data, headers=headers or {})
+        resp = conn.getresponse()
+        payload = resp.read()
+        conn.close()
+        return resp.status, dict(resp.getheaders()), payload
+
+    def api(self, method: str, path: str, body: Any = None, expect: int | None = 200, **kw: Any) -> Any:
+        status, _, payload = self.request(method, path, body, **kw)
+        if expect is not None and status != expect:
+            raise AssertionError(f"{self.name} {method} {path}: {status} {payload[:500]!r}")
+        try:
+            return json.loads(payload)
+        except ValueError:
+            return payload
+
+    def tcp(self, method: str, path: str, body: bytes | None = None,
+            headers: dict[str, str] | None = None, timeout: float = 30) -> tuple[int, dict, bytes]:
+        """Over TCP, as a peer or package client would."""
+        req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, dict(resp.headers), resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers), exc.read()
+
+    def add_blob(self, data: bytes) -> str:
+        return self.api("PUT", "/blobs/upload", raw=data)["digest"]
+
+    def fetch(self, digest: str, size: int | None = None, source: dict | None = None,
+              timeout: float = 120) -> dict:
+        """Run a cluster fetch through the admin API; returns the final progress line."""
+        _, _, payload = self.request("POST", "/blobs?cmd=fetch",
+                                     {"digest": digest, "size": size, "source": source}, timeout=timeout)
+        lines = [json.loads(x) for x in payload.splitlines() if x.strip()]
+        if not lines:
+            raise AssertionError(f"{self.name}: fetch gave no answer: {payload[:300]!r}")
+        return lines[-1]
+
+    def blob(self, digest: str) -> bytes:
+        status, _, payload = self.request("GET", f"/blobs/{digest}", timeout=120)
+        assert status == 200, (status, payload[:200])
+        return payload
+
+    def metrics(self) -> dict[str, float]:
+        return self.api("GET", "/stats")["metrics"]
+
+    def nodes(self, all: bool = False) -> list[dict]:
+        return self.api("GET", "/nodes" + ("?all=true" if all else ""))["nodes"]
+
+    def online_peers(self) -> set[str]:
+        return {n["uuid"] for n in self.nodes() if n.get("status") == "online"}
+
+    # -- stopping --------------------------------------------------------------------------------
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def wait_until(predicate: Any, timeout: float = 10, interval: float = 0.05, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except (OSError, http.client.HTTPException, AssertionError, ValueError, KeyError):
+            pass
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
