@@ -132,19 +132,26 @@ class JSONEndpoint(BaseHandler):
         super().prepare()
         self._body_chunks: list[bytes] = []
         self._body_len = 0
+        # An oversized body is read and dropped (up to the server's hard cap) so the client gets a
+        # clean 413 instead of a broken pipe; it is refused when the handler asks for the body.
+        self._too_large = False
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > self.max_body_size:
-            raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of "
-                                  f"{self.max_body_size}")
+            self._too_large = True
 
     def data_received(self, chunk: bytes) -> None:
         self._body_len += len(chunk)
         if self._body_len > self.max_body_size:
-            raise PayloadTooLarge(f"request body exceeds the limit of {self.max_body_size} bytes")
-        self._body_chunks.append(chunk)
+            self._too_large = True
+            self._body_chunks = []
+        if not self._too_large:
+            self._body_chunks.append(chunk)
 
     @property
     def body(self) -> bytes:
+        if self._too_large:
+            raise PayloadTooLarge(f"request body of {self._body_len} bytes exceeds the limit of "
+                                  f"{self.max_body_size}")
         return b"".join(self._body_chunks)
 
     def json_body(self, default: Any = None) -> Any:
@@ -172,6 +179,8 @@ class RPCEndpoint(JSONEndpoint):
                 if hasattr(getattr(cls, name, None), "_rpc_admin")}
 
     async def post(self, *args: str) -> None:
+        if self._too_large:
+            self.body  # noqa: B018 - raises PayloadTooLarge
         cmd = self.get_query_argument("cmd", None)
         commands = self.commands()
         if not cmd or cmd not in commands:

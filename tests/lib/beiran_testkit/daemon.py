@@ -6,6 +6,7 @@ import http.client
 import itertools
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -16,12 +17,28 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-_NET = itertools.count(20)
+_NET = itertools.count(random.randrange(250))
+
+
+def _free(ip: str, port: int) -> bool:
+    s = socket.socket()
+    try:
+        s.bind((ip, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
 
 
 def next_subnet() -> int:
-    """A fresh 127.N.0.0/24 per cluster, so leftovers of one test never answer another."""
-    return next(_NET) % 250 + 1
+    """A fresh 127.N.M.0/24 per cluster (random, checked free), so concurrent test runs and
+    leftovers of one test never answer another."""
+    while True:
+        n = next(_NET) % 250 + 1
+        m = random.randrange(1, 250)
+        if all(_free(f"127.{n}.{m}.{i}", 8888) for i in (2, 3, 4)):
+            return n * 1000 + m
 
 
 def _toml(value: Any) -> str:

@@ -33,7 +33,7 @@ class Cluster:
         self.nodes: list[Daemon] = []
 
     def ip(self, i: int) -> str:
-        return f"127.{self.subnet}.0.{i + 2}"
+        return f"127.{self.subnet // 1000}.{self.subnet % 1000}.{i + 2}"
 
     def add(self, config: dict[str, Any] | None = None, peers: str | list[str] | None = "all",
             start: bool = True, env: dict[str, str] | None = None) -> Daemon:
