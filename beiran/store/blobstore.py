@@ -375,24 +375,28 @@ class BlobStore:
                        and not self._in_use.get(e.digest)), key=lambda e: e.last_access)
 
     async def make_room(self, size: int) -> None:
-        """Evict least-recently-used unpinned blobs so `size` more bytes fit; else StorageFull."""
+        """Evict least-recently-used unpinned blobs so `size` more bytes fit; else StorageFull.
+
+        Nothing is evicted when eviction could not make enough room anyway."""
         cap = self.ctx.config.store.max_size
         reserve = self.ctx.config.store.reserve_free
         pending = sum((w.size or 0) - w.available for w in self.writers.values())
+        could_free = sum(e.size for e in self.evictable())
         if cap is not None:
             if size > cap:
                 raise StorageFull(f"blob of {size} bytes is larger than store.max_size ({cap})")
             excess = self.total_size() + pending + size - cap
+            if excess > could_free:
+                raise StorageFull(f"store.max_size ({cap} bytes) reached: the rest is pinned or in use")
             if excess > 0:
-                freed = await self._evict(excess)
-                if freed < excess:
-                    raise StorageFull(f"store.max_size ({cap} bytes) reached: the rest is pinned or in use")
+                could_free -= await self._evict(excess)
         free = (await self.ctx.run_blocking(shutil.disk_usage, self.root)).free
-        if free - pending - size < reserve:
-            freed = await self._evict(size + reserve + pending - free)
-            if free + freed - pending - size < reserve:
+        short = size + reserve + pending - free
+        if short > 0:
+            if short > could_free:
                 raise StorageFull(f"not enough disk space for {size} bytes in {self.root} "
                                   f"({free} free, {reserve} kept in reserve)")
+            await self._evict(short)
 
     async def _evict(self, need: int) -> int:
         freed = 0

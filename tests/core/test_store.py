@@ -1,0 +1,147 @@
+"""Blob store on its own: atomic verified writes, eviction, pins, full disk, crash leftovers."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from beiran.config import load_config
+from beiran.context import DaemonContext
+from beiran.errors import BlobNotFound, Conflict, InvalidDigest, StorageFull, VerificationError
+from beiran.events import EventBus
+from beiran.models import CORE_MODELS
+from beiran.models.base import create_and_migrate, open_database
+from beiran.store.blobstore import BlobStore
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+async def make_store(root: Path, **store_cfg) -> BlobStore:
+    cfg = load_config(environ={}, overrides={"data_dir": str(root)})
+    for k, v in store_cfg.items():
+        setattr(cfg.store, k, v)
+    cfg.testing["fsync"] = False
+    ctx = DaemonContext(config=cfg, bus=EventBus())
+    root.mkdir(parents=True, exist_ok=True)
+    open_database(root / "db.sqlite")
+    await ctx.run_db(create_and_migrate, CORE_MODELS)
+    store = BlobStore(ctx, root / "blobs")
+    await store.open()
+    return store
+
+
+async def write(store: BlobStore, data: bytes, digest: str | None = None) -> None:
+    w = await store.begin_write(digest or sha(data), len(data))
+    await w.feed(data)
+    await store.commit(w)
+
+
+def test_verified_write_and_mismatch_leaves_nothing(tmp_path):
+    async def go():
+        store = await make_store(tmp_path)
+        await write(store, b"hello")
+        assert store.path_for(sha(b"hello")).read_bytes() == b"hello"
+        with pytest.raises(VerificationError):
+            await write(store, b"evil", digest=sha(b"good"))
+        assert not store.has(sha(b"good"))
+        assert not store.path_for(sha(b"good")).exists()
+        assert list((tmp_path / "blobs" / "tmp").iterdir()) == []
+        w = await store.begin_write(sha(b"abc"), 3)
+        with pytest.raises(VerificationError):
+            await w.feed(b"abcd")  # more than announced
+        store.abort(w, VerificationError("too long"))
+        with pytest.raises(InvalidDigest):
+            store.path_for("sha256:../../etc/passwd")
+    asyncio.run(go())
+
+
+def test_lru_eviction_respects_pins_and_readers(tmp_path):
+    async def go():
+        store = await make_store(tmp_path, max_size=300)
+        a, b, c = b"a" * 100, b"b" * 100, b"c" * 100
+        for data in (a, b, c):
+            await write(store, data)
+            await asyncio.sleep(0.01)
+        await store.pin(sha(a), "test", "img:1")
+        async with store.use(sha(b)):
+            await write(store, b"d" * 100)  # needs room: a is pinned, b is being read -> c goes
+        assert store.has(sha(a)) and store.has(sha(b)) and not store.has(sha(c))
+        with pytest.raises(StorageFull):
+            async with store.use(sha(b)), store.use(sha(b"d" * 100)):
+                await write(store, b"e" * 100)  # everything else pinned or in use
+        with pytest.raises(StorageFull):
+            await write(store, b"x" * 400)  # larger than the cap itself
+        with pytest.raises(Conflict):
+            await store.remove(sha(a))
+        await store.unpin("test", "img:1")
+        await store.remove(sha(a))
+        with pytest.raises(BlobNotFound):
+            await store.remove(sha(a))
+    asyncio.run(go())
+
+
+def test_restart_cleans_leftovers_and_adopts_or_drops_files(tmp_path):
+    async def first():
+        store = await make_store(tmp_path)
+        await write(store, b"kept")
+        w = await store.begin_write(sha(b"half"), 4)  # crash mid-write: temp file stays behind
+        await w.feed(b"ha")
+        await w.flush()
+        return store
+
+    store = asyncio.run(first())
+    tmp_files = list((tmp_path / "blobs" / "tmp").iterdir())
+    assert tmp_files
+    # a file dropped in by hand is adopted after verification; a corrupt one is removed
+    good = b"adopt me"
+    p = store.path_for(sha(good))
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(good)
+    bad = store.path_for(sha(b"original"))
+    bad.parent.mkdir(parents=True, exist_ok=True)
+    bad.write_bytes(b"tampered")
+
+    async def second():
+        s = await make_store(tmp_path)
+        return s
+
+    s = asyncio.run(second())
+    assert list((tmp_path / "blobs" / "tmp").iterdir()) == []
+    assert s.has(sha(b"kept")) and s.has(sha(good)) and not s.has(sha(b"original"))
+    assert not bad.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_full_disk_fails_the_one_write_and_store_stays_consistent(tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        async def go():
+            store = await make_store(mnt / "data", reserve_free=0)
+            await write(store, b"small")
+            big = os.urandom(3 << 20)
+            with pytest.raises(StorageFull):
+                await write(store, big)  # announced size: refused up front, nothing evicted
+            assert store.has(sha(b"small"))
+            w = await store.begin_write(sha(big), None)  # size unknown: ENOSPC mid-write
+            with pytest.raises(StorageFull):
+                await w.feed(big)
+                await store.commit(w)
+            store.abort(w, StorageFull("disk full"))
+            assert not store.has(sha(big))
+            assert list((mnt / "data" / "blobs" / "tmp").iterdir()) == []
+            assert store.path_for(sha(b"small")).read_bytes() == b"small"
+            await write(store, b"still works")
+            store.ctx.db_executor.submit(lambda: __import__("beiran.models.base").models.base.database.close()).result()
+        asyncio.run(go())
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])
