@@ -3,7 +3,7 @@
     nox                      # everything (what scripts/test and CI run)
     nox -s build             # the seven wheels into dist/
     nox -s lint
-    nox -s "tests(dns)"      # core wheel + beiran-dns wheel only: tests/core + tests/plugins/dns
+    nox -s "tests(npm)"      # core wheel + beiran-npm wheel only: tests/core + tests/plugins/npm
     nox -t tests             # every test session
     nox -s "tests(dns)" -- -k heartbeat -x     # extra arguments go to pytest
 
@@ -15,9 +15,11 @@ python3-apt (`apt_pkg`) lives.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import nox
@@ -27,6 +29,9 @@ DIST = ROOT / "dist"
 PLUGINS = ["docker", "apt", "npm", "dns", "zeroconf", "k8s"]
 #: plugins whose wheel depends on another plugin's wheel
 PLUGIN_DEPENDS = {"k8s": ["docker"]}
+#: plugins a test session also installs, for tests across plugins (dns: a node found by zeroconf,
+#: DNS and static config at once is one node)
+TEST_ALSO = {"dns": ["zeroconf"]}
 #: what every test venv gets besides the wheels
 TEST_TOOLS = ["pytest>=8", "pytest-timeout"]
 DEBIAN_PYTHON = "/usr/bin/python3"
@@ -36,6 +41,30 @@ SOURCE_SUFFIXES = {".py", ".proto", ".json", ".toml"}
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.sessions = ["lint", "build", "tests", "tests(apt)"]
 nox.options.reuse_venv = "no"
+_LOCK_FD: int | None = None
+
+
+def _lock_checkout() -> None:
+    """One nox run at a time per checkout: two would recreate each other's venvs under .nox/ and
+    rebuild dist/ under each other's tests. A second run waits for the first."""
+    global _LOCK_FD
+    if any(a in ("-l", "--list", "--list-sessions") for a in sys.argv[1:]):
+        return
+    (ROOT / ".nox").mkdir(exist_ok=True)
+    fd = os.open(ROOT / ".nox" / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        print(f"nox: another nox run (pid {holder}) is using {ROOT}; waiting for it to finish",
+              file=sys.stderr, flush=True)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _LOCK_FD = fd  # held until this process exits
+
+
+_lock_checkout()
 
 
 def _project_dir(dist: str) -> Path:
@@ -113,30 +142,38 @@ def build(session: nox.Session) -> None:
 def _clean_env() -> dict[str, str | None]:
     """Drop what could point the tests back at the source tree or at someone's daemon/config:
     PYTHONPATH and every BEIRAN_* variable of the calling shell (None unsets it for nox)."""
-    env: dict[str, str | None] = {"PYTHONDONTWRITEBYTECODE": "1"}
+    env: dict[str, str | None] = {}
     env.update({k: None for k in os.environ if k == "PYTHONPATH" or k.startswith("BEIRAN_")})
     return env
 
 
+CHECK_NAMESPACE = """\
+import importlib, pkgutil, sys
+import beiran
+expected = sorted(sys.argv[2:])
+try:
+    names = sorted(m.name for m in pkgutil.iter_modules(importlib.import_module("beiran_plugins").__path__))
+except ImportError:
+    names = []
+print("beiran from", beiran.__file__, "- beiran_plugins holds", names)
+if names != expected:
+    sys.exit(f"beiran_plugins holds {names}, expected {expected}: something leaks the source tree in")
+if beiran.__file__.startswith(sys.argv[1]):
+    sys.exit("beiran is imported from the source tree, not from the installed wheel")
+"""
+
+
 def _check_namespace(session: nox.Session, expected: list[str], cwd: Path) -> None:
     """The venv sees exactly the plugins installed into it, and beiran from site-packages."""
-    code = (
-        "import importlib, pkgutil, beiran, sys\n"
-        "try:\n"
-        "    ns = importlib.import_module('beiran_plugins')\n"
-        "    names = sorted(m.name for m in pkgutil.iter_modules(ns.__path__))\n"
-        "except ImportError:\n"
-        "    names = []\n"
-        f"assert names == {sorted(expected)!r}, f'beiran_plugins holds {{names}}, expected {sorted(expected)!r}'\n"
-        f"assert not beiran.__file__.startswith({str(ROOT / 'beiran')!r}), beiran.__file__\n"
-        "print('beiran_plugins:', names)\n"
-    )
+    script = cwd / "check_namespace.py"
+    script.write_text(CHECK_NAMESPACE)
     with session.chdir(cwd):
-        session.run("python", "-c", code, env=_clean_env())
+        session.run("python", script.name, str(ROOT / "beiran"), *expected, env=_clean_env())
+    script.unlink()
 
 
 def _run_tests(session: nox.Session, dist: str) -> None:
-    plugins = [] if dist == "core" else [*PLUGIN_DEPENDS.get(dist, []), dist]
+    plugins = [] if dist == "core" else [*PLUGIN_DEPENDS.get(dist, []), *TEST_ALSO.get(dist, []), dist]
     wanted = ["core", *plugins]
     stale = [d for d in wanted if _stale(d)]
     if stale:
@@ -144,18 +181,27 @@ def _run_tests(session: nox.Session, dist: str) -> None:
         _build(session, stale)
     wheels = [str(_find_wheel(d)) for d in wanted]
 
+    # Test-only tools, when the tests need more than pytest: tests/requirements.txt for every
+    # session, tests/plugins/<name>/requirements.txt for that plugin's.
     extra: list[str] = []
     for req in (ROOT / "tests" / "requirements.txt", ROOT / "tests" / "plugins" / dist / "requirements.txt"):
-        if dist != "core" or req.parent == ROOT / "tests":
-            if req.is_file():
-                extra += ["-r", str(req)]
+        if req.is_file():
+            extra += ["-r", str(req)]
     session.install(*wheels, *TEST_TOOLS, *extra)
 
     # A scratch cwd: neither the repo root (which would put the source beiran_plugins/, with
     # every plugin, on sys.path for `python -c` and subprocesses) nor anything under it.
-    scratch = Path(session.create_tmp()).resolve()
-    _check_namespace(session, plugins, scratch)
+    # (Not session.create_tmp(): it is under .nox/ and sets TMPDIR there, and unix socket paths
+    # under pytest's tmp_path would grow past the 108-byte limit.)
+    scratch = Path(tempfile.mkdtemp(prefix=f"beiran-nox-{dist}-"))
+    try:
+        _check_namespace(session, plugins, scratch)
+        _pytest(session, dist, plugins, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
+
+def _pytest(session: nox.Session, dist: str, plugins: list[str], scratch: Path) -> None:
     paths = [str(ROOT / "tests" / "core")]
     if dist != "core":
         plugin_tests = ROOT / "tests" / "plugins" / dist

@@ -133,11 +133,17 @@ class Config:
         data["run_dir"] = str(self.run_dir)
         if data.get("cluster_token"):
             data["cluster_token"] = "***"
-        for section in data["plugins"].values():
-            for k in list(section):
-                if any(s in k.lower() for s in ("password", "token", "secret")):
-                    section[k] = "***"
+        _mask_secrets(data["plugins"])
         return data
+
+
+def _mask_secrets(section: dict[str, Any]) -> None:
+    """Mask password/token/secret values at any depth ([plugins.docker.registries."x"] password)."""
+    for k, v in list(section.items()):
+        if isinstance(v, dict):
+            _mask_secrets(v)
+        elif any(s in str(k).lower() for s in ("password", "token", "secret")):
+            section[k] = "***"
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:

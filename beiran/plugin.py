@@ -76,8 +76,12 @@ class BaseDiscoveryPlugin(BasePlugin):
 
     kind: ClassVar[str] = "discovery"
 
-    async def advertise(self, service_type: str, port: int, properties: dict[str, str]) -> None:
-        """Announce an extra service (e.g. the apt proxy) when the mechanism supports it."""
+    async def advertise(self, service_type: str, port: int, properties: dict[str, str]) -> bool:
+        """Announce an extra service (e.g. the apt proxy) when the mechanism supports it.
+
+        Returns True when the service is (or will be, once the plugin is up) announced, False when
+        this mechanism cannot announce services (DNS, static)."""
+        return False
 
 
 class BaseInterfacePlugin(BasePlugin):

@@ -110,4 +110,7 @@ class DaemonClient:
         while data := resp.read(chunk):
             out.write(data)
             n += len(data)
+        length = resp.getheader("Content-Length")
+        if length is not None and length.isdigit() and n != int(length):
+            raise CLIError(f"the daemon stopped after {n} of {length} bytes (see the daemon log)")
         return n

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+from typing import Any
+
 import tornado.web
+from tornado.httpserver import HTTPServer
 
 from beiran.context import DaemonContext
 from beiran.daemon import core_api
@@ -34,3 +39,38 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
     logging.getLogger("beiran.http").log(level, "%d %s %s (%s) %.1fms", status, handler.request.method,
                                          handler.request.uri, handler.request.remote_ip,
                                          1000.0 * handler.request.request_time())
+
+
+class PlainHTTPServer(HTTPServer):
+    """The TCP listener: a connection that opens with a TLS handshake is closed at once.
+
+    Clients told a mirror is "insecure" (skopeo, podman, docker) try https first and fall back to
+    http only when that fails; without this they wait for their TLS handshake timeout (10 s per pull).
+    """
+
+    def handle_stream(self, stream: Any, address: Any) -> None:
+        asyncio.ensure_future(self._sniff(stream, address))
+
+    async def _sniff(self, stream: Any, address: Any) -> None:
+        loop = asyncio.get_running_loop()
+        sock = stream.socket
+        fd = sock.fileno()
+        ready = loop.create_future()
+        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+        try:
+            await asyncio.wait_for(ready, 2.0)
+        except TimeoutError:
+            pass
+        finally:
+            loop.remove_reader(fd)
+        try:
+            first = sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            first = b""
+        except OSError:
+            stream.close()
+            return
+        if first == b"\x16":  # TLS handshake record
+            stream.close()
+            return
+        super().handle_stream(stream, address)

@@ -69,7 +69,7 @@ async def run(config: Config) -> int:
     from tornado.netutil import bind_sockets
 
     from beiran.context import DaemonContext
-    from beiran.daemon.app import make_app
+    from beiran.daemon.app import PlainHTTPServer, make_app
     from beiran.fetch.fetcher import Fetcher
     from beiran.fetch.origins import local_source_keys
     from beiran.identity import NodeIdentity, advertised_addresses, load_or_create_uuid
@@ -125,7 +125,7 @@ async def run(config: Config) -> int:
     ctx.identity.plugins = local_source_keys(ctx) + [
         p for p in ctx.plugins.enabled_names() if p not in local_source_keys(ctx)]
     app = make_app(ctx)
-    tcp_server = HTTPServer(app, max_body_size=64 << 20, idle_connection_timeout=300)
+    tcp_server = PlainHTTPServer(app, max_body_size=64 << 20, idle_connection_timeout=300)
     tcp_server.add_sockets(tcp_socks)
     unix_server = HTTPServer(app, max_body_size=64 << 20)
     unix_server.add_socket(unix_sock)

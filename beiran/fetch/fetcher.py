@@ -45,6 +45,18 @@ class FetchJob:
     bad: set[str] = field(default_factory=set)  # peers skipped for this blob
     started: float = field(default_factory=time.monotonic)
     _last_event: float = 0.0
+    #: set while `writer` is usable (cleared while it is (re)created); joiners wait on it
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def writer_ready(self) -> None:
+        """Wait until the job has a writer to read from, or has ended."""
+        if self.ready.is_set() or self.done.done():
+            return
+        waiter = asyncio.ensure_future(self.ready.wait())
+        try:
+            await asyncio.wait([waiter, self.done], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
 
     @property
     def failed(self) -> bool:
@@ -79,8 +91,11 @@ class Fetcher:
             async for chunk in self.ctx.store.read(target, start, end,
                                                    timeout=self.ctx.config.fetch.peer_timeout):
                 yield chunk
-        if not job.done.done():
-            await asyncio.shield(job.done)
+        await asyncio.shield(job.done)  # raises when the download failed after its last byte arrived
+        if isinstance(target, BlobWriter) and target.failed:
+            # the bytes just streamed came from a source that failed verification (the job went
+            # on with another one): the consumer must not keep them
+            raise VerificationError(f"blob {job.digest[:19]}: streamed bytes failed verification")
 
     async def start(self, digest: str, size: int | None, source: dict[str, Any] | None,
                     delegated: bool = False) -> FetchJob:
@@ -97,7 +112,11 @@ class Fetcher:
             self.ctx.metrics.fetch_requests.labels("local").inc()
             return job
         if digest in self.jobs:
-            return self.jobs[digest]
+            # the job is registered before its writer exists: a joiner (a second client, a peer's
+            # delegated fetch) that read the store now would find nothing and go elsewhere
+            job = self.jobs[digest]
+            await job.writer_ready()
+            return job
         if size is None:
             size = self._announced_size(digest)
         job = FetchJob(digest, size, source)
@@ -110,6 +129,8 @@ class Fetcher:
         except BaseException:
             del self.jobs[digest]
             raise
+        finally:
+            job.ready.set()
         task = asyncio.ensure_future(self._run(job))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         return job
@@ -146,7 +167,10 @@ class Fetcher:
                 return await self.ctx.store.commit(job.writer)
             except VerificationError as exc:
                 self.ctx.metrics.verify_failures.inc()
+                if job.writer is not None and self.ctx.store.writing(job.digest) is job.writer:
+                    self.ctx.store.abort(job.writer, exc)  # a source sent too many bytes: never committed
                 suspects = set(job.contributors)
+                job.ready.clear()
                 job.writer = None  # commit() already discarded the bytes
                 if not suspects:
                     raise  # the origin itself served bad bytes
@@ -156,6 +180,7 @@ class Fetcher:
                 job.contributors.clear()
                 job.bytes_from.clear()
                 job.writer = await self.ctx.store.begin_write(job.digest, job.size)
+                job.ready.set()
         raise UpstreamError(f"blob {job.digest[:19]}: gave up after {MAX_RESTARTS} bad sources")
 
     def _candidates(self, job: FetchJob, failed: set[str]) -> tuple[list[str], list[str]]:

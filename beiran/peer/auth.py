@@ -54,6 +54,17 @@ class PeerAuth:
         if not hmac.compare_digest(expected, sig):
             raise Unauthorized("wrong cluster token")
 
+    def uuid_of(self, request: HTTPServerRequest) -> str | None:
+        """The requesting node's UUID from its X-Beiran-Auth proof; None when auth is off (nothing
+        proves who asks). Only meaningful after check_request() accepted the request."""
+        if not self.enabled:
+            return None
+        raw = request.headers.get("X-Beiran-Auth", "")
+        for part in raw.split(","):
+            if part.startswith("uuid="):
+                return part[5:] or None
+        return None
+
     def nonce_of(self, request: HTTPServerRequest) -> str:
         raw = request.headers.get("X-Beiran-Auth", "")
         for part in raw.split(","):

@@ -52,7 +52,9 @@ class PeerManager:
     async def start(self) -> None:
         rows = await self.ctx.run_db(lambda: list(Node.select().dicts()))
         for r in rows:
-            self.found_by[r["uuid"]] = set(r["found_by"] or [])
+            # discovery plugins start before this and may have found (and connected) nodes already:
+            # what they recorded this run wins over the last run's record
+            self.found_by.setdefault(r["uuid"], set(r["found_by"] or []))
         await self.ctx.run_db(lambda: Node.update(status=NodeStatus.OFFLINE.value)
                               .where(Node.uuid != self.ctx.identity.uuid).execute())
         for url in self.ctx.config.peers:
@@ -79,6 +81,8 @@ class PeerManager:
         targets = [t for t in self.targets.values() if url_or_uuid in (t.url, t.uuid)]
         for t in targets:
             t.found_by.discard(via)
+            if t.uuid and not any(via in x.found_by for x in self.targets.values() if x.uuid == t.uuid):
+                self.found_by.get(t.uuid, set()).discard(via)  # `node list` shows current sources only
             if not t.found_by:
                 if t.task:
                     t.task.cancel()
@@ -105,6 +109,10 @@ class PeerManager:
                 await asyncio.shield(conn.closed)
                 if conn.uuid:
                     target.uuid = conn.uuid
+                    # the connection may have lost the tie-break to the peer's own (inbound) one:
+                    # this target still found that node
+                    for via in target.found_by:
+                        self._add_found_by(conn.uuid, via)
                 if target.is_self:
                     return
             except asyncio.CancelledError:

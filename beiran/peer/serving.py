@@ -56,6 +56,8 @@ class BlobHandler(BaseHandler):
     async def get(self, digest: str, head: bool = False) -> None:
         d = parse_digest(digest)
         store = self.ctx.store
+        if not self.is_unix_socket() and store.access_policies:
+            store.check_access(str(d), self.ctx.auth.uuid_of(self.request) if self.ctx.auth else None)
         async with store.use(str(d)) as target:
             size = target.size
             rng = parse_range(self.request.headers.get("Range"), size)

@@ -10,14 +10,14 @@ import shutil
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from beiran import events
-from beiran.errors import BlobNotFound, Conflict, StorageFull, UpstreamError
+from beiran.errors import BlobNotFound, Conflict, Forbidden, StorageFull, UpstreamError
 from beiran.models.blob import Blob, BlobRef
 from beiran.store.digest import Digest, parse_digest
 from beiran.store.writer import BlobWriter
@@ -56,6 +56,8 @@ class BlobStore:
         self._in_use: Counter[str] = Counter()
         self._dirty_access: set[str] = set()
         self._bg: asyncio.Task | None = None
+        #: checks run before a blob is served to a peer (see add_access_policy)
+        self.access_policies: list[Callable[[str, str | None], str | None]] = []
 
     # -- paths -----------------------------------------------------------------------------------
     def path_for(self, digest: Digest | str) -> Path:
@@ -179,6 +181,21 @@ class BlobStore:
             d["pinned_by"] = sorted(f"{o}:{r}" for o, r in self.pins.get(e.digest, ()))
             out.append(d)
         return out
+
+    # -- access (serving to peers) ----------------------------------------------------------------
+    def add_access_policy(self, policy: Callable[[str, str | None], str | None]) -> Callable[[], None]:
+        """Register `policy(digest, peer_uuid) -> None | reason`, run before a blob goes to a peer
+        (e.g. the k8s plugin's private-image rule). peer_uuid is the requester proven by the cluster
+        token, None when it is not known. A reason refuses the request with 403. Returns a remover."""
+        self.access_policies.append(policy)
+        return lambda: self.access_policies.remove(policy) if policy in self.access_policies else None
+
+    def check_access(self, digest: str, peer: str | None) -> None:
+        """Raise Forbidden when any access policy refuses `digest` to `peer`."""
+        for policy in list(self.access_policies):
+            reason = policy(digest, peer)
+            if reason:
+                raise Forbidden(reason)
 
     # -- writing ---------------------------------------------------------------------------------
     async def begin_write(self, digest: str, size: int | None) -> BlobWriter:
@@ -324,14 +341,27 @@ class BlobStore:
         else:
             path, total = str(target.tmp_path), target.size
         end = total if end is None else end
-        fd = await self.ctx.run_blocking(os.open, path, os.O_RDONLY)
+        try:
+            fd = await self.ctx.run_blocking(os.open, path, os.O_RDONLY)
+        except FileNotFoundError:
+            # the download is being committed (its temp file moved into place) since use(): wait
+            # for the commit to finish and read the stored blob
+            if not isinstance(target, BlobWriter):
+                raise
+            await asyncio.wait([target.done], timeout=timeout)
+            entry = self.entries.get(str(target.digest))
+            if entry is None:
+                raise
+            target, path, total = entry, self.file_of(entry), entry.size
+            end = entry.size if end is None else min(end, entry.size)
+            fd = await self.ctx.run_blocking(os.open, path, os.O_RDONLY)
         try:
             pos = start
             while end is None or pos < end:
                 if isinstance(target, BlobWriter):
                     if target.available <= pos:
-                        if target.done.done() and not target.failed and target.size is None:
-                            return
+                        if target.done.done() and not target.failed:
+                            return  # complete, all read (its size may have become known mid-read)
                         await target.wait_for_growth(pos, timeout)
                     limit = target.available
                 else:

@@ -40,6 +40,9 @@ class BlobWriter:
         self._inflight: asyncio.Future | None = None
         self._grown = asyncio.Event()
         self.done = asyncio.get_running_loop().create_future()
+        #: set once every byte is in and matches the digest (before the fsync and rename of commit):
+        #: a reader streaming the blob may release its last bytes then, not after the disk flush
+        self.verified = asyncio.get_running_loop().create_future()
         self.error: BaseException | None = None
         self.source = ""  # where the bytes are coming from right now (for progress)
 
@@ -173,6 +176,8 @@ class BlobWriter:
         if actual != self.digest.hex:
             raise VerificationError(f"blob {self.digest.short}: content hashes to "
                                     f"{self.digest.algorithm}:{actual[:12]}, not the expected digest")
+        if not self.verified.done():
+            self.verified.set_result(None)
         if fsync:
             await self._run_io(os.fsync, self._fd)
         return str(self.tmp_path)

@@ -1,3 +1,26 @@
-"""apt: a proxy whose .debs come from the cluster."""
+"""apt: a proxy whose .debs come from the cluster, verified through apt's own signed chain.
+
+Using it (stock apt, unchanged):
+
+    Acquire::http::Proxy "http://127.0.0.1:3142";          # every http:// source, proxy mode
+    deb http://127.0.0.1:3142/https/deb.example.org/debian bookworm main   # an https:// source
+    # or: `beiran apt configure --write` (Proxy-Auto-Detect: falls back to DIRECT without a daemon)
+
+Configuration (`[plugins.apt]`):
+
+    listen = "127.0.0.1:3142"       # the proxy's own listener (clients: the daemon's client_cidrs)
+    keyrings = []                   # default: /etc/apt/trusted.gpg(.d) and /usr/share/keyrings/*.gpg
+    trusted_sources = []            # URL prefixes whose indexes count unsigned, like [trusted=yes]
+    ca_file = ""                    # extra CA for https:// upstreams (private mirrors, tests)
+    allow_hosts = []                # fnmatch patterns of upstream hosts; empty: any
+    max_index_size = "1G"
+    upstream_timeout = 20
+    peer_index_fallback = true      # upstream unreachable and no copy here: ask peers for theirs
+    advertise = true                # _apt_proxy._tcp through loaded discovery plugins
+
+Index files pass through byte for byte (If-Modified-Since honoured, last good copy kept on disk);
+a .deb that a verified index describes is a core fetch of its SHA256 (peers first, origin once per
+cluster); anything else passes through, unshared.
+"""
 
 __version__ = "0.1.0"

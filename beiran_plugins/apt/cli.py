@@ -1,8 +1,205 @@
-"""`beiran apt ...` commands."""
+"""`beiran apt ...` commands. Only click and beiran.cli at module top: `beiran --help` stays fast."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
 
 import click
 
+from beiran.cli.client import CLIError
+from beiran.cli.output import emit_json, human_size, json_option, table
 
-@click.group(name="apt", short_help="apt commands.")
+DEFAULT_LISTEN = "127.0.0.1:3142"
+CONF_PATH = "/etc/apt/apt.conf.d/30beiran-proxy"
+DETECT_COMMAND = "beiran-apt-proxy-detect"
+
+
+@click.group(name="apt", short_help="apt proxy: .debs from the cluster.")
 def cli() -> None:
-    """apt: a proxy whose .debs come from the cluster."""
+    """apt: a proxy whose .debs come from the cluster, verified through apt's signed chain.
+
+    \b
+    Point apt at it with `beiran apt configure --write`, or by hand:
+      Acquire::http::Proxy "http://127.0.0.1:3142";
+    HTTPS sources go through the mirror path instead:
+      deb http://127.0.0.1:3142/https/deb.example.org/debian bookworm main
+    """
+
+
+def _client() -> Any:
+    from beiran.cli.main import client
+
+    return client()
+
+
+# -- finding the proxy ---------------------------------------------------------------------------
+def proxy_url(listen: str | None = None) -> str:
+    """The local proxy's URL from [plugins.apt] listen (0.0.0.0 means: ask on loopback)."""
+    if listen is None:
+        try:
+            from beiran.config import load_config
+
+            listen = str(load_config().plugin_section("apt").get("listen") or DEFAULT_LISTEN)
+        except Exception:  # noqa: BLE001 - no config file is fine: the default applies
+            listen = DEFAULT_LISTEN
+    from beiran.config import parse_hostport
+
+    host, port = parse_hostport(listen, 3142)
+    if host in ("0.0.0.0", "", "::"):
+        host = "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{port}"
+
+
+def proxy_answers(url: str, timeout: float = 0.5) -> bool:
+    hostport = url.split("://", 1)[1]
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as s:
+            s.settimeout(timeout)
+            s.sendall(b"GET /_beiran/ping HTTP/1.0\r\nHost: beiran\r\n\r\n")
+            data = b""
+            while len(data) < 4096 and (chunk := s.recv(4096)):
+                data += chunk
+        return data.startswith(b"HTTP/1.") and b" 200 " in data[:20] and b'"apt-proxy"' in data
+    except (OSError, ValueError):
+        return False
+
+
+@cli.command("proxy-detect")
+@click.argument("uri", required=False)
+@click.option("--listen", help="The proxy address (default: [plugins.apt] listen of the config).")
+def proxy_detect(uri: str | None, listen: str | None) -> None:
+    """Print the local proxy URL if it answers, else DIRECT (for Acquire::http::Proxy-Auto-Detect)."""
+    click.echo(_detect(uri, listen))
+
+
+def _detect(uri: str | None, listen: str | None = None) -> str:
+    if uri and not uri.startswith("http://"):
+        return "DIRECT"
+    try:
+        url = proxy_url(listen)
+    except Exception:  # noqa: BLE001 - a broken config must not break apt: go direct
+        return "DIRECT"
+    return url if proxy_answers(url) else "DIRECT"
+
+
+def proxy_detect_main() -> None:
+    """`beiran-apt-proxy-detect URI`: apt runs this path directly (it passes no other arguments)."""
+    print(_detect(sys.argv[1] if len(sys.argv) > 1 else None))
+
+
+@cli.command("configure")
+@click.option("--write", is_flag=True, help=f"Write the snippet to {CONF_PATH} instead of printing it.")
+@click.option("--path", "path", default=CONF_PATH, show_default=True, help="Where --write puts it.")
+def configure(write: bool, path: str) -> None:
+    """Print (or write) the apt configuration that sends downloads through Beiran."""
+    detect = shutil.which(DETECT_COMMAND) or str(Path(sys.executable).parent / DETECT_COMMAND)
+    url = proxy_url()
+    text = (f"// Beiran apt proxy (`beiran apt configure`): apt asks {DETECT_COMMAND} per connection,\n"
+            f"// which answers {url} while the proxy runs and DIRECT otherwise.\n"
+            f'Acquire::http::Proxy-Auto-Detect "{detect}";\n'
+            "// https:// sources cannot go through a caching proxy: point them at its mirror path, e.g.\n"
+            f"//   deb {url}/https/deb.example.org/debian bookworm main\n")
+    if not write:
+        click.echo(text, nl=False)
+        return
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = f"{path}.tmp"
+        Path(tmp).write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise CLIError(f"cannot write {path}: {exc.strerror} (run as root?)") from None
+    click.echo(f"wrote {path}")
+
+
+# -- what the node has -----------------------------------------------------------------------------
+@cli.command("packages")
+@click.option("--all", "show_all", is_flag=True, help="Also the .debs other nodes hold, with the holders.")
+@json_option
+def packages(show_all: bool, as_json: bool) -> None:
+    """The .debs in this node's store (name, version, arch, size, digest)."""
+    rows = _client().get("/apt/packages" + ("?all=1" if show_all else ""))["packages"]
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        r["size_h"] = human_size(r.get("size"))
+        r["short"] = (r.get("digest") or "")[:19]
+        r["holders"] = len(r.get("nodes") or [])
+    cols = [("package", "PACKAGE"), ("version", "VERSION"), ("arch", "ARCH"), ("size_h", "SIZE"),
+            ("short", "DIGEST")]
+    if show_all:
+        cols.append(("holders", "NODES"))
+    table(rows, cols, empty="(no .debs known)" if show_all else "(no .debs stored)")
+
+
+@cli.command("sources")
+@json_option
+def sources(as_json: bool) -> None:
+    """The upstream archives seen through the proxy: last index refresh and trust."""
+    data = _client().get("/apt/sources")
+    rows = data["sources"]
+    if as_json:
+        emit_json(rows)
+        return
+    now = data.get("now") or time.time()
+    for r in rows:
+        age = now - r["last_refresh"] if r.get("last_refresh") else None
+        r["refreshed"] = "never" if age is None else f"{int(age)}s ago" if age < 120 else f"{int(age // 60)}m ago"
+        r["trust_h"] = r["trust"] + (f" ({r['signer'][-16:]})" if r.get("signer") else "")
+    table(rows, [("key", "ARCHIVE"), ("mode", "MODE"), ("trust_h", "TRUST"), ("packages", "FILES"),
+                 ("refreshed", "REFRESHED"), ("last_error", "PROBLEM")], empty="(no archives seen yet)")
+
+
+# -- import ----------------------------------------------------------------------------------------
+@cli.command("import")
+@click.argument("directory", default="/var/cache/apt/archives",
+                type=click.Path(file_okay=False, exists=True, path_type=Path))
+@json_option
+def import_debs(directory: Path, as_json: bool) -> None:
+    """Seed the store from an apt archives dir: only .debs whose SHA256 matches apt's records."""
+    from beiran_plugins.apt import importer
+
+    files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in (".deb", ".udeb"))
+    try:
+        cache = importer.open_cache()
+    except RuntimeError as exc:
+        raise CLIError(str(exc)) from None
+    client = _client()
+    found = list(importer.match(files, cache))
+    ok = [c for c in found if c.skip is None]
+    have = set(client.post("/apt/packages?cmd=have", {"digests": [c.digest for c in ok]})["have"]) if ok else set()
+    imported = 0
+    with click.progressbar(ok, label="importing", file=sys.stderr, show_pos=True,
+                           item_show_func=lambda c: c.path.name if c else "") as bar:
+        for c in bar:
+            if c.digest not in have:
+                with open(c.path, "rb") as fh:
+                    got = client.request("PUT", "/blobs/upload", raw=fh, headers={"Content-Length": str(c.size)})
+                if got.get("digest") != c.digest:
+                    c.skip = "changed while it was read"
+                    continue
+                imported += 1
+            else:
+                c.skip = "already in the store"
+            client.post("/apt/packages?cmd=register", {"digest": c.digest, "package": c.package,
+                                                       "version": c.version, "arch": c.arch,
+                                                       "filename": c.path.name})
+    if as_json:
+        emit_json({"imported": imported, "files": [c.to_dict() for c in found]})
+        return
+    click.echo(f"imported {imported} of {len(files)} .deb files from {directory}")
+    reasons: dict[str, int] = {}
+    for c in found:
+        if c.skip:
+            reasons[c.skip] = reasons.get(c.skip, 0) + 1
+    for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]):
+        click.echo(f"  skipped {n}: {reason}")

@@ -1,8 +1,198 @@
-"""`beiran docker ...` commands."""
+"""`beiran docker ...` commands. Imports only click and beiran.cli at module level (fast --help)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+from urllib.parse import quote
 
 import click
+
+from beiran.cli.client import CLIError
+from beiran.cli.main import client
+from beiran.cli.output import emit_json, human_size, json_option, table
 
 
 @click.group(name="docker", short_help="Docker/OCI images commands.")
 def cli() -> None:
     """Docker/OCI images: a registry mirror served from the cluster."""
+
+
+def _path(ref: str, suffix: str = "") -> str:
+    return "/docker/images/" + quote(ref, safe="/:@") + suffix
+
+
+def _short(digest: str | None) -> str:
+    return (digest or "")[:19]
+
+
+class Progress:
+    """One bar per layer on a terminal (redrawn in place); one line per finished layer otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.tty = enabled and sys.stderr.isatty()
+        self.enabled = enabled
+        self.drawn = 0
+        self.finished: set[str] = set()
+
+    def update(self, layers: list[dict[str, Any]]) -> None:
+        if not self.enabled:
+            return
+        if not self.tty:
+            for lay in layers:
+                if lay.get("done") and lay["digest"] not in self.finished:
+                    self.finished.add(lay["digest"])
+                    click.echo(f"{_short(lay['digest'])}  {human_size(lay.get('total'))}  done "
+                               f"({_where(lay.get('sources'))})", err=True)
+            return
+        lines = [self._bar(lay) for lay in layers]
+        if self.drawn:
+            sys.stderr.write(f"\x1b[{self.drawn}F")
+        for line in lines:
+            sys.stderr.write("\x1b[2K" + line + "\n")
+        sys.stderr.flush()
+        self.drawn = len(lines)
+
+    @staticmethod
+    def _bar(lay: dict[str, Any], width: int = 30) -> str:
+        total, got = lay.get("total") or 0, lay.get("bytes") or 0
+        frac = min(1.0, got / total) if total else (1.0 if lay.get("done") else 0.0)
+        bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
+        state = "error: " + lay["error"] if lay.get("error") else ("done" if lay.get("done") else "")
+        return (f"{_short(lay['digest'])} [{bar}] {human_size(got):>10} / {human_size(total):<10} "
+                f"{_where(lay.get('sources'))} {state}").rstrip()
+
+
+def _where(sources: dict[str, int] | None) -> str:
+    if not sources:
+        return ""
+    return ", ".join(k for k, v in sorted(sources.items()) if v)
+
+
+@cli.command("pull")
+@click.argument("ref")
+@click.option("--platform", metavar="OS/ARCH[/VARIANT]", help="Image to pick from a multi-platform index "
+              "(default: this machine's).")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--no-load", is_flag=True, help="Keep the image in Beiran's store only; do not load it into Docker.")
+@json_option
+def pull(ref: str, platform: str | None, no_progress: bool, no_load: bool, as_json: bool) -> None:
+    """Pull REF into this node's store (peers first, then the registry) and load it into Docker."""
+    progress = Progress(not no_progress and not as_json)
+    final: dict[str, Any] = {}
+    for event in client(timeout=3600).stream_lines("POST", "/docker/images?cmd=pull",
+                                                   {"ref": ref, "platform": platform, "load": not no_load}):
+        final = event
+        if event.get("event") == "progress":
+            progress.update(event.get("layers") or [])
+    if as_json:
+        emit_json(final)
+        if final.get("error"):
+            sys.exit(1)
+        return
+    if final.get("error"):
+        raise CLIError(final["error"].get("message", "pull failed"))
+    src = final.get("sources") or {}
+    click.echo(f"Pulled {final.get('ref')} ({_short(final.get('digest'))}, {final.get('platform')}): "
+               f"{final.get('layers')} layers, {human_size(final.get('size'))} in {final.get('elapsed')}s "
+               f"(local {human_size(src.get('local', 0))}, peers {human_size(src.get('peer', 0))}, "
+               f"origin {human_size(src.get('origin', 0))})")
+    if not no_load and final.get("engine"):
+        click.echo(final["engine"][:1].upper() + final["engine"][1:])
+
+
+@cli.command("save")
+@click.argument("ref")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Archive to write.")
+@click.option("--platform", metavar="OS/ARCH", help="For an image not pulled yet: the platform to pick.")
+def save(ref: str, output: str, platform: str | None) -> None:
+    """Write REF as a `docker save`-compatible archive (from the store, or fetched through the cluster)."""
+    path = _path(ref) + (f"?platform={quote(platform)}" if platform else "")
+    tmp = output + ".part"
+    try:
+        with open(tmp, "wb") as fh:
+            n = client(timeout=3600).download(path, fh)
+        os.replace(tmp, output)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    click.echo(f"{output}: {human_size(n)}")
+
+
+@cli.command("images")
+@click.option("--all", "show_all", is_flag=True, help="Images on every online node, with the nodes holding each.")
+@click.option("--node", metavar="UUID", help="Images of one node.")
+@json_option
+def images(show_all: bool, node: str | None, as_json: bool) -> None:
+    """Images in this node's store and its Docker engine (or the cluster's)."""
+    query = "?all=true" if show_all else (f"?node={quote(node)}" if node else "")
+    data = client().get("/docker/images" + query)
+    rows = list(data.get("images") or [])
+    engine = data.get("engine")
+    if engine:
+        for im in engine.get("images") or []:
+            for tag in im.get("tags") or ["<none>:<none>"]:
+                rows.append({"ref": tag, "digest": im.get("id"), "size": im.get("size"), "source": "engine"})
+    if as_json:
+        emit_json({"images": rows, "engine": {k: v for k, v in (engine or {}).items() if k != "images"} or None})
+        return
+    for r in rows:
+        r["image"] = r.get("ref")
+        r["short"] = _short(r.get("digest"))
+        r["hsize"] = human_size(r.get("size"))
+        if r.get("source") == "beiran":
+            r["state"] = "complete" if r.get("complete", True) else f"{r.get('blobs_local')} blobs local"
+        r["where"] = len(r.get("nodes") or [])
+    cols = [("image", "IMAGE"), ("short", "DIGEST"), ("platform", "PLATFORM"), ("hsize", "SIZE"),
+            ("layers", "LAYERS"), ("source", "SOURCE"), ("state", "STATE")]
+    if show_all or node:
+        cols.append(("where", "NODES"))
+    table(rows, cols, empty="(no images)")
+    if engine and not engine.get("reachable"):
+        click.echo(f"(no Docker engine reachable at {engine.get('host')})", err=True)
+
+
+@cli.command("layers")
+@click.option("--all", "show_all", is_flag=True, help="Layers on every online node.")
+@click.option("--node", metavar="UUID", help="Layers of one node.")
+@json_option
+def layers(show_all: bool, node: str | None, as_json: bool) -> None:
+    """Layers of the images this node (or the cluster) holds, and where each is."""
+    query = "?all=true" if show_all else (f"?node={quote(node)}" if node else "")
+    rows = client().get("/docker/layers" + query)["layers"]
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        r["hsize"] = human_size(r.get("size"))
+        r["nimages"] = len(r.get("images") or [])
+        r["where"] = len(r.get("nodes") or [])
+    table(rows, [("digest", "DIGEST"), ("hsize", "SIZE"), ("state", "STATE"), ("nimages", "IMAGES"),
+                 ("where", "NODES")], empty="(no layers)")
+
+
+@cli.command("info")
+@click.argument("ref")
+@json_option
+def info(ref: str, as_json: bool) -> None:
+    """One image's record: manifest, config, layers and where they are."""
+    data = client().get(_path(ref, "/info"))
+    if as_json:
+        emit_json(data)
+        return
+    for key in ("ref", "digest", "index_digest", "platform", "media_type", "via"):
+        click.echo(f"{key:13} {data.get(key) or '-'}")
+    click.echo(f"{'size':13} {human_size(data.get('size'))}")
+    for lay in data.get("layers") or []:
+        click.echo(f"  {lay['digest']}  {human_size(lay.get('size')):>10}  on {len(lay.get('nodes') or [])} node(s)")
+
+
+@cli.command("rmi")
+@click.argument("refs", nargs=-1, required=True)
+def rmi(refs: tuple[str, ...]) -> None:
+    """Remove images from this node's store (blobs no other image pins are deleted)."""
+    c = client()
+    for ref in refs:
+        data = c.request("DELETE", _path(ref))
+        click.echo(f"removed {', '.join(data.get('removed') or [ref])} ({data.get('blobs_removed', 0)} blobs deleted)")

@@ -1,8 +1,149 @@
 """`beiran npm ...` commands."""
 
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+from urllib.parse import urlsplit
+
 import click
 
+from beiran.cli.client import CLIError
+from beiran.cli.main import client
+from beiran.cli.output import emit_json, human_size, json_option, table
 
-@click.group(name="npm", short_help="npm commands.")
+
+@click.group(name="npm", short_help="npm registry proxy: packages, warm, configure.")
 def cli() -> None:
-    """npm: a registry proxy whose tarballs come from the cluster."""
+    """npm: a registry proxy whose tarballs come from the cluster.
+
+    Point npm at this node (`beiran npm configure` prints the .npmrc line); every tarball then
+    crosses the WAN once per cluster. Package reads only: publish, login, audit and the like are
+    refused with a message, or forwarded to the upstream with `[plugins.npm] writes = "forward"`.
+    """
+
+
+@cli.command("packages")
+@click.option("--all", "show_all", is_flag=True, help="Also tarballs other nodes hold, with the nodes.")
+@json_option
+def packages(show_all: bool, as_json: bool) -> None:
+    """Tarballs in this node's store (name, version, size, integrity)."""
+    data = client().get("/npm/-/beiran/packages" + ("?all=true" if show_all else ""))["packages"]
+    if as_json:
+        emit_json(data)
+        return
+    for row in data:
+        row["name"] = row.get("name") or "(no packument here)"
+        row["hsize"] = human_size(row.get("size"))
+        row["short"] = (row.get("integrity") or "")[:27] + "..."
+        row["where"] = ",".join(n[:8] for n in sorted(row.get("nodes", {})))
+    cols = [("name", "NAME"), ("version", "VERSION"), ("hsize", "SIZE"), ("short", "INTEGRITY")]
+    if show_all:
+        cols.append(("where", "NODES"))
+    table(data, cols, empty="(no npm tarballs)")
+
+
+def lockfile_entries(doc: Any) -> list[dict[str, Any]]:
+    """Registry tarballs listed in a package-lock.json / npm-shrinkwrap.json (v1, v2 or v3)."""
+    if not isinstance(doc, dict):
+        raise CLIError("the lockfile is not a JSON object")
+    out: list[dict[str, Any]] = []
+    if isinstance(doc.get("packages"), dict):
+        for path, e in doc["packages"].items():
+            if not path or not isinstance(e, dict) or e.get("link") or e.get("inBundle"):
+                continue
+            name = e.get("name") or path.rsplit("node_modules/", 1)[-1]
+            _add(out, name, e)
+        return out
+
+    def walk(deps: Any) -> None:
+        for name, e in (deps or {}).items():
+            if isinstance(e, dict) and not e.get("bundled"):
+                version = str(e.get("version", ""))
+                if version.startswith("npm:"):
+                    real, _, version = version[4:].rpartition("@")
+                    e = {**e, "version": version}
+                    name = real
+                _add(out, name, e)
+                walk(e.get("dependencies"))
+    walk(doc.get("dependencies"))
+    return out
+
+
+def _add(out: list[dict[str, Any]], name: str, e: dict[str, Any]) -> None:
+    version, resolved = e.get("version"), e.get("resolved")
+    if not isinstance(version, str) or (isinstance(resolved, str) and "/-/" not in urlsplit(resolved).path):
+        return  # git, file, link or remote-tarball dependencies: not from a registry
+    out.append({"name": name, "version": version, "integrity": e.get("integrity")})
+
+
+@cli.command("warm")
+@click.argument("specs", nargs=-1, metavar="PACKAGE[@RANGE]...")
+@click.option("--lockfile", type=click.Path(exists=True, dir_okay=False),
+              help="Warm every registry tarball of this package-lock.json.")
+@click.option("--no-deps", is_flag=True, help="Only the named packages, not their dependencies.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@json_option
+def warm(specs: tuple[str, ...], lockfile: str | None, no_deps: bool, no_progress: bool, as_json: bool) -> None:
+    """Prefetch tarballs (and their dependencies) into the cluster.
+
+    e.g. `beiran npm warm react@^18 @types/node@latest` or `--lockfile package-lock.json`.
+    Ranges and dist-tags resolve as npm would (the `latest` tag when it satisfies, else the highest
+    match); dependencies are included unless --no-deps.
+    """
+    entries = None
+    if lockfile:
+        try:
+            with open(lockfile, encoding="utf-8") as fh:
+                entries = lockfile_entries(json.load(fh))
+        except (OSError, ValueError) as exc:
+            raise CLIError(f"cannot read {lockfile}: {exc}") from None
+    if not specs and not entries:
+        raise CLIError("nothing to warm: name packages or give --lockfile")
+    body = {"packages": list(specs), "deps": not no_deps, "lockfile": entries}
+    final: dict[str, Any] = {}
+    bar = None
+    try:
+        for event in client(timeout=3600).stream_lines("POST", "/npm/-/beiran/warm", body):
+            if event.get("stage") == "fetching" and not no_progress and not as_json and sys.stderr.isatty():
+                bar = click.progressbar(length=event["total"], label="warming", file=sys.stderr,
+                                        item_show_func=lambda e: e)
+                bar.__enter__()
+            elif "package" in event and bar is not None:
+                bar.update(1, event["package"])
+            if event.get("done"):
+                final = event
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    if as_json:
+        emit_json(final)
+    else:
+        click.echo(f"warmed {final.get('fetched', 0)} of {final.get('total', 0)} tarballs "
+                   f"({human_size(final.get('bytes', 0))})")
+    failed = final.get("failed") or []
+    for f in failed:
+        click.echo(f"  failed: {f['package']}: {f['error']}", err=True)
+    if failed:
+        raise CLIError(f"{len(failed)} package(s) could not be warmed")
+
+
+@cli.command("configure")
+@json_option
+def configure(as_json: bool) -> None:
+    """Print the .npmrc lines that send npm through this node.
+
+    Lockfiles whose `resolved` URLs point at the public registry go through Beiran as they are
+    (npm's replace-registry-host). For lockfiles written against another host (a private upstream,
+    another Beiran node's address) add `replace-registry-host=always`.
+    """
+    info = client().get("/npm/-/beiran/info")
+    lines = [f"registry={info['registry']}"]
+    host = urlsplit(info["upstream"]).hostname or ""
+    if host and host != "registry.npmjs.org":
+        lines.append(f"replace-registry-host={host}")
+    if as_json:
+        emit_json({**info, "npmrc": lines})
+        return
+    click.echo("\n".join(lines))

@@ -1,8 +1,55 @@
-"""`beiran zeroconf ...` commands."""
+"""`beiran zeroconf ...` commands (light imports only: `beiran --help` loads this module)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
 
 import click
 
+from beiran.cli.client import CLIError
+from beiran.cli.main import client
+from beiran.cli.output import emit_json, json_option, table
 
-@click.group(name="zeroconf", short_help="Zeroconf discovery commands.")
+SERVICE_COLUMNS = [("instance", "INSTANCE"), ("addresses", "ADDRESSES"), ("port", "PORT"),
+                   ("state", "STATE"), ("detail", "DETAIL"), ("age", "SINCE")]
+
+
+@click.group(name="zeroconf", short_help="Zeroconf (mDNS) discovery commands.")
 def cli() -> None:
-    """Zeroconf discovery: peers found over mDNS."""
+    """Zeroconf discovery: peers found over mDNS (`_beiran._tcp.local.`)."""
+
+
+def fetch_status() -> dict[str, Any]:
+    try:
+        return client().get("/zeroconf/status")
+    except CLIError as exc:
+        if "HTTP 404" in str(exc.message):
+            raise CLIError("the zeroconf plugin is not running on this daemon "
+                           "(see `beiran plugins list`)") from None
+        raise
+
+
+@cli.command("status")
+@json_option
+def status(as_json: bool) -> None:
+    """What this node announces and the services it has heard.
+
+    STATE is peer (probed and connected), self, malformed, wrong-node (its /info answers with
+    another UUID), unreachable, unresolved, other-cluster or resolving."""
+    data = fetch_status()
+    if as_json:
+        emit_json(data)
+        return
+    net = data.get("network") or {}
+    click.echo(f"instance  {data['instance']}  (cluster {data['cluster']})")
+    click.echo(f"mDNS on   {', '.join(net.get('interfaces') or []) or '-'} ({net.get('ip_version', '-')})")
+    click.echo(f"announce  {', '.join(net.get('announce') or []) or '-'}")
+    for ann in data.get("announced") or []:
+        state = "announced" if ann["registered"] else f"NOT announced: {ann.get('error') or 'pending'}"
+        click.echo(f"service   {ann['type']} port {ann['port']}: {state}")
+    click.echo("")
+    now = time.time()
+    rows = [{**s, "instance": s["name"].split(".", 1)[0][:40], "detail": (s.get("detail") or "")[:60],
+             "age": f"{max(0, now - s['since']):.0f}s ago"} for s in data.get("services") or []]
+    table(rows, SERVICE_COLUMNS, empty="(no _beiran._tcp services heard yet)")

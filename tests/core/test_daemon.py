@@ -96,7 +96,8 @@ def test_broken_plugins_and_unknown_config_keep_the_daemon_up(cluster, tmp_path)
     assert "this_module_does_not_exist_anywhere" in plugins["noimport"]["error"]
     assert "nosuchplugin" in node.log() and "not installed" in node.log()
     others = [p for n, p in plugins.items() if n not in ("kaboom", "noimport")]
-    assert all(p["status"] == "ready" for p in others)
+    # "disabled": the test kit turns zeroconf off unless a test configures it (mDNS on loopback)
+    assert all(p["status"] in ("ready", "disabled") for p in others), others
     assert node.api("GET", "/ping")["pong"] is True
     assert "Traceback" not in node.log()
 

@@ -138,3 +138,16 @@ def test_help_lists_installed_plugins(beiran_exe: Path, installed: list[str], tm
     commands = help_commands(proc.stdout)
     assert CORE_COMMANDS <= commands, proc.stdout
     assert commands - CORE_COMMANDS == set(installed), proc.stdout
+
+
+def test_example_config_loads(tmp_path: Path) -> None:
+    """contrib/config.example.toml (shipped beside the systemd unit) is a valid config."""
+    example = Path(__file__).resolve().parents[2] / "contrib" / "config.example.toml"
+    if not example.is_file():
+        pytest.skip(f"{example} not found (not run from a checkout)")
+    from beiran.config import load_config
+
+    cfg = load_config(example, environ={})
+    assert cfg.listen == "0.0.0.0:8888"
+    assert str(cfg.socket_path) == "/run/beiran/beirand.sock"
+    assert sorted(cfg.plugins) == PLUGINS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import importlib.util
 import itertools
 import json
 import os
@@ -41,6 +42,13 @@ def next_subnet() -> int:
             return n * 1000 + m
 
 
+def _zeroconf_installed() -> bool:
+    try:
+        return importlib.util.find_spec("beiran_plugins.zeroconf") is not None
+    except ImportError:
+        return False
+
+
 def _toml(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -51,6 +59,11 @@ def _toml(value: Any) -> str:
     return json.dumps(str(value))
 
 
+def _key(k: str) -> str:
+    """A TOML key: bare when it can be, else quoted (registry names such as "127.0.0.1:5000")."""
+    return k if k and all(c.isalnum() or c in "_-" for c in k) else json.dumps(k)
+
+
 def write_toml(path: Path, data: dict[str, Any]) -> None:
     lines: list[str] = []
     tables: list[tuple[str, dict]] = []
@@ -58,7 +71,7 @@ def write_toml(path: Path, data: dict[str, Any]) -> None:
     def walk(prefix: str, d: dict) -> None:
         for k, v in d.items():
             if isinstance(v, dict):
-                tables.append((f"{prefix}{k}", v))
+                tables.append((f"{prefix}{_key(k)}", v))
     for k, v in data.items():
         if not isinstance(v, dict):
             lines.append(f"{k} = {_toml(v)}")
@@ -70,7 +83,7 @@ def write_toml(path: Path, data: dict[str, Any]) -> None:
         lines += [f'{json.dumps(k) if not k.isidentifier() else k} = {_toml(v)}' for k, v in scalars.items()]
         for k, v in table.items():
             if isinstance(v, dict):
-                tables.insert(0, (f"{name}.{k}", v))
+                tables.insert(0, (f"{name}.{_key(k)}", v))
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -100,6 +113,12 @@ class Daemon:
                 self.config[k] = {**self.config[k], **v}
             else:
                 self.config[k] = v
+        # mDNS on loopback reaches every daemon of every test running on this machine: zeroconf
+        # stays off unless a test configures it (then it should also set its own `cluster`).
+        if _zeroconf_installed():
+            plugins = dict(self.config.get("plugins") or {})
+            plugins.setdefault("zeroconf", {"enabled": False})
+            self.config["plugins"] = plugins
         self.env = dict(env or {})
         self.proc: subprocess.Popen | None = None
         self.uuid: str | None = None
@@ -134,7 +153,10 @@ class Daemon:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
             try:
                 self.uuid = self.api("GET", "/info")["uuid"]
-                return
+                # The listeners open before plugins start: ready is when every plugin has started (or failed).
+                if all(p.get("status") != "init" for p in self.api("GET", "/status").get("plugins", [])):
+                    return
+                time.sleep(0.05)
             except (OSError, http.client.HTTPException, ValueError):
                 time.sleep(0.05)
         raise RuntimeError(f"{self.name} did not start in {timeout}s:\n{self.log()[-3000:]}")

@@ -28,7 +28,7 @@ class Origin:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 path = self.path.split("?")[0]
                 with origin._lock:
                     origin.requests[path] += 1

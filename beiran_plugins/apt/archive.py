@@ -1,0 +1,283 @@
+"""What this node knows about the archives its clients use, and how much of it to trust.
+
+Release files are verified (gpgv) before their hashes count; an index file's hashes are used only
+when it matches the verified Release that lists it (or its URL is under `trusted_sources`). From those
+indexes come pool path -> SHA256 + size, which turn .deb requests into cluster fetches.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from beiran.errors import BadRequest
+from beiran_plugins.apt import trust
+from beiran_plugins.apt.models import AptDeb, AptPackage, AptRelease, AptSource
+from beiran_plugins.apt.urls import Kind, Target, clean_path
+
+if TYPE_CHECKING:
+    from beiran_plugins.apt.plugin import AptPlugin
+
+log = logging.getLogger("beiran.apt")
+BATCH = 400
+
+
+@dataclass
+class Blob:
+    """A file the cluster can deliver: its digest, size, and the source peers can resolve."""
+
+    digest: str
+    size: int
+    base: str
+    path: str  # relative to base
+    package: str = ""
+    version: str = ""
+    arch: str = ""
+    index_name: str = ""  # by-hash only: the index file name it stands for (Packages.xz, ...)
+
+    @property
+    def source(self) -> dict[str, Any]:
+        return {"plugin": "apt", "base": self.base, "path": self.path}
+
+
+def split_base(target: Target, bases: set[str]) -> tuple[str, str] | None:
+    """(base key, path relative to it) for the longest known base the target lies under."""
+    segs = target.path.strip("/").split("/")
+    for i in range(len(segs) - 1, -1, -1):
+        key = base_key(target, "/".join(segs[:i]))
+        if key in bases:
+            return key, "/".join(segs[i:])
+    return None
+
+
+def base_key(target: Target, dir_path: str) -> str:
+    t = Target(target.scheme, target.host, target.port, "/" + dir_path.strip("/"), target.mode)
+    return t.url.rstrip("/") + "/"
+
+
+def release_dirs(target: Target) -> tuple[str, str]:
+    """(release dir, archive base) for an InRelease/Release URL; flat repos have them equal."""
+    dir_path = target.path.rsplit("/", 1)[0]
+    release_dir = base_key(target, dir_path)
+    i = dir_path.rfind("/dists/")
+    base = base_key(target, dir_path[:i]) if i >= 0 else release_dir
+    return release_dir, base
+
+
+class Archive:
+    def __init__(self, plugin: AptPlugin) -> None:
+        self.plugin = plugin
+        self.ctx = plugin.ctx
+        self.workdir: Path = plugin.root / "work"
+        self.bases: set[str] = set()
+        self.releases: dict[str, dict[str, Any]] = {}  # release dir -> row dict
+        self.learned: dict[str, str] = {}  # index URL -> sha256 of the copy learned from
+        self.stats: Counter[str] = Counter()
+
+    async def load(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        bases, rels = await self.ctx.run_db(lambda: (
+            [s.key for s in AptSource.select(AptSource.key)], list(AptRelease.select().dicts())))
+        self.bases = set(bases)
+        self.releases = {r["url"]: r for r in rels}
+
+    # -- trust -----------------------------------------------------------------------------------
+    def trusted_prefix(self, url: str) -> bool:
+        return any(url.startswith(p) for p in self.plugin.cfg.trusted_sources)
+
+    def release_for(self, url: str) -> dict[str, Any] | None:
+        best = None
+        for rdir, rel in self.releases.items():
+            if url.startswith(rdir) and (best is None or len(rdir) > len(best["url"])):
+                best = rel
+        return best
+
+    async def learn(self, target: Target, path: Path, sha256: str, from_peer: bool = False) -> None:
+        """Digest a freshly fetched index file (or a copy a peer had); never raises."""
+        if self.learned.get(target.url) == sha256:
+            return
+        try:
+            if target.kind == Kind.RELEASE:
+                await self._learn_release(target, path, from_peer)
+            else:
+                await self._learn_index(target, path, sha256, target.name, from_peer)
+            self.learned[target.url] = sha256
+        except Exception as exc:  # noqa: BLE001 - a bad index must never break the proxying of it
+            log.warning("apt: could not use %s: %s", target.url, exc)
+            self.stats["index_errors"] += 1
+
+    async def _learn_release(self, target: Target, path: Path, from_peer: bool) -> None:
+        release_dir, base = release_dirs(target)
+        keyrings, work = self.plugin.keyrings, self.workdir
+        trusted_src = self.trusted_prefix(target.url) and not from_peer
+        if target.name == "InRelease":
+            v = await self.ctx.run_blocking(trust.verify_clearsigned, path, keyrings, work)
+            data_path = path
+        elif target.name == "Release.gpg":
+            cached = await self.plugin.indexes.cache.get(release_dir + "Release")
+            if cached is None:
+                return
+            data_path = cached.path
+            v = await self.ctx.run_blocking(trust.verify_detached, data_path, path, keyrings, work)
+        else:  # plain Release: counts once its Release.gpg verifies, or under trusted_sources
+            v = trust.Verification(False, error="waiting for Release.gpg")
+            data_path = path
+        if v.ok:
+            text, trust_state = v.text or "", "signed"
+            self.stats["releases_verified"] += 1
+        elif trusted_src:
+            text, trust_state = await self.ctx.run_blocking(trust.unsigned_text, data_path), "trusted_sources"
+        else:
+            if target.name != "Release":
+                self.stats["releases_rejected"] += 1
+                log.warning("apt: %s did not verify (%s): its hashes are not used", target.url, v.error)
+                await self._save_source(base, target.mode, "bad_signature", None, f"signature: {v.error}")
+            return
+        info = await self.ctx.run_blocking(trust.parse_release, text)
+        row = {"url": release_dir, "base": base, "trusted": True, "trust": trust_state, "signer": v.signer,
+               "fetched": time.time(), "by_hash": info.by_hash, "entries": info.entries}
+        self.releases[release_dir] = row
+        await self.ctx.run_db(lambda: AptRelease.insert(**row).on_conflict_replace().execute())
+        await self._save_source(base, target.mode, trust_state, v.signer, None)
+        log.info("apt: %s %s (%d index files)", release_dir, trust_state, len(info.entries))
+
+    async def _save_source(self, base: str, mode: str, trust_state: str, signer: str | None,
+                           error: str | None) -> None:
+        now = time.time()
+        self.bases.add(base)
+
+        def db() -> None:
+            AptSource.insert(key=base, mode=mode, created=now, last_refresh=now, trust=trust_state,
+                             signer=signer, last_error=error).on_conflict(
+                conflict_target=[AptSource.key],
+                update={AptSource.mode: mode, AptSource.last_refresh: now, AptSource.trust: trust_state,
+                        AptSource.signer: signer, AptSource.last_error: error}).execute()
+        await self.ctx.run_db(db)
+
+    async def refreshed(self, target: Target) -> None:
+        """The upstream confirmed (304) the Release this node has."""
+        _, base = release_dirs(target)
+        if base in self.bases:
+            now = time.time()
+            await self.ctx.run_db(lambda: AptSource.update(last_refresh=now).where(AptSource.key == base).execute())
+
+    async def _learn_index(self, target: Target, path: Path, sha256: str, name: str, from_peer: bool,
+                           size: int | None = None) -> None:
+        if not (name.startswith("Packages") or name.startswith("Sources")):
+            return
+        url = target.url
+        rel = self.release_for(url)
+        ok, base = False, None
+        if rel is not None and rel["trusted"]:
+            relpath = url[len(rel["url"]):]
+            entry = rel["entries"].get(relpath)
+            if target.kind == Kind.BY_HASH:
+                ok = True  # the caller matched its hash against the verified Release already
+            elif entry and entry.get("sha256") == sha256:
+                ok = True
+            base = rel["base"]
+        if not ok and self.trusted_prefix(url) and not from_peer:
+            ok = True
+            i = url.rfind("/dists/")
+            base = base or (url[:i + 1] if i >= 0 else url.rsplit("/", 1)[0] + "/")
+        if not ok or base is None:
+            self.stats["indexes_rejected"] += 1
+            log.warning("apt: %s does not match a verified Release: its hashes are not used", url)
+            return
+        parse = trust.parse_packages if name.startswith("Packages") else trust.parse_sources
+        rows = await self.ctx.run_blocking(parse, path, name, self.workdir)
+        clean = []
+        for r in rows:
+            try:
+                r["path"] = clean_path("/" + r["path"]).lstrip("/")
+            except Exception:  # noqa: BLE001 - a weird Filename is skipped, not fatal
+                continue
+            r["base"] = base
+            clean.append(r)
+        self.bases.add(base)
+
+        def db() -> None:
+            with AptPackage._meta.database.atomic():
+                for i in range(0, len(clean), BATCH):
+                    AptPackage.insert_many(clean[i:i + BATCH]).on_conflict_replace().execute()
+        await self.ctx.run_db(db)
+        self.stats["indexes_used"] += 1
+        log.info("apt: %s: %d files known", url, len(clean))
+
+    async def learn_by_hash(self, target: Target, blob: Blob, path: Path) -> None:
+        """A by-hash index the core fetched (so verified against the Release hash) -> its pool files."""
+        if self.learned.get(target.url) == blob.digest:
+            return
+        try:
+            await self._learn_index(target, path, blob.digest.split(":", 1)[1], blob.index_name, False)
+            self.learned[target.url] = blob.digest
+        except Exception as exc:  # noqa: BLE001
+            log.warning("apt: could not use %s: %s", target.url, exc)
+            self.stats["index_errors"] += 1
+
+    # -- lookups -------------------------------------------------------------------------------
+    async def package(self, target: Target) -> Blob | None:
+        """The trusted description of a pool file, or None (then it is passed through)."""
+        found = split_base(target, self.bases)
+        if found is None:
+            return None
+        base, rel = found
+        rows = await self.ctx.run_db(lambda: list(AptPackage.select().where(
+            (AptPackage.base == base) & (AptPackage.path == rel)).dicts()))
+        if not rows:
+            return None
+        r = rows[0]
+        return Blob(f"sha256:{r['sha256']}", r["size"], base, rel, r["package"], r["version"], r["arch"])
+
+    def by_hash(self, target: Target) -> Blob | None:
+        """`.../by-hash/SHA256/<hex>` listed by a verified Release -> a content-addressed blob."""
+        rel = self.release_for(target.url)
+        if rel is None or not rel["trusted"]:
+            return None
+        relpath = target.url[len(rel["url"]):]
+        directory, _, rest = relpath.partition("by-hash/")
+        alg_name, _, hexd = rest.partition("/")
+        alg = {"SHA256": "sha256", "SHA512": "sha512"}.get(alg_name)
+        if alg is None:
+            return None
+        for name, entry in rel["entries"].items():
+            if entry.get(alg) == hexd and name.startswith(directory) and "/" not in name[len(directory):]:
+                found = split_base(target, {rel["base"]})
+                if found is None:
+                    return None
+                return Blob(f"{alg}:{hexd}", entry["size"], rel["base"], found[1],
+                            index_name=name[len(directory):])
+        return None
+
+    def origin_url(self, params: dict[str, Any], digest: str) -> str:
+        """Where a peer's fetch source points, if this node knows that archive itself."""
+        base, path = params["base"], params["path"]
+        if base not in self.bases:
+            raise BadRequest("apt: this node has never seen that archive; it will not fetch from it")
+        from urllib.parse import quote
+
+        return base + quote(path, safe="/~+@:,=")
+
+    async def check_digest(self, params: dict[str, Any], digest: str) -> None:
+        base, path = params["base"], params["path"]
+        rows = await self.ctx.run_db(lambda: [r.sha256 for r in AptPackage.select(AptPackage.sha256).where(
+            (AptPackage.base == base) & (AptPackage.path == path))])
+        if rows and f"sha256:{rows[0]}" != digest:
+            raise BadRequest(f"apt: {path} is {rows[0][:12]} in this node's index, not {digest[:19]}")
+
+    async def record_deb(self, blob: Blob, via: str = "proxy") -> None:
+        """Pin a stored .deb for apt and list it (once: the first way it came in is kept)."""
+        ref = f"{blob.package}_{blob.version}_{blob.arch}" if blob.package else blob.path.rsplit("/", 1)[-1]
+        if ("apt", ref) in self.ctx.store.pins.get(blob.digest, set()):
+            return
+        await self.ctx.store.pin(blob.digest, "apt", ref)
+
+        def db() -> None:
+            AptDeb.insert(digest=blob.digest, package=blob.package, version=blob.version, arch=blob.arch,
+                          size=blob.size, filename=blob.path.rsplit("/", 1)[-1], via=via,
+                          added=time.time()).on_conflict_ignore().execute()
+        await self.ctx.run_db(db)

@@ -1,0 +1,251 @@
+"""The proxy listener apt talks to: index files pass through byte for byte, .debs come from the
+cluster by digest. Errors go back as an HTTP status whose reason phrase carries the message, since
+that is the text apt prints ("E: Failed to fetch ... 403 <reason>")."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+import tornado.web
+from tornado.iostream import StreamClosedError
+
+from beiran.errors import BeiranError, Forbidden, NotFound, UpstreamError, VerificationError
+from beiran.httpstream import stream_request
+from beiran.peer.serving import parse_range
+from beiran_plugins.apt.archive import Blob
+from beiran_plugins.apt.indexes import CachedIndex, not_modified
+from beiran_plugins.apt.urls import MIRROR_USAGE, Kind, Target, parse_request
+
+if TYPE_CHECKING:
+    from beiran_plugins.apt.plugin import AptPlugin
+
+log = logging.getLogger("beiran.apt")
+PING_PATH = "/_beiran/ping"
+DEB_TYPES = {".deb": "application/vnd.debian.binary-package", ".udeb": "application/vnd.debian.binary-package"}
+
+
+class MethodNotAllowed(BeiranError):
+    status, code = 405, "method_not_allowed"
+
+
+class ProxyHandler(tornado.web.RequestHandler):
+    SUPPORTED_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT")
+
+    def initialize(self, plugin: AptPlugin) -> None:
+        self.plugin = plugin
+        self.ctx = plugin.ctx
+
+    def set_default_headers(self) -> None:
+        self.set_header("Server", "beiran-apt")
+        self.set_header("Via", "1.1 beiran")
+
+    def prepare(self) -> None:
+        try:
+            addr = ipaddress.ip_address(self.request.remote_ip)
+        except ValueError:
+            raise Forbidden("client address not allowed") from None
+        if not any(addr in net for net in self.ctx.config.client_networks()):
+            raise Forbidden(f"client {addr} is not in client_cidrs")
+
+    # -- errors ----------------------------------------------------------------------------------
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, BeiranError):
+            body = exc.to_dict()
+            status_code = exc.status
+        elif isinstance(exc, tornado.web.HTTPError):
+            body = {"error": "error", "message": exc.log_message or self._reason}
+        else:
+            body = {"error": "internal_error", "message": "internal error (see the daemon log)"}
+        reason = "Beiran: " + " ".join(str(body["message"]).split())
+        reason = reason.encode("latin-1", "replace").decode("latin-1")[:300]
+        self.set_status(status_code, reason=reason)
+        self.clear_header("Content-Range")
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(body) + "\n")
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, BeiranError):
+            log.info("apt proxy %s %s -> %d %s", self.request.method, self.request.uri[:200], value.status,
+                     value.message)
+        else:
+            super().log_exception(typ, value, tb)
+
+    def _refuse(self, *_: str) -> None:
+        if self.request.method == "CONNECT":
+            raise MethodNotAllowed(f"CONNECT (HTTPS tunnelling) is not supported by the Beiran apt proxy: "
+                                   f"for https:// sources {MIRROR_USAGE}")
+        raise MethodNotAllowed(f"{self.request.method} is not supported: the apt proxy answers GET only")
+
+    post = put = delete = patch = options = head = connect = _refuse
+
+    # -- GET -------------------------------------------------------------------------------------
+    async def get(self, *_: str) -> None:
+        uri = self.request.uri or ""
+        if uri == PING_PATH:
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps({"beiran": "apt-proxy", "uuid": self.ctx.identity.uuid}))
+            return
+        target = parse_request(uri, self.plugin.cfg.allow_hosts)
+        kind = target.kind
+        self.plugin.stats[f"requests_{kind.value}"] += 1
+        if kind in (Kind.RELEASE, Kind.INDEX):
+            await self._index(target)
+        elif kind == Kind.BY_HASH:
+            blob = self.plugin.archive.by_hash(target)
+            if blob is None:
+                await self._index(target)
+            else:
+                await self._blob(target, blob, by_hash=True)
+        else:
+            blob = await self.plugin.archive.package(target)
+            if blob is None:
+                await self._passthrough(target)
+            else:
+                await self._blob(target, blob)
+
+    async def _index(self, target: Target) -> None:
+        entry: CachedIndex = await self.plugin.indexes.get(target)
+        if entry.last_modified:
+            self.set_header("Last-Modified", entry.last_modified)
+        self.set_header("X-Beiran-Source", entry.via)
+        if entry.stale:
+            self.set_header("Warning", '110 beiran "upstream unreachable: serving the last good copy"')
+        if not_modified(entry, self.request.headers.get("If-Modified-Since")):
+            self.set_status(304)
+            self.finish()
+            return
+        self.set_header("Content-Type", entry.content_type)
+        self.set_header("Content-Length", str(entry.size))
+        await self._send_file(entry)
+
+    async def _send_file(self, entry: CachedIndex) -> None:
+        fh = await self.ctx.run_blocking(open, entry.path, "rb")
+        try:
+            while data := await self.ctx.run_blocking(fh.read, 1 << 20):
+                self.write(data)
+                await self.flush()
+        except StreamClosedError:
+            return
+        finally:
+            fh.close()
+        self.finish()
+
+    async def _passthrough(self, target: Target) -> None:
+        """A file no trusted index describes: straight from the upstream, not stored, not shared."""
+        self.plugin.stats["passthrough"] += 1
+        async with stream_request(target.url, {}, ssl_ctx=self.plugin.ssl_ctx,
+                                  connect_timeout=min(self.plugin.cfg.upstream_timeout, 10.0)) as resp:
+            if resp.code in (404, 410):
+                raise NotFound(f"{target.url}: the upstream has no such file ({resp.code})")
+            if resp.code != 200:
+                raise UpstreamError(f"{target.url}: upstream answered {resp.code} {resp.reason}")
+            for h in ("Content-Length", "Content-Type", "Last-Modified"):
+                if resp.headers.get(h):
+                    self.set_header(h, resp.headers[h])
+            self.set_header("X-Beiran-Source", "upstream-passthrough")
+            try:
+                async for chunk in resp.chunks(self.plugin.cfg.upstream_timeout):
+                    self.write(chunk)
+                    await self.flush()
+            except (BeiranError, StreamClosedError) as exc:
+                log.info("apt: pass-through of %s stopped: %s", target.url, exc)
+                self.request.connection.close()
+                return
+        self.finish()
+
+    async def _blob(self, target: Target, blob: Blob, by_hash: bool = False) -> None:
+        """Stream a content-addressed file from the cluster. The last chunk is held back until the
+        bytes sent hash to the digest, so apt never completes a download of bad bytes."""
+        fetcher = self.ctx.fetcher
+        job = await fetcher.start(blob.digest, blob.size, blob.source)
+        after = self.plugin.after_fetch(target, blob, job, by_hash)
+        ext = "." + target.name.rsplit(".", 1)[-1]
+        self.set_header("Content-Type", DEB_TYPES.get(ext, "application/octet-stream"))
+        self.set_header("X-Beiran-Digest", blob.digest)
+        rng = self._range(blob)
+        if rng is not None:
+            start, end = rng
+            self.set_status(206)
+            self.set_header("Content-Range", f"bytes {start}-{end - 1}/{blob.size}")
+            self.set_header("Content-Length", str(end - start))
+            async for chunk in fetcher.stream(blob.digest, blob.size, blob.source, start, end):
+                self.write(chunk)
+                await self.flush()
+            self.finish()
+            return
+        self.set_header("Content-Length", str(blob.size))
+        # a blob already complete here was verified when it was stored; anything else is hashed as
+        # it goes out, as well as by the core while it comes in
+        verified = self.ctx.store.has(blob.digest)
+        for attempt in (1, 2):
+            hasher = None if verified else hashlib.new(blob.digest.split(":", 1)[0])
+            pending, sent = b"", 0
+            try:
+                async for chunk in fetcher.stream(blob.digest, blob.size, blob.source):
+                    # hashlib drops the GIL: hash this chunk in a thread while the last one goes out
+                    hashing = None if hasher is None else asyncio.get_running_loop().run_in_executor(
+                        self.ctx.io_executor, hasher.update, chunk)
+                    if pending:
+                        self.write(pending)
+                        await self.flush()
+                        sent += len(pending)
+                    if hashing is not None:
+                        await hashing
+                    pending = chunk
+                if sent + len(pending) != blob.size or (
+                        hasher is not None and hasher.hexdigest() != blob.digest.split(":", 1)[1]):
+                    raise VerificationError(f"{target.name}: the bytes do not match {blob.digest[:19]}")
+                # by the time apt has the file, its pool files are known (by-hash index) or it is
+                # pinned and listed (.deb)
+                await asyncio.wait_for(asyncio.shield(after), 30)
+            except StreamClosedError:
+                return
+            except (BeiranError, TimeoutError, OSError) as exc:
+                if sent:  # apt has part of it: cut, so it retries instead of keeping bad bytes
+                    log.warning("apt: %s cut after %d bytes: %s", target.url, sent, exc)
+                    self.request.connection.close()
+                    return
+                failed = job.done.done() and not job.done.cancelled() and job.done.exception() is not None
+                if failed:
+                    raise job.done.exception() from None
+                if attempt == 1 and isinstance(exc, VerificationError) and self.ctx.store.has(blob.digest):
+                    # a bad source was replaced while we read it, and nothing has left yet: again,
+                    # from the verified copy
+                    log.info("apt: %s; serving the verified copy instead", exc.message)
+                    continue
+                raise
+            self.write(pending)
+            self.finish()
+            return
+
+    def _range(self, blob: Blob) -> tuple[int, int] | None:
+        """Resume only from a complete, verified local copy, and only when no If-Range could
+        disagree (apt's partial file may hold bytes of an earlier, failed attempt)."""
+        header = self.request.headers.get("Range")
+        if not header or self.request.headers.get("If-Range") or not self.ctx.store.has(blob.digest):
+            return None
+        try:
+            rng = parse_range(header, blob.size)
+        except BeiranError:
+            return None
+        if rng is None or rng[1] is None:
+            return None
+        return rng[0], rng[1]
+
+
+def make_app(plugin: AptPlugin) -> tornado.web.Application:
+    return tornado.web.Application([(r".*", ProxyHandler, {"plugin": plugin})], compress_response=False,
+                                   log_function=_log_request)
+
+
+def _log_request(handler: tornado.web.RequestHandler) -> None:
+    status = handler.get_status()
+    level = logging.WARNING if status >= 500 else logging.DEBUG
+    log.log(level, "apt proxy %d %s %s (%s) %.1fms", status, handler.request.method, handler.request.uri[:200],
+            handler.request.remote_ip, 1000.0 * handler.request.request_time())

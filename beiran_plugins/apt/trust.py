@@ -1,0 +1,207 @@
+"""apt's chain of trust, checked the way apt checks it: gpgv over InRelease (or Release +
+Release.gpg) against the configured keyrings, then each index file's hash against the Release that
+lists it. Parsing uses python-apt (`apt_pkg.TagSection`/`TagFile`). Everything here blocks: call it
+through `ctx.run_blocking`. `apt_pkg` is imported on first use, never at CLI start-up.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_ARMOR = re.compile(rb"-----BEGIN PGP PUBLIC KEY BLOCK-----\r?\n(.*?)-----END PGP PUBLIC KEY BLOCK-----", re.S)
+_HASH_FIELDS = {"SHA256": "sha256", "SHA512": "sha512"}
+GPGV_TIMEOUT = 60
+
+
+def apt_pkg() -> Any:
+    import apt_pkg as mod
+
+    if not getattr(apt_pkg, "_ready", False):
+        mod.init_config()
+        apt_pkg._ready = True  # type: ignore[attr-defined]
+    return mod
+
+
+@dataclass
+class Verification:
+    ok: bool
+    signer: str | None = None
+    error: str | None = None
+    text: str | None = None  # the signed content (what the Release fields are read from)
+
+
+@dataclass
+class ReleaseInfo:
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    by_hash: bool = False
+    suite: str = ""
+
+
+def dearmor(data: bytes) -> bytes:
+    """ASCII-armored keys (`*.asc` in trusted.gpg.d) -> the binary form gpgv reads."""
+    out = b""
+    for block in _ARMOR.findall(data):
+        body = block.split(b"\n\n", 1)[-1] if b"\n\n" in block else block
+        lines = [ln.strip() for ln in body.splitlines() if ln.strip() and not ln.startswith(b"=")]
+        out += base64.b64decode(b"".join(lines))
+    return out
+
+
+def prepare_keyrings(files: list[str], workdir: Path) -> list[str]:
+    """Keyring paths gpgv can read: binary ones as they are, armored ones dearmored into `workdir`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    ready = []
+    for f in files:
+        try:
+            data = Path(f).read_bytes()
+        except OSError:
+            continue
+        if b"-----BEGIN PGP PUBLIC KEY BLOCK-----" in data[:4096] or f.endswith(".asc"):
+            binary = dearmor(data)
+            if not binary:
+                continue
+            out = workdir / (hashlib.sha256(data).hexdigest()[:24] + ".gpg")
+            if not out.exists():
+                out.write_bytes(binary)
+            ready.append(str(out))
+        elif data:
+            ready.append(f)
+    return ready
+
+
+def _gpgv(args: list[str], keyrings: list[str], workdir: Path) -> tuple[bool, str | None, str]:
+    if not keyrings:
+        return False, None, "no keyrings to check the signature against"
+    home = workdir / "gpghome"
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    cmd = ["gpgv", "--homedir", str(home), "--status-fd", "1"]
+    for k in keyrings:
+        cmd += ["--keyring", k]
+    try:
+        proc = subprocess.run(cmd + args, capture_output=True, text=True, timeout=GPGV_TIMEOUT,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, None, f"gpgv could not run: {exc}"
+    status = proc.stdout.splitlines()
+    valid = [ln.split()[2] for ln in status if ln.startswith("[GNUPG:] VALIDSIG ")]
+    bad = [ln for ln in status if ln.split()[1:2] and ln.split()[1] in (
+        "BADSIG", "EXPKEYSIG", "REVKEYSIG", "EXPSIG", "ERRSIG", "NO_PUBKEY")]
+    if proc.returncode == 0 and valid and not bad:
+        return True, valid[0], ""
+    if bad:
+        return False, None, bad[0].split(" ", 1)[1]
+    lines = proc.stderr.strip().splitlines()
+    return False, None, lines[-1] if lines else "no valid signature"
+
+
+def verify_clearsigned(path: Path, keyrings: list[str], workdir: Path) -> Verification:
+    """InRelease: the signature, and the text it actually covers (never what is around it)."""
+    fd, out = tempfile.mkstemp(dir=workdir, prefix="signed-")
+    os.close(fd)
+    try:
+        os.unlink(out)
+        ok, signer, error = _gpgv(["--output", out, str(path)], keyrings, workdir)
+        if not ok:
+            return Verification(False, error=error)
+        return Verification(True, signer, text=Path(out).read_text(errors="replace"))
+    finally:
+        if os.path.exists(out):
+            os.unlink(out)
+
+
+def verify_detached(data: Path, sig: Path, keyrings: list[str], workdir: Path) -> Verification:
+    ok, signer, error = _gpgv([str(sig), str(data)], keyrings, workdir)
+    if not ok:
+        return Verification(False, error=error)
+    return Verification(True, signer, text=data.read_text(errors="replace"))
+
+
+def unsigned_text(path: Path) -> str:
+    """The Release fields of an InRelease whose signature we do not check (trusted_sources)."""
+    text = path.read_text(errors="replace")
+    if text.startswith("-----BEGIN PGP SIGNED MESSAGE-----"):
+        body = text.split("\n\n", 1)[1] if "\n\n" in text else ""
+        text = body.split("\n-----BEGIN PGP SIGNATURE-----", 1)[0]
+        text = "\n".join(ln[2:] if ln.startswith("- ") else ln for ln in text.splitlines()) + "\n"
+    return text
+
+
+def parse_release(text: str) -> ReleaseInfo:
+    section = apt_pkg().TagSection(text)
+    info = ReleaseInfo(by_hash=section.get("Acquire-By-Hash", "no").lower() == "yes",
+                       suite=section.get("Suite", "") or section.get("Codename", ""))
+    for fld, alg in _HASH_FIELDS.items():
+        for line in (section.get(fld) or "").splitlines():
+            parts = line.split()
+            if len(parts) != 3 or not parts[1].isdigit():
+                continue
+            entry = info.entries.setdefault(parts[2], {"size": int(parts[1])})
+            entry[alg] = parts[0].lower()
+    return info
+
+
+def file_hash(path: Path, algorithm: str = "sha256") -> tuple[str, int]:
+    h, n = hashlib.new(algorithm), 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+            n += len(chunk)
+    return h.hexdigest(), n
+
+
+def _tagfile(path: Path, name: str, workdir: Path) -> Any:
+    """apt picks the decompressor from the file name: give it one through a symlink."""
+    pkg = apt_pkg()
+    link_dir = Path(tempfile.mkdtemp(dir=workdir, prefix="parse-"))
+    link = link_dir / name
+    os.symlink(os.path.abspath(path), link)
+    return pkg.TagFile(str(link)), link_dir
+
+
+def parse_packages(path: Path, name: str, workdir: Path) -> list[dict[str, Any]]:
+    """Pool files (Filename, SHA256, Size) a Packages file describes."""
+    tf, link_dir = _tagfile(path, name, workdir)
+    rows = []
+    try:
+        for s in tf:
+            fn, sha, size = s.get("Filename"), s.get("SHA256"), s.get("Size")
+            if not fn or not sha or not (size or "").isdigit() or len(sha) != 64:
+                continue
+            rows.append({"path": fn, "sha256": sha.lower(), "size": int(size), "package": s.get("Package", ""),
+                         "version": s.get("Version", ""), "arch": s.get("Architecture", "")})
+    finally:
+        _cleanup(link_dir)
+    return rows
+
+
+def parse_sources(path: Path, name: str, workdir: Path) -> list[dict[str, Any]]:
+    """Source package files (Directory + Checksums-Sha256) a Sources file describes."""
+    tf, link_dir = _tagfile(path, name, workdir)
+    rows = []
+    try:
+        for s in tf:
+            directory = (s.get("Directory") or "").strip("/")
+            for line in (s.get("Checksums-Sha256") or "").splitlines():
+                parts = line.split()
+                if len(parts) == 3 and parts[1].isdigit() and len(parts[0]) == 64 and "/" not in parts[2]:
+                    rows.append({"path": f"{directory}/{parts[2]}" if directory else parts[2],
+                                 "sha256": parts[0].lower(), "size": int(parts[1]),
+                                 "package": s.get("Package", ""), "version": s.get("Version", ""),
+                                 "arch": "source"})
+    finally:
+        _cleanup(link_dir)
+    return rows
+
+
+def _cleanup(d: Path) -> None:
+    for f in d.iterdir():
+        f.unlink()
+    d.rmdir()

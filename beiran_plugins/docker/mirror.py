@@ -1,0 +1,287 @@
+"""The mirror's logic: tags resolved at the upstream (or from the cluster's last known mapping when the
+upstream is down), manifests and blobs through the core fetcher, and the records of what was seen."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+from beiran.errors import BadRequest, BeiranError, NotFound
+from beiran.store.digest import digest_bytes, parse_digest
+from beiran_plugins.docker.errors import DigestMismatch, ManifestInvalid, RegistryUnavailable
+from beiran_plugins.docker.manifest import (
+    MAX_MANIFEST,
+    ParsedManifest,
+    media_type_of,
+    merge_accept,
+    parse_manifest,
+)
+from beiran_plugins.docker.models import DockerImage, DockerManifest, DockerTag
+from beiran_plugins.docker.upstream import ManifestHead
+
+if TYPE_CHECKING:
+    from beiran_plugins.docker.plugin import DockerPlugin
+
+log = logging.getLogger("beiran.docker")
+PEER_TAG_TIMEOUT = 3.0
+PREFETCH_PARALLEL = 1  # in manifest order: the layer a sequential client (skopeo) reads next goes first
+
+
+@dataclass
+class TagInfo:
+    digest: str
+    media_type: str
+    size: int | None
+    from_cluster: str | None = None  # set when answered from the cluster's mapping (who knew it)
+
+
+class Mirror:
+    def __init__(self, plugin: DockerPlugin) -> None:
+        self.plugin = plugin
+        self.ctx = plugin.ctx
+        self.known: dict[str, tuple[str, int]] = {}  # manifest digest -> (media type, size)
+        self.blob_sizes: dict[str, int] = {}  # from the descriptors of manifests seen
+        self.blob_repo: dict[str, tuple[str, str]] = {}  # blob -> (registry, repository) it came from
+        self._prefetching: set[str] = set()
+        self.prefetched = 0
+        self._prefetch_slots = asyncio.Semaphore(PREFETCH_PARALLEL)
+
+    async def load(self) -> None:
+        rows = await self.ctx.run_db(lambda: list(DockerManifest.select().dicts()))
+        for r in rows:
+            self._remember(r["digest"], r["media_type"], r["size"], r["registry"], r["repository"],
+                           [r["config"], *(r["layers"] or [])] if r["config"] else r["layers"] or [])
+
+    def _remember(self, digest: str, media_type: str, size: int, registry: str, repository: str,
+                  blobs: list[dict[str, Any]]) -> None:
+        self.known[digest] = (media_type, size)
+        for b in blobs:
+            if b and b.get("size") is not None:
+                self.blob_sizes[b["digest"]] = int(b["size"])
+                self.blob_repo.setdefault(b["digest"], (registry, repository))
+
+    @staticmethod
+    def source(registry: str, repository: str, kind: str, media_type: str | None = None) -> dict[str, Any]:
+        src = {"plugin": "docker", "registry": registry, "repository": repository, "kind": kind}
+        if media_type:
+            src["media_type"] = media_type
+        return src
+
+    # -- tags ------------------------------------------------------------------------------------
+    async def resolve_tag(self, registry: str, repository: str, tag: str, accept: list[str]) -> TagInfo:
+        """tag -> digest at the upstream; when it cannot be reached, the cluster's last known answer."""
+        up = self.plugin.upstream
+        accept_hdr = merge_accept(accept)
+        try:
+            try:
+                head = await up.head_manifest(registry, repository, tag, accept_hdr)
+            except NotFound:  # a HEAD has no body: GET tells which is unknown (name or manifest)
+                head = ManifestHead(None, "", None)
+            if head.digest:
+                parse_digest(head.digest)
+                info = TagInfo(head.digest, head.media_type, head.size)
+            else:  # registries that do not say the digest on HEAD: fetch and hash
+                info = await self._get_by_tag(registry, repository, tag, accept_hdr)
+        except RegistryUnavailable as exc:
+            known = await self.cluster_tag(registry, repository, tag)
+            if known is None:
+                raise
+            log.warning("registry %s unreachable (%s); answering %s:%s with %s, the cluster's last known "
+                        "mapping (from %s)", registry, exc.message, repository, tag, known.digest[:19],
+                        known.from_cluster)
+            return known
+        except BadRequest as exc:  # a malformed Docker-Content-Digest
+            raise RegistryUnavailable(f"registry {registry} sent a bad digest: {exc.message}") from None
+        await self._save_tag(registry, repository, tag, info)
+        return info
+
+    async def _get_by_tag(self, registry: str, repository: str, tag: str, accept: str) -> TagInfo:
+        data, media_type, said = await self.plugin.upstream.get_manifest(registry, repository, tag, accept)
+        digest = digest_bytes(data, "sha512" if (said or "").startswith("sha512:") else "sha256")
+        if said and said != digest:
+            raise DigestMismatch(f"registry {registry} says {repository}:{tag} is {said[:19]} but its bytes "
+                                 f"hash to {digest[:19]}")
+        if not self.ctx.store.has(digest):
+            await self.ctx.store.add_stream(_one(data), digest.split(":")[0], len(data))
+        return TagInfo(digest, media_type or media_type_of(data), len(data))
+
+    async def _save_tag(self, registry: str, repository: str, tag: str, info: TagInfo) -> None:
+        values = {"digest": info.digest, "media_type": info.media_type, "size": info.size, "updated": time.time()}
+
+        def db() -> None:
+            DockerTag.insert(registry=registry, repository=repository, tag=tag, **values).on_conflict(
+                conflict_target=[DockerTag.registry, DockerTag.repository, DockerTag.tag],
+                update={getattr(DockerTag, k): v for k, v in values.items()}).execute()
+        await self.ctx.run_db(db)
+
+    async def local_tag(self, registry: str, repository: str, tag: str) -> dict[str, Any] | None:
+        rows = await self.ctx.run_db(lambda: [t.to_dict() for t in DockerTag.select().where(
+            (DockerTag.registry == registry) & (DockerTag.repository == repository) & (DockerTag.tag == tag))])
+        return rows[0] if rows else None
+
+    async def cluster_tag(self, registry: str, repository: str, tag: str) -> TagInfo | None:
+        """The newest mapping among this node and its online peers."""
+        found = []
+        mine = await self.local_tag(registry, repository, tag)
+        if mine:
+            found.append((mine, "this node"))
+        query = urlencode({"registry": registry, "repository": repository, "tag": tag})
+        nodes = self.ctx.peers.online()
+        answers = await asyncio.gather(*(self.peer_json(n, f"/docker/tags?{query}") for n in nodes))
+        for node, ans in zip(nodes, answers, strict=True):
+            if isinstance(ans, dict) and isinstance(ans.get("digest"), str):
+                try:
+                    parse_digest(ans["digest"])
+                except BeiranError:
+                    continue
+                found.append((ans, f"peer {node[:8]}"))
+        if not found:
+            return None
+        best, who = max(found, key=lambda f: float(f[0].get("updated") or 0))
+        size = best.get("size")
+        return TagInfo(best["digest"], str(best.get("media_type") or "")[:255],
+                       size if isinstance(size, int) else None, who)
+
+    async def peer_json(self, node: str, path: str) -> Any:
+        from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+        url = self.ctx.peers.url_of(node)
+        if not url:
+            return None
+        req = HTTPRequest(url + path, headers=self.ctx.auth.headers("GET", path.split("?")[0]),
+                          connect_timeout=PEER_TAG_TIMEOUT, request_timeout=PEER_TAG_TIMEOUT)
+        try:
+            resp = await AsyncHTTPClient().fetch(req, raise_error=False)
+            return json.loads(resp.body) if resp.code == 200 else None
+        except (OSError, ValueError, TimeoutError):
+            return None
+
+    # -- manifests -------------------------------------------------------------------------------
+    async def manifest(self, registry: str, repository: str, digest: str, media_type: str = "",
+                       size: int | None = None) -> tuple[bytes, str]:
+        """Manifest bytes by digest: local store, else through the fetcher (peers, then origin)."""
+        known = self.known.get(digest)
+        if known:
+            media_type, size = media_type or known[0], known[1]
+        if size is not None and size > MAX_MANIFEST:
+            raise ManifestInvalid(f"manifest {digest[:19]} is {size} bytes; the limit is {MAX_MANIFEST}")
+        entry = self.ctx.store.get(digest)
+        if entry is None:
+            entry = await self.ctx.fetcher.fetch(digest, size, self.source(registry, repository, "manifest",
+                                                                            media_type or None))
+        if entry.size > MAX_MANIFEST:
+            raise ManifestInvalid(f"manifest {digest[:19]} is {entry.size} bytes; the limit is {MAX_MANIFEST}")
+        async with self.ctx.store.use(digest) as target:
+            data = b"".join([c async for c in self.ctx.store.read(target)])
+        return data, media_type or media_type_of(data) or "application/octet-stream"
+
+    async def record(self, registry: str, repository: str, digest: str, data: bytes, media_type: str,
+                     tag: str | None = None, via: str = "mirror", index_digest: str = "",
+                     platform: str = "") -> ParsedManifest | None:
+        """Remember a manifest, pin what it refers to, and list the image it names on this node."""
+        try:
+            parsed = parse_manifest(data, media_type)
+        except BadRequest:
+            return None  # served as-is, but nothing to record (e.g. schema 1)
+        if digest not in self.known:
+            row = {"digest": digest, "media_type": parsed.media_type, "size": len(data), "kind": parsed.kind,
+                   "registry": registry, "repository": repository,
+                   "config": parsed.config.to_dict() if parsed.config else None,
+                   "layers": [d.to_dict() for d in parsed.layers],
+                   "children": [d.to_dict() for d in parsed.children], "platform": platform}
+            await self.ctx.run_db(lambda: DockerManifest.insert(**row).on_conflict_ignore().execute())
+            self._remember(digest, parsed.media_type, len(data), registry, repository,
+                           [d.to_dict() for d in parsed.blobs])
+        # explicit pulls are kept; what only passed through the mirror stays evictable (LRU under
+        # store.max_size) unless pin_mirrored is set
+        pin = via == "pull" or bool(self.plugin.config.get("pin_mirrored", False))
+        ref = f"{registry}/{repository}@{digest}"
+        if pin:
+            for d in [digest, *(b.digest for b in parsed.blobs)]:
+                await self.ctx.store.pin(d, "docker", ref)
+        if parsed.kind == "image":
+            if not index_digest and tag is None:
+                index_digest, tag = await self._index_of(registry, repository, digest)
+            await self.save_image(registry, repository, tag or "", digest, index_digest, platform, via)
+        return parsed
+
+    async def _index_of(self, registry: str, repository: str, digest: str) -> tuple[str, str | None]:
+        """For a manifest fetched by digest: (the index naming it, the tag naming it or its index).
+        Runtimes resolve a tag with HEAD and then GET the manifest by digest."""
+        def db() -> tuple[str, str | None]:
+            same = (DockerTag.registry == registry) & (DockerTag.repository == repository)
+            t = DockerTag.select().where(same & (DockerTag.digest == digest)).order_by(DockerTag.updated.desc())
+            if t.exists():
+                return "", t.first().tag
+            for m in DockerManifest.select().where((DockerManifest.kind == "index")
+                                                   & (DockerManifest.registry == registry)
+                                                   & (DockerManifest.repository == repository)):
+                if any(c.get("digest") == digest for c in m.children or []):
+                    t = DockerTag.select().where(same & (DockerTag.digest == m.digest)).order_by(
+                        DockerTag.updated.desc()).first()
+                    return m.digest, t.tag if t else None
+            return "", None
+        return await self.ctx.run_db(db)
+
+    async def save_image(self, registry: str, repository: str, tag: str, digest: str, index_digest: str,
+                         platform: str, via: str) -> None:
+        def db() -> None:
+            DockerImage.delete().where((DockerImage.registry == registry) & (DockerImage.repository == repository)
+                                       & (DockerImage.tag == tag) & (DockerImage.digest != digest)
+                                       & (DockerImage.tag != "")).execute()
+            row = DockerImage.get_or_none((DockerImage.registry == registry)
+                                          & (DockerImage.repository == repository)
+                                          & (DockerImage.tag == tag) & (DockerImage.digest == digest))
+            if row is None:
+                DockerImage.create(registry=registry, repository=repository, tag=tag, digest=digest,
+                                   index_digest=index_digest, platform=platform, via=via)
+            else:
+                row.pulled = time.time()
+                row.index_digest = index_digest or row.index_digest
+                row.platform = platform or row.platform
+                if via == "pull":
+                    row.via = via
+                row.save()
+        await self.ctx.run_db(db)
+
+    def prefetch(self, registry: str, repository: str, parsed: ParsedManifest) -> None:
+        """A client fetched an image manifest, so its blobs come next: start copying those a peer
+        already holds (LAN only, never the origin, so a client that has most layers costs no WAN).
+        Clients that fetch layers one by one (skopeo) then find them here, not behind a peer hop."""
+        if not self.plugin.config.get("prefetch", True) or parsed.kind != "image":
+            return
+        source = self.source(registry, repository, "blob")
+        for blob in parsed.blobs:
+            d = blob.digest
+            if self.ctx.store.has(d) or d in self.ctx.fetcher.jobs or d in self._prefetching:
+                continue
+            if not self.ctx.availability.holders(d)[0]:
+                continue
+            self._prefetching.add(d)
+            task = asyncio.ensure_future(self._prefetch_one(d, blob.size, source))
+            task.add_done_callback(lambda _t, d=d: self._prefetching.discard(d))
+
+    async def _prefetch_one(self, digest: str, size: int | None, source: dict[str, Any]) -> None:
+        async with self._prefetch_slots:
+            if self.ctx.store.has(digest):
+                return
+            try:
+                await self.ctx.fetcher.fetch(digest, size, source)
+                self.prefetched += 1
+            except BeiranError as exc:
+                log.debug("prefetch of %s failed: %s", digest[:19], exc.message)
+
+    def descriptor_size(self, digest: str) -> int | None:
+        entry = self.ctx.store.get(digest)
+        if entry is not None:
+            return entry.size
+        return self.blob_sizes.get(digest)
+
+
+async def _one(data: bytes):
+    yield data

@@ -1,0 +1,274 @@
+"""Talking to upstream registries: endpoints from config, the Bearer token flow and Basic auth,
+manifest HEAD/GET with a size limit, and blob streams for the core fetcher."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from beiran.errors import BeiranError, ConfigError, UpstreamError
+from beiran.httpstream import StreamResponse, stream_request
+from beiran.plugin import OriginStream
+from beiran_plugins.docker.errors import (
+    BlobUnknown,
+    ManifestInvalid,
+    ManifestUnknown,
+    NameUnknown,
+    RegistryUnavailable,
+    TooManyRequests,
+    UpstreamDenied,
+    UpstreamUnauthorized,
+)
+from beiran_plugins.docker.manifest import MAX_MANIFEST
+from beiran_plugins.docker.reference import DOCKER_HUB, DOCKER_HUB_ENDPOINT, validate_registry
+
+log = logging.getLogger("beiran.docker")
+_PARAM = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^\s,]+))')
+
+
+@dataclass
+class Endpoint:
+    name: str
+    url: str
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    _ssl: ssl.SSLContext | None = None
+
+    @property
+    def ssl_ctx(self) -> ssl.SSLContext | None:
+        if self.ca_file and self._ssl is None:
+            self._ssl = ssl.create_default_context(cafile=self.ca_file)
+        return self._ssl
+
+
+@dataclass
+class ManifestHead:
+    digest: str | None
+    media_type: str
+    size: int | None
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """`Bearer realm="...",service="..."` -> ("bearer", {...})."""
+    scheme, _, rest = header.strip().partition(" ")
+    return scheme.lower(), {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
+                            for m in _PARAM.finditer(rest)}
+
+
+class Upstream:
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.timeout = float(config.get("upstream_timeout", 10.0))
+        self.allow_unconfigured = bool(config.get("allow_unconfigured", True))
+        self.endpoints: dict[str, Endpoint] = {}
+        registries = config.get("registries") or {}
+        if not isinstance(registries, dict):
+            raise ConfigError("[plugins.docker.registries] must be a table of registries")
+        for name, section in registries.items():
+            if not isinstance(section, dict):
+                raise ConfigError(f"[plugins.docker.registries.{name!r}] must be a table")
+            try:
+                canon = validate_registry(name)
+            except BeiranError as exc:
+                raise ConfigError(f"[plugins.docker.registries]: {exc.message}") from None
+            url = str(section.get("url") or (DOCKER_HUB_ENDPOINT if canon == DOCKER_HUB else f"https://{canon}"))
+            if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+                raise ConfigError(f"registry {name}: url must be http(s)://host[:port], not {url!r}")
+            self.endpoints[canon] = Endpoint(canon, url.rstrip("/"), section.get("username"),
+                                             section.get("password"), section.get("ca_file"))
+        self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
+
+    def endpoint(self, registry: str) -> Endpoint:
+        if registry in self.endpoints:
+            return self.endpoints[registry]
+        if registry == DOCKER_HUB:
+            return self.endpoints.setdefault(registry, Endpoint(registry, DOCKER_HUB_ENDPOINT))
+        if not self.allow_unconfigured:
+            raise NameUnknown(f"registry {registry} is not configured on this node")
+        return self.endpoints.setdefault(registry, Endpoint(registry, f"https://{registry}"))
+
+    # -- auth ------------------------------------------------------------------------------------
+    async def _authenticate(self, ep: Endpoint, repository: str, challenge: str) -> None:
+        scheme, params = parse_challenge(challenge)
+        key = (ep.name, repository)
+        if scheme == "basic":
+            if not ep.username:
+                raise UpstreamUnauthorized(f"registry {ep.name} requires credentials (set username and password)")
+            if self._tokens.get(key, ("",))[0].startswith("Basic "):
+                raise UpstreamUnauthorized(f"registry {ep.name} refused the configured credentials")
+            raw = f"{ep.username}:{ep.password or ''}".encode()
+            self._tokens[key] = ("Basic " + base64.b64encode(raw).decode(), float("inf"))
+            return
+        if scheme != "bearer" or not params.get("realm"):
+            raise UpstreamUnauthorized(f"registry {ep.name} asks for unsupported auth {scheme[:20]!r}")
+        realm = params["realm"]
+        if urlsplit(realm).scheme not in ("http", "https"):
+            raise UpstreamUnauthorized(f"registry {ep.name} gave a bad token realm")
+        query = {"scope": params.get("scope") or f"repository:{repository}:pull"}
+        if params.get("service"):
+            query["service"] = params["service"]
+        headers = {}
+        if ep.username:
+            raw = f"{ep.username}:{ep.password or ''}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
+        url = realm + ("&" if "?" in realm else "?") + urlencode(query)
+        try:
+            async with stream_request(url, headers, ssl_ctx=ep.ssl_ctx, connect_timeout=self.timeout) as resp:
+                body = await resp.read_all(1 << 20, idle_timeout=self.timeout)
+        except UpstreamError as exc:
+            raise RegistryUnavailable(f"token service of {ep.name}: {exc.message}") from None
+        if resp.code in (401, 403):
+            raise UpstreamUnauthorized(f"registry {ep.name} refused the credentials for {repository}")
+        if resp.code != 200:
+            raise RegistryUnavailable(f"token service of {ep.name} answered {resp.code}")
+        try:
+            doc = json.loads(body)
+            token = doc.get("token") or doc.get("access_token")
+            expires = float(doc.get("expires_in") or 60)
+        except (ValueError, AttributeError, TypeError):
+            token = None
+        if not token or not isinstance(token, str):
+            raise RegistryUnavailable(f"token service of {ep.name} gave no token")
+        self._tokens[key] = (f"Bearer {token}", time.monotonic() + max(10.0, expires - 10))
+
+    def _auth_header(self, ep: Endpoint, repository: str) -> str | None:
+        cached = self._tokens.get((ep.name, repository))
+        if cached and cached[1] > time.monotonic():
+            return cached[0]
+        return None
+
+    async def _open(self, ep: Endpoint, repository: str, method: str, path: str,
+                    headers: dict[str, str]) -> tuple[Any, StreamResponse]:
+        """Open a request with auth; returns (context manager, response). The caller exits the cm."""
+        for attempt in range(3):
+            hdrs = dict(headers)
+            auth = self._auth_header(ep, repository)
+            if auth:
+                hdrs["Authorization"] = auth
+            cm = stream_request(ep.url + path, hdrs, method=method, ssl_ctx=ep.ssl_ctx,
+                                connect_timeout=self.timeout)
+            try:
+                resp = await cm.__aenter__()
+            except UpstreamError as exc:
+                raise RegistryUnavailable(f"registry {ep.name} unreachable: {exc.message}") from None
+            if resp.code == 401 and attempt < 2:
+                challenge = resp.headers.get("WWW-Authenticate", "")
+                await cm.__aexit__(None, None, None)
+                if auth and auth.startswith("Bearer "):
+                    self._tokens.pop((ep.name, repository), None)  # expired or revoked: one new token
+                    if attempt == 1:
+                        raise UpstreamUnauthorized(f"registry {ep.name} refused its own token for {repository}")
+                await self._authenticate(ep, repository, challenge)
+                continue
+            return cm, resp
+        raise UpstreamUnauthorized(f"registry {ep.name}: authentication failed")
+
+    async def _fail(self, ep: Endpoint, resp: StreamResponse, what: str, not_found: type[BeiranError]) -> None:
+        """Raise the error an upstream status means (the body's OCI message when there is one)."""
+        detail = ""
+        try:
+            doc = json.loads(await resp.read_all(64 << 10, idle_timeout=self.timeout))
+            err = (doc.get("errors") or [{}])[0]
+            detail = f": {err.get('code', '')} {err.get('message', '')}".rstrip()
+        except (ValueError, AttributeError, TypeError, IndexError, BeiranError):
+            pass
+        msg = f"registry {ep.name} answered {resp.code} for {what}{detail}"
+        if resp.code == 401:
+            raise UpstreamUnauthorized(msg)
+        if resp.code == 403:
+            raise UpstreamDenied(msg)
+        if resp.code == 404:
+            if "NAME_UNKNOWN" in detail:
+                raise NameUnknown(msg)
+            raise not_found(msg)
+        if resp.code == 429:
+            raise TooManyRequests(msg)
+        raise RegistryUnavailable(msg)
+
+    # -- manifests -------------------------------------------------------------------------------
+    async def head_manifest(self, registry: str, repository: str, reference: str, accept: str) -> ManifestHead:
+        ep = self.endpoint(registry)
+        path = f"/v2/{repository}/manifests/{reference}"
+        cm, resp = await self._open(ep, repository, "HEAD", path, {"Accept": accept})
+        try:
+            if resp.code != 200:
+                await self._fail(ep, resp, f"{repository}:{reference}", ManifestUnknown)
+            length = resp.headers.get("Content-Length", "")
+            return ManifestHead(resp.headers.get("Docker-Content-Digest"),
+                                resp.headers.get("Content-Type", "").split(";")[0].strip(),
+                                int(length) if length.isdigit() else None)
+        finally:
+            await cm.__aexit__(None, None, None)
+
+    async def get_manifest(self, registry: str, repository: str, reference: str,
+                           accept: str) -> tuple[bytes, str, str | None]:
+        """(bytes, media type, the upstream's Docker-Content-Digest) with the 4 MiB limit."""
+        ep = self.endpoint(registry)
+        path = f"/v2/{repository}/manifests/{reference}"
+        cm, resp = await self._open(ep, repository, "GET", path, {"Accept": accept})
+        try:
+            if resp.code != 200:
+                await self._fail(ep, resp, f"{repository}:{reference}", ManifestUnknown)
+            length = resp.headers.get("Content-Length", "")
+            if length.isdigit() and int(length) > MAX_MANIFEST:
+                raise ManifestInvalid(f"manifest {repository}:{reference} is {length} bytes; the limit is "
+                                      f"{MAX_MANIFEST}")
+            try:
+                data = await resp.read_all(MAX_MANIFEST, idle_timeout=self.timeout)
+            except UpstreamError as exc:
+                if "larger than" in exc.message:
+                    raise ManifestInvalid(f"manifest {repository}:{reference} exceeds {MAX_MANIFEST} bytes") \
+                        from None
+                raise RegistryUnavailable(exc.message) from None
+            return (data, resp.headers.get("Content-Type", "").split(";")[0].strip(),
+                    resp.headers.get("Docker-Content-Digest"))
+        finally:
+            await cm.__aexit__(None, None, None)
+
+    # -- blobs -----------------------------------------------------------------------------------
+    async def head_blob(self, registry: str, repository: str, digest: str) -> int | None:
+        ep = self.endpoint(registry)
+        cm, resp = await self._open(ep, repository, "HEAD", f"/v2/{repository}/blobs/{digest}", {})
+        try:
+            if resp.code != 200:
+                await self._fail(ep, resp, f"blob {digest[:19]} of {repository}", BlobUnknown)
+            length = resp.headers.get("Content-Length", "")
+            return int(length) if length.isdigit() else None
+        finally:
+            await cm.__aexit__(None, None, None)
+
+    async def open_blob(self, registry: str, repository: str, digest: str, offset: int) -> OriginStream:
+        """GET /v2/<repo>/blobs/<digest> from `offset` (redirects to storage are followed)."""
+        ep = self.endpoint(registry)
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        cm, resp = await self._open(ep, repository, "GET", f"/v2/{repository}/blobs/{digest}", headers)
+        if resp.code not in (200, 206):
+            try:
+                await self._fail(ep, resp, f"blob {digest[:19]} of {repository}", BlobUnknown)
+            finally:
+                await cm.__aexit__(None, None, None)
+        skip = offset if (offset and resp.code == 200) else 0
+        length = resp.headers.get("Content-Length", "")
+        size = int(length) + (offset if resp.code == 206 else 0) if length.isdigit() else None
+
+        async def chunks():
+            nonlocal skip
+            try:
+                async for chunk in resp.chunks(self.timeout * 3):
+                    if skip:
+                        if len(chunk) <= skip:
+                            skip -= len(chunk)
+                            continue
+                        chunk, skip = chunk[skip:], 0
+                    yield chunk
+            finally:
+                await cm.__aexit__(None, None, None)
+
+        return OriginStream(chunks(), size=size, close=resp.close)

@@ -1,0 +1,168 @@
+"""DNS discovery with real daemons and a real DNS server (dnsmasq on loopback): SRV records with
+several ports, records removed, failing servers and bad targets. No node has a static peer unless
+the test says so."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import signal
+import subprocess
+import sys
+import uuid
+from typing import Any
+
+import pytest
+from beiran_testkit.daemon import Daemon, wait_until
+
+pytestmark = pytest.mark.cluster
+SRV = "_beiran._tcp.beiran.test"
+
+
+def dns_config(server: Any, names: list[str], **extra: Any) -> dict[str, Any]:
+    return {"plugins": {"dns": {"names": names, "nameservers": [server.address], **extra}}}
+
+
+def cli(node: Daemon, *args: str) -> Any:
+    """`beiran --socket SOCK ARGS`, for real; JSON parsed when --json is given."""
+    out = subprocess.run([sys.executable, "-m", "beiran", "--socket", node.socket, *args],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout) if "--json" in args else out.stdout
+
+
+def entry(node: Daemon, other: Daemon) -> dict:
+    return next((n for n in node.nodes(all=True) if n["uuid"] == other.uuid), {"status": "unknown", "found_by": []})
+
+
+def dns_tracebacks(node: Daemon) -> list[str]:
+    """Tracebacks in the log that went through this plugin (the dev loop loads every plugin)."""
+    found = []
+    for chunk in node.log().split("Traceback (most recent call last)")[1:]:
+        trace = re.split(r"\n\d{4}-\d\d-\d\d ", chunk, maxsplit=1)[0]  # up to the next log record
+        if "beiran_plugins/dns/" in trace:
+            found.append(trace)
+    return found
+
+
+def test_srv_record_lists_three_daemons_on_different_ports_and_a_removed_record_goes_offline(cluster, dnsmasq):
+    """Must show 3. The records' TTL (1 s) is shorter than `interval` (30 s), so each refresh follows
+    the TTL. The removed node is frozen (SIGSTOP) and the heartbeat timeout is long, so only the DNS
+    refresh can take it offline: not a goodbye, not a heartbeat."""
+    ports = [8881, 8882, 8883]
+    hosts = {f"n{i + 1}.beiran.test": [cluster.ip(i)] for i in range(3)}
+    srv = [(f"n{i + 1}.beiran.test", port) for i, port in enumerate(ports)]
+    dnsmasq.set_records(srv={SRV: srv}, hosts=hosts)
+    cfg = {"heartbeat_timeout": 60, **dns_config(dnsmasq, [SRV], interval=30)}
+    nodes = []
+    for port in ports:
+        node = cluster.add(cfg, peers=None, start=False)
+        node.port, node.config["listen"] = port, f"{node.ip}:{port}"
+        nodes.append(node)
+    for node in nodes:
+        node.start(wait=False)
+    for node in nodes:
+        node.wait_ready()
+    for node in nodes:
+        others = {o.uuid for o in nodes if o is not node}
+        wait_until(lambda node=node, others=others: all(
+            entry(node, o)["status"] == "online" and "dns" in entry(node, o)["found_by"] for o in nodes
+            if o is not node), 15, what=f"{node.name} to find the others through DNS")
+    n1, n2, n3 = nodes
+    listed = cli(n1, "node", "list", "--json")
+    assert sorted(n["uuid"] for n in listed) == sorted(n.uuid for n in nodes)
+    status = n1.api("GET", "/dns/status")
+    assert status["names"][0]["state"] == "ok" and status["names"][0]["ttl"] == 1
+    targets = {t["url"]: t for t in status["targets"]}
+    assert targets[n1.url]["state"] == "self"  # in its own SRV record: probed, recognised, not dialed
+    assert targets[n2.url]["state"] == targets[n3.url]["state"] == "peer"
+    assert targets[n3.url]["uuid"] == n3.uuid
+    looked_up = cli(n2, "dns", "lookup", SRV, "--json")
+    assert sorted(looked_up["targets"]) == sorted(n.url for n in nodes)
+    assert "peer" in cli(n2, "dns", "status")
+
+    n3.proc.send_signal(signal.SIGSTOP)
+    try:
+        dnsmasq.set_records(srv={SRV: srv[:2]})
+        for node in (n1, n2):
+            wait_until(lambda node=node: entry(node, n3)["status"] == "offline", 10,
+                       what=f"{node.name}: n3 offline after its record went")
+        assert n2.uuid in n1.online_peers() and n1.uuid in n2.online_peers()
+        assert n3.url not in {t["url"] for t in n1.api("GET", "/dns/status")["targets"]}
+        assert "is no longer in DNS" in n1.log()
+    finally:
+        n3.proc.send_signal(signal.SIGCONT)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("beiran_plugins.zeroconf") is None,
+                    reason="needs the beiran-zeroconf plugin installed next to beiran-dns")
+def test_node_seen_by_zeroconf_dns_and_static_config_is_listed_once(cluster, dnsmasq):
+    """Must show 4, and discovery never overrides a static peer: b's DNS record going away leaves
+    it connected (static, zeroconf) and drops only "dns" from how it was found."""
+    a_ip, b_ip = cluster.ip(0), cluster.ip(1)
+    dnsmasq.set_records(srv={SRV: [("a.beiran.test", 8888), ("b.beiran.test", 8888)]},
+                        hosts={"a.beiran.test": [a_ip], "b.beiran.test": [b_ip]})
+    cfg = dns_config(dnsmasq, [SRV], interval=30)
+    cfg["plugins"]["zeroconf"] = {"cluster": f"t-{uuid.uuid4().hex[:12]}"}
+    a = cluster.add(cfg, peers=[f"http://{b_ip}:8888"])
+    b = cluster.add(cfg, peers=None)
+    wait_until(lambda: {"static", "zeroconf", "dns"} <= set(entry(a, b)["found_by"])
+               and entry(a, b)["status"] == "online", 15, what="a to find b through all three")
+    wait_until(lambda: {"zeroconf", "dns"} <= set(entry(b, a)["found_by"]), 15, what="b to find a through both")
+    for node, other in ((a, b), (b, a)):
+        listed = cli(node, "node", "list", "--json")
+        assert [n["uuid"] for n in listed].count(other.uuid) == 1 and len(listed) == 2
+    assert "static" not in entry(b, a)["found_by"]
+
+    dnsmasq.set_records(srv={SRV: [("a.beiran.test", 8888)]})
+    wait_until(lambda: "dns" not in entry(a, b)["found_by"], 10, what="'dns' dropped from b's sources")
+    assert entry(a, b)["status"] == "online"
+    assert set(entry(a, b)["found_by"]) == {"static", "zeroconf"}
+
+
+def test_failing_dns_and_bad_targets_are_logged_once_and_the_daemon_stays_up(cluster, dnsmasq, blackhole):
+    """Must show 5 (dns): a DNS server that times out, names the server refuses or does not know,
+    SRV targets where nothing listens or nothing resolves, and a bad config: logged (once per
+    state change), ignored, the daemon stays up."""
+    a_ip = cluster.ip(0)
+    dnsmasq.set_records(
+        srv={SRV: [("a.beiran.test", 8888), ("dead.beiran.test", 1), ("nowhere.beiran.test", 8888)]},
+        hosts={"a.beiran.test": [a_ip], "dead.beiran.test": [cluster.ip(30)]})
+    names = [SRV, "gone.beiran.test", "_beiran._tcp.elsewhere.test"]
+    a = cluster.add(dns_config(dnsmasq, names, interval=1, timeout=1, probe_timeout=1), peers=None)
+    # a node whose only nameserver never answers
+    timed_out = cluster.add(dns_config(blackhole, [SRV], interval=1, timeout=0.5), peers=None)
+
+    def names_of(node: Daemon) -> dict[str, dict]:
+        return {n["name"]: n for n in node.api("GET", "/dns/status")["names"]}
+    wait_until(lambda: names_of(timed_out)[SRV]["failures"] >= 3, 15, what="three timed-out lookups")
+    assert names_of(timed_out)[SRV]["state"] == "failing"
+    assert "no answer within" in names_of(timed_out)[SRV]["detail"]
+    assert timed_out.log().count(f"dns: {SRV}: failing") == 1  # once, not per refresh
+
+    wait_until(lambda: names_of(a)[SRV]["lookups"] >= 3, 15, what="three lookups on a")
+    got = names_of(a)
+    assert got[SRV]["state"] == "ok" and got["gone.beiran.test:8888"]["state"] == "empty"
+    assert got["_beiran._tcp.elsewhere.test"]["state"] == "failing"  # REFUSED: not our server's zone
+    targets = {t["url"]: t for t in a.api("GET", "/dns/status")["targets"]}
+    assert set(targets) == {a.url, f"http://{cluster.ip(30)}:1"}  # nowhere.beiran.test has no address
+    assert targets[a.url]["state"] == "self"
+    assert targets[f"http://{cluster.ip(30)}:1"]["state"] == "unreachable"
+    log = a.log()
+    assert log.count(f"http://{cluster.ip(30)}:1 (from {SRV}): unreachable") == 1
+    assert log.count("dns: _beiran._tcp.elsewhere.test: failing") == 1
+    assert a.nodes(all=True)[1:] == []  # nothing connected
+
+    status, _, body = a.request("GET", "/dns/lookup?name=bad%20name")
+    assert status == 400 and "not a DNS name" in json.loads(body)["message"]
+    status, _, body = a.request("GET", "/dns/lookup?name=_beiran._tcp.elsewhere.test")
+    assert status == 502 and "REFUSED" in json.loads(body)["message"]
+
+    broken = cluster.add({"plugins": {"dns": {"names": ["no spaces allowed"], "interval": "often"}}}, peers=None)
+    plugins = {p["name"]: p for p in broken.api("GET", "/status")["plugins"]}
+    assert plugins["dns"]["status"] == "error" and "interval" in plugins["dns"]["error"]
+    assert "interval: expected a positive number of seconds" in broken.log()
+    for node in (a, timed_out, broken):
+        assert node.api("GET", "/ping")["pong"] is True
+    assert dns_tracebacks(a) == dns_tracebacks(timed_out) == []

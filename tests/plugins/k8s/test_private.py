@@ -1,0 +1,90 @@
+"""Must show 3: a private image (docker-registry with htpasswd). The right credentials work on node 1
+and node 2 (node 2's layers from node 1); node 3 with wrong or no credentials gets the registry's
+refusal through CRI and never receives a layer, not even by asking a peer for it directly."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+import grpc
+import pytest
+from beiran_testkit.daemon import wait_until
+
+from beiran.peer.auth import PeerAuth
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+
+def _store(node) -> set[str]:
+    return {b["digest"] for b in node.daemon.api("GET", "/blobs")["blobs"]}
+
+
+def _peer_get(owner, requester_uuid: str, digest: str, token: str) -> int:
+    """GET /blobs/<digest> on `owner` as the node `requester_uuid`, signed with the cluster token."""
+    path = f"/blobs/{digest}"
+    req = urllib.request.Request(owner.daemon.url + path, headers=PeerAuth(token, requester_uuid).headers("GET", path))
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            resp.read()
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_private_image_shared_only_with_nodes_that_can_read_it(env):
+    n1, n2, n3 = env.nodes
+    ref, image = env.image(layers=3, private=True)
+    layers = [b.digest for b in image.layers]
+
+    with n1.cri() as cri:
+        image_id = cri.pull(ref, "alice", env.users["alice"])
+    assert ref in n1.containerd.image_refs()
+    served = env.private.blobs_served()
+    assert {d: served[d] for d in layers} == {d: 1 for d in layers}, served
+
+    with n2.cri() as cri:  # another user with access: the access check passes, the bytes come from node 1
+        assert cri.pull(ref, "bob", env.users["bob"]) == image_id
+    assert ref in n2.containerd.image_refs()
+    assert env.private.blobs_served() == served, "the registry served layers again for node 2"
+    assert set(layers) <= _store(n2)
+
+    with n3.cri() as cri:
+        with pytest.raises(grpc.RpcError) as wrong:
+            cri.pull(ref, "alice", "not-the-password")
+        assert wrong.value.code() == grpc.StatusCode.UNAUTHENTICATED, wrong.value.details()
+        assert "401" in wrong.value.details() and env.private.name in wrong.value.details()
+        with pytest.raises(grpc.RpcError) as anonymous:
+            cri.pull(ref)
+        assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED, anonymous.value.details()
+        assert not cri.status(ref).HasField("image")
+    assert ref not in n3.containerd.image_refs()
+    assert not set(layers) & _store(n3)
+
+    # Node 3 asking its peers for a layer by digest is refused too: no grant, no bytes.
+    final = n3.daemon.fetch(layers[-1], image.layers[-1].size)
+    assert final.get("error"), final
+    assert not set(layers) & _store(n3)
+    assert _peer_get(n1, n3.daemon.uuid, layers[0], env.token) == 403
+    assert _peer_get(n1, n2.daemon.uuid, layers[0], env.token) == 200  # node 2 showed it can read the image
+    assert env.private.blobs_served() == served
+
+    with n1.cri() as cri:
+        info = cri.status(ref, verbose=True).info["beiran"]
+    assert '"private": true' in info and n2.daemon.uuid in info and n3.daemon.uuid not in info
+
+    # The restriction and node 2's grant are in node 1's database: a restart changes nothing.
+    n1.daemon.stop()
+    n1.daemon.start()
+    wait_until(lambda: {n2.daemon.uuid, n3.daemon.uuid} <= n1.daemon.online_peers(), 20, what="peers again")
+    assert _peer_get(n1, n3.daemon.uuid, layers[0], env.token) == 403
+    assert _peer_get(n1, n2.daemon.uuid, layers[0], env.token) == 200
+
+
+def test_public_blobs_still_flow_to_anyone(env):
+    """The policy guards private images only: a public layer goes to node 3 with no grant."""
+    n1, n3 = env.nodes[0], env.nodes[2]
+    ref, image = env.image(layers=2)
+    with n1.cri() as cri:
+        cri.pull(ref)
+    assert _peer_get(n1, n3.daemon.uuid, image.layers[0].digest, env.token) == 200
