@@ -8,4 +8,4 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent / "lib"))
 
-from beiran_testkit.fixtures import *  # noqa: E402,F403
+from beiran_testkit.fixtures import *  # noqa: F403

@@ -125,11 +125,12 @@ async def run(config: Config) -> int:
     ctx.identity.plugins = local_source_keys(ctx) + [
         p for p in ctx.plugins.enabled_names() if p not in local_source_keys(ctx)]
     app = make_app(ctx)
+    # plugins start before the listeners accept, so a node that answers /info is fully up
+    await ctx.plugins.start_all()
     tcp_server = PlainHTTPServer(app, max_body_size=64 << 20, idle_connection_timeout=300)
     tcp_server.add_sockets(tcp_socks)
     unix_server = HTTPServer(app, max_body_size=64 << 20)
     unix_server.add_socket(unix_sock)
-    await ctx.plugins.start_all()
     await ctx.peers.start()
     log.info("beiran %s node %s listening on %s (peers reach it at %s) and %s; plugins: %s",
              ctx.identity.version, node_uuid, config.listen, url, config.socket_path,

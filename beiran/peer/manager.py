@@ -198,8 +198,12 @@ class PeerManager:
         return c if c is not None and not c.closed.done() else None
 
     def url_of(self, node: str) -> str | None:
+        """Where to fetch from: the URL we dialed (proven reachable) before the one the node
+        reports for itself, which is a guess when it listens on 0.0.0.0."""
         c = self.conns.get(node)
-        return (c.info.get("url") or c.url) if c else None
+        if c is None:
+            return None
+        return (c.url if c.outbound else None) or c.info.get("url")
 
     # -- local holdings -> deltas ------------------------------------------------------------
     def local_change(self, op: str, digest: str, size: int | None) -> None:

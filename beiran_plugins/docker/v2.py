@@ -8,6 +8,7 @@ so runtimes fall through to the upstream.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import socket
@@ -55,6 +56,14 @@ class OCIHandler(BaseHandler):
             message = "internal error (see the daemon log)" if status >= 500 else self._reason
         return oci_body(oci_code(exc, status, self.not_found_code), message)
 
+    def check_private(self, digest: str) -> None:
+        """Blobs restricted to nodes that proved registry access (k8s private images) go only to
+        this machine's own runtime (loopback), never to other clients in client_cidrs."""
+        if not self.ctx.store.access_policies or self.is_unix_socket():
+            return
+        if not ipaddress.ip_address(self.request.remote_ip).is_loopback:
+            self.ctx.store.check_access(digest, None)
+
     def target(self, name: str) -> tuple[str, str]:
         """(registry, upstream repository) from the path and containerd's `?ns=`."""
         ns = self.get_query_argument("ns", None)
@@ -99,6 +108,7 @@ class ManifestHandler(OCIHandler):
             tag = validate_tag(reference)
             info = await mirror.resolve_tag(registry, repository, tag, self.request.headers.get_list("Accept"))
             digest, media_type, size = info.digest, info.media_type, info.size
+        self.check_private(digest)
         known = mirror.known.get(digest)
         if head and (known or (size is not None and media_type)):
             media_type, size = known if known else (media_type, size)
@@ -132,6 +142,7 @@ class BlobHandler(OCIHandler):
     async def get(self, name: str, digest: str, head: bool = False) -> None:
         registry, repository = self.target(name)
         d = str(parse_digest(digest))
+        self.check_private(d)
         await serve_blob(self, d, self.plugin.mirror.source(registry, repository, "blob"), head)
 
 

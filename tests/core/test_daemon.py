@@ -151,7 +151,7 @@ def test_config_errors_are_one_line(tmp_path):
 
     bad = tmp_path / "bad.toml"
     bad.write_text("listen = \n")
-    with pytest.raises(ConfigError, match="bad.toml"):
+    with pytest.raises(ConfigError, match=r"bad\.toml"):
         load_config(bad, environ={})
     bad.write_text('nonsense_key = 1\n')
     with pytest.raises(ConfigError, match="unknown setting nonsense_key"):

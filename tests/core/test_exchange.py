@@ -36,7 +36,7 @@ def test_static_peers_fetch_from_the_holder_not_the_origin(cluster, origin):
     m = n3.metrics()
     assert m["beiran_fetch_bytes_total{source=peer}"] == len(data)
     # /metrics speaks Prometheus text
-    status, headers, body = n3.tcp("GET", "/metrics")
+    status, _, body = n3.tcp("GET", "/metrics")
     assert status == 200 and b"beiran_fetch_bytes_total{source=\"peer\"}" in body
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from beiran_testkit.aptrepo import AptRepo, RepoServer, build_repo
 
 for tool in ("apt-get", "dpkg-deb", "dpkg-scanpackages", "apt-ftparchive", "gpg", "gpgv", "openssl"):

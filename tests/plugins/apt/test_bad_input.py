@@ -9,6 +9,7 @@ import json
 import socket
 
 import pytest
+
 from beiran_testkit.aptclient import APT_PORT, AptClient, add_nodes, client_for, proxy_of
 
 pytestmark = pytest.mark.cluster

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from beiran_testkit.aptclient import AptClient, add_nodes, beiran, proxy_of
 
 HEAVY = ["apt_pkg", "apt", "apt_inst", "tornado", "peewee", "docker", "grpc", "zeroconf", "dns"]

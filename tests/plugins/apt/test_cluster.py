@@ -7,6 +7,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
 from beiran_testkit.aptclient import add_nodes, beiran, client_for
 
 pytestmark = pytest.mark.cluster

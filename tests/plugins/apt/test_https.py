@@ -8,6 +8,7 @@ import http.client
 import json
 
 import pytest
+
 from beiran_testkit.aptclient import APT_PORT, AptClient, add_nodes, beiran
 from beiran_testkit.aptrepo import RepoServer, make_ca, make_self_signed
 

@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pytest
+
 from beiran_testkit.aptclient import AptClient, add_nodes, beiran, client_for
 from beiran_testkit.aptrepo import build_deb
 

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from beiran_testkit.aptclient import APT_PORT, add_nodes, apt_config
 from beiran_testkit.daemon import wait_until
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 
 import pytest
+
 from beiran_testkit.aptclient import APT_PORT, add_nodes, client_for
 from beiran_testkit.aptrepo import build_deb
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import pytest
+
 from beiran_testkit.aptclient import AptClient, add_nodes, proxy_of
 
 pytestmark = pytest.mark.cluster

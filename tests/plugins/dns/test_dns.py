@@ -14,6 +14,7 @@ import uuid
 from typing import Any
 
 import pytest
+
 from beiran_testkit.daemon import Daemon, wait_until
 
 pytestmark = pytest.mark.cluster

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+
 from beiran_testkit.oci import Image, Layout, hello_elf
 from beiran_testkit.registry import Registry
 

@@ -12,6 +12,7 @@ import sys
 import tarfile
 
 import pytest
+
 from beiran_testkit.registry import beiran, docker_config
 
 HEAVY = ["docker", "tornado", "peewee", "apt_pkg", "grpc", "zeroconf", "dns"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+
 from beiran_testkit.containerd import Containerd
 from beiran_testkit.daemon import wait_until
 from beiran_testkit.registry import docker_config, mirror_of, skopeo_copy

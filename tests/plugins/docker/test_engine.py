@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from beiran_testkit.daemon import wait_until
 from beiran_testkit.dockerd import Dockerd
 from beiran_testkit.registry import beiran, docker_config, readme_blocks

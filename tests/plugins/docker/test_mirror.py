@@ -8,6 +8,7 @@ import json
 from collections import Counter
 
 import pytest
+
 from beiran_testkit.containerd import Containerd
 from beiran_testkit.daemon import wait_until
 from beiran_testkit.registry import beiran, docker_config, mirror_of, oci_error, skopeo_copy, tree_files

@@ -8,6 +8,7 @@ import http.client
 import json
 
 import pytest
+
 from beiran_testkit.registry import docker_config, oci_error
 
 pytestmark = pytest.mark.cluster

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from beiran_testkit.containerd import Containerd
 from beiran_testkit.registry import docker_config, mirror_of, readme_blocks, skopeo_copy
 

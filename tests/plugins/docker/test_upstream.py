@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 
 import pytest
+
 from beiran_testkit.registry import docker_config, oci_error
 
 pytestmark = pytest.mark.cluster

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
 from beiran_testkit.cri import Containerd, CRIClient, PrivateRegistry
 from beiran_testkit.daemon import Daemon
 from beiran_testkit.fixtures import Cluster

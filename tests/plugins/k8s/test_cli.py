@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from beiran_testkit.daemon import wait_until
 
 pytestmark = [pytest.mark.cluster]

@@ -7,6 +7,7 @@ import json
 
 import grpc
 import pytest
+
 from beiran_testkit.cri import dump
 from beiran_testkit.daemon import wait_until
 

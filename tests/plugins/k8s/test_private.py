@@ -9,9 +9,9 @@ import urllib.request
 
 import grpc
 import pytest
-from beiran_testkit.daemon import wait_until
 
 from beiran.peer.auth import PeerAuth
+from beiran_testkit.daemon import wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

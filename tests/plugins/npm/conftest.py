@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from beiran_testkit.counting_proxy import CountingProxy
 from beiran_testkit.verdaccio import NpmRegistry, Verdaccio, have_npm, publish_test_packages
 

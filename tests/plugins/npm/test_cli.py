@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+
 from beiran_testkit.verdaccio import ALPHA, UTIL, npm_daemon_config
 
 pytestmark = pytest.mark.cluster

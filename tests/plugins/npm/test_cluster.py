@@ -6,6 +6,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
 from beiran_testkit.daemon import wait_until
 from beiran_testkit.verdaccio import (
     ALPHA,

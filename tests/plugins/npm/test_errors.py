@@ -7,6 +7,7 @@ import json
 import subprocess
 
 import pytest
+
 from beiran_testkit.verdaccio import (
     ALPHA,
     LEGACY,

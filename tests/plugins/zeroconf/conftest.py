@@ -10,8 +10,9 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from beiran_testkit.netns import netns_lan  # noqa: F401 - the fixture
 from zeroconf import IPVersion, ServiceInfo, Zeroconf
+
+from beiran_testkit.netns import netns_lan  # noqa: F401 - the fixture
 
 SERVICE = "_beiran._tcp.local."
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from beiran_testkit.daemon import Daemon, wait_until
 from beiran_testkit.fixtures import random_blob
 
