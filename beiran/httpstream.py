@@ -115,7 +115,8 @@ async def _open(method: str, url: str, headers: dict[str, str], connect_timeout:
     except ssl.SSLError as exc:
         raise UpstreamError(f"{parts.netloc}: TLS failed: {exc.reason or exc}") from None
     except (OSError, StreamClosedError, TimeoutError) as exc:
-        raise UpstreamError(f"cannot connect to {parts.netloc}: {exc or 'timeout'}") from None
+        reason = getattr(exc, "real_error", None) or exc
+        raise UpstreamError(f"cannot connect to {parts.netloc}: {reason or 'timeout'}") from None
     stream.read_chunk_size = READ_CHUNK
     conn = HTTP1Connection(stream, True, HTTP1ConnectionParameters(
         no_keep_alive=True, chunk_size=READ_CHUNK, max_body_size=1 << 62, decompress=False))

@@ -105,8 +105,8 @@ class AptPlugin(BasePackagePlugin):
             if plugin.status != PluginStatus.READY:
                 continue
             try:
-                await plugin.advertise(SERVICE_TYPE, self.port, props)  # type: ignore[attr-defined]
-                log.info("apt: proxy advertised as %s via %s", SERVICE_TYPE, plugin.name)
+                if await plugin.advertise(SERVICE_TYPE, self.port, props):  # type: ignore[attr-defined]
+                    log.info("apt: proxy advertised as %s via %s", SERVICE_TYPE, plugin.name)
             except Exception as exc:  # noqa: BLE001 - discovery is a nicety, never fatal
                 log.warning("apt: %s could not advertise the proxy: %s", plugin.name, exc)
 

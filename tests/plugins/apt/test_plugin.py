@@ -23,6 +23,7 @@ class FakeDiscovery(BaseDiscoveryPlugin):
     async def advertise(self, service_type, port, properties):
         with open(self.ctx.config.data_dir / "advertised.jsonl", "a") as fh:
             fh.write(json.dumps([service_type, port, properties]) + "\\n")
+        return True
 '''
 
 
