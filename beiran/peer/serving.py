@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import socket
+import struct
 
 from tornado.iostream import StreamClosedError
 
@@ -109,12 +110,31 @@ class BlobHandler(BaseHandler):
         finally:
             stream.close()
         sock = socket.socket(fileno=fd)
-        sock.settimeout(self.ctx.config.fetch.peer_timeout)
+        # Blocking sendfile sends the range in a few large calls (a socket with a Python timeout
+        # loops select/sendfile per socket buffer); SO_SNDTIMEO still bounds a stalled peer.
+        sock.setblocking(True)
+        timeout = self.ctx.config.fetch.peer_timeout
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                        struct.pack("ll", int(timeout), int((timeout % 1) * 1e6)))
+        try:  # full segments only, as nginx's tcp_nopush; uncorked when the socket closes
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+        except (OSError, AttributeError):
+            pass
         sent = 0
 
         def send() -> int:
+            done = 0
             with open(path, "rb") as fh:
-                return sock.sendfile(fh, start, end - start)
+                while done < end - start:
+                    try:
+                        n = os.sendfile(sock.fileno(), fh.fileno(), start + done, end - start - done)
+                    except BlockingIOError:
+                        raise TimeoutError(f"peer took no data for {timeout:.0f}s") from None
+                    if n == 0:
+                        break
+                    done += n
+            return done
 
         try:
             sent = await asyncio.get_running_loop().run_in_executor(self.ctx.io_executor, send)

@@ -111,6 +111,13 @@ class BlobWriter:
                         start += len(chunk)
                     self._hashed = e
 
+    def write_at_blocking(self, offset: int, data: bytes | memoryview) -> None:
+        """For a caller that is already on an I/O thread; call notify_growth() on the loop after."""
+        self._write_at_sync(offset, data)
+
+    def notify_growth(self) -> None:
+        self._notify()
+
     # -- writing (loop side) -------------------------------------------------------------------
     def _check_bounds(self, end: int) -> None:
         if self.size is not None and end > self.size:
