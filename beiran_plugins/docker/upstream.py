@@ -95,13 +95,16 @@ class Upstream:
         return self.endpoints.setdefault(registry, Endpoint(registry, f"https://{registry}"))
 
     # -- auth ------------------------------------------------------------------------------------
-    async def _authenticate(self, ep: Endpoint, repository: str, challenge: str) -> None:
+    async def _authenticate(self, ep: Endpoint, repository: str, challenge: str,
+                            sent: str | None = None) -> None:
+        """Answer a 401 challenge. `sent` is the Authorization this request carried: only a 401 to
+        our own Basic credentials means they are wrong (a concurrent first request did not send any)."""
         scheme, params = parse_challenge(challenge)
         key = (ep.name, repository)
         if scheme == "basic":
             if not ep.username:
                 raise UpstreamUnauthorized(f"registry {ep.name} requires credentials (set username and password)")
-            if self._tokens.get(key, ("",))[0].startswith("Basic "):
+            if sent and sent.startswith("Basic "):
                 raise UpstreamUnauthorized(f"registry {ep.name} refused the configured credentials")
             raw = f"{ep.username}:{ep.password or ''}".encode()
             self._tokens[key] = ("Basic " + base64.b64encode(raw).decode(), float("inf"))
@@ -165,7 +168,7 @@ class Upstream:
                     self._tokens.pop((ep.name, repository), None)  # expired or revoked: one new token
                     if attempt == 1:
                         raise UpstreamUnauthorized(f"registry {ep.name} refused its own token for {repository}")
-                await self._authenticate(ep, repository, challenge)
+                await self._authenticate(ep, repository, challenge, sent=auth)
                 continue
             return cm, resp
         raise UpstreamUnauthorized(f"registry {ep.name}: authentication failed")
