@@ -103,38 +103,13 @@ class BlobHandler(BaseHandler):
 
     async def _sendfile(self, path: str, start: int, end: int) -> None:
         """Headers through Tornado, then the body with sendfile(2) on the raw socket, off the loop."""
-        await self.flush()
-        stream = self.detach()
-        try:
-            fd = os.dup(stream.socket.fileno())
-        finally:
-            stream.close()
-        sock = socket.socket(fileno=fd)
-        # Blocking sendfile sends the range in a few large calls (a socket with a Python timeout
-        # loops select/sendfile per socket buffer); SO_SNDTIMEO still bounds a stalled peer.
-        sock.setblocking(True)
         timeout = self.ctx.config.fetch.peer_timeout
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
-                        struct.pack("ll", int(timeout), int((timeout % 1) * 1e6)))
-        try:  # full segments only, as nginx's tcp_nopush; uncorked when the socket closes
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
-        except (OSError, AttributeError):
-            pass
+        sock = await detach_socket(self, timeout)
         sent = 0
 
         def send() -> int:
-            done = 0
             with open(path, "rb") as fh:
-                while done < end - start:
-                    try:
-                        n = os.sendfile(sock.fileno(), fh.fileno(), start + done, end - start - done)
-                    except BlockingIOError:
-                        raise TimeoutError(f"peer took no data for {timeout:.0f}s") from None
-                    if n == 0:
-                        break
-                    done += n
-            return done
+                return sendfile_range(sock, fh.fileno(), start, end - start, timeout)
 
         try:
             sent = await asyncio.get_running_loop().run_in_executor(self.ctx.io_executor, send)
@@ -143,3 +118,41 @@ class BlobHandler(BaseHandler):
         finally:
             self.ctx.metrics.served_bytes.inc(sent)
             sock.close()
+
+
+async def detach_socket(handler: BaseHandler, timeout: float) -> socket.socket:
+    """Send the headers, then take the connection's socket from Tornado for sendfile(2).
+
+    The socket is made blocking (sendfile then moves a range in a few large calls; a socket with a
+    Python timeout loops select/sendfile per socket buffer), SO_SNDTIMEO still bounds a stalled
+    peer, and it is corked like nginx's tcp_nopush. Closing it flushes and ends the response."""
+    await handler.flush()
+    stream = handler.detach()
+    try:
+        fd = os.dup(stream.socket.fileno())
+    finally:
+        stream.close()
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(True)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                    struct.pack("ll", int(timeout), int((timeout % 1) * 1e6)))
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+    except (OSError, AttributeError):
+        pass
+    return sock
+
+
+def sendfile_range(sock: socket.socket, fileno: int, offset: int, count: int, timeout: float) -> int:
+    """Blocking: send `count` bytes of a file from `offset`; returns what was sent."""
+    done = 0
+    while done < count:
+        try:
+            n = os.sendfile(sock.fileno(), fileno, offset + done, count - done)
+        except BlockingIOError:
+            raise TimeoutError(f"peer took no data for {timeout:.0f}s") from None
+        if n == 0:
+            break
+        done += n
+    return done

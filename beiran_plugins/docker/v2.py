@@ -11,7 +11,6 @@ import asyncio
 import ipaddress
 import logging
 import os
-import socket
 import time
 from typing import Any
 
@@ -20,7 +19,7 @@ from tornado.iostream import StreamClosedError
 
 from beiran.errors import BeiranError
 from beiran.handlers import BaseHandler
-from beiran.peer.serving import parse_range
+from beiran.peer.serving import detach_socket, parse_range, sendfile_range
 from beiran.store.blobstore import BlobEntry
 from beiran.store.digest import parse_digest
 from beiran.store.writer import BlobWriter
@@ -244,19 +243,13 @@ async def _sendfile(handler: BaseHandler, target: BlobEntry | BlobWriter, start:
     ctx = handler.ctx
     loop = asyncio.get_running_loop()
     timeout = ctx.config.fetch.peer_timeout
-    await handler.flush()
-    stream = handler.detach()
-    try:
-        fd = os.dup(stream.socket.fileno())
-    finally:
-        stream.close()
-    sock = socket.socket(fileno=fd)
-    sock.settimeout(timeout)
+    sock = await detach_socket(handler, timeout)
     fh = None
     try:
         fh = await loop.run_in_executor(ctx.io_executor, _open, ctx.store, target)
         if isinstance(target, BlobEntry):
-            await loop.run_in_executor(ctx.io_executor, sock.sendfile, fh, start, end - start)
+            await loop.run_in_executor(ctx.io_executor, sendfile_range, sock, fh.fileno(), start, end - start,
+                                       timeout)
             return
         pos, last = start, end - 1
         while pos < last:
@@ -266,7 +259,8 @@ async def _sendfile(handler: BaseHandler, target: BlobEntry | BlobWriter, start:
                 await target.wait_for_growth(pos, timeout)
             upto = min(target.available, last)
             if upto > pos:
-                pos += await loop.run_in_executor(ctx.io_executor, sock.sendfile, fh, pos, upto - pos)
+                pos += await loop.run_in_executor(ctx.io_executor, sendfile_range, sock, fh.fileno(), pos,
+                                                  upto - pos, timeout)
         await _verified(target, timeout * 2)
         tail = await loop.run_in_executor(ctx.io_executor, os.pread, fh.fileno(), end - last, last)
         await loop.run_in_executor(ctx.io_executor, sock.sendall, tail)

@@ -8,6 +8,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from beiran_testkit.procs import stop_process
+
 
 class Containerd:
     def __init__(self, cri_registry_dir: Path | None = None) -> None:
@@ -78,13 +80,7 @@ class Containerd:
         return (self.content_dir / "blobs" / "sha256" / digest.split(":")[1]).read_bytes()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 15)
         self.proc = None
 
     def cleanup(self) -> None:

@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from beiran_testkit.procs import stop_process
 from beiran_testkit.registry import free_port
 
 CONTAINERD_CONFIG = """\
@@ -75,13 +76,7 @@ class Containerd:
         raise RuntimeError(f"containerd did not start in {timeout}s: {self.log()[-2000:]}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 15)
         self.proc = None
 
     def cleanup(self) -> None:
@@ -243,13 +238,7 @@ auth:
         raise RuntimeError("docker-registry (htpasswd) did not start")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 10)
         self.proc = None
 
     def push(self, layout: Any, name: str, repo: str, user: str) -> None:

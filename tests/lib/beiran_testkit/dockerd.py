@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from beiran_testkit.daemon import UnixHTTP
+from beiran_testkit.procs import stop_process
 
 
 class Dockerd:
@@ -69,13 +70,7 @@ class Dockerd:
         return json.loads(conn.getresponse().read())
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 20)
         self.proc = None
 
     def cleanup(self) -> None:

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from beiran_testkit.procs import stop_process
+
 _BLOB = re.compile(r"^/v2/(.+)/blobs/(sha256:[0-9a-f]{64})$")
 _MANIFEST = re.compile(r"^/v2/(.+)/manifests/([^/]+)$")
 
@@ -267,13 +269,7 @@ http:
     def stop(self) -> None:
         """Stop the registry and its proxy: connections are refused, as with a dead origin."""
         self.proxy.stop()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 10)
         self.proc = None
 
     @property

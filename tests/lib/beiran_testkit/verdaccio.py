@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import quote
 
 from beiran_testkit.counting_proxy import free_port
+from beiran_testkit.procs import stop_process
 
 VERDACCIO_VERSION = "6.8.0"
 NPMRC_DEFAULTS = {"audit": "false", "fund": "false", "update-notifier": "false", "loglevel": "warn",
@@ -169,13 +170,7 @@ class Verdaccio:
         return p.read_text(errors="replace") if p.exists() else ""
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 10)
 
     def _call(self, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
