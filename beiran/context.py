@@ -41,6 +41,10 @@ class DaemonContext:
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="beiran-db"))
     io_executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(8, thread_name_prefix="beiran-io"))
+    #: blocking downloads from peers. Kept apart from io_executor (which serves blobs): receives
+    #: wait on other nodes' serving, so sharing one pool lets busy nodes starve each other.
+    receive_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(32, thread_name_prefix="beiran-recv"))
 
     async def run_db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a database call on the single database thread (sqlite writes are serial anyway)."""

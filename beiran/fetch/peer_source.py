@@ -44,7 +44,7 @@ class PeerSource:
         await writer.flush()
         if url.startswith("http://"):
             loop = asyncio.get_running_loop()
-            end = await loop.run_in_executor(self.ctx.io_executor, self._receive_sync, job, node, url,
+            end = await loop.run_in_executor(self.ctx.receive_executor, self._receive_sync, job, node, url,
                                              headers, offset, loop)
             writer.seek(end)
         else:
