@@ -42,14 +42,22 @@ async def http_origin(url: str, offset: int, headers: dict[str, str] | None = No
     if resp.code not in (200, 206):
         await cm.__aexit__(None, None, None)
         raise UpstreamError(f"{what}: origin answered {resp.code} {resp.reason}")
+    return stream_from_response(resp, cm, offset)
+
+
+def stream_from_response(resp: Any, cm: Any, offset: int, idle_timeout: float = 30.0) -> OriginStream:
+    """An OriginStream over an open 200/206 response to a request for bytes from `offset`.
+
+    Servers that ignore Range answer 200 with the whole blob: the bytes before `offset` are
+    skipped. `cm` (the request's context manager) is exited when the stream ends."""
     skip = offset if (offset and resp.code == 200) else 0
-    length = resp.headers.get("Content-Length")
-    size = int(length) + (offset if resp.code == 206 else 0) if length and length.isdigit() else None
+    length = resp.headers.get("Content-Length") or ""
+    size = int(length) + (offset if resp.code == 206 else 0) if length.isdigit() else None
 
     async def chunks():
         nonlocal skip
         try:
-            async for chunk in resp.chunks():
+            async for chunk in resp.chunks(idle_timeout):
                 if skip:
                     if len(chunk) <= skip:
                         skip -= len(chunk)

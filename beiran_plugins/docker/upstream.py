@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from beiran.errors import BeiranError, ConfigError, UpstreamError
+from beiran.fetch.origins import stream_from_response
 from beiran.httpstream import StreamResponse, stream_request
 from beiran.plugin import OriginStream
 from beiran_plugins.docker.errors import (
@@ -257,21 +258,4 @@ class Upstream:
                 await self._fail(ep, resp, f"blob {digest[:19]} of {repository}", BlobUnknown)
             finally:
                 await cm.__aexit__(None, None, None)
-        skip = offset if (offset and resp.code == 200) else 0
-        length = resp.headers.get("Content-Length", "")
-        size = int(length) + (offset if resp.code == 206 else 0) if length.isdigit() else None
-
-        async def chunks():
-            nonlocal skip
-            try:
-                async for chunk in resp.chunks(self.timeout * 3):
-                    if skip:
-                        if len(chunk) <= skip:
-                            skip -= len(chunk)
-                            continue
-                        chunk, skip = chunk[skip:], 0
-                    yield chunk
-            finally:
-                await cm.__aexit__(None, None, None)
-
-        return OriginStream(chunks(), size=size, close=resp.close)
+        return stream_from_response(resp, cm, offset, self.timeout * 3)
