@@ -19,6 +19,7 @@ import tornado.web
 from beiran.errors import BeiranError, Forbidden, InvalidJSON, PayloadTooLarge, UnknownCommand
 
 if TYPE_CHECKING:
+    from beiran.config import Config
     from beiran.context import DaemonContext
 
 log = logging.getLogger("beiran.http")
@@ -64,12 +65,7 @@ class BaseHandler(tornado.web.RequestHandler):
             self.ctx.auth.check_request(self.request)
 
     def check_client_cidr(self) -> None:
-        try:
-            addr = ipaddress.ip_address(self.request.remote_ip)
-        except ValueError:
-            raise Forbidden("client address not allowed") from None
-        if not any(addr in net for net in self.ctx.config.client_networks()):
-            raise Forbidden(f"client {addr} is not in client_cidrs")
+        check_client_address(self.ctx.config, self.request.remote_ip)
 
     def set_default_headers(self) -> None:
         self.set_header("Server", "beiran")
@@ -115,6 +111,16 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(data, default=str))
+
+
+def check_client_address(config: Config, remote_ip: str) -> None:
+    """Package clients only from `client_cidrs`; also used by plugins with listeners of their own."""
+    try:
+        addr = ipaddress.ip_address(remote_ip)
+    except ValueError:
+        raise Forbidden("client address not allowed") from None
+    if not any(addr in net for net in config.client_networks()):
+        raise Forbidden(f"client {addr} is not in client_cidrs")
 
 
 def _code_for(status: int) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ipaddress
 import json
 import logging
 from typing import TYPE_CHECKING, Any
@@ -14,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 import tornado.web
 from tornado.iostream import StreamClosedError
 
-from beiran.errors import BeiranError, Forbidden, NotFound, UpstreamError, VerificationError
+from beiran.errors import BeiranError, NotFound, UpstreamError, VerificationError
+from beiran.handlers import check_client_address
 from beiran.httpstream import stream_request
 from beiran.peer.serving import parse_range
 from beiran_plugins.apt.archive import Blob
@@ -45,12 +45,7 @@ class ProxyHandler(tornado.web.RequestHandler):
         self.set_header("Via", "1.1 beiran")
 
     def prepare(self) -> None:
-        try:
-            addr = ipaddress.ip_address(self.request.remote_ip)
-        except ValueError:
-            raise Forbidden("client address not allowed") from None
-        if not any(addr in net for net in self.ctx.config.client_networks()):
-            raise Forbidden(f"client {addr} is not in client_cidrs")
+        check_client_address(self.ctx.config, self.request.remote_ip)
 
     # -- errors ----------------------------------------------------------------------------------
     def write_error(self, status_code: int, **kwargs: Any) -> None:
