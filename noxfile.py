@@ -29,9 +29,6 @@ DIST = ROOT / "dist"
 PLUGINS = ["docker", "apt", "npm", "dns", "zeroconf", "k8s"]
 #: plugins whose wheel depends on another plugin's wheel
 PLUGIN_DEPENDS = {"k8s": ["docker"]}
-#: plugins a test session also installs, for tests across plugins (dns: a node found by zeroconf,
-#: DNS and static config at once is one node)
-TEST_ALSO = {"dns": ["zeroconf"]}
 #: what every test venv gets besides the wheels
 TEST_TOOLS = ["pytest>=8", "pytest-timeout"]
 DEBIAN_PYTHON = "/usr/bin/python3"
@@ -39,7 +36,7 @@ DEBIAN_PYTHON = "/usr/bin/python3"
 SOURCE_SUFFIXES = {".py", ".proto", ".json", ".toml"}
 
 nox.options.default_venv_backend = "uv|virtualenv"
-nox.options.sessions = ["lint", "build", "tests", "tests(apt)"]
+nox.options.sessions = ["lint", "build", "tests", "tests(apt)", "tests(integration)"]
 nox.options.reuse_venv = "no"
 _LOCK_FD: int | None = None
 
@@ -173,9 +170,15 @@ def _check_namespace(session: nox.Session, expected: list[str], cwd: Path) -> No
 
 
 def _run_tests(session: nox.Session, dist: str) -> None:
-    plugins = [] if dist == "core" else [*PLUGIN_DEPENDS.get(dist, []), *TEST_ALSO.get(dist, []), dist]
+    if dist == "core":
+        plugins = []
+    elif dist == "integration":
+        plugins = list(PLUGINS)
+    else:
+        plugins = [*PLUGIN_DEPENDS.get(dist, []), dist]
     wanted = ["core", *plugins]
-    stale = [d for d in wanted if _stale(d)]
+    # every wheel, not only the installed ones: tests/core/test_packaging.py checks all seven
+    stale = [d for d in ["core", *PLUGINS] if _stale(d)]
     if stale:
         session.log(f"dist/ lacks or has stale wheels for {', '.join(stale)}: building them")
         _build(session, stale)
@@ -184,7 +187,8 @@ def _run_tests(session: nox.Session, dist: str) -> None:
     # Test-only tools, when the tests need more than pytest: tests/requirements.txt for every
     # session, tests/plugins/<name>/requirements.txt for that plugin's.
     extra: list[str] = []
-    for req in (ROOT / "tests" / "requirements.txt", ROOT / "tests" / "plugins" / dist / "requirements.txt"):
+    for req in (ROOT / "tests" / "requirements.txt", *(ROOT / "tests" / "plugins" / p / "requirements.txt"
+                                                        for p in plugins)):
         if req.is_file():
             extra += ["-r", str(req)]
     session.install(*wheels, *TEST_TOOLS, *extra)
@@ -195,15 +199,15 @@ def _run_tests(session: nox.Session, dist: str) -> None:
     # under pytest's tmp_path would grow past the 108-byte limit.)
     scratch = Path(tempfile.mkdtemp(prefix=f"beiran-nox-{dist}-"))
     try:
-        _check_namespace(session, plugins, scratch)
+        _check_namespace(session, sorted(plugins), scratch)
         _pytest(session, dist, plugins, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _pytest(session: nox.Session, dist: str, plugins: list[str], scratch: Path) -> None:
-    paths = [str(ROOT / "tests" / "core")]
-    if dist != "core":
+    paths = [str(ROOT / "tests" / ("integration" if dist == "integration" else "core"))]
+    if dist not in ("core", "integration"):
         plugin_tests = ROOT / "tests" / "plugins" / dist
         if plugin_tests.is_dir():
             paths.append(str(plugin_tests))
@@ -229,6 +233,32 @@ def tests_apt(session: nox.Session) -> None:
     """The apt plugin on Debian's Python, whose system site packages hold python3-apt."""
     session.run("python", "-c", "import apt_pkg", silent=True)  # fails loudly when python3-apt is missing
     _run_tests(session, "apt")
+
+
+@nox.session(python=DEBIAN_PYTHON, venv_params=["--system-site-packages"])
+def bench(session: nox.Session) -> None:
+    """One benchmark in a venv with all seven wheels and the test kit's tools:
+    `nox -s bench -- docker_pull --rounds 3` (no argument: list them)."""
+    names = sorted(p.name for p in (ROOT / "bench").iterdir() if p.is_file() and os.access(p, os.X_OK))
+    if not session.posargs or session.posargs[0] not in names:
+        session.error(f"name a benchmark: nox -s bench -- NAME [ARGS]; NAME is one of {', '.join(names)}")
+    dists = ["core", *PLUGINS]
+    stale = [d for d in dists if _stale(d)]
+    if stale:
+        _build(session, stale)
+    reqs = [ROOT / "tests" / "plugins" / d / "requirements.txt" for d in PLUGINS]
+    extra = [arg for r in reqs if r.is_file() for arg in ("-r", str(r))]
+    session.install(*(str(_find_wheel(d)) for d in dists), *TEST_TOOLS, *extra)
+    name, *args = session.posargs
+    session.run("python", str(ROOT / "bench" / name), *args, env=_clean_env())
+
+
+@nox.session(name="tests(integration)", python=DEBIAN_PYTHON, venv_params=["--system-site-packages"],
+             tags=["tests"])
+def tests_integration(session: nox.Session) -> None:
+    """Every wheel at once: tests/integration, what plugins show only together (a node found by
+    zeroconf, DNS and static config is one node). Debian's Python, for the apt plugin."""
+    _run_tests(session, "integration")
 
 
 if __name__ == "__main__":  # `python noxfile.py` works too

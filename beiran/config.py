@@ -72,6 +72,7 @@ def _default_run_dir(data_dir: Path) -> Path:
 class StoreConfig:
     max_size: int | None = None  # bytes; None = no cap
     reserve_free: int = 256 << 20  # refuse writes that would leave less free disk than this
+    fsync: bool = True  # flush each blob before it becomes visible; off only where durability does not matter
 
 
 @dataclass
@@ -99,7 +100,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     fetch: FetchConfig = field(default_factory=FetchConfig)
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
-    testing: dict[str, Any] = field(default_factory=dict)  # test-only switches, e.g. corrupt_serving
+    testing: dict[str, Any] = field(default_factory=dict)  # Beiran's own tests only: see TESTING_SWITCHES
     source_file: Path | None = None
 
     @property
@@ -149,7 +150,7 @@ def _mask_secrets(section: dict[str, Any]) -> None:
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     """BEIRAN_LISTEN=..., BEIRAN_STORE__MAX_SIZE=10G, BEIRAN_PLUGINS__DNS__ENABLED=false."""
     out: dict[str, Any] = {}
-    skip = {"BEIRAN_CONFIG", "BEIRAN_SOCKET_CLIENT"}
+    skip = {"BEIRAN_CONFIG", "BEIRAN_SOCKET_CLIENT", TESTING_ENV}
     for key, raw in environ.items():
         if not key.startswith(ENV_PREFIX) or key in skip:
             continue
@@ -238,9 +239,33 @@ def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] |
         cfg.client_networks()
     except ValueError as exc:
         raise ConfigError(f"config: client_cidrs: {exc}") from exc
+    _check_testing(cfg.testing, environ)
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"config: log_level must be debug, info, warning or error, not {cfg.log_level!r}")
     return cfg
+
+
+#: `[testing]` switches that make a daemon misbehave on purpose (the tampering node of the tests)
+TESTING_SWITCHES = {"corrupt_serving": bool, "serve_rate": int}
+#: ...honoured only when the daemon's environment also says so, so that no config file alone can
+#: turn a production node into a tampering one.
+TESTING_ENV = "BEIRAN_TESTING_HOOKS"
+
+
+def _check_testing(testing: Any, environ: dict[str, str]) -> None:
+    if not testing:
+        return
+    if not isinstance(testing, dict):
+        raise ConfigError("config: [testing] must be a table")
+    for key, value in testing.items():
+        kind = TESTING_SWITCHES.get(key)
+        if kind is None:
+            raise ConfigError(f"config: unknown setting testing.{key}")
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ConfigError(f"config: testing.{key} must be {kind.__name__}")
+    if environ.get(TESTING_ENV) != "1":
+        raise ConfigError(f"config: [testing] ({', '.join(sorted(testing))}) is for Beiran's own tests: "
+                          f"it makes this node misbehave on purpose, and is honoured only with {TESTING_ENV}=1")
 
 
 def normalize_peer_url(value: str) -> str:

@@ -73,7 +73,8 @@ class PeerSource:
             length = resp.getheader("Content-Length")
             if job.size is None and length and length.isdigit():
                 job.size = writer.size = int(length) + offset
-            buf = memoryview(bytearray(RECEIVE_BUFFER))
+            left = (writer.size - offset) if writer.size is not None else RECEIVE_BUFFER
+            buf = memoryview(bytearray(max(1, min(left, RECEIVE_BUFFER))))  # small blobs: small buffer
             pos = offset
             while True:
                 n = resp.readinto(buf)

@@ -220,7 +220,7 @@ class BlobStore:
         """Verify and move into place; on any failure the temp file is gone and nothing is indexed."""
         digest = str(writer.digest)
         try:
-            tmp = await writer.finish(fsync=self.ctx.config.testing.get("fsync", True))
+            tmp = await writer.finish(fsync=self.ctx.config.store.fsync)
             final = self.path_for(writer.digest)
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, final)

@@ -159,3 +159,20 @@ def test_config_errors_are_one_line(tmp_path):
     out = subprocess.run([sys.executable, "-m", "beiran", "daemon", "--config", str(bad)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "unknown setting" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_testing_switches_need_the_environment_too(tmp_path):
+    """A config file alone cannot make a node tamper with what it serves."""
+    from beiran.config import load_config
+    from beiran.errors import ConfigError
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[testing]\ncorrupt_serving = true\n")
+    with pytest.raises(ConfigError, match="BEIRAN_TESTING_HOOKS=1"):
+        load_config(cfg, environ={})
+    assert load_config(cfg, environ={"BEIRAN_TESTING_HOOKS": "1"}).testing == {"corrupt_serving": True}
+    cfg.write_text("[testing]\nfsync = false\n")
+    with pytest.raises(ConfigError, match=r"unknown setting testing\.fsync"):
+        load_config(cfg, environ={"BEIRAN_TESTING_HOOKS": "1"})
+    cfg.write_text("[store]\nfsync = false\n")
+    assert load_config(cfg, environ={}).store.fsync is False

@@ -69,7 +69,7 @@ def test_eight_nodes_same_cold_blob_origin_serves_it_once(cluster, origin):
 
 @pytest.mark.parametrize("delegation", [True, False], ids=["via-owner", "origin-range"])
 def test_holder_killed_mid_transfer_fetch_completes_elsewhere(cluster, origin, delegation):
-    n1 = cluster.add(config={"origins": {"o": origin.url}, "testing": {"serve_rate": 16 * MiB, "fsync": False}})
+    n1 = cluster.add(config={"origins": {"o": origin.url}, "testing": {"serve_rate": 16 * MiB}})
     n2 = cluster.add(config={"origins": {"o": origin.url}, "fetch": {"origin_delegation": delegation}})
     n3 = cluster.add(config={"origins": {"o": origin.url}})
     cluster.wait_connected()
@@ -101,7 +101,7 @@ def test_holder_killed_mid_transfer_fetch_completes_elsewhere(cluster, origin, d
 
 
 def test_tampering_node_is_skipped_and_its_bytes_never_stored(cluster, origin):
-    bad = cluster.add(config={"origins": {"o": origin.url}, "testing": {"corrupt_serving": True, "fsync": False}})
+    bad = cluster.add(config={"origins": {"o": origin.url}, "testing": {"corrupt_serving": True}})
     n2 = cluster.add(config={"origins": {"o": origin.url}})
     n3 = cluster.add(config={"origins": {"o": origin.url}})
     cluster.wait_connected()

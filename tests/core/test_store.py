@@ -27,7 +27,7 @@ async def make_store(root: Path, **store_cfg) -> BlobStore:
     cfg = load_config(environ={}, overrides={"data_dir": str(root)})
     for k, v in store_cfg.items():
         setattr(cfg.store, k, v)
-    cfg.testing["fsync"] = False
+    cfg.store.fsync = False
     ctx = DaemonContext(config=cfg, bus=EventBus())
     root.mkdir(parents=True, exist_ok=True)
     open_database(root / "db.sqlite")

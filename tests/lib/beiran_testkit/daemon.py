@@ -107,7 +107,7 @@ class Daemon:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config: dict[str, Any] = {"data_dir": str(self.data_dir), "listen": f"{ip}:{port}",
                                        "log_level": "debug", "heartbeat_interval": 1.0,
-                                       "heartbeat_timeout": 4.0, "testing": {"fsync": False}}
+                                       "heartbeat_timeout": 4.0, "store": {"fsync": False}}
         for k, v in (config or {}).items():
             if isinstance(v, dict) and isinstance(self.config.get(k), dict):
                 self.config[k] = {**self.config[k], **v}
@@ -136,6 +136,8 @@ class Daemon:
         cfg = self.dir / "config.toml"
         write_toml(cfg, self.config)
         env = {k: v for k, v in os.environ.items() if not k.startswith("BEIRAN_")}
+        if self.config.get("testing"):  # a tampering or throttled node, on purpose
+            env["BEIRAN_TESTING_HOOKS"] = "1"
         env.update(self.env)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "beiran", "daemon", "--config", str(cfg)],
@@ -221,6 +223,18 @@ class Daemon:
 
     def online_peers(self) -> set[str]:
         return {n["uuid"] for n in self.nodes() if n.get("status") == "online"}
+
+    def entry(self, other: Daemon) -> dict:
+        """What this node knows of `other` (status, found_by, ...), or an 'unknown' stand-in."""
+        return next((n for n in self.nodes(all=True) if n["uuid"] == other.uuid),
+                    {"status": "unknown", "found_by": []})
+
+    def cli(self, *args: str) -> Any:
+        """`beiran --socket SOCK ARGS`, for real; JSON parsed when --json is given."""
+        out = subprocess.run([sys.executable, "-m", "beiran", "--socket", self.socket, *args],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout) if "--json" in args else out.stdout
 
     # -- stopping --------------------------------------------------------------------------------
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int | None:

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from beiran_testkit.daemon import Daemon, next_subnet, wait_until
+from beiran_testkit.dnsserver import Dnsmasq, dnsmasq_missing
 from beiran_testkit.origin import Origin
 
-__all__ = ["Cluster", "cluster", "origin", "random_blob"]
+__all__ = ["Cluster", "cluster", "dnsmasq", "origin", "random_blob"]
 
 
 def random_blob(size: int, seed: int = 0) -> tuple[bytes, str]:
@@ -86,3 +87,14 @@ def origin(tmp_path: Path) -> Iterator[Origin]:
     o = Origin(tmp_path / "origin").start()
     yield o
     o.stop()
+
+
+@pytest.fixture
+def dnsmasq(tmp_path: Path) -> Iterator[Dnsmasq]:
+    """Not started: the test calls `set_records(...)` (which starts it) once it knows its nodes."""
+    reason = dnsmasq_missing()
+    if reason:
+        pytest.skip(reason)
+    server = Dnsmasq(tmp_path / "dnsmasq")
+    yield server
+    server.stop()

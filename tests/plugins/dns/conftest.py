@@ -1,24 +1,12 @@
-"""DNS test fixtures: dnsmasq serving the test's records on loopback, and a server that never answers."""
+"""DNS test fixtures: a DNS server that never answers (dnsmasq is the test kit's `dnsmasq`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from beiran_testkit.dnsserver import BlackHoleDNS, Dnsmasq, dnsmasq_missing
-
-
-@pytest.fixture
-def dnsmasq(tmp_path: Path) -> Iterator[Dnsmasq]:
-    """Not started: the test calls `set_records(...)` (which starts it) once it knows its nodes."""
-    reason = dnsmasq_missing()
-    if reason:
-        pytest.skip(reason)
-    server = Dnsmasq(tmp_path / "dnsmasq")
-    yield server
-    server.stop()
+from beiran_testkit.dnsserver import BlackHoleDNS
 
 
 @pytest.fixture

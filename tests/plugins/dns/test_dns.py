@@ -4,13 +4,9 @@ the test says so."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import signal
-import subprocess
-import sys
-import uuid
 from typing import Any
 
 import pytest
@@ -25,16 +21,8 @@ def dns_config(server: Any, names: list[str], **extra: Any) -> dict[str, Any]:
     return {"plugins": {"dns": {"names": names, "nameservers": [server.address], **extra}}}
 
 
-def cli(node: Daemon, *args: str) -> Any:
-    """`beiran --socket SOCK ARGS`, for real; JSON parsed when --json is given."""
-    out = subprocess.run([sys.executable, "-m", "beiran", "--socket", node.socket, *args],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout) if "--json" in args else out.stdout
 
 
-def entry(node: Daemon, other: Daemon) -> dict:
-    return next((n for n in node.nodes(all=True) if n["uuid"] == other.uuid), {"status": "unknown", "found_by": []})
 
 
 def dns_tracebacks(node: Daemon) -> list[str]:
@@ -68,10 +56,10 @@ def test_srv_record_lists_three_daemons_on_different_ports_and_a_removed_record_
     for node in nodes:
         others = {o.uuid for o in nodes if o is not node}
         wait_until(lambda node=node, others=others: all(
-            entry(node, o)["status"] == "online" and "dns" in entry(node, o)["found_by"] for o in nodes
+            node.entry(o)["status"] == "online" and "dns" in node.entry(o)["found_by"] for o in nodes
             if o is not node), 15, what=f"{node.name} to find the others through DNS")
     n1, n2, n3 = nodes
-    listed = cli(n1, "node", "list", "--json")
+    listed = n1.cli("node", "list", "--json")
     assert sorted(n["uuid"] for n in listed) == sorted(n.uuid for n in nodes)
     status = n1.api("GET", "/dns/status")
     assert status["names"][0]["state"] == "ok" and status["names"][0]["ttl"] == 1
@@ -79,47 +67,21 @@ def test_srv_record_lists_three_daemons_on_different_ports_and_a_removed_record_
     assert targets[n1.url]["state"] == "self"  # in its own SRV record: probed, recognised, not dialed
     assert targets[n2.url]["state"] == targets[n3.url]["state"] == "peer"
     assert targets[n3.url]["uuid"] == n3.uuid
-    looked_up = cli(n2, "dns", "lookup", SRV, "--json")
+    looked_up = n2.cli("dns", "lookup", SRV, "--json")
     assert sorted(looked_up["targets"]) == sorted(n.url for n in nodes)
-    assert "peer" in cli(n2, "dns", "status")
+    assert "peer" in n2.cli("dns", "status")
 
     n3.proc.send_signal(signal.SIGSTOP)
     try:
         dnsmasq.set_records(srv={SRV: srv[:2]})
         for node in (n1, n2):
-            wait_until(lambda node=node: entry(node, n3)["status"] == "offline", 10,
+            wait_until(lambda node=node: node.entry(n3)["status"] == "offline", 10,
                        what=f"{node.name}: n3 offline after its record went")
         assert n2.uuid in n1.online_peers() and n1.uuid in n2.online_peers()
         assert n3.url not in {t["url"] for t in n1.api("GET", "/dns/status")["targets"]}
         assert "is no longer in DNS" in n1.log()
     finally:
         n3.proc.send_signal(signal.SIGCONT)
-
-
-@pytest.mark.skipif(importlib.util.find_spec("beiran_plugins.zeroconf") is None,
-                    reason="needs the beiran-zeroconf plugin installed next to beiran-dns")
-def test_node_seen_by_zeroconf_dns_and_static_config_is_listed_once(cluster, dnsmasq):
-    """Must show 4, and discovery never overrides a static peer: b's DNS record going away leaves
-    it connected (static, zeroconf) and drops only "dns" from how it was found."""
-    a_ip, b_ip = cluster.ip(0), cluster.ip(1)
-    dnsmasq.set_records(srv={SRV: [("a.beiran.test", 8888), ("b.beiran.test", 8888)]},
-                        hosts={"a.beiran.test": [a_ip], "b.beiran.test": [b_ip]})
-    cfg = dns_config(dnsmasq, [SRV], interval=30)
-    cfg["plugins"]["zeroconf"] = {"cluster": f"t-{uuid.uuid4().hex[:12]}"}
-    a = cluster.add(cfg, peers=[f"http://{b_ip}:8888"])
-    b = cluster.add(cfg, peers=None)
-    wait_until(lambda: {"static", "zeroconf", "dns"} <= set(entry(a, b)["found_by"])
-               and entry(a, b)["status"] == "online", 15, what="a to find b through all three")
-    wait_until(lambda: {"zeroconf", "dns"} <= set(entry(b, a)["found_by"]), 15, what="b to find a through both")
-    for node, other in ((a, b), (b, a)):
-        listed = cli(node, "node", "list", "--json")
-        assert [n["uuid"] for n in listed].count(other.uuid) == 1 and len(listed) == 2
-    assert "static" not in entry(b, a)["found_by"]
-
-    dnsmasq.set_records(srv={SRV: [("a.beiran.test", 8888)]})
-    wait_until(lambda: "dns" not in entry(a, b)["found_by"], 10, what="'dns' dropped from b's sources")
-    assert entry(a, b)["status"] == "online"
-    assert set(entry(a, b)["found_by"]) == {"static", "zeroconf"}
 
 
 def test_failing_dns_and_bad_targets_are_logged_once_and_the_daemon_stays_up(cluster, dnsmasq, blackhole):

@@ -83,8 +83,7 @@ def test_origin_stopped_nodes_still_install_from_the_cluster(cluster, upstream, 
 def test_tampered_tarball_from_a_peer_is_never_stored_or_served(cluster, upstream, registry, work):
     """Must show 5: node 1 serves every blob with a flipped byte."""
     deps = {SCOPED: "^1.0.0", "beiran-test-p03": "^1.0.0", "beiran-test-p04": "^1.0.0"}
-    bad = cluster.add(config={**npm_daemon_config(upstream.url), "testing": {"fsync": False,
-                                                                             "corrupt_serving": True}},
+    bad = cluster.add(config={**npm_daemon_config(upstream.url), "testing": {"corrupt_serving": True}},
                       peers=None)
     p1 = write_project(work / "p1", deps)
     npm(["install"], p1, bad.url + "/npm/", work / "c1")  # alone: everything from the origin

@@ -6,12 +6,9 @@ test run on this machine shares the loopback interface's multicast."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -42,12 +39,6 @@ def zc_config(cluster_name: str, **extra: Any) -> dict[str, Any]:
     return {"plugins": {"zeroconf": {"cluster": cluster_name, **extra}}}
 
 
-def cli(node: Daemon, *args: str) -> Any:
-    """`beiran --socket SOCK ARGS`, for real; JSON parsed when --json is given."""
-    out = subprocess.run([sys.executable, "-m", "beiran", "--socket", node.socket, *args],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout) if "--json" in args else out.stdout
 
 
 def services(node: Daemon) -> dict[str, dict]:
@@ -102,7 +93,7 @@ def test_three_daemons_without_peers_find_each_other_and_see_departures(cluster,
                    what=f"{node.name} to see the other two online, found by zeroconf")
     n1, n2, n3 = nodes
     for node in nodes:
-        listed = cli(node, "node", "list", "--json")
+        listed = node.cli("node", "list", "--json")
         assert sorted(n["uuid"] for n in listed) == sorted(o.uuid for o in nodes)  # each once
         for entry in listed:
             if entry["uuid"] != node.uuid:
@@ -111,7 +102,7 @@ def test_three_daemons_without_peers_find_each_other_and_see_departures(cluster,
     assert heard[n1.uuid]["state"] == "self"
     assert heard[n2.uuid]["state"] == heard[n3.uuid]["state"] == "peer"
     assert heard[n2.uuid]["txt"]["uuid"] == n2.uuid and heard[n2.uuid]["txt"]["port"] == "8888"
-    assert "peer" in cli(n1, "zeroconf", "status")
+    assert "peer" in n1.cli("zeroconf", "status")
 
     # another plugin announced a service through the discovery plugins (before zeroconf started)
     svc = announcer.lookup("_zc_test._tcp.local.", f"{n1.uuid}._zc_test._tcp.local.")
