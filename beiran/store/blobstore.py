@@ -1,5 +1,5 @@
 """The blob store: files under <data>/blobs/<alg>/<2 hex>/<hex>, an index in sqlite (mirrored in
-memory), writes through BlobWriter, pins, and LRU eviction under `store.max_size`."""
+memory), writes through BlobWriter; pins and eviction are in `retention`."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from beiran import events
 from beiran.errors import BlobNotFound, Conflict, Forbidden, StorageFull, UpstreamError
 from beiran.models.blob import Blob, BlobRef
 from beiran.store.digest import Digest, parse_digest
+from beiran.store.retention import Retention
 from beiran.store.writer import BlobWriter
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ class BlobEntry:
                 "created": self.created}
 
 
-class BlobStore:
+class BlobStore(Retention):
     def __init__(self, ctx: DaemonContext, root: Path) -> None:
         self.ctx = ctx
         self.root = root
@@ -377,81 +378,6 @@ class BlobStore:
         finally:
             os.close(fd)
 
-    # -- pins and eviction -----------------------------------------------------------------------
-    async def pin(self, digest: str, owner: str, ref: str) -> None:
-        parse_digest(digest)
-        self.pins.setdefault(digest, set()).add((owner, ref))
-        await self.ctx.run_db(lambda: BlobRef.insert(digest=digest, owner=owner, ref=ref)
-                              .on_conflict_ignore().execute())
-
-    async def unpin(self, owner: str, ref: str, digest: str | None = None) -> None:
-        for d, holders in list(self.pins.items()):
-            if digest is not None and d != digest:
-                continue
-            holders.discard((owner, ref))
-            if not holders:
-                del self.pins[d]
-
-        def db() -> None:
-            q = BlobRef.delete().where((BlobRef.owner == owner) & (BlobRef.ref == ref))
-            if digest is not None:
-                q = q.where(BlobRef.digest == digest)
-            q.execute()
-        await self.ctx.run_db(db)
-
-    def evictable(self) -> list[BlobEntry]:
-        return sorted((e for e in self.entries.values()
-                       if e.state == "complete" and not self.pins.get(e.digest)
-                       and not self._in_use.get(e.digest)), key=lambda e: e.last_access)
-
-    async def make_room(self, size: int) -> None:
-        """Evict least-recently-used unpinned blobs so `size` more bytes fit; else StorageFull.
-
-        Nothing is evicted when eviction could not make enough room anyway."""
-        cap = self.ctx.config.store.max_size
-        reserve = self.ctx.config.store.reserve_free
-        pending = sum((w.size or 0) - w.available for w in self.writers.values())
-        could_free = sum(e.size for e in self.evictable())
-        if cap is not None:
-            if size > cap:
-                raise StorageFull(f"blob of {size} bytes is larger than store.max_size ({cap})")
-            excess = self.total_size() + pending + size - cap
-            if excess > could_free:
-                raise StorageFull(f"store.max_size ({cap} bytes) reached: the rest is pinned or in use")
-            if excess > 0:
-                could_free -= await self._evict(excess)
-        free = (await self.ctx.run_blocking(shutil.disk_usage, self.root)).free
-        short = size + reserve + pending - free
-        if short > 0:
-            if short > could_free:
-                raise StorageFull(f"not enough disk space for {size} bytes in {self.root} "
-                                  f"({free} free, {reserve} kept in reserve)")
-            await self._evict(short)
-
-    async def _evict(self, need: int) -> int:
-        freed = 0
-        victims = []
-        for e in self.evictable():
-            if freed >= need:
-                break
-            victims.append(e)
-            freed += e.size
-        for e in victims:
-            await self.remove(e.digest)
-        if victims:
-            log.info("store: evicted %d blobs (%d bytes)", len(victims), freed)
-        return freed
-
-    async def gc(self) -> dict[str, int]:
-        """Evict down to max_size, and re-check index against files."""
-        cap = self.ctx.config.store.max_size
-        evicted = 0
-        if cap is not None and self.total_size() > cap:
-            evicted = await self._evict(self.total_size() - cap)
-        result = await self.reconcile()
-        result["evicted_bytes"] = evicted
-        return result
-
     async def remove(self, digest: str, force: bool = False) -> None:
         d = parse_digest(digest)
         entry = self.entries.get(digest)
@@ -469,18 +395,3 @@ class BlobStore:
         await self.ctx.run_db(lambda: (Blob.delete().where(Blob.digest == digest).execute(),
                                        BlobRef.delete().where(BlobRef.digest == digest).execute()))
         self.ctx.bus.emit(events.BLOB_REMOVED, digest=digest, size=entry.size)
-
-    async def _persist_access_loop(self) -> None:
-        while True:
-            await asyncio.sleep(30)
-            await self._flush_access()
-
-    async def _flush_access(self) -> None:
-        dirty, self._dirty_access = self._dirty_access, set()
-        rows = [(d, self.entries[d].last_access) for d in dirty if d in self.entries]
-        if rows:
-            def db() -> None:
-                with Blob._meta.database.atomic():
-                    for d, ts in rows:
-                        Blob.update(last_access=ts).where(Blob.digest == d).execute()
-            await self.ctx.run_db(db)

@@ -1,0 +1,128 @@
+"""What the store keeps and what it may drop: plugins' pins, and least-recently-used eviction of
+unpinned blobs under `store.max_size` and the free-disk reserve. A mixin of BlobStore, apart so
+that the policy reads on its own."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from beiran.errors import StorageFull
+from beiran.models.blob import Blob, BlobRef
+from beiran.store.digest import parse_digest
+
+if TYPE_CHECKING:
+    from beiran.context import DaemonContext
+    from beiran.store.blobstore import BlobEntry
+    from beiran.store.writer import BlobWriter
+
+log = logging.getLogger("beiran.store.blobstore")
+
+
+class Retention:
+    ctx: DaemonContext
+    root: Path
+    entries: dict[str, BlobEntry]
+    writers: dict[str, BlobWriter]
+    pins: dict[str, set[tuple[str, str]]]
+    _in_use: Counter[str]
+    _dirty_access: set[str]
+
+    # provided by BlobStore
+    def total_size(self) -> int: ...
+    async def remove(self, digest: str, force: bool = False) -> None: ...
+    async def reconcile(self) -> dict[str, int]: ...
+
+    async def pin(self, digest: str, owner: str, ref: str) -> None:
+        parse_digest(digest)
+        self.pins.setdefault(digest, set()).add((owner, ref))
+        await self.ctx.run_db(lambda: BlobRef.insert(digest=digest, owner=owner, ref=ref)
+                              .on_conflict_ignore().execute())
+
+    async def unpin(self, owner: str, ref: str, digest: str | None = None) -> None:
+        for d, holders in list(self.pins.items()):
+            if digest is not None and d != digest:
+                continue
+            holders.discard((owner, ref))
+            if not holders:
+                del self.pins[d]
+
+        def db() -> None:
+            q = BlobRef.delete().where((BlobRef.owner == owner) & (BlobRef.ref == ref))
+            if digest is not None:
+                q = q.where(BlobRef.digest == digest)
+            q.execute()
+        await self.ctx.run_db(db)
+
+    def evictable(self) -> list[BlobEntry]:
+        return sorted((e for e in self.entries.values()
+                       if e.state == "complete" and not self.pins.get(e.digest)
+                       and not self._in_use.get(e.digest)), key=lambda e: e.last_access)
+
+    async def make_room(self, size: int) -> None:
+        """Evict least-recently-used unpinned blobs so `size` more bytes fit; else StorageFull.
+
+        Nothing is evicted when eviction could not make enough room anyway."""
+        cap = self.ctx.config.store.max_size
+        reserve = self.ctx.config.store.reserve_free
+        pending = sum((w.size or 0) - w.available for w in self.writers.values())
+        could_free = sum(e.size for e in self.evictable())
+        if cap is not None:
+            if size > cap:
+                raise StorageFull(f"blob of {size} bytes is larger than store.max_size ({cap})")
+            excess = self.total_size() + pending + size - cap
+            if excess > could_free:
+                raise StorageFull(f"store.max_size ({cap} bytes) reached: the rest is pinned or in use")
+            if excess > 0:
+                could_free -= await self._evict(excess)
+        free = (await self.ctx.run_blocking(shutil.disk_usage, self.root)).free
+        short = size + reserve + pending - free
+        if short > 0:
+            if short > could_free:
+                raise StorageFull(f"not enough disk space for {size} bytes in {self.root} "
+                                  f"({free} free, {reserve} kept in reserve)")
+            await self._evict(short)
+
+    async def _evict(self, need: int) -> int:
+        freed = 0
+        victims = []
+        for e in self.evictable():
+            if freed >= need:
+                break
+            victims.append(e)
+            freed += e.size
+        for e in victims:
+            await self.remove(e.digest)
+        if victims:
+            log.info("store: evicted %d blobs (%d bytes)", len(victims), freed)
+        return freed
+
+    async def gc(self) -> dict[str, int]:
+        """Evict down to max_size, and re-check index against files."""
+        cap = self.ctx.config.store.max_size
+        evicted = 0
+        if cap is not None and self.total_size() > cap:
+            evicted = await self._evict(self.total_size() - cap)
+        result = await self.reconcile()
+        result["evicted_bytes"] = evicted
+        return result
+
+    # -- last access, for LRU: kept in memory, written to the index every 30 s ----------------
+    async def _persist_access_loop(self) -> None:
+        while True:
+            await asyncio.sleep(30)
+            await self._flush_access()
+
+    async def _flush_access(self) -> None:
+        dirty, self._dirty_access = self._dirty_access, set()
+        rows = [(d, self.entries[d].last_access) for d in dirty if d in self.entries]
+        if rows:
+            def db() -> None:
+                with Blob._meta.database.atomic():
+                    for d, ts in rows:
+                        Blob.update(last_access=ts).where(Blob.digest == d).execute()
+            await self.ctx.run_db(db)
