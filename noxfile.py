@@ -6,6 +6,8 @@
     nox -s "tests(npm)"      # core wheel + beiran-npm wheel only: tests/core + tests/plugins/npm
     nox -t tests             # every test session
     nox -s "tests(dns)" -- -k heartbeat -x     # extra arguments go to pytest
+    nox -s "tests(integration)"   # every wheel at once: tests/integration (plugins together)
+    nox -s bench -- docker_pull   # one bench/ script, every wheel installed
 
 Each test session installs wheels from dist/ (never the source tree) into a fresh venv and runs
 pytest from a scratch directory, so `beiran_plugins` holds exactly the plugins that session
