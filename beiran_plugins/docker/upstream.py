@@ -41,13 +41,12 @@ class Endpoint:
     username: str | None = None
     password: str | None = None
     ca_file: str | None = None
-    _ssl: ssl.SSLContext | None = None
+    ssl_ctx: ssl.SSLContext | None = None  # from ca_file; None: the system's CAs
 
-    @property
-    def ssl_ctx(self) -> ssl.SSLContext | None:
-        if self.ca_file and self._ssl is None:
-            self._ssl = ssl.create_default_context(cafile=self.ca_file)
-        return self._ssl
+    def __post_init__(self) -> None:
+        """Loads ca_file now (OSError, ssl.SSLError): a bad one is a config error, not a 500 per request."""
+        if self.ca_file and self.ssl_ctx is None:
+            self.ssl_ctx = ssl.create_default_context(cafile=self.ca_file)
 
 
 @dataclass
@@ -82,8 +81,12 @@ class Upstream:
             url = str(section.get("url") or (DOCKER_HUB_ENDPOINT if canon == DOCKER_HUB else f"https://{canon}"))
             if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
                 raise ConfigError(f"registry {name}: url must be http(s)://host[:port], not {url!r}")
-            self.endpoints[canon] = Endpoint(canon, url.rstrip("/"), section.get("username"),
-                                             section.get("password"), section.get("ca_file"))
+            ca_file = section.get("ca_file")
+            try:
+                self.endpoints[canon] = Endpoint(canon, url.rstrip("/"), section.get("username"),
+                                                 section.get("password"), ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"registry {name}: cannot load ca_file {ca_file!r}: {exc}") from None
         self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
 
     def endpoint(self, registry: str) -> Endpoint:

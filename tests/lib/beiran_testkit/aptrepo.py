@@ -346,31 +346,3 @@ class RepoServer:
         with self.lock:
             self.requests.clear()
             self.statuses.clear()
-
-
-# -- a test CA (openssl CLI) -------------------------------------------------------------------
-def make_ca(d: Path) -> tuple[Path, Path, Path]:
-    """A CA and a server certificate for 127.0.0.1/localhost signed by it: (ca.pem, cert, key)."""
-    d.mkdir(parents=True, exist_ok=True)
-    ca_key, ca, key, csr, cert = d / "ca.key", d / "ca.pem", d / "server.key", d / "server.csr", d / "server.pem"
-    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(ca_key), "-out", str(ca), "-days", "2", "-subj", "/CN=Beiran Test CA",
-         "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
-    run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(key), "-out", str(csr), "-subj", "/CN=127.0.0.1"])
-    ext = d / "ext.cnf"
-    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
-                   "extendedKeyUsage=serverAuth\n")
-    run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
-         "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(ext)])
-    return ca, cert, key
-
-
-def make_self_signed(d: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 that no CA vouches for: (cert, key)."""
-    d.mkdir(parents=True, exist_ok=True)
-    key, cert = d / "rogue.key", d / "rogue.pem"
-    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"])
-    return cert, key

@@ -10,7 +10,8 @@ import json
 import pytest
 
 from beiran_testkit.aptclient import APT_PORT, AptClient, add_nodes, beiran
-from beiran_testkit.aptrepo import RepoServer, make_ca, make_self_signed
+from beiran_testkit.aptrepo import RepoServer
+from beiran_testkit.pki import make_ca, make_self_signed
 
 pytestmark = pytest.mark.cluster
 
