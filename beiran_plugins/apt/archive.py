@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("beiran.apt")
 BATCH = 400
+LOOKUP_CACHE = 4096
 
 
 @dataclass
@@ -77,6 +78,7 @@ class Archive:
         self.releases: dict[str, dict[str, Any]] = {}  # release dir -> row dict
         self.learned: dict[str, str] = {}  # index URL -> sha256 of the copy learned from
         self.stats: Counter[str] = Counter()
+        self._lookups: OrderedDict[str, Blob | None] = OrderedDict()  # pool URL -> package(), LRU
 
     async def load(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -205,6 +207,7 @@ class Archive:
                 for i in range(0, len(clean), BATCH):
                     AptPackage.insert_many(clean[i:i + BATCH]).on_conflict_replace().execute()
         await self.ctx.run_db(db)
+        self._lookups.clear()  # answers (and misses) given before this index are out of date
         self.stats["indexes_used"] += 1
         log.info("apt: %s: %d files known", url, len(clean))
 
@@ -221,17 +224,25 @@ class Archive:
 
     # -- lookups -------------------------------------------------------------------------------
     async def package(self, target: Target) -> Blob | None:
-        """The trusted description of a pool file, or None (then it is passed through)."""
+        """The trusted description of a pool file, or None (then it is passed through). Recent
+        answers are kept: a pipelined request is looked up once for its prefetch, then again."""
+        if target.url in self._lookups:
+            self._lookups.move_to_end(target.url)
+            return self._lookups[target.url]
         found = split_base(target, self.bases)
         if found is None:
             return None
         base, rel = found
         rows = await self.ctx.run_db(lambda: list(AptPackage.select().where(
             (AptPackage.base == base) & (AptPackage.path == rel)).dicts()))
-        if not rows:
-            return None
-        r = rows[0]
-        return Blob(f"sha256:{r['sha256']}", r["size"], base, rel, r["package"], r["version"], r["arch"])
+        blob = None
+        if rows:
+            r = rows[0]
+            blob = Blob(f"sha256:{r['sha256']}", r["size"], base, rel, r["package"], r["version"], r["arch"])
+        self._lookups[target.url] = blob
+        if len(self._lookups) > LOOKUP_CACHE:
+            self._lookups.popitem(last=False)
+        return blob
 
     def by_hash(self, target: Target) -> Blob | None:
         """`.../by-hash/SHA256/<hex>` listed by a verified Release -> a content-addressed blob."""

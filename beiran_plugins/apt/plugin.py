@@ -123,6 +123,20 @@ class AptPlugin(BasePackagePlugin):
         self.stats["origin_fetches"] += 1
         return await http_origin(url, offset, ssl_ctx=self.ssl_ctx, what=f"apt {params['path']}")
 
+    def prefetch(self, target: Target) -> asyncio.Task:
+        """Fetch a trusted .deb into the store ahead of its request (errors are left for the
+        request itself to meet and report)."""
+        async def run() -> None:
+            blob = await self.archive.package(target)
+            if blob is None or self.ctx.store.has(blob.digest):
+                return
+            self.stats["prefetched"] += 1
+            try:
+                await self.ctx.fetcher.fetch(blob.digest, blob.size, blob.source)
+            except Exception as exc:  # noqa: BLE001 - the request for it will report the failure
+                log.debug("apt: prefetch of %s failed: %s", target.url, exc)
+        return self._spawn(run())
+
     def after_fetch(self, target: Target, blob: Blob, job: FetchJob, by_hash: bool) -> asyncio.Task:
         """Once the core has the blob (even if the client went away): pin it and learn from it."""
         async def run() -> None:

@@ -18,6 +18,7 @@ from beiran.httpstream import stream_request
 from beiran.peer.serving import parse_range
 from beiran_plugins.apt.archive import Blob
 from beiran_plugins.apt.indexes import CachedIndex, not_modified
+from beiran_plugins.apt.pipeline import waiting_uris
 from beiran_plugins.apt.urls import MIRROR_USAGE, Kind, Target, parse_request
 
 if TYPE_CHECKING:
@@ -97,11 +98,23 @@ class ProxyHandler(tornado.web.RequestHandler):
             else:
                 await self._blob(target, blob, by_hash=True)
         else:
+            self._prefetch_pipelined()
             blob = await self.plugin.archive.package(target)
             if blob is None:
                 await self._passthrough(target)
             else:
                 await self._blob(target, blob)
+
+    def _prefetch_pipelined(self) -> None:
+        """Start the cluster fetches of the .debs apt has already asked for on this connection
+        (see `pipeline`): they download while this response goes out."""
+        for uri in waiting_uris(self.request.connection):
+            try:
+                target = parse_request(uri, self.plugin.cfg.allow_hosts)
+            except BeiranError:
+                continue
+            if target.kind == Kind.PACKAGE:
+                self.plugin.prefetch(target)
 
     async def _index(self, target: Target) -> None:
         entry: CachedIndex = await self.plugin.indexes.get(target)
