@@ -37,7 +37,9 @@ def test_static_peers_fetch_from_the_holder_not_the_origin(cluster, origin):
     assert m["beiran_fetch_bytes_total{source=peer}"] == len(data)
     # /metrics speaks Prometheus text
     status, _, body = n3.tcp("GET", "/metrics")
-    assert status == 200 and b"beiran_fetch_bytes_total{source=\"peer\"}" in body
+    assert status == 200
+    line = next(ln for ln in body.decode().splitlines() if ln.startswith('beiran_fetch_bytes_total{source="peer"}'))
+    assert float(line.split()[-1]) == len(data)
 
 
 def test_eight_nodes_same_cold_blob_origin_serves_it_once(cluster, origin):
