@@ -178,8 +178,11 @@ def test_cluster_token_required_and_wrong_token_never_syncs(cluster):
                what="announcement between nodes sharing the token")
     assert n2.fetch(digest, len(data))["sources"] == {"peer": len(data)}
     intruder = cluster.add(config={"cluster_token": "wrong"}, peers=[n1.url, n2.url])
-    time.sleep(2)
+    wait_until(lambda: "wrong cluster token" in n1.log() and "wrong cluster token" in n2.log(), 15,
+               what="the intruder's attempts to be refused")
+    time.sleep(1)  # a retry or two more
     assert intruder.online_peers() == set()
+    assert digest not in {b["digest"] for b in intruder.api("GET", "/blobs?all=true")["blobs"]}
     assert intruder.uuid not in n1.online_peers()
     result = intruder.fetch(digest, len(data))
     assert "error" in result
