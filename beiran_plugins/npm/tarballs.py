@@ -3,7 +3,7 @@ the origin once per cluster), relayed as it arrives; sha1-only versions pass thr
 
 Nothing unverified ever reaches npm complete: up to `hold` bytes are kept back until the blob is
 verified (most tarballs fit, so a bad peer costs npm nothing: the fetcher retries elsewhere), and a
-larger tarball is streamed with its last chunk held, so a failure cuts the response short.
+larger tarball is streamed with its last chunk held, so a failure ends the response short.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from beiran.httpstream import stream_request
 from beiran_plugins.npm.metadata import sha1_of, sha512_of, sri
 
 if TYPE_CHECKING:
-    from beiran.fetch.fetcher import FetchJob
     from beiran.handlers import BaseHandler
     from beiran_plugins.npm.plugin import NPMPlugin
 
@@ -55,7 +54,8 @@ async def serve_tarball(handler: BaseHandler, plugin: NPMPlugin, name: str, file
         fetcher = plugin.ctx.fetcher
         job = await fetcher.start(d, None, source)
         try:
-            await relay(handler, _job_stream(plugin, job, d), plugin.hold)
+            # the core's stream raises unless the bytes it gave are the verified blob's
+            await relay(handler, fetcher.stream(d, None, source), plugin.hold)
             plugin.count("tarballs_fetched")
             await plugin.pin(d, name, version)
             return
@@ -68,18 +68,6 @@ async def serve_tarball(handler: BaseHandler, plugin: NPMPlugin, name: str, file
     await _serve_local(handler, plugin, d)
     plugin.count("tarballs_local")
     await plugin.pin(d, name, version)
-
-
-async def _job_stream(plugin: NPMPlugin, job: FetchJob, digest: str) -> AsyncIterator[bytes]:
-    """The blob's bytes as they arrive; raises unless the job ends verified."""
-    store = plugin.ctx.store
-    async with store.use(digest) as target:
-        async for chunk in store.read(target, timeout=plugin.ctx.config.fetch.peer_timeout):
-            yield chunk
-    if not job.done.done():
-        await asyncio.shield(job.done)
-    if job.failed:
-        raise job.done.exception()
 
 
 async def _serve_local(handler: BaseHandler, plugin: NPMPlugin, digest: str) -> None:
@@ -112,11 +100,22 @@ class _Retry(Exception):
         self.cause = cause
 
 
+def end_short(handler: BaseHandler) -> None:
+    """End a streamed tarball whose bytes failed, without its held last chunk.
+
+    The body ends properly (chunked), one chunk short: the client's integrity check fails. npm
+    retries that once by itself (pacote: "seems to be corrupted. Trying again."), and by then the
+    fetcher has the verified blob. A cut connection is an ECONNRESET to npm, which it never
+    retries, whatever its fetch-retries: the whole `npm install` fails. A truncated gzip still
+    fails any client that unpacks it (the CRC and length are in its last 8 bytes)."""
+    handler.finish()
+
+
 async def relay(handler: BaseHandler, chunks: AsyncIterator[bytes], hold: int) -> None:
     """Send `chunks` to the client; the iterator raises if the bytes fail verification at the end.
 
     Small bodies are sent whole once verified (with a Content-Length); larger ones stream with the
-    last chunk held back, so a client never receives a complete unverified body."""
+    last chunk held back, so a client never receives a complete unverified body (see end_short)."""
     buf: list[bytes] = []
     size = 0
     last: bytes | None = None
@@ -144,8 +143,9 @@ async def relay(handler: BaseHandler, chunks: AsyncIterator[bytes], hold: int) -
     except Exception as exc:  # any source failure: retried if nothing was sent
         if not streaming:
             raise _Retry(exc) from exc
-        log.warning("npm: %s failed after streaming started (%s); cutting the response", handler.request.path, exc)
-        abort(handler)
+        log.warning("npm: %s failed after streaming started (%s); ending the response short",
+                    handler.request.path, exc)
+        end_short(handler)
         return
     finally:
         aclose = getattr(chunks, "aclose", None)
