@@ -20,7 +20,8 @@ Configuration (`[plugins.apt]`):
 
 Index files pass through byte for byte (If-Modified-Since honoured, last good copy kept on disk);
 a .deb that a verified index describes is a core fetch of its SHA256 (peers first, origin once per
-cluster); anything else passes through, unshared.
+cluster); anything else passes through, unshared. apt pipelines up to 10 requests per connection:
+the .debs waiting behind the one being sent are fetched meanwhile (`pipeline.py`).
 """
 
 __version__ = "0.1.0"
