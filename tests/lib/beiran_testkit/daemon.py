@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -165,6 +166,16 @@ class Daemon:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def tracebacks(self, through: str) -> list[str]:
+        """Tracebacks in the log that went through files whose path holds `through`
+        (e.g. "beiran_plugins/dns/"): a plugin's own, among the others the daemon may log."""
+        found = []
+        for chunk in self.log().split("Traceback (most recent call last)")[1:]:
+            trace = re.split(r"\n\d{4}-\d\d-\d\d ", chunk, maxsplit=1)[0]  # up to the next log record
+            if through in trace:
+                found.append(trace)
+        return found
 
     # -- talking to it -------------------------------------------------------------------------
     def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None,

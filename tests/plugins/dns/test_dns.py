@@ -5,7 +5,6 @@ the test says so."""
 from __future__ import annotations
 
 import json
-import re
 import signal
 from typing import Any
 
@@ -25,14 +24,6 @@ def dns_config(server: Any, names: list[str], **extra: Any) -> dict[str, Any]:
 
 
 
-def dns_tracebacks(node: Daemon) -> list[str]:
-    """Tracebacks in the log that went through this plugin (the dev loop loads every plugin)."""
-    found = []
-    for chunk in node.log().split("Traceback (most recent call last)")[1:]:
-        trace = re.split(r"\n\d{4}-\d\d-\d\d ", chunk, maxsplit=1)[0]  # up to the next log record
-        if "beiran_plugins/dns/" in trace:
-            found.append(trace)
-    return found
 
 
 def test_srv_record_lists_three_daemons_on_different_ports_and_a_removed_record_goes_offline(cluster, dnsmasq):
@@ -128,4 +119,4 @@ def test_failing_dns_and_bad_targets_are_logged_once_and_the_daemon_stays_up(clu
     assert "interval: expected a positive number of seconds" in broken.log()
     for node in (a, timed_out, broken):
         assert node.api("GET", "/ping")["pong"] is True
-    assert dns_tracebacks(a) == dns_tracebacks(timed_out) == []
+    assert a.tracebacks("beiran_plugins/dns/") == timed_out.tracebacks("beiran_plugins/dns/") == []

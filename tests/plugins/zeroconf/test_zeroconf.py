@@ -7,7 +7,6 @@ test run on this machine shares the loopback interface's multicast."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import uuid
 from pathlib import Path
@@ -51,14 +50,6 @@ def found_by_zeroconf(node: Daemon) -> set[str]:
     return {n["uuid"] for n in node.nodes() if n["status"] == "online" and "zeroconf" in n["found_by"]}
 
 
-def zeroconf_tracebacks(node: Daemon) -> list[str]:
-    """Tracebacks in the log that went through this plugin (the dev loop loads every plugin)."""
-    found = []
-    for chunk in node.log().split("Traceback (most recent call last)")[1:]:
-        trace = re.split(r"\n\d{4}-\d\d-\d\d ", chunk, maxsplit=1)[0]  # up to the next log record
-        if "beiran_plugins/zeroconf/" in trace:
-            found.append(trace)
-    return found
 
 
 def status_of(node: Daemon, other: Daemon) -> str:
@@ -124,7 +115,7 @@ def test_three_daemons_without_peers_find_each_other_and_see_departures(cluster,
     timeout = n1.config["heartbeat_timeout"] + n1.config["heartbeat_interval"]
     for node in (n1, n3):
         wait_until(lambda node=node: status_of(node, n2) == "offline", timeout, what=f"{node.name}: n2 offline")
-    assert zeroconf_tracebacks(n1) == []
+    assert n1.tracebacks("beiran_plugins/zeroconf/") == []
 
 
 def test_bad_announcements_are_ignored_and_a_goodbye_drops_the_peer(cluster, zc_cluster, announcer):
@@ -178,7 +169,7 @@ def test_bad_announcements_are_ignored_and_a_goodbye_drops_the_peer(cluster, zc_
     announcer.withdraw(proper)
     wait_until(lambda: status_of(a, d) == "offline", 3, what="d offline after its goodbye")
     assert a.api("GET", "/ping")["pong"] is True and b.uuid in a.online_peers()
-    assert zeroconf_tracebacks(a) == []
+    assert a.tracebacks("beiran_plugins/zeroconf/") == []
 
 
 def test_three_daemons_in_network_namespaces_find_each_other_and_share_a_blob(netns_lan, zc_cluster):
