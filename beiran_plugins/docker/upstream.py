@@ -42,6 +42,10 @@ class Endpoint:
     password: str | None = None
     ca_file: str | None = None
     ssl_ctx: ssl.SSLContext | None = None  # from ca_file; None: the system's CAs
+    #: OAuth2 refresh token, exchanged at the token service (docker config's "identitytoken")
+    identity_token: str | None = None
+    #: a bearer token sent to the registry as it is (docker config's "registrytoken")
+    registry_token: str | None = None
 
     def __post_init__(self) -> None:
         """Loads ca_file now (OSError, ssl.SSLError): a bad one is a config error, not a 500 per request."""
@@ -82,9 +86,12 @@ class Upstream:
             if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
                 raise ConfigError(f"registry {name}: url must be http(s)://host[:port], not {url!r}")
             ca_file = section.get("ca_file")
+            tokens = {k: section.get(k) or None for k in ("identity_token", "registry_token")}
+            if any(v is not None and not isinstance(v, str) for v in tokens.values()):
+                raise ConfigError(f"registry {name}: identity_token and registry_token are strings")
             try:
                 self.endpoints[canon] = Endpoint(canon, url.rstrip("/"), section.get("username"),
-                                                 section.get("password"), ca_file)
+                                                 section.get("password"), ca_file, **tokens)
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigError(f"registry {name}: cannot load ca_file {ca_file!r}: {exc}") from None
         self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
@@ -106,6 +113,8 @@ class Upstream:
         scheme, params = parse_challenge(challenge)
         key = (ep.name, repository)
         if scheme == "basic":
+            if ep.identity_token and not ep.username:
+                raise UpstreamUnauthorized(f"registry {ep.name} asks for Basic auth; no identity token answers that")
             if not ep.username:
                 raise UpstreamUnauthorized(f"registry {ep.name} requires credentials (set username and password)")
             if sent and sent.startswith("Basic "):
@@ -121,13 +130,20 @@ class Upstream:
         query = {"scope": params.get("scope") or f"repository:{repository}:pull"}
         if params.get("service"):
             query["service"] = params["service"]
-        headers = {}
-        if ep.username:
-            raw = f"{ep.username}:{ep.password or ''}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
-        url = realm + ("&" if "?" in realm else "?") + urlencode(query)
+        headers, method, form = {}, "GET", None
+        if ep.identity_token:  # the OAuth2 flow of the token spec: POST the refresh token
+            method, url = "POST", realm
+            form = urlencode({"grant_type": "refresh_token", "refresh_token": ep.identity_token,
+                              "client_id": "beiran", **query}).encode()
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        else:
+            if ep.username:
+                raw = f"{ep.username}:{ep.password or ''}".encode()
+                headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
+            url = realm + ("&" if "?" in realm else "?") + urlencode(query)
         try:
-            async with stream_request(url, headers, ssl_ctx=ep.ssl_ctx, connect_timeout=self.timeout) as resp:
+            async with stream_request(url, headers, method=method, body=form, ssl_ctx=ep.ssl_ctx,
+                                      connect_timeout=self.timeout) as resp:
                 body = await resp.read_all(1 << 20, idle_timeout=self.timeout)
         except UpstreamError as exc:
             raise RegistryUnavailable(f"token service of {ep.name}: {exc.message}") from None
@@ -149,6 +165,8 @@ class Upstream:
         cached = self._tokens.get((ep.name, repository))
         if cached and cached[1] > time.monotonic():
             return cached[0]
+        if ep.registry_token:
+            return f"Bearer {ep.registry_token}"
         return None
 
     async def _open(self, ep: Endpoint, repository: str, method: str, path: str,
@@ -168,6 +186,8 @@ class Upstream:
             if resp.code == 401 and attempt < 2:
                 challenge = resp.headers.get("WWW-Authenticate", "")
                 await cm.__aexit__(None, None, None)
+                if ep.registry_token and auth == f"Bearer {ep.registry_token}":
+                    raise UpstreamUnauthorized(f"registry {ep.name} refused the registry token for {repository}")
                 if auth and auth.startswith("Bearer "):
                     self._tokens.pop((ep.name, repository), None)  # expired or revoked: one new token
                     if attempt == 1:

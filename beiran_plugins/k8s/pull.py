@@ -61,12 +61,13 @@ class Resolved:
     upstream: Upstream | None = None  # the pull's own client, authenticated by the access check
 
 
-def credentials(auth: pb.AuthConfig | None, registry: str) -> tuple[str, str] | None:
-    """(username, password) from kubelet's AuthConfig; None when it holds no credentials."""
+def credentials(auth: pb.AuthConfig | None, registry: str) -> dict[str, str] | None:
+    """The registry settings kubelet's AuthConfig stands for (username and password, an identity
+    token or a registry token), as in [plugins.docker.registries]; None when it holds none."""
     if auth is None:
         return None
     if auth.username or auth.password:
-        return auth.username, auth.password
+        return {"username": auth.username, "password": auth.password}
     if auth.auth:
         try:
             user, sep, password = base64.b64decode(auth.auth, validate=True).decode().partition(":")
@@ -74,11 +75,11 @@ def credentials(auth: pb.AuthConfig | None, registry: str) -> tuple[str, str] | 
             raise CRIError(grpc.StatusCode.INVALID_ARGUMENT, "auth.auth is not base64 of user:password") from None
         if not sep:
             raise CRIError(grpc.StatusCode.INVALID_ARGUMENT, "auth.auth is not base64 of user:password")
-        return user, password
-    if auth.identity_token or auth.registry_token:
-        raise CRIError(grpc.StatusCode.UNIMPLEMENTED,
-                       f"pulling {registry} images with an identity/registry token is not supported by Beiran "
-                       "yet; give username and password (imagePullSecrets) instead")
+        return {"username": user, "password": password}
+    if auth.identity_token:
+        return {"identity_token": auth.identity_token}
+    if auth.registry_token:
+        return {"registry_token": auth.registry_token}
     return None
 
 
@@ -130,7 +131,7 @@ class Puller:
         return resp
 
     # -- 1. the access check -------------------------------------------------------------------------
-    def _upstream(self, registry: str, creds: tuple[str, str] | None, anonymous: bool = False) -> Upstream:
+    def _upstream(self, registry: str, creds: dict[str, str] | None, anonymous: bool = False) -> Upstream:
         """A client of its own for one pull, at the endpoint the docker plugin uses for `registry`."""
         base = self.docker.upstream
         ep = base.endpoint(registry)
@@ -138,12 +139,12 @@ class Puller:
         if ep.ca_file:
             section["ca_file"] = ep.ca_file
         if not anonymous:
-            user, password = creds if creds else (ep.username, ep.password)
-            if user or password:
-                section.update(username=user or "", password=password or "")
+            given = creds or {"username": ep.username, "password": ep.password,
+                              "identity_token": ep.identity_token, "registry_token": ep.registry_token}
+            section.update({k: v for k, v in given.items() if v})
         return Upstream({"upstream_timeout": base.timeout, "registries": {registry: section}})
 
-    async def resolve(self, ref: Reference, creds: tuple[str, str] | None) -> Resolved:
+    async def resolve(self, ref: Reference, creds: dict[str, str] | None) -> Resolved:
         up = self._upstream(ref.registry, creds)
         try:
             data, media_type, said = await up.get_manifest(ref.registry, ref.repository, ref.reference,
@@ -179,7 +180,7 @@ class Puller:
         return digest
 
     @staticmethod
-    def _registry_error(ref: Reference, exc: BeiranError, creds: tuple[str, str] | None) -> CRIError:
+    def _registry_error(ref: Reference, exc: BeiranError, creds: dict[str, str] | None) -> CRIError:
         who = "the credentials kubelet passed" if creds else "no credentials (none were passed)"
         if exc.status == 401:
             return CRIError(grpc.StatusCode.UNAUTHENTICATED,
@@ -194,11 +195,11 @@ class Puller:
                                                          f"{exc.message}")
         return from_beiran(exc, f"pulling {ref}: ")
 
-    async def _is_private(self, ref: Reference, digest: str, creds: tuple[str, str] | None) -> bool:
+    async def _is_private(self, ref: Reference, digest: str, creds: dict[str, str] | None) -> bool:
         """Could anyone read it? An anonymous HEAD of the manifest digest at the registry."""
         if creds is None:
             ep = self.docker.upstream.endpoint(ref.registry)
-            if not ep.username:
+            if not (ep.username or ep.identity_token or ep.registry_token):
                 return False  # it was just read without credentials
         try:
             await self._upstream(ref.registry, None, anonymous=True).head_manifest(

@@ -140,10 +140,11 @@ class CRIClient:
         return self.pb.ImageSpec(image=image)
 
     def pull(self, image: str, username: str = "", password: str = "", server: str = "",
-             timeout: float | None = None) -> str:
+             timeout: float | None = None, identity_token: str = "", registry_token: str = "") -> str:
         auth = None
-        if username or password:
-            auth = self.pb.AuthConfig(username=username, password=password, server_address=server)
+        if username or password or identity_token or registry_token:
+            auth = self.pb.AuthConfig(username=username, password=password, server_address=server,
+                                      identity_token=identity_token, registry_token=registry_token)
         sandbox = self.pb.PodSandboxConfig(metadata=self.pb.PodSandboxMetadata(
             name="test-pod", uid="0b5c8f2e", namespace="default"))
         req = self.pb.PullImageRequest(image=self.spec(image), auth=auth, sandbox_config=sandbox)

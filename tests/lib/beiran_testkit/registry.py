@@ -48,7 +48,8 @@ class CountingProxy:
         self.headers_seen: list[dict[str, Any]] = []
         self.fail: dict[str, tuple[int, bytes]] = {}  # path regex -> (status, body)
         self.replace: dict[str, bytes] = {}  # path regex -> body served instead (headers kept)
-        self.auth: dict[str, Any] | None = None  # {"scheme": "bearer"|"basic", "user", "password"}
+        #: {"scheme": "bearer"|"basic", "user", "password", "refresh_token"}: what the registry demands
+        self.auth: dict[str, Any] | None = None
         self.tokens: set[str] = set()
         self.token_requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -90,7 +91,7 @@ class CountingProxy:
             def do_GET(self) -> None:
                 proxy._handle(self)
 
-            do_HEAD = do_GET
+            do_HEAD = do_POST = do_GET
 
         self.server = serve_in_thread(Handler, self.host, self.port)
         return self
@@ -189,8 +190,21 @@ class CountingProxy:
         auth = self.auth or {}
         query = parse_qs(urlsplit(h.path).query)
         given = h.headers.get("Authorization", "")
+        form: dict[str, list[str]] = {}
+        if h.command == "POST":  # OAuth2: a refresh token (docker's identity token) in a form
+            form = parse_qs(h.rfile.read(int(h.headers.get("Content-Length") or 0)).decode())
         with self._lock:
-            self.token_requests.append({"query": query, "authorization": given})
+            self.token_requests.append({"method": h.command, "query": query, "form": form,
+                                        "authorization": given})
+        if form.get("grant_type") == ["refresh_token"]:
+            if form.get("refresh_token") != [auth.get("refresh_token")]:
+                self._send(h, 401, {"Content-Type": "application/json"}, b'{"details": "bad refresh token"}')
+                return
+            token = secrets.token_hex(16)
+            self.tokens.add(token)
+            body = json.dumps({"access_token": token, "expires_in": 300}).encode()
+            self._send(h, 200, {"Content-Type": "application/json"}, body)
+            return
         if auth.get("user"):
             want = "Basic " + base64.b64encode(f"{auth['user']}:{auth['password']}".encode()).decode()
             if given != want:

@@ -51,6 +51,40 @@ def test_bearer_token_flow_anonymous_and_with_credentials_and_basic_auth(cluster
     assert "s3cret" not in str(creds.api("GET", "/config"))
 
 
+def _with(registry, **section):
+    config = docker_config(registry)
+    config["plugins"]["docker"]["registries"][registry.name].update(section)
+    return config
+
+
+def test_identity_token_and_registry_token(cluster, registry, test_images):
+    """Docker config's "identitytoken" (an OAuth2 refresh token, exchanged at the token service) and
+    "registrytoken" (sent to the registry as it is), as credential helpers and kubelet hand them over."""
+    img = test_images.img
+    proxy = registry.proxy
+    proxy.auth = {"scheme": "bearer", "user": "alice", "password": "s3cret", "refresh_token": "refresh-1"}
+    node = cluster.add(_with(registry, identity_token="refresh-1"), peers=None)
+    status, _, body = node.tcp("GET", "/v2/test/img/manifests/v1")
+    assert status == 200 and body == img.manifest_bytes
+    exchange = proxy.token_requests[-1]
+    assert exchange["method"] == "POST" and exchange["form"]["grant_type"] == ["refresh_token"]
+    assert exchange["form"]["scope"] == ["repository:test/img:pull"] and exchange["authorization"] == ""
+    wrong = cluster.add(_with(registry, identity_token="refresh-2"), peers=None)
+    status, _, body = wrong.tcp("GET", "/v2/test/img/manifests/v1")
+    assert status == 401 and oci_error(body) == "UNAUTHORIZED"
+
+    proxy.tokens.add("handed-over")  # a token the registry accepts, obtained elsewhere
+    asked = len(proxy.token_requests)
+    direct = cluster.add(_with(registry, registry_token="handed-over"), peers=None)
+    status, _, body = direct.tcp("GET", f"/v2/test/img/blobs/{img.config.digest}")
+    assert status == 200 and body == test_images.layout.path_of(img.config.digest).read_bytes()
+    assert len(proxy.token_requests) == asked  # used as it is, never exchanged
+    stale = cluster.add(_with(registry, registry_token="revoked"), peers=None)
+    status, _, body = stale.tcp("GET", f"/v2/test/img/blobs/{img.config.digest}")
+    assert status == 401 and oci_error(body) == "UNAUTHORIZED"
+    assert "refresh-1" not in str(node.api("GET", "/config"))
+
+
 def test_blob_ranges_heads_and_registry_headers(cluster, registry, test_images):
     (node,) = cluster.start(1, config=docker_config(registry))
     layer = test_images.img.layers[2]  # plain tar, 20 KiB

@@ -88,3 +88,34 @@ def test_public_blobs_still_flow_to_anyone(env):
     with n1.cri() as cri:
         cri.pull(ref)
     assert _peer_get(n1, n3.daemon.uuid, image.layers[0].digest, env.token) == 200
+
+
+def test_pull_with_kubelet_identity_and_registry_tokens(env):
+    """kubelet hands over what credential helpers give: an identity token (an OAuth2 refresh token,
+    exchanged at the registry's token service) or a registry token (sent as it is)."""
+    n1, n2, n3 = env.nodes
+    proxy = env.registry.proxy
+    ref, image = env.image(layers=2)
+    proxy.auth = {"scheme": "bearer", "refresh_token": "refresh-ok"}
+    try:
+        with n1.cri() as cri:
+            image_id = cri.pull(ref, identity_token="refresh-ok")
+        assert ref in n1.containerd.image_refs()
+        exchanges = [r for r in proxy.token_requests if r["method"] == "POST"]
+        assert exchanges and exchanges[-1]["form"]["refresh_token"] == ["refresh-ok"]
+
+        proxy.tokens.add("handed-over")
+        with n2.cri() as cri:
+            assert cri.pull(ref, registry_token="handed-over") == image_id
+        assert ref in n2.containerd.image_refs()
+        assert {b.digest for b in image.layers} <= _store(n2)
+
+        with n3.cri() as cri:
+            for kw in ({"identity_token": "refresh-wrong"}, {"registry_token": "revoked"}):
+                with pytest.raises(grpc.RpcError) as err:
+                    cri.pull(ref, **kw)
+                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, (kw, err.value.details())
+                assert "401" in err.value.details(), err.value.details()
+        assert ref not in n3.containerd.image_refs()
+    finally:
+        proxy.auth = None
