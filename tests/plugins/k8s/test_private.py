@@ -119,3 +119,21 @@ def test_pull_with_kubelet_identity_and_registry_tokens(env):
         assert ref not in n3.containerd.image_refs()
     finally:
         proxy.auth = None
+
+
+def test_registry_403_is_permission_denied(env):
+    node = env.nodes[2]
+    ref, image = env.image(layers=1, size=1000)
+    repo = ref.split("/", 1)[1].rsplit(":", 1)[0]
+    denied = b'{"errors": [{"code": "DENIED", "message": "requested access to the resource is denied"}]}'
+    env.registry.proxy.fail[f"^/v2/{repo}/manifests/"] = (403, denied)
+    try:
+        with node.cri() as cri:
+            with pytest.raises(grpc.RpcError) as err:
+                cri.pull(ref, "carol", "her-password")
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, err.value.details()
+        assert "403" in err.value.details() and env.registry.name in err.value.details()
+        assert ref not in node.containerd.image_refs()
+        assert not {b.digest for b in image.layers} & _store(node)
+    finally:
+        env.registry.proxy.fail.clear()
