@@ -9,11 +9,7 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
-import click
-
-
-class CLIError(click.ClickException):
-    """One readable line on stderr, exit status 1."""
+from beiran.cli.errors import CLIError
 
 
 class _UnixConnection(http.client.HTTPConnection):

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from beiran.cli.client import CLIError
+from beiran.cli.errors import CLIError
 
 
 @click.command()

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from beiran import __version__
-from beiran.cli.client import CLIError
+from beiran.cli.errors import CLIError
 
 CORE_COMMANDS = {
     "daemon": "beiran.cli.daemon:daemon",

@@ -66,7 +66,7 @@ def probe(address: str, as_json: bool) -> None:
 @json_option
 def version(as_json: bool) -> None:
     """Versions of this CLI and of the running daemon."""
-    from beiran.cli.client import CLIError
+    from beiran.cli.errors import CLIError
 
     try:
         daemon = client(timeout=5).get("/info").get("version")

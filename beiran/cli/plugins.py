@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from beiran.cli.client import CLIError
+from beiran.cli.errors import CLIError
 from beiran.cli.main import client
 from beiran.cli.output import emit_json, json_option, table
 

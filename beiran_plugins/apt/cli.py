@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from beiran.cli.client import CLIError
+from beiran.cli.errors import CLIError
 from beiran.cli.output import emit_json, human_size, json_option, table
 
 DEFAULT_LISTEN = "127.0.0.1:3142"

@@ -7,7 +7,7 @@ from urllib.parse import urlencode
 
 import click
 
-from beiran.cli.client import CLIError
+from beiran.cli.errors import CLIError
 from beiran.cli.output import emit_json, human_size, json_option, table
 
 

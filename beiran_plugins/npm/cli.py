@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import click
 
-from beiran.cli.client import CLIError
+from beiran.cli.errors import CLIError
 from beiran.cli.main import client
 from beiran.cli.output import emit_json, human_size, json_option, table
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 #: top-level modules `beiran --help` must not import (docker SDK, python-apt, grpc, zeroconf,
-#: dnspython, the daemon's web framework and ORM)
-HEAVY = ["docker", "apt_pkg", "apt", "grpc", "zeroconf", "dns", "tornado", "peewee"]
+#: dnspython, the daemon's web framework and ORM, and the HTTP client the CLI needs only to talk)
+HEAVY = ["docker", "apt_pkg", "apt", "grpc", "zeroconf", "dns", "tornado", "peewee", "http"]
 
 PROBE = """
 import json, sys
