@@ -176,3 +176,23 @@ def test_testing_switches_need_the_environment_too(tmp_path):
         load_config(cfg, environ={"BEIRAN_TESTING_HOOKS": "1"})
     cfg.write_text("[store]\nfsync = false\n")
     assert load_config(cfg, environ={}).store.fsync is False
+
+
+def test_node_info_version_and_config_through_the_cli(cluster):
+    """The read-only CLI commands against a real daemon: this node, another node by UUID, the
+    versions, and the running daemon's config with its secret masked."""
+    n1, n2 = cluster.start(2, config={"cluster_token": "do-not-show-me"})
+    me = n1.cli("node", "info", "--json")
+    assert me["uuid"] == n1.uuid and me["url"] == n1.url
+    other = n1.cli("node", "info", n2.uuid, "--json")
+    assert other["uuid"] == n2.uuid
+    assert n2.uuid in n1.cli("node", "info", n2.uuid)  # the table names it too
+    from beiran import __version__
+    assert n1.cli("node", "version", "--json") == {"cli": __version__, "daemon": __version__}
+    cfg = n1.cli("config", "--json")
+    assert cfg["listen"] == f"{n1.ip}:{n1.port}" and cfg["cluster_token"] == "***"
+    assert "do-not-show-me" not in n1.cli("config")
+    out = subprocess.run([sys.executable, "-m", "beiran", "--socket", n1.socket, "node", "info", "f" * 32],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
