@@ -3,7 +3,7 @@
     nox                      # everything (what scripts/test and CI run)
     nox -s build             # the seven wheels into dist/
     nox -s lint
-    nox -s "tests(npm)"      # core wheel + beiran-npm wheel only: tests/core + tests/plugins/npm
+    nox -s "tests(npm)"      # core wheel + beiran-npm wheel only: tests/core (not slow) + tests/plugins/npm
     nox -t tests             # every test session
     nox -s "tests(dns)" -- -k heartbeat -x     # extra arguments go to pytest
     nox -s "tests(integration)"   # every wheel at once: tests/integration (plugins together)
@@ -208,19 +208,28 @@ def _run_tests(session: nox.Session, dist: str) -> None:
 
 
 def _pytest(session: nox.Session, dist: str, plugins: list[str], scratch: Path) -> None:
-    paths = [str(ROOT / "tests" / ("integration" if dist == "integration" else "core"))]
-    if dist not in ("core", "integration"):
+    """tests(core) runs every core test; a plugin's session runs the core tests not marked `slow`
+    (the cluster-scale exchange tests, which no plugin changes) and then all of the plugin's own."""
+    runs: list[tuple[list[str], list[str]]] = []
+    if dist == "integration":
+        runs.append(([str(ROOT / "tests" / "integration")], []))
+    elif dist == "core":
+        runs.append(([str(ROOT / "tests" / "core")], []))
+    else:
+        runs.append(([str(ROOT / "tests" / "core")], ["-m", "not slow"]))
         plugin_tests = ROOT / "tests" / "plugins" / dist
         if plugin_tests.is_dir():
-            paths.append(str(plugin_tests))
+            runs.append(([str(plugin_tests)], []))
         else:
             session.log(f"{plugin_tests.relative_to(ROOT)} does not exist yet: running the core tests only")
     env = _clean_env()
     env.update({"BEIRAN_DIST": str(DIST), "BEIRAN_TEST_PLUGINS": ",".join(plugins)})
     with session.chdir(scratch):
-        # pytest exits 5 when it collected no test (e.g. a plugin without tests yet): not a failure.
-        session.run("pytest", "--import-mode=importlib", "-p", "no:cacheprovider", "-ra",
-                    *paths, *session.posargs, env=env, success_codes=[0, 5])
+        for paths, select in runs:
+            # pytest exits 5 when it collected (or kept) no test, e.g. `-k` matching only the
+            # other run's tests: not a failure.
+            session.run("pytest", "--import-mode=importlib", "-p", "no:cacheprovider", "-ra",
+                        *paths, *select, *session.posargs, env=env, success_codes=[0, 5])
 
 
 @nox.session(tags=["tests"])

@@ -20,6 +20,7 @@ def sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+@pytest.mark.slow
 def test_static_peers_fetch_from_the_holder_not_the_origin(cluster, origin):
     n1, n2, n3 = cluster.start(3, config={"origins": {"o": origin.url}})
     data, digest = random_blob(64 * MiB, 1)
@@ -42,6 +43,7 @@ def test_static_peers_fetch_from_the_holder_not_the_origin(cluster, origin):
     assert float(line.split()[-1]) == len(data)
 
 
+@pytest.mark.slow
 def test_eight_nodes_same_cold_blob_origin_serves_it_once(cluster, origin):
     nodes = cluster.start(8, config={"origins": {"o": origin.url}})
     data, digest = random_blob(64 * MiB, 2)
@@ -69,6 +71,7 @@ def test_eight_nodes_same_cold_blob_origin_serves_it_once(cluster, origin):
     assert ratio == 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delegation", [True, False], ids=["via-owner", "origin-range"])
 def test_holder_killed_mid_transfer_fetch_completes_elsewhere(cluster, origin, delegation):
     n1 = cluster.add(config={"origins": {"o": origin.url}, "testing": {"serve_rate": 16 * MiB}})
@@ -102,6 +105,7 @@ def test_holder_killed_mid_transfer_fetch_completes_elsewhere(cluster, origin, d
         assert origin.ranges and origin.ranges[0][1] != "bytes=0-"
 
 
+@pytest.mark.slow
 def test_tampering_node_is_skipped_and_its_bytes_never_stored(cluster, origin):
     bad = cluster.add(config={"origins": {"o": origin.url}, "testing": {"corrupt_serving": True}})
     n2 = cluster.add(config={"origins": {"o": origin.url}})
@@ -123,6 +127,7 @@ def test_tampering_node_is_skipped_and_its_bytes_never_stored(cluster, origin):
     assert origin.requests["/t"] <= 2
 
 
+@pytest.mark.slow
 def test_restarted_node_reannounces_and_is_online_again(cluster):
     n1, n2 = cluster.start(2)
     data, digest = random_blob(MiB, 5)
@@ -139,6 +144,7 @@ def test_restarted_node_reannounces_and_is_online_again(cluster):
     assert n2.fetch(digest, len(data))["sources"] == {"peer": len(data)}
 
 
+@pytest.mark.slow
 def test_ten_thousand_blobs_sync_in_a_handful_of_messages(cluster):
     n1 = cluster.add(peers=None, start=False)
     # write 10,000 small blobs straight into the store dir: the daemon verifies and adopts them at start

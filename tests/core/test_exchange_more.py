@@ -14,7 +14,7 @@ import pytest
 from beiran_testkit.daemon import UnixHTTP, wait_until
 from beiran_testkit.fixtures import random_blob
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 MiB = 1 << 20
 SERVED = "beiran_served_bytes_total"
 
