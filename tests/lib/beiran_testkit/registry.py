@@ -196,23 +196,20 @@ class CountingProxy:
         with self._lock:
             self.token_requests.append({"method": h.command, "query": query, "form": form,
                                         "authorization": given})
-        if form.get("grant_type") == ["refresh_token"]:
-            if form.get("refresh_token") != [auth.get("refresh_token")]:
-                self._send(h, 401, {"Content-Type": "application/json"}, b'{"details": "bad refresh token"}')
-                return
-            token = secrets.token_hex(16)
-            self.tokens.add(token)
-            body = json.dumps({"access_token": token, "expires_in": 300}).encode()
-            self._send(h, 200, {"Content-Type": "application/json"}, body)
-            return
-        if auth.get("user"):
+        oauth = form.get("grant_type") == ["refresh_token"]
+        if oauth:
+            refused = b"bad refresh token" if form.get("refresh_token") != [auth.get("refresh_token")] else None
+        elif auth.get("user"):
             want = "Basic " + base64.b64encode(f"{auth['user']}:{auth['password']}".encode()).decode()
-            if given != want:
-                self._send(h, 401, {"Content-Type": "application/json"}, b'{"details": "bad credentials"}')
-                return
+            refused = b"bad credentials" if given != want else None
+        else:
+            refused = None  # anonymous tokens
+        if refused:
+            self._send(h, 401, {"Content-Type": "application/json"}, b'{"details": "' + refused + b'"}')
+            return
         token = secrets.token_hex(16)
         self.tokens.add(token)
-        body = json.dumps({"token": token, "expires_in": 300}).encode()
+        body = json.dumps({"access_token" if oauth else "token": token, "expires_in": 300}).encode()
         self._send(h, 200, {"Content-Type": "application/json"}, body)
 
 
