@@ -171,6 +171,20 @@ def _check_namespace(session: nox.Session, expected: list[str], cwd: Path) -> No
     script.unlink()
 
 
+def _install(session: nox.Session, plugins: list[str]) -> None:
+    """The core wheel and these plugins' wheels, pytest and the test-only tools they need
+    (tests/requirements.txt, tests/plugins/<name>/requirements.txt) into the session's venv."""
+    # every stale wheel, not only these: tests/core/test_packaging.py checks all seven
+    stale = [d for d in ["core", *PLUGINS] if _stale(d)]
+    if stale:
+        session.log(f"dist/ lacks or has stale wheels for {', '.join(stale)}: building them")
+        _build(session, stale)
+    reqs = [ROOT / "tests" / "requirements.txt", *(ROOT / "tests" / "plugins" / p / "requirements.txt"
+                                                   for p in plugins)]
+    extra = [arg for r in reqs if r.is_file() for arg in ("-r", str(r))]
+    session.install(*(str(_find_wheel(d)) for d in ["core", *plugins]), *TEST_TOOLS, *extra)
+
+
 def _run_tests(session: nox.Session, dist: str) -> None:
     if dist == "core":
         plugins = []
@@ -178,22 +192,7 @@ def _run_tests(session: nox.Session, dist: str) -> None:
         plugins = list(PLUGINS)
     else:
         plugins = [*PLUGIN_DEPENDS.get(dist, []), dist]
-    wanted = ["core", *plugins]
-    # every wheel, not only the installed ones: tests/core/test_packaging.py checks all seven
-    stale = [d for d in ["core", *PLUGINS] if _stale(d)]
-    if stale:
-        session.log(f"dist/ lacks or has stale wheels for {', '.join(stale)}: building them")
-        _build(session, stale)
-    wheels = [str(_find_wheel(d)) for d in wanted]
-
-    # Test-only tools, when the tests need more than pytest: tests/requirements.txt for every
-    # session, tests/plugins/<name>/requirements.txt for that plugin's.
-    extra: list[str] = []
-    for req in (ROOT / "tests" / "requirements.txt", *(ROOT / "tests" / "plugins" / p / "requirements.txt"
-                                                        for p in plugins)):
-        if req.is_file():
-            extra += ["-r", str(req)]
-    session.install(*wheels, *TEST_TOOLS, *extra)
+    _install(session, plugins)
 
     # A scratch cwd: neither the repo root (which would put the source beiran_plugins/, with
     # every plugin, on sys.path for `python -c` and subprocesses) nor anything under it.
@@ -201,7 +200,7 @@ def _run_tests(session: nox.Session, dist: str) -> None:
     # under pytest's tmp_path would grow past the 108-byte limit.)
     scratch = Path(tempfile.mkdtemp(prefix=f"beiran-nox-{dist}-"))
     try:
-        _check_namespace(session, sorted(plugins), scratch)
+        _check_namespace(session, plugins, scratch)
         _pytest(session, dist, plugins, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -253,13 +252,7 @@ def bench(session: nox.Session) -> None:
     names = sorted(p.name for p in (ROOT / "bench").iterdir() if p.is_file() and os.access(p, os.X_OK))
     if not session.posargs or session.posargs[0] not in names:
         session.error(f"name a benchmark: nox -s bench -- NAME [ARGS]; NAME is one of {', '.join(names)}")
-    dists = ["core", *PLUGINS]
-    stale = [d for d in dists if _stale(d)]
-    if stale:
-        _build(session, stale)
-    reqs = [ROOT / "tests" / "plugins" / d / "requirements.txt" for d in PLUGINS]
-    extra = [arg for r in reqs if r.is_file() for arg in ("-r", str(r))]
-    session.install(*(str(_find_wheel(d)) for d in dists), *TEST_TOOLS, *extra)
+    _install(session, list(PLUGINS))
     name, *args = session.posargs
     session.run("python", str(ROOT / "bench" / name), *args, env=_clean_env())
 

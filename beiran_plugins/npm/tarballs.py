@@ -100,22 +100,12 @@ class _Retry(Exception):
         self.cause = cause
 
 
-def end_short(handler: BaseHandler) -> None:
-    """End a streamed tarball whose bytes failed, without its held last chunk.
-
-    The body ends properly (chunked), one chunk short: the client's integrity check fails. npm
-    retries that once by itself (pacote: "seems to be corrupted. Trying again."), and by then the
-    fetcher has the verified blob. A cut connection is an ECONNRESET to npm, which it never
-    retries, whatever its fetch-retries: the whole `npm install` fails. A truncated gzip still
-    fails any client that unpacks it (the CRC and length are in its last 8 bytes)."""
-    handler.finish()
-
-
 async def relay(handler: BaseHandler, chunks: AsyncIterator[bytes], hold: int) -> None:
     """Send `chunks` to the client; the iterator raises if the bytes fail verification at the end.
 
     Small bodies are sent whole once verified (with a Content-Length); larger ones stream with the
-    last chunk held back, so a client never receives a complete unverified body (see end_short)."""
+    last chunk held back, so a client never receives a complete unverified body (a failure ends
+    the body without that chunk)."""
     buf: list[bytes] = []
     size = 0
     last: bytes | None = None
@@ -145,7 +135,11 @@ async def relay(handler: BaseHandler, chunks: AsyncIterator[bytes], hold: int) -
             raise _Retry(exc) from exc
         log.warning("npm: %s failed after streaming started (%s); ending the response short",
                     handler.request.path, exc)
-        end_short(handler)
+        # The body ends properly (chunked), without the held last chunk: npm's integrity check
+        # fails and pacote retries once by itself ("seems to be corrupted. Trying again."), by
+        # when the fetcher has the verified blob. A cut connection is an ECONNRESET that npm never
+        # retries, whatever its fetch-retries. A truncated gzip fails any client that unpacks it.
+        handler.finish()
         return
     finally:
         aclose = getattr(chunks, "aclose", None)
