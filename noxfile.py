@@ -35,7 +35,7 @@ PLUGIN_DEPENDS = {"k8s": ["docker"]}
 TEST_TOOLS = ["pytest>=8", "pytest-timeout"]
 DEBIAN_PYTHON = "/usr/bin/python3"
 #: sources that go into each wheel (a wheel older than any of them is rebuilt)
-SOURCE_SUFFIXES = {".py", ".proto", ".json", ".toml"}
+SOURCE_SUFFIXES = {".py", ".proto", ".json", ".toml", ".html", ".js", ".css"}
 
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.sessions = ["lint", "build", "tests", "tests(apt)", "tests(integration)"]

@@ -84,6 +84,10 @@ class DaemonClient:
             return json.loads(payload)
         return payload
 
+    def response(self, method: str, path: str) -> http.client.HTTPResponse:
+        """The raw response, status and headers kept (for relays such as `beiran ui --serve`)."""
+        return self._open(method, path)
+
     def get(self, path: str) -> Any:
         return self.request("GET", path)
 

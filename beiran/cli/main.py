@@ -18,6 +18,7 @@ CORE_COMMANDS = {
     "config": "beiran.cli.plugins:config",
     "blobs": "beiran.cli.blobs:blobs",
     "stats": "beiran.cli.blobs:stats",
+    "ui": "beiran.cli.ui:ui",
 }
 
 

@@ -15,12 +15,14 @@ from beiran.handlers import NotFoundHandler
 from beiran.peer.serving import BlobHandler
 from beiran.peer.websocket import PeerSocketHandler
 from beiran.store import api as store_api
+from beiran.ui import handlers as ui_handlers
 
 
 def make_app(ctx: DaemonContext) -> tornado.web.Application:
     routes: list = []
     routes += core_api.ROUTES
     routes += store_api.ROUTES
+    routes += ui_handlers.ROUTES
     routes += [(r"/blobs/(.+)", BlobHandler), (r"/peer", PeerSocketHandler)]
     routes += ctx.plugins.all_routes()
     return tornado.web.Application(

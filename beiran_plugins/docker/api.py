@@ -17,6 +17,7 @@ from beiran_plugins.docker.pull import pull, resolve_image
 from beiran_plugins.docker.reference import validate_registry, validate_repository, validate_tag
 from beiran_plugins.docker.v2 import ROUTES as V2_ROUTES
 from beiran_plugins.docker.v2 import serve_blob
+from beiran_plugins.docker.panel import ImagesPanel
 
 log = logging.getLogger("beiran.docker")
 
@@ -181,6 +182,7 @@ class LayerHandler(JSONEndpoint):
 
 
 ROUTES = [
+    (r"/docker/ui/images", ImagesPanel),
     (r"/docker/tags", TagsHandler),
     (r"/docker/images", ImagesHandler),
     (r"/docker/images/(.+)/info", ImageInfoHandler),
@@ -189,3 +191,6 @@ ROUTES = [
     (r"/docker/layers/([^/]+)", LayerHandler),
     *V2_ROUTES,
 ]
+
+#: console panels (the page at /ui/ fetches and renders them)
+UI_PANELS = [("Docker images", "/docker/ui/images")]

@@ -22,6 +22,7 @@ from beiran_plugins.npm import tarballs, warm
 from beiran_plugins.npm.metadata import ABBREVIATED, resolve_ref, rewrite, rewrite_version
 from beiran_plugins.npm.names import parse_path, validate_name
 from beiran_plugins.npm.upstream import packument_headers_kind
+from beiran_plugins.npm.panel import PackagesPanel
 
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 STALE_WARNING = '110 beiran "stale: the upstream registry could not be reached"'
@@ -211,9 +212,13 @@ class PeerPackumentHandler(NpmHandler):
 
 
 ROUTES = [
+    (r"/npm/-/beiran/ui/packages", PackagesPanel),
     (r"/npm/-/beiran/info", InfoHandler),
     (r"/npm/-/beiran/packages", PackagesHandler),
     (r"/npm/-/beiran/warm", WarmHandler),
     (r"/npm/-/beiran/peer/packument/(full|abbr)/([^/]+)", PeerPackumentHandler),
     (r"/npm(?:/(.*))?", RegistryHandler),
 ]
+
+#: console panels (the page at /ui/ fetches and renders them)
+UI_PANELS = [("npm packages", "/npm/-/beiran/ui/packages")]
