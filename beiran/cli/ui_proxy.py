@@ -20,7 +20,7 @@ def serve(daemon: DaemonClient, port: int) -> None:
     panels = {p["url"] for p in daemon.get("/ui/state").get("panels", [])}
 
     class Relay(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if not (_PAGES.match(path) or path in panels):
                 self.send_error(404, "not a console path")

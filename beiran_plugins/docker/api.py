@@ -13,11 +13,11 @@ from beiran.errors import BadRequest, BeiranError, NotFound
 from beiran.handlers import JSONEndpoint, RPCEndpoint, rpc_command
 from beiran.store.digest import parse_digest
 from beiran_plugins.docker import archive, images
+from beiran_plugins.docker.panel import ImagesPanel
 from beiran_plugins.docker.pull import pull, resolve_image
 from beiran_plugins.docker.reference import validate_registry, validate_repository, validate_tag
 from beiran_plugins.docker.v2 import ROUTES as V2_ROUTES
 from beiran_plugins.docker.v2 import serve_blob
-from beiran_plugins.docker.panel import ImagesPanel
 
 log = logging.getLogger("beiran.docker")
 

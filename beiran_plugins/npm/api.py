@@ -21,8 +21,8 @@ from beiran.handlers import BaseHandler, JSONEndpoint
 from beiran_plugins.npm import tarballs, warm
 from beiran_plugins.npm.metadata import ABBREVIATED, resolve_ref, rewrite, rewrite_version
 from beiran_plugins.npm.names import parse_path, validate_name
-from beiran_plugins.npm.upstream import packument_headers_kind
 from beiran_plugins.npm.panel import PackagesPanel
+from beiran_plugins.npm.upstream import packument_headers_kind
 
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 STALE_WARNING = '110 beiran "stale: the upstream registry could not be reached"'
