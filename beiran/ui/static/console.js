@@ -116,7 +116,7 @@ function renderPanel(url, data) {
   fillRows(table, data.rows.map((r) => r.map((v, i) => {
     const kind = data.kinds ? data.kinds[i] : "text";
     if (kind === "bytes") return cell(human(v), "num");
-    if (kind === "mono") return cell(v, "mono");
+    if (kind === "mono") return cell(Array.isArray(v) ? v.join(", ") : v, "mono");
     return cell(Array.isArray(v) ? v.join(", ") : v);
   })));
   note.textContent = data.rows.length ? (data.note || "") : (data.empty || "Nothing yet.");
