@@ -71,6 +71,7 @@ async def run(config: Config) -> int:
     from beiran.context import DaemonContext
     from beiran.daemon.app import PlainHTTPServer, make_app
     from beiran.fetch.fetcher import Fetcher
+    from beiran.preheat import Preheater
     from beiran.fetch.origins import local_source_keys
     from beiran.identity import NodeIdentity, advertised_addresses, load_or_create_uuid
     from beiran.metrics import Metrics
@@ -119,6 +120,7 @@ async def run(config: Config) -> int:
     await ctx.store.open()
     ctx.peers = PeerManager(ctx, ctx.availability)
     ctx.fetcher = Fetcher(ctx)
+    ctx.preheater = Preheater(ctx)
     ctx.metrics.bind(ctx)
     _wire_availability(ctx)
     await ctx.plugins.init_all()

@@ -70,6 +70,22 @@ def stream_from_response(resp: Any, cm: Any, offset: int, idle_timeout: float = 
     return OriginStream(chunks(), size=size, close=resp.close)
 
 
+def check_source(ctx: DaemonContext, source: Any) -> dict[str, Any]:
+    """A source from a peer, checked now against what this node itself can resolve (its package
+    plugins' settings, its `[origins]`), so a bad one is refused before any work starts."""
+    if not isinstance(source, dict) or not isinstance(source.get("plugin"), str):
+        raise BadRequest("source must be an object naming a plugin")
+    params = {k: v for k, v in source.items() if k != "plugin"}
+    if source["plugin"] == "origin":
+        if str(params.get("name")) not in ctx.config.origins:
+            raise BadRequest(f"origin {str(params.get('name'))[:40]!r} is not configured on this node")
+        return source
+    plugin = ctx.plugins.get(source["plugin"]) if ctx.plugins else None
+    if not isinstance(plugin, BasePackagePlugin):
+        raise BadRequest(f"no package plugin {source['plugin'][:40]!r} on this node")
+    return {"plugin": plugin.name, **plugin.validate_source(params)}
+
+
 async def open_origin(ctx: DaemonContext, source: dict[str, Any], digest: str, offset: int) -> OriginStream:
     plugin_name = source.get("plugin")
     params = {k: v for k, v in source.items() if k != "plugin"}

@@ -49,3 +49,15 @@ async def rpc_ping(conn: PeerConnection) -> dict[str, Any]:
 async def call_fetch(conn: PeerConnection, digest: str, size: int | None,
                      source: dict[str, Any] | None) -> dict[str, Any]:
     return await conn.call("fetch", timeout=30.0, digest=digest, size=size, source=source)
+
+
+async def rpc_preheat(conn: PeerConnection, blobs: Any = None, source: Any = None) -> dict[str, Any]:
+    from beiran import preheat
+
+    return await preheat.rpc_preheat(conn, blobs, source)
+
+
+async def rpc_progress(conn: PeerConnection, digests: Any = None) -> dict[str, Any]:
+    from beiran import preheat
+
+    return await preheat.rpc_progress(conn, digests)

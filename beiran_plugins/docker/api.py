@@ -98,6 +98,29 @@ class ImagesHandler(RPCEndpoint):
         self.finish(json.dumps(summary) + "\n")
 
 
+    @rpc_command
+    async def preheat(self) -> None:
+        """NDJSON per-node progress; the last line is the summary (or carries the error)."""
+        from beiran_plugins.docker.preheat import preheat
+
+        body = self.json_object()
+        ref = self.plugin.parse_ref(body.get("ref"))
+        platform = body.get("platform")
+        if platform is not None and not isinstance(platform, str):
+            raise BadRequest("platform must be a string such as linux/amd64")
+        self.set_header("Content-Type", "application/x-ndjson")
+
+        async def emit(event: dict[str, Any]) -> None:
+            self.write(json.dumps(event) + "\n")
+            await self.flush()
+
+        try:
+            summary = await preheat(self.plugin, ref, platform, body.get("nodes", "all"), emit)
+        except BeiranError as exc:
+            summary = {"event": "done", "ref": str(ref), "error": exc.to_dict()}
+        self.finish(json.dumps(summary) + "\n")
+
+
 class ImageInfoHandler(JSONEndpoint):
     peer_auth = True
 
