@@ -71,7 +71,6 @@ async def run(config: Config) -> int:
     from beiran.context import DaemonContext
     from beiran.daemon.app import PlainHTTPServer, make_app
     from beiran.fetch.fetcher import Fetcher
-    from beiran.preheat import Preheater
     from beiran.fetch.origins import local_source_keys
     from beiran.identity import NodeIdentity, advertised_addresses, load_or_create_uuid
     from beiran.metrics import Metrics
@@ -81,6 +80,7 @@ async def run(config: Config) -> int:
     from beiran.peer.availability import Availability
     from beiran.peer.manager import PeerManager
     from beiran.plugin_loader import PluginManager
+    from beiran.preheat import Preheater
     from beiran.store.blobstore import BlobStore
 
     stop = asyncio.Event()

@@ -142,8 +142,8 @@ def preheat(ref: str, nodes: str, platform: str | None, no_progress: bool, as_js
                f"{len(rows)} nodes in {final.get('elapsed')}s (peers {human_size(src.get('peer', 0))}, "
                f"origin {human_size(src.get('origin', 0))}, already local {human_size(src.get('local', 0))})")
     if final["failed"]:
-        raise CLIError(f"preheat failed on {len(final['failed'])} node(s): "
-                       + ", ".join(f"{r['node'][:8]} ({r['error']})" for r in final["nodes"] if r["state"] != "complete"))
+        bad = [f"{r['node'][:8]} ({r['error']})" for r in final["nodes"] if r["state"] != "complete"]
+        raise CLIError(f"preheat failed on {len(bad)} node(s): " + ", ".join(bad))
 
 
 @cli.command("save")

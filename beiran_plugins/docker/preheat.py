@@ -48,7 +48,8 @@ def _node_progress(node: str, answer: dict[str, Any] | None, error: str) -> dict
     for i in items:
         sources.update({k: int(v) for k, v in (i.get("sources") or {}).items() if isinstance(v, (int, float))})
     return {"node": node, "state": state, "error": failed[0].get("error", "") if failed else "",
-            "bytes": sum(int(i.get("bytes") or 0) for i in items), "total": sum(int(i.get("total") or 0) for i in items),
+            "bytes": sum(int(i.get("bytes") or 0) for i in items),
+            "total": sum(int(i.get("total") or 0) for i in items),
             "blobs": len(items), "done": done, "sources": dict(sources)}
 
 

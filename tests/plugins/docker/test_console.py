@@ -20,7 +20,7 @@ def _pull(registry, node, tmp_path, name):
 
 
 def test_browser_shows_a_pulled_image_and_where_its_bytes_came_from(cluster, registry, test_images, tmp_path):
-    n1, n2, n3 = cluster.start(3, config=docker_config(registry))
+    n1, n2, _n3 = cluster.start(3, config=docker_config(registry))
     cluster.wait_connected()
     size = sum(b.size for b in test_images.img.blobs)
     with chromium() as driver:
