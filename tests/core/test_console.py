@@ -77,3 +77,30 @@ def test_a_browser_shows_every_node_and_bytes_by_source_live(cluster, tmp_path):
         assert text_of(driver, "#bytes-saved") == "3.0 MiB"
         shot = save_screenshot(driver, "console-core.png", also=tmp_path / "console.png")
         assert shot.stat().st_size > 10_000
+
+
+def test_beiran_ui_prints_the_url_and_its_local_relay_serves_only_the_console(cluster):
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    (node,) = cluster.start(1)
+    assert node.cli("ui").strip() == f"http://{node.ip}:{node.port}/ui/"
+    relay = subprocess.Popen([sys.executable, "-m", "beiran", "--socket", node.socket, "ui", "--serve", "0"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        url = relay.stdout.readline().split()[0]
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/ui/")
+        base = url.removesuffix("/ui/")
+        with urllib.request.urlopen(base + "/ui/state", timeout=10) as resp:
+            assert json.loads(resp.read())["node"]["uuid"] == node.uuid
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            assert b"console.js" in resp.read()
+        for path in ("/config", "/blobs", "/ui/../config"):  # the socket is admin: the relay must not be
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(base + path, timeout=10)
+            assert err.value.code == 404, path
+    finally:
+        relay.terminate()
+        relay.wait(10)
