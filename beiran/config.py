@@ -89,6 +89,9 @@ class Config:
     data_dir: Path = field(default_factory=_default_data_dir)
     run_dir: Path | None = None
     listen: str = "0.0.0.0:8888"
+    #: HOST[:PORT] peers are told to reach this node at; default: the listen address (for 0.0.0.0,
+    #: a guess from the host name). Set it when listening on every address, as a DaemonSet does.
+    advertise: str | None = None
     socket: Path | None = None
     log_level: str = "info"
     peers: list[str] = field(default_factory=list)
@@ -235,6 +238,8 @@ def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] |
         cfg.peers = [p.strip() for p in cfg.peers.split(",") if p.strip()]
     cfg.peers = [normalize_peer_url(p) for p in cfg.peers]
     parse_hostport(cfg.listen)
+    if cfg.advertise:
+        parse_hostport(cfg.advertise, cfg.listen_port)
     try:
         cfg.client_networks()
     except ValueError as exc:

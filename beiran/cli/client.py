@@ -9,7 +9,7 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
-from beiran.cli.errors import CLIError
+from beiran.cli.errors import CLIError, DaemonNotRunning
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -54,7 +54,7 @@ class DaemonClient:
             conn.request(method, path, body=data, headers=hdrs)
             return conn.getresponse()
         except (FileNotFoundError, ConnectionRefusedError):
-            raise CLIError(f"the beiran daemon is not running (no daemon at {self.socket_path}); "
+            raise DaemonNotRunning(f"the beiran daemon is not running (no daemon at {self.socket_path}); "
                            "start it with `beiran daemon`") from None
         except PermissionError:
             raise CLIError(f"permission denied on {self.socket_path}") from None

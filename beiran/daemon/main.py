@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from beiran.config import Config
+from beiran.config import Config, parse_hostport
 from beiran.errors import BeiranError
 
 log = logging.getLogger("beiran.daemon")
@@ -99,6 +99,9 @@ async def run(config: Config) -> int:
     unix_sock = bind_unix(config.socket_path)
     node_uuid = load_or_create_uuid(config.data_dir)
     addresses = advertised_addresses(host)
+    if config.advertise:
+        adv_host, port = parse_hostport(config.advertise, port)
+        addresses = [adv_host, *(a for a in addresses if a != adv_host)]
     url_host = addresses[0]
     url = f"http://[{url_host}]:{port}" if ":" in url_host else f"http://{url_host}:{port}"
     ctx.identity = NodeIdentity(uuid=node_uuid, url=url, port=port, addresses=addresses,

@@ -19,10 +19,10 @@ from typing import Any
 from beiran.errors import ConfigError
 from beiran.plugin import BaseInterfacePlugin
 from beiran_plugins.k8s import __version__
+from beiran_plugins.k8s.containerd import DEFAULT_HOSTS_DIR
 
 log = logging.getLogger("beiran.k8s")
 DEFAULT_RUNTIME = "unix:///run/containerd/containerd.sock"
-DEFAULT_HOSTS_DIR = "/etc/containerd/certs.d"
 SETTINGS = {"enabled", "socket", "runtime_endpoint", "mirror", "hosts_dir", "registries", "platform",
             "runtime_timeout", "pull_timeout", "grant_ttl"}
 
