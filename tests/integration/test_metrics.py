@@ -46,7 +46,7 @@ def node(cluster):
         (n,) = cluster.start(1, config={"plugins": {
             "k8s": {"socket": f"{sockdir}/cri.sock", "runtime_endpoint": f"unix://{sockdir}/none.sock",
                     "runtime_timeout": 2},
-            "apt": {"listen": f"{cluster.ip(0)}:3142"}, "zeroconf": {"enabled": False},
+            "zeroconf": {"enabled": False},
             "dns": {"enabled": False}}})
         n.cri_socket = f"{sockdir}/cri.sock"
         yield n
