@@ -51,6 +51,10 @@ class BasePlugin:
         """Extra, plugin-specific fields for `GET /status`."""
         return {}
 
+    def counters(self) -> dict[str, int]:
+        """Event counts for `/metrics` (`beiran_plugin_events_total{plugin, event}`)."""
+        return {}
+
 
 class BasePackagePlugin(BasePlugin):
     """A package system (docker, apt, npm): turns client requests into core fetches.

@@ -34,6 +34,10 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
     import logging
 
     status = handler.get_status()
+    metrics = handler.settings["ctx"].metrics
+    plugin = getattr(getattr(handler, "plugin", None), "name", None) or "core"
+    metrics.http_requests.labels(plugin, str(status)).inc()
+    metrics.http_seconds.labels(plugin).observe(handler.request.request_time())
     if status >= 500:
         level = logging.WARNING
     else:

@@ -153,6 +153,9 @@ class AptPlugin(BasePackagePlugin):
                 self.stats["debs_via_cluster"] += 1
         return self._spawn(run())
 
+    def counters(self) -> dict[str, int]:
+        return dict(self.stats + self.archive.stats) if hasattr(self, "archive") else dict(self.stats)
+
     def status_info(self) -> dict[str, Any]:
         info: dict[str, Any] = {"listen": self.cfg.listen}
         if hasattr(self, "archive"):

@@ -72,6 +72,12 @@ class DockerPlugin(BasePackagePlugin):
         if self.engine is not None:
             await self.engine.stop()
 
+    def counters(self) -> dict[str, int]:
+        out = {"manifests_prefetched": self.mirror.prefetched}
+        if self.content is not None:
+            out.update(containerd_blobs_indexed=self.content.indexed, containerd_blobs_rejected=self.content.rejected)
+        return out
+
     def status_info(self) -> dict[str, Any]:
         info: dict[str, Any] = {"default_registry": self.default_registry,
                                 "registries": sorted(self.upstream.endpoints),

@@ -20,6 +20,7 @@ from beiran.errors import ConfigError
 from beiran.plugin import BaseInterfacePlugin
 from beiran_plugins.k8s import __version__
 from beiran_plugins.k8s.containerd import DEFAULT_HOSTS_DIR
+from beiran_plugins.k8s.metrics import CRIMetrics
 
 log = logging.getLogger("beiran.k8s")
 DEFAULT_RUNTIME = "unix:///run/containerd/containerd.sock"
@@ -36,6 +37,7 @@ class K8sPlugin(BaseInterfacePlugin):
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
         self.counts: dict[str, int] = {}
+        self.cri_metrics = CRIMetrics(ctx.metrics.registry)
         self.server: Any = None
         self.runtime: Any = None
         self._remove_policy: Any = None

@@ -52,7 +52,7 @@ class NPMPlugin(BasePackagePlugin):
         self.writes = "refuse"
         self.allow_uppercase = False
         self.hold = 4 << 20
-        self.counters: dict[str, int] = {}
+        self.events: dict[str, int] = {}
 
     async def init(self, config: dict[str, Any]) -> None:
         self.config = config
@@ -86,11 +86,15 @@ class NPMPlugin(BasePackagePlugin):
 
     def status_info(self) -> dict[str, Any]:
         return {"upstream": self.upstream.url if self.upstream else None, "writes": self.writes,
-                "counters": dict(self.counters),
+                "counters": dict(self.events),
                 "packuments": dict(self.packuments.stats) if self.packuments else {}}
 
+    def counters(self) -> dict[str, int]:
+        stats = self.packuments.stats if self.packuments else {}
+        return {**self.events, **{f"packuments_{k}": v for k, v in stats.items()}}
+
     def count(self, what: str, n: int = 1) -> None:
-        self.counters[what] = self.counters.get(what, 0) + n
+        self.events[what] = self.events.get(what, 0) + n
 
     # -- names -----------------------------------------------------------------------------------
     def check_name(self, name: str) -> str:
