@@ -51,10 +51,10 @@ async def call_fetch(conn: PeerConnection, digest: str, size: int | None,
     return await conn.call("fetch", timeout=30.0, digest=digest, size=size, source=source)
 
 
-async def rpc_preheat(conn: PeerConnection, blobs: Any = None, source: Any = None) -> dict[str, Any]:
+async def rpc_preheat(conn: PeerConnection, blobs: Any = None) -> dict[str, Any]:
     from beiran import preheat
 
-    return await preheat.rpc_preheat(conn, blobs, source)
+    return await preheat.rpc_preheat(conn, blobs)
 
 
 async def rpc_progress(conn: PeerConnection, digests: Any = None) -> dict[str, Any]:

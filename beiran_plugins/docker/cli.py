@@ -12,6 +12,7 @@ import click
 from beiran.cli.errors import CLIError
 from beiran.cli.main import client
 from beiran.cli.output import emit_json, human_size, json_option, table
+from beiran.cli.preheat import nodes_option
 
 
 @click.group(name="docker", short_help="Docker/OCI images commands.")
@@ -104,11 +105,10 @@ def pull(ref: str, platform: str | None, no_progress: bool, no_load: bool, as_js
 
 @cli.command("preheat")
 @click.argument("ref")
-@click.option("--nodes", default="all", show_default=True, metavar="all|UUID,...",
-              help="Nodes that fetch the image now: all online nodes, or UUIDs (8+ characters each).")
+@nodes_option
 @click.option("--platform", metavar="OS/ARCH[/VARIANT]", help="Image to pick from a multi-platform index "
               "(default: this machine's).")
-@click.option("--no-progress", is_flag=True, help="No progress table.")
+@click.option("--no-progress", is_flag=True, help="No progress lines.")
 @json_option
 def preheat(ref: str, nodes: str, platform: str | None, no_progress: bool, as_json: bool) -> None:
     """Put every blob of REF on the chosen nodes now, before a rollout needs it.
@@ -116,34 +116,10 @@ def preheat(ref: str, nodes: str, platform: str | None, no_progress: bool, as_js
     Each node fetches through its own fetcher, so each blob leaves the registry once for the whole
     cluster. Peers accept this only in a cluster with a cluster_token, and only for registries their
     own config names."""
-    chosen: Any = "all" if nodes.strip() == "all" else [n.strip() for n in nodes.split(",") if n.strip()]
-    progress = Progress(not no_progress and not as_json)
-    final: dict[str, Any] = {}
-    for event in client(timeout=3600).stream_lines("POST", "/docker/images?cmd=preheat",
-                                                   {"ref": ref, "platform": platform, "nodes": chosen}):
-        final = event
-        if event.get("event") == "progress":
-            progress.update([{"digest": r["node"], "total": r["total"], "bytes": r["bytes"],
-                              "done": r["state"] == "complete", "sources": r.get("sources"),
-                              "error": r.get("error")} for r in event.get("nodes") or []])
-    if as_json:
-        emit_json(final)
-        if final.get("error") or final.get("failed"):
-            sys.exit(1)
-        return
-    if final.get("error"):
-        raise CLIError(final["error"].get("message", "preheat failed"))
-    rows = [{**r, "node": r["node"][:8], "size": human_size(r["total"]), "blobs": f"{r['done']}/{r['blobs']}",
-             "from": _where(r.get("sources"))} for r in final.get("nodes") or []]
-    table(rows, [("node", "NODE"), ("state", "STATE"), ("blobs", "BLOBS"), ("size", "SIZE"), ("from", "FROM"),
-                 ("error", "ERROR")])
-    src = final.get("sources") or {}
-    click.echo(f"Preheated {final.get('ref')} ({final.get('platform')}) on {len(rows) - len(final['failed'])} of "
-               f"{len(rows)} nodes in {final.get('elapsed')}s (peers {human_size(src.get('peer', 0))}, "
-               f"origin {human_size(src.get('origin', 0))}, already local {human_size(src.get('local', 0))})")
-    if final["failed"]:
-        bad = [f"{r['node'][:8]} ({r['error']})" for r in final["nodes"] if r["state"] != "complete"]
-        raise CLIError(f"preheat failed on {len(bad)} node(s): " + ", ".join(bad))
+    from beiran.cli.preheat import parse_nodes, run_preheat
+
+    run_preheat("/docker/images?cmd=preheat", {"ref": ref, "platform": platform, "nodes": parse_nodes(nodes)},
+                ref, no_progress, as_json)
 
 
 @cli.command("save")

@@ -175,6 +175,41 @@ class WarmHandler(JSONEndpoint, NpmHandler):
         self.finish()
 
 
+class PreheatHandler(JSONEndpoint, NpmHandler):
+    """`POST /npm/-/beiran/preheat` {"packages": [spec...], "deps": bool, "nodes": "all" | [uuid]}:
+    the chosen nodes fetch the tarballs now; NDJSON per-node progress, the last line the summary."""
+
+    local_only = True
+
+    async def post(self) -> None:
+        from beiran import preheat
+
+        body = self.json_object()
+        specs = body.get("packages") or []
+        if not specs or not isinstance(specs, list) or not all(isinstance(s, str) for s in specs):
+            raise BadRequest("packages must be a non-empty list of PACKAGE[@RANGE] strings")
+        nodes = preheat.targets(self.ctx, body.get("nodes", "all"))
+        found, errors = await warm.resolve(self.plugin, specs, bool(body.get("deps", True)))
+        if errors:
+            raise NotFound("; ".join(f"{e['package']}: {e['error']}" for e in errors[:5]))
+        items = []
+        for t in found:
+            digest, source = await warm.tarball_of(self.plugin, t)
+            items.append(preheat.Item(digest, None, source))
+        self.set_header("Content-Type", "application/x-ndjson")
+
+        async def emit(event: dict[str, Any]) -> None:
+            self.write(json.dumps(event) + "\n")
+            await self.flush()
+
+        await emit({"event": "resolved", "packages": [f"{t.name}@{t.version}" for t in found], "nodes": nodes})
+        try:
+            summary = await preheat.run(self.ctx, items, nodes, emit)
+        except BeiranError as exc:
+            summary = {"event": "done", "error": exc.to_dict()}
+        self.finish(json.dumps(summary) + "\n")
+
+
 class PeerPackumentHandler(NpmHandler):
     """A peer asks for a stored packument while its upstream is unreachable. Only cluster members
     (the cluster token when one is set, else a connected peer's address) and the npm clients that
@@ -216,6 +251,7 @@ ROUTES = [
     (r"/npm/-/beiran/info", InfoHandler),
     (r"/npm/-/beiran/packages", PackagesHandler),
     (r"/npm/-/beiran/warm", WarmHandler),
+    (r"/npm/-/beiran/preheat", PreheatHandler),
     (r"/npm/-/beiran/peer/packument/(full|abbr)/([^/]+)", PeerPackumentHandler),
     (r"/npm(?:/(.*))?", RegistryHandler),
 ]

@@ -12,6 +12,7 @@ import click
 from beiran.cli.errors import CLIError
 from beiran.cli.main import client
 from beiran.cli.output import emit_json, human_size, json_option, table
+from beiran.cli.preheat import nodes_option
 
 
 @click.group(name="npm", short_help="npm registry proxy: packages, warm, configure.")
@@ -127,6 +128,23 @@ def warm(specs: tuple[str, ...], lockfile: str | None, no_deps: bool, no_progres
         click.echo(f"  failed: {f['package']}: {f['error']}", err=True)
     if failed:
         raise CLIError(f"{len(failed)} package(s) could not be warmed")
+
+
+@cli.command("preheat")
+@click.argument("specs", nargs=-1, required=True, metavar="NAME[@VERSION|@RANGE]...")
+@nodes_option
+@click.option("--no-deps", is_flag=True, help="Only the named packages, not their dependencies.")
+@click.option("--no-progress", is_flag=True, help="No progress lines.")
+@json_option
+def preheat(specs: tuple[str, ...], nodes: str, no_deps: bool, no_progress: bool, as_json: bool) -> None:
+    """Put these packages' tarballs (and their dependencies') on the chosen nodes now.
+
+    Each node fetches through its own fetcher, so each tarball leaves the registry once for the whole
+    cluster. Peers accept this only in a cluster with a cluster_token."""
+    from beiran.cli.preheat import parse_nodes, run_preheat
+
+    run_preheat("/npm/-/beiran/preheat", {"packages": list(specs), "deps": not no_deps, "nodes": parse_nodes(nodes)},
+                " ".join(specs), no_progress, as_json)
 
 
 @cli.command("configure")
