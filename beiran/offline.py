@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
@@ -145,14 +144,6 @@ class OfflineAnswers:
 def describe(counts: tuple[tuple[str, int], ...], width: int = 19) -> str:
     """'sha256:aaaa x1, sha256:bbbb x1' for a refused verdict's log line."""
     return ", ".join(f"{v[:width]} x{n}" for v, n in counts[:4])
-
-
-def tally(verdicts: Mapping[str, Verdict]) -> Counter[str]:
-    """Peers that agreed on at least one key, with how many keys each agreed on."""
-    c: Counter[str] = Counter()
-    for v in verdicts.values():
-        c.update(v.agreed)
-    return c
 
 
 @dataclass

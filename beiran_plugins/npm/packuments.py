@@ -223,7 +223,8 @@ class PackumentCache:
         """The versions (and dist-tags) enough peers agree on, each peer's copy being one it fetched
         from its own upstream. Kept in memory only: the node never takes it for its own copy."""
         path = f"/npm/-/beiran/peer/packument/{kind}/{quote(name, safe='@')}"
-        answers = await self.offline.ask(path, lambda body: _peer_doc(body, name), self.upstream.max_packument_size)
+        answers = await self.offline.ask(path, lambda body: _peer_doc(body, name, kind),
+                                         self.upstream.max_packument_size)
         what = f"packument {name} ({kind})"
         verdicts = offline.agree({n: votes for n, (_, votes) in answers.items()}, self.offline.quorum)
         if not verdicts:
@@ -235,7 +236,7 @@ class PackumentCache:
             self.offline.report(offline.REFUSED, what, detail=f"{exc.message}; {len(answers)} peers answered, "
                                 f"{left_out} versions/tags without agreement")
             return None
-        peers = sorted(offline.tally(verdicts))
+        peers = _vouching(verdicts)
         latest = doc["dist-tags"].get("latest")
         integrity = ((doc["versions"].get(latest) or {}).get("dist") or {}).get("integrity") if latest else None
         value = f"{len(doc['versions'])} versions, latest {latest} {str(integrity or '')[:30]}"
@@ -286,10 +287,14 @@ class PackumentCache:
         return await self.ctx.run_db(lambda: NpmPackument.select().count())
 
 
-def _peer_doc(body: bytes, name: str) -> tuple[dict[str, Any], dict[str, str]]:
+def _peer_doc(body: bytes, name: str, kind: str) -> tuple[dict[str, Any], dict[str, str]]:
     """A peer's packument and its votes: each version's manifest (hashed, with the tarball URL
-    reduced to its file name, which is all this node uses of it) and each dist-tag's version."""
+    reduced to its file name, which is all this node uses of it) and each dist-tag's version.
+    Abbreviated answers are compared (and served) in this node's own abbreviated form, so a peer
+    that stored the upstream's and one that abbreviated its full copy can agree."""
     doc = parse(body, name)
+    if kind == "abbr":
+        doc = abbreviate(doc)
     votes = {}
     for v, manifest in (doc.get("versions") or {}).items():
         m = dict(manifest)
@@ -299,6 +304,14 @@ def _peer_doc(body: bytes, name: str) -> tuple[dict[str, Any], dict[str, str]]:
     for tag, v in (doc.get("dist-tags") or {}).items():
         votes[f"tag:{tag}"] = v
     return doc, votes
+
+
+def _vouching(verdicts: dict[str, offline.Verdict]) -> list[str]:
+    """The peers named for an agreed packument: those that agreed on every version served (else on
+    any), so a peer that only shared the dist-tags is not listed as vouching for the manifests."""
+    served = [set(v.agreed) for k, v in verdicts.items() if k.startswith("version:") and v.value is not None]
+    every = set.intersection(*served) if served else set()
+    return sorted(every or set().union(*served))
 
 
 def _agreed_doc(name: str, kind: str, docs: dict[str, dict[str, Any]],
