@@ -32,6 +32,9 @@ HEADER = "X-Beiran-Offline"
 #: outcomes counted in beiran_offline_answers_total
 OWN, AGREED, REFUSED, UNKNOWN = "own", "agreed", "refused", "unknown"
 MIN_QUORUM = 2
+#: peer requests in flight per plugin: an outage with many clients asking must not open a connection
+#: per client per peer at once
+PARALLEL_ASKS = 16
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ class OfflineAnswers:
     def __init__(self, ctx: DaemonContext, plugin: str) -> None:
         self.ctx = ctx
         self.plugin = plugin
+        self._slots = asyncio.Semaphore(PARALLEL_ASKS)
 
     @property
     def quorum(self) -> int:
@@ -115,7 +119,8 @@ class OfflineAnswers:
                     return None
                 return await resp.read_all(limit, idle_timeout=timeout)
         try:
-            body = await asyncio.wait_for(get(), timeout * 2)
+            async with self._slots:
+                body = await asyncio.wait_for(get(), timeout * 2)
             if body is None:
                 return None
             return _Got(await self.ctx.run_blocking(parse, body))
