@@ -2,8 +2,8 @@
 version has. One rule for every plugin, because a wrong answer here is served to clients as truth.
 
 1. A node's own last answer from its upstream comes first (the plugin checks it before asking).
-2. Otherwise online peers are asked, and a value is used only when at least `quorum` distinct peers
-   (never fewer than 2) and a strict majority of the peers that answered for that key returned it.
+2. Otherwise online peers are asked (one per host), and a value is used only when at least `quorum`
+   of them (never fewer than 2) and a strict majority of those that answered for that key returned it.
 3. A peer's clocks and `updated` values are never compared: "newest" is what an attacker would claim.
 
 Every answer given this way is one WARNING line (what, the value, which peers agreed) and one
@@ -19,6 +19,7 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
+from urllib.parse import urlsplit
 
 from beiran.errors import BeiranError
 from beiran.httpstream import stream_request
@@ -87,14 +88,17 @@ class OfflineAnswers:
         return max(self.ctx.config.offline.quorum, MIN_QUORUM)
 
     def peers(self) -> list[str]:
-        """Online peers running this plugin, at most `offline.max_peers` of them (a random choice,
-        so a fixed set of nodes cannot arrange to be the ones asked)."""
-        found = []
+        """Online peers running this plugin, one per host (several node UUIDs on one machine are one
+        voice), at most `offline.max_peers` of them (a random choice, so a fixed set of nodes cannot
+        arrange to be the ones asked)."""
+        by_host: dict[str, str] = {}
         for node in self.ctx.peers.online():
             conn = self.ctx.peers.conn(node)
             plugins = conn.info.get("plugins") if conn is not None else None
-            if conn is not None and (not isinstance(plugins, list) or self.plugin in plugins):
-                found.append(node)
+            host = urlsplit(self.ctx.peers.url_of(node) or "").hostname
+            if conn is not None and host and (not isinstance(plugins, list) or self.plugin in plugins):
+                by_host.setdefault(host, node)
+        found = list(by_host.values())
         limit = max(self.ctx.config.offline.max_peers, 1)
         return random.sample(found, limit) if len(found) > limit else found
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import tornado.web
+from tornado.netutil import bind_sockets
 from tornado.testing import AsyncHTTPTestCase, gen_test
 
 from beiran import offline
@@ -54,6 +55,13 @@ class _Peers:
 
 
 class AskPeersTest(AsyncHTTPTestCase):
+    """Each fake peer on its own loopback address (127.0.0.2...), all served by one test app."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        for i in range(2, 2 + 24):
+            self.http_server.add_sockets(bind_sockets(self.get_http_port(), f"127.0.0.{i}"))
+
     def get_app(self) -> tornado.web.Application:
         self.hits: list[str] = []
         test = self
@@ -86,16 +94,21 @@ class AskPeersTest(AsyncHTTPTestCase):
             return fn(*args)
         ctx = SimpleNamespace(config=config, metrics=metrics, run_blocking=run_blocking,
                               auth=SimpleNamespace(headers=lambda method, path: {}),
-                              peers=_Peers({n: self.get_url(f"/{n}") for n in names}, plugins or {}))
+                              peers=_Peers({n: self._url(i, n) for i, n in enumerate(names)}, plugins or {}))
         return offline.OfflineAnswers(ctx, "docker"), metrics  # type: ignore[arg-type]
+
+    def _url(self, i: int, name: str) -> str:
+        host = "127.0.0.2" if name.startswith("samehost") else f"127.0.0.{3 + i}"
+        return f"http://{host}:{self.get_http_port()}/{name}"
 
     @gen_test(timeout=10)
     async def test_only_whole_small_prompt_answers_from_peers_running_the_plugin_count(self) -> None:
-        names = ["good1", "good2", "redirect", "big", "slow", "missing", "garbage", "other"]
+        names = ["good1", "good2", "redirect", "big", "slow", "missing", "garbage", "other", "samehost1", "samehost2"]
         answers, _ = self._answers(names, {"other": ["npm"]})
         got = await answers.ask("/docker/tags?tag=v1", lambda body: json.loads(body)["digest"], 4096)
-        assert got == {"good1": GOOD["digest"], "good2": GOOD["digest"]}
+        assert got == {"good1": GOOD["digest"], "good2": GOOD["digest"], "samehost1": GOOD["digest"]}
         assert "elsewhere" not in self.hits and "other" not in self.hits  # no redirect followed
+        assert "samehost2" not in self.hits  # two node UUIDs on one host are one voice
 
     @gen_test(timeout=10)
     async def test_at_most_max_peers_are_asked(self) -> None:
