@@ -150,11 +150,6 @@ class OfflineAnswers:
         log.warning("offline answer (%s): %s%s", self.plugin, msg, f"; {detail}" if detail else "")
 
 
-def describe(counts: tuple[tuple[str, int], ...], width: int = 19) -> str:
-    """'sha256:aaaa x1, sha256:bbbb x1' for a refused verdict's log line."""
-    return ", ".join(f"{v[:width]} x{n}" for v, n in counts[:4])
-
-
 @dataclass
 class _Got(Generic[T]):
     value: T

@@ -141,8 +141,8 @@ class Mirror:
             self.offline.report(offline.UNKNOWN, what)
             return None
         if verdict.value is None:
-            self.offline.report(offline.REFUSED, what, detail=f"{verdict.answered} answered: "
-                                f"{offline.describe(verdict.counts, 26)}")
+            seen = ", ".join(f"{json.loads(v)[0][:26]} x{n}" for v, n in verdict.counts[:4])
+            self.offline.report(offline.REFUSED, what, detail=f"{verdict.answered} answered: {seen}")
             return None
         digest, media_type, size = json.loads(verdict.value)
         self.offline.report(offline.AGREED, what, digest, verdict.agreed)

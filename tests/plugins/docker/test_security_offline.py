@@ -59,10 +59,16 @@ def test_registry_down_a_tampered_peer_tag_is_never_served_two_agreeing_peers_ar
     assert headers.get("X-Beiran-Offline") == "own"
     assert _offline_metric(n1, "own") == 1
 
-    # 2. a node that never saw the tag, with only the attacker as a peer: no answer at all
-    lonely = cluster.add(config=docker_config(registry), peers=[attacker.url])
+    # two nodes that never saw the tag: one whose only peer is the attacker, one that knows every node
+    lonely = cluster.add(config=docker_config(registry), peers=[attacker.url], start=False)
+    fresh = cluster.add(config=docker_config(registry), peers=[n1.url, n2.url, attacker.url], start=False)
+    for node in (lonely, fresh):
+        node.start(wait=False)
+    for node in (lonely, fresh):
+        node.wait_ready()
     cluster.wait_connected([lonely, attacker])
     assert lonely.online_peers() == {attacker.uuid}
+    # 2. with only the attacker as a peer: no answer at all
     status, _, body = lonely.tcp("GET", PATH, headers=ACCEPT)
     assert body != evil.manifest_bytes, "one peer's word was served for a tag during an outage"
     assert status == 502 and oci_error(body) == "UNAVAILABLE"
@@ -70,7 +76,6 @@ def test_registry_down_a_tampered_peer_tag_is_never_served_two_agreeing_peers_ar
     assert "peers do not agree" in lonely.log()  # 1 of 1 answered: below the quorum of 2
 
     # 3. two honest peers agree, the attacker disagrees: the honest answer, marked as offline
-    fresh = cluster.add(config=docker_config(registry))
     cluster.wait_connected([fresh, n1, n2, attacker])
     status, headers, body = fresh.tcp("GET", PATH, headers=ACCEPT)
     assert status == 200 and body == img.manifest_bytes

@@ -54,10 +54,16 @@ def test_upstream_down_a_tampered_peer_packument_is_never_served_two_agreeing_pe
     assert n1.tcp("GET", tarball)[2] == real.tarball  # the real tarball is in the cluster too
     upstream.stop()  # connection refused from now on
 
-    # 1. a node that never saw the package, with only the attacker as a peer: no packument, no tarball
-    lonely = cluster.add(config=config, peers=[attacker.url])
+    # two nodes that never saw the package: one whose only peer is the attacker, one that knows every node
+    lonely = cluster.add(config=config, peers=[attacker.url], start=False)
+    fresh = cluster.add(config=config, peers=[n1.url, n2.url, attacker.url], start=False)
+    for node in (lonely, fresh):
+        node.start(wait=False)
+    for node in (lonely, fresh):
+        node.wait_ready()
     cluster.wait_connected([lonely, attacker])
     assert lonely.online_peers() == {attacker.uuid}
+    # 1. with only the attacker as a peer: no packument, no tarball
     status, _, body = lonely.tcp("GET", f"/npm/{PKG}", headers=FULL)
     assert sri512(evil).encode() not in body, "one peer's packument was served during an outage"
     assert status == 502, body
@@ -68,7 +74,6 @@ def test_upstream_down_a_tampered_peer_packument_is_never_served_two_agreeing_pe
     assert "offline answer (npm): not answering packument beiran-test-p25" in lonely.log()
 
     # 2. two honest peers agree, the attacker disagrees: npm installs the real package, marked offline
-    fresh = cluster.add(config=config)
     cluster.wait_connected([fresh, n1, n2, attacker])
     status, headers, body = fresh.tcp("GET", f"/npm/{PKG}", headers=FULL)
     assert status == 200 and json.loads(body)["versions"][VERSION]["dist"]["integrity"] == real.integrity
