@@ -85,6 +85,15 @@ class FetchConfig:
 
 
 @dataclass
+class OfflineConfig:
+    """Metadata from peers while an upstream is down (beiran/offline.py)."""
+
+    quorum: int = 2  # distinct peers that must return the same answer (and a majority); at least 2
+    max_peers: int = 8  # peers asked per question
+    timeout: float = 5.0  # seconds per peer
+
+
+@dataclass
 class Config:
     data_dir: Path = field(default_factory=_default_data_dir)
     run_dir: Path | None = None
@@ -102,6 +111,7 @@ class Config:
     origins: dict[str, str] = field(default_factory=dict)
     store: StoreConfig = field(default_factory=StoreConfig)
     fetch: FetchConfig = field(default_factory=FetchConfig)
+    offline: OfflineConfig = field(default_factory=OfflineConfig)
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
     testing: dict[str, Any] = field(default_factory=dict)  # Beiran's own tests only: see TESTING_SWITCHES
     source_file: Path | None = None
@@ -198,6 +208,9 @@ def _build_section(cls: type, data: dict[str, Any], where: str) -> Any:
     if isinstance(obj, FetchConfig):
         obj.large_blob_threshold = parse_size(obj.large_blob_threshold, "fetch.large_blob_threshold") or 0
         obj.piece_size = parse_size(obj.piece_size, "fetch.piece_size") or (8 << 20)
+    if isinstance(obj, OfflineConfig) and not (isinstance(obj.quorum, int) and obj.quorum >= 2):
+        raise ConfigError(f"config: offline.quorum must be an integer of at least 2 (one peer's word is never "
+                          f"enough during an outage), not {obj.quorum!r}")
     return obj
 
 
@@ -224,6 +237,7 @@ def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] |
     try:
         store = _build_section(StoreConfig, data.pop("store", {}) or {}, "store.")
         fetch = _build_section(FetchConfig, data.pop("fetch", {}) or {}, "fetch.")
+        offline = _build_section(OfflineConfig, data.pop("offline", {}) or {}, "offline.")
         plugins = data.pop("plugins", {}) or {}
         if not isinstance(plugins, dict) or not all(isinstance(v, dict) for v in plugins.values()):
             raise ConfigError("config: [plugins.<name>] sections must be tables")
@@ -231,6 +245,7 @@ def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] |
     except TypeError as exc:
         raise ConfigError(f"config: {exc}") from exc
     cfg.store, cfg.fetch, cfg.plugins, cfg.source_file = store, fetch, plugins, source
+    cfg.offline = offline
     cfg.data_dir = Path(cfg.data_dir).expanduser()
     cfg.run_dir = Path(cfg.run_dir).expanduser() if cfg.run_dir else _default_run_dir(cfg.data_dir)
     cfg.socket = Path(cfg.socket).expanduser() if cfg.socket else None

@@ -25,6 +25,9 @@ class Metrics:
                                        registry=r)
         self.peer_messages = Counter("beiran_peer_messages", "Peer protocol messages received", ["type"],
                                      registry=r)
+        self.offline_answers = Counter("beiran_offline_answers", "Metadata answered (or refused) while an "
+                                       "upstream was down, by outcome: own, agreed, refused, unknown",
+                                       ["plugin", "outcome"], registry=r)
         self.store_blobs = Gauge("beiran_store_blobs", "Blobs in the local store", registry=r)
         self.store_bytes = Gauge("beiran_store_bytes", "Bytes in the local store", registry=r)
         self.peers_online = Gauge("beiran_peers_online", "Peers connected and synced", registry=r)

@@ -17,6 +17,7 @@ from typing import Any
 import tornado.web
 from tornado.iostream import StreamClosedError
 
+from beiran import offline
 from beiran.errors import BeiranError
 from beiran.handlers import BaseHandler
 from beiran.peer.serving import detach_socket, parse_range, sendfile_range
@@ -107,6 +108,8 @@ class ManifestHandler(OCIHandler):
             tag = validate_tag(reference)
             info = await mirror.resolve_tag(registry, repository, tag, self.request.headers.get_list("Accept"))
             digest, media_type, size = info.digest, info.media_type, info.size
+            if info.offline:
+                self.set_header(offline.HEADER, info.offline)
         self.check_private(digest)
         known = mirror.known.get(digest)
         if head and (known or (size is not None and media_type)):

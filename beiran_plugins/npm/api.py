@@ -16,6 +16,7 @@ import re
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from beiran import offline
 from beiran.errors import BadRequest, BeiranError, Forbidden, NotFound
 from beiran.handlers import BaseHandler, JSONEndpoint
 from beiran_plugins.npm import tarballs, warm
@@ -76,21 +77,23 @@ class RegistryHandler(NpmHandler):
             if version is None:
                 raise NotFound(f"{what.name}@{what.ref} is not in the registry")
             doc = rewrite_version(p.manifest(version) or {}, what.name, version, self.base_url())
-            self._send_doc(json.dumps(doc).encode(), "application/json", p.stale)
+            self._send_doc(json.dumps(doc).encode(), "application/json", p.stale, p.offline)
             return
         kind = packument_headers_kind(self.request.headers.get("Accept"))
         p = await plugin.packuments.get(what.name, kind)
         base = self.base_url()
         body = await self.ctx.run_blocking(lambda: json.dumps(rewrite(p.doc, what.name, base)).encode())
         plugin.count("packuments_served")
-        self._send_doc(body, ABBREVIATED if kind == "abbr" else "application/json", p.stale)
+        self._send_doc(body, ABBREVIATED if kind == "abbr" else "application/json", p.stale, p.offline)
 
-    def _send_doc(self, body: bytes, content_type: str, stale: bool) -> None:
+    def _send_doc(self, body: bytes, content_type: str, stale: bool, offline_answer: str | None = None) -> None:
         etag = '"' + hashlib.sha256(body).hexdigest()[:40] + '"'
         self.set_header("ETag", etag)
         self.set_header("Vary", "Accept")
         if stale:
             self.set_header("Warning", STALE_WARNING)
+        if offline_answer:
+            self.set_header(offline.HEADER, offline_answer)
         if etag in (self.request.headers.get("If-None-Match") or ""):
             self.set_status(304)
             self.finish()
