@@ -31,6 +31,7 @@ from beiran_plugins.docker.manifest import MAX_MANIFEST
 from beiran_plugins.docker.reference import DOCKER_HUB, DOCKER_HUB_ENDPOINT, validate_registry
 
 log = logging.getLogger("beiran.docker")
+_PREFIX = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _PARAM = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^\s,]+))')
 
 
@@ -46,6 +47,9 @@ class Endpoint:
     identity_token: str | None = None
     #: a bearer token sent to the registry as it is (docker config's "registrytoken")
     registry_token: str | None = None
+    #: `/v2/<prefix>/<repository>/...` on the mirror means this registry (registries.conf clients
+    #: such as podman, skopeo, CRI-O cannot say which registry they mean otherwise)
+    prefix: str | None = None
 
     def __post_init__(self) -> None:
         """Loads ca_file now (OSError, ssl.SSLError): a bad one is a config error, not a 500 per request."""
@@ -72,6 +76,8 @@ class Upstream:
         self.timeout = float(config.get("upstream_timeout", 10.0))
         self.allow_unconfigured = bool(config.get("allow_unconfigured", True))
         self.endpoints: dict[str, Endpoint] = {}
+        #: mirror path prefix -> registry name
+        self.prefixes: dict[str, str] = {}
         registries = config.get("registries") or {}
         if not isinstance(registries, dict):
             raise ConfigError("[plugins.docker.registries] must be a table of registries")
@@ -89,9 +95,17 @@ class Upstream:
             tokens = {k: section.get(k) or None for k in ("identity_token", "registry_token")}
             if any(v is not None and not isinstance(v, str) for v in tokens.values()):
                 raise ConfigError(f"registry {name}: identity_token and registry_token are strings")
+            prefix = section.get("prefix")
+            if prefix is not None:
+                if not isinstance(prefix, str) or not _PREFIX.match(prefix):
+                    raise ConfigError(f"registry {name}: prefix must be one path segment of lowercase letters, "
+                                      f"digits, '.', '_' or '-', not {prefix!r}")
+                if prefix in self.prefixes:
+                    raise ConfigError(f"registry {name}: prefix {prefix!r} is already {self.prefixes[prefix]}'s")
+                self.prefixes[prefix] = canon
             try:
                 self.endpoints[canon] = Endpoint(canon, url.rstrip("/"), section.get("username"),
-                                                 section.get("password"), ca_file, **tokens)
+                                                 section.get("password"), ca_file, **tokens, prefix=prefix)
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigError(f"registry {name}: cannot load ca_file {ca_file!r}: {exc}") from None
         self._tokens: dict[tuple[str, str], tuple[str, float]] = {}

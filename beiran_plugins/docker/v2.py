@@ -65,9 +65,18 @@ class OCIHandler(BaseHandler):
             self.ctx.store.check_access(digest, None)
 
     def target(self, name: str) -> tuple[str, str]:
-        """(registry, upstream repository) from the path and containerd's `?ns=`."""
+        """(registry, upstream repository) from containerd's `?ns=`, else a registry's `prefix` as the
+        path's first segment (`/v2/<prefix>/<repository>/...`), else the default registry."""
         ns = self.get_query_argument("ns", None)
-        registry = validate_registry(ns) if ns else self.plugin.default_registry
+        if ns:
+            registry = validate_registry(ns)
+        else:
+            first, _, rest = name.partition("/")
+            registry = self.plugin.upstream.prefixes.get(first, "") if rest else ""
+            if registry:
+                name = rest
+            else:
+                registry = self.plugin.default_registry
         return registry, upstream_repository(registry, validate_repository(name))
 
 
