@@ -127,7 +127,7 @@ def gc(as_json: bool) -> None:
     if as_json:
         emit_json(data)
     else:
-        click.echo(", ".join(f"{k}: {v}" for k, v in data.items()))
+        click.echo(", ".join(f"{k}: {human_size(v) if k.endswith('bytes') else v}" for k, v in data.items()))
 
 
 @click.command()
@@ -138,6 +138,7 @@ def stats(as_json: bool) -> None:
     if as_json:
         emit_json(data)
         return
-    rows = [{"name": k, "value": int(v) if float(v).is_integer() else v}
+    rows = [{"name": k, "value": human_size(v) if "_bytes" in k.split("{")[0]
+             else (int(v) if float(v).is_integer() else v)}
             for k, v in sorted(data["metrics"].items())]
     table(rows, [("name", "COUNTER"), ("value", "VALUE")])

@@ -6,7 +6,10 @@ import http.client
 import json
 import os
 import socket
+import stat
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from beiran.cli.errors import CLIError
@@ -24,42 +27,113 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-def default_socket() -> str:
-    env = os.environ.get("BEIRAN_SOCKET")
-    if env:
-        return env
+HINT = ("start it with `beiran daemon` (scripts/daemon in a checkout), or name its socket with "
+        "--socket PATH or BEIRAN_SOCKET=PATH")
+QUICK_START_SOCKET = Path(".beiran-data") / "beirand.sock"
+
+
+def quick_start_sockets() -> list[Path]:
+    """Sockets of a daemon started by scripts/daemon (`--data-dir <checkout>/.beiran-data`): next
+    to the venv this CLI runs from (`<checkout>/.venv`), and in the working directory or above it.
+    Only sockets of this user (or root) count: a socket someone else left in a shared directory
+    must not receive our admin requests."""
+    places = []
+    if sys.prefix != sys.base_prefix:
+        places.append(Path(sys.prefix).parent)
+    cwd = Path.cwd()
+    places += [cwd, *cwd.parents]
+    found: list[Path] = []
+    for place in places:
+        path = place / QUICK_START_SOCKET
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        if stat.S_ISSOCK(st.st_mode) and st.st_uid in (os.getuid(), 0) and path not in found:
+            found.append(path)
+    return found
+
+
+def default_sockets() -> list[tuple[str, str]]:
+    """(path, where it came from) for each socket to try when none was named."""
     from beiran.config import load_config
     from beiran.errors import BeiranError
 
     try:
-        return str(load_config().socket_path)
+        # The CLI needs only the socket path: stray BEIRAN_* variables are the daemon's to refuse.
+        cfg = load_config(strict_env=False)
     except BeiranError as exc:
         raise CLIError(exc.message) from None
+    where = f"socket of {cfg.source_file}" if cfg.source_file else "default socket"
+    if os.environ.get("BEIRAN_DATA_DIR") or os.environ.get("BEIRAN_RUN_DIR"):
+        where = "socket of BEIRAN_DATA_DIR / BEIRAN_RUN_DIR"
+    tried = [(str(cfg.socket_path), where)]
+    tried += [(str(p), "quick-start daemon") for p in quick_start_sockets() if str(p) != tried[0][0]]
+    return tried
+
+
+def _why_not(path: str, exc: OSError | None) -> str:
+    """What is at `path` instead of a daemon, in a few words."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as err:
+        return err.strerror or str(err)
+    if stat.S_ISDIR(st.st_mode):
+        return "a directory, not a socket"
+    if not stat.S_ISSOCK(st.st_mode):
+        return "a regular file, not a socket" if stat.S_ISREG(st.st_mode) else "not a socket"
+    if isinstance(exc, ConnectionRefusedError):
+        return "nothing listens there (left by a daemon that stopped?)"
+    return (exc.strerror or str(exc)) if exc else "unusable"
 
 
 class DaemonClient:
-    def __init__(self, socket_path: str | None = None, timeout: float = 60.0) -> None:
-        self.socket_path = socket_path or default_socket()
+    def __init__(self, socket_path: str | None = None, timeout: float = 60.0, origin: str = "--socket") -> None:
+        """`socket_path` given (--socket or BEIRAN_SOCKET, named by `origin`): only that one is
+        tried. Else the config's socket, then a quick-start daemon's."""
+        self.candidates = [(socket_path, origin)] if socket_path else None
+        self._named = bool(socket_path)
+        self.socket_path = socket_path
         self.timeout = timeout
+
+    def _connect(self, method: str, path: str, data: Any, hdrs: dict[str, str]) -> http.client.HTTPResponse:
+        candidates = self.candidates
+        if candidates is None:
+            candidates = self.candidates = default_sockets()
+        failures = []
+        for sock_path, where in candidates:
+            if self._named and os.path.exists(sock_path) and not stat.S_ISSOCK(os.stat(sock_path).st_mode):
+                raise CLIError(f"{where} {sock_path} is {_why_not(sock_path, None)}: point --socket or "
+                               "BEIRAN_SOCKET at the daemon's beirand.sock (in its run_dir or data_dir)")
+            if not os.path.exists(sock_path) or not stat.S_ISSOCK(os.stat(sock_path).st_mode):
+                failures.append(f"{sock_path} ({where}: {_why_not(sock_path, None)})")
+                continue
+            conn = _UnixConnection(sock_path, self.timeout)
+            try:
+                conn.request(method, path, body=data, headers=hdrs)
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                failures.append(f"{sock_path} ({where}: {_why_not(sock_path, exc)})")
+                continue
+            except PermissionError:
+                raise CLIError(f"permission denied on {sock_path} ({where}): the admin socket is for root "
+                               "and the socket's group") from None
+            self.socket_path, self.candidates = sock_path, [(sock_path, where)]
+            return conn.getresponse()
+        raise CLIError(f"the beiran daemon is not running: tried {'; '.join(failures)}; {HINT}")
 
     def _open(self, method: str, path: str, body: Any = None, raw: Any = None,
               headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
-        conn = _UnixConnection(self.socket_path, self.timeout)
         hdrs = dict(headers or {})
         data = raw
         if body is not None:
             data = json.dumps(body).encode()
             hdrs["Content-Type"] = "application/json"
         try:
-            conn.request(method, path, body=data, headers=hdrs)
-            return conn.getresponse()
-        except (FileNotFoundError, ConnectionRefusedError):
-            raise CLIError(f"the beiran daemon is not running (no daemon at {self.socket_path}); "
-                           "start it with `beiran daemon`") from None
-        except PermissionError:
-            raise CLIError(f"permission denied on {self.socket_path}") from None
+            return self._connect(method, path, data, hdrs)
         except TimeoutError:
-            raise CLIError("the beiran daemon did not answer in time") from None
+            raise CLIError(f"the beiran daemon at {self.socket_path} did not answer in time") from None
         except OSError as exc:
             raise CLIError(f"cannot talk to the daemon at {self.socket_path}: {exc}") from None
 
