@@ -173,14 +173,20 @@ class DaemonClient:
             if line:
                 yield json.loads(line)
 
-    def download(self, path: str, out: Any, chunk: int = 1 << 20) -> int:
+    def download(self, path: str, out: Any, chunk: int = 1 << 20, progress: Any = None) -> int:
+        """GET `path` into `out`; `progress(bytes_so_far, total_or_None)` after each chunk."""
         resp = self._open("GET", path)
         self._raise_for(resp)
         n = 0
+        length = resp.getheader("Content-Length")
+        total = int(length) if length is not None and length.isdigit() else None
+        if progress is not None:
+            progress(0, total)
         while data := resp.read(chunk):
             out.write(data)
             n += len(data)
-        length = resp.getheader("Content-Length")
+            if progress is not None:
+                progress(n, total)
         if length is not None and length.isdigit() and n != int(length):
             raise CLIError(f"the daemon stopped after {n} of {length} bytes (see the daemon log)")
         return n

@@ -102,21 +102,18 @@ def warm(specs: tuple[str, ...], lockfile: str | None, no_deps: bool, no_progres
     if not specs and not entries:
         raise CLIError("nothing to warm: name packages or give --lockfile")
     body = {"packages": list(specs), "deps": not no_deps, "lockfile": entries}
+    from beiran.cli.progress import Progress
+
     final: dict[str, Any] = {}
-    bar = None
-    try:
+    # a bar on a terminal; the summary line (and one line per failure) otherwise
+    with Progress(not no_progress and not as_json and sys.stderr.isatty(), unit="items") as progress:
         for event in client(timeout=3600).stream_lines("POST", "/npm/-/beiran/warm", body):
-            if event.get("stage") == "fetching" and not no_progress and not as_json and sys.stderr.isatty():
-                bar = click.progressbar(length=event["total"], label="warming", file=sys.stderr,
-                                        item_show_func=lambda e: e)
-                bar.__enter__()
-            elif "package" in event and bar is not None:
-                bar.update(1, event["package"])
+            if event.get("stage") == "fetching":
+                progress.add("warm", "warming", event["total"])
+            elif "package" in event:
+                progress.update("warm", advance=1)
             if event.get("done"):
                 final = event
-    finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
     if as_json:
         emit_json(final)
     else:
