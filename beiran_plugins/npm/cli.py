@@ -126,6 +126,22 @@ def warm(specs: tuple[str, ...], lockfile: str | None, no_deps: bool, no_progres
         raise CLIError(f"{len(failed)} package(s) could not be warmed")
 
 
+#: what npm sends as its token to a refusing proxy: npm checks that it has a credential for the
+#: registry before it sends a publish (else it stops with its own ENEEDAUTH and never asks Beiran);
+#: with this one it sends the request and prints Beiran's answer (why, and where to publish).
+NO_WRITES_TOKEN = "beiran-proxy-serves-reads-only"
+
+
+def npmrc_auth_lines(registry: str, writes: str, upstream: str) -> list[str]:
+    """The .npmrc lines that let npm's writes (publish, login...) reach this proxy's answer."""
+    nerf = "//" + registry.split("://", 1)[-1]
+    if writes == "forward":
+        return [f"; writes go on to {upstream} with this token: put your token for it here",
+                f"; {nerf}:_authToken=${{NPM_TOKEN}}"]
+    return ["; not a secret: lets npm send publish/login here, so you see where to send them instead",
+            f"{nerf}:_authToken={NO_WRITES_TOKEN}"]
+
+
 @cli.command("configure")
 @json_option
 def configure(as_json: bool) -> None:
@@ -140,6 +156,7 @@ def configure(as_json: bool) -> None:
     host = urlsplit(info["upstream"]).hostname or ""
     if host and host != "registry.npmjs.org":
         lines.append(f"replace-registry-host={host}")
+    lines += npmrc_auth_lines(info["registry"], info.get("writes", "refuse"), info["upstream"])
     if as_json:
         emit_json({**info, "npmrc": lines})
         return
