@@ -56,6 +56,13 @@ class Progress:
             self._rich.stop()
             self._rich = None
 
+    def say(self, text: str) -> None:
+        """One line about the work as a whole (above the bars on a terminal)."""
+        if self._rich is not None:
+            self._rich.console.print(text, markup=False, highlight=False)
+        elif self.enabled:
+            click.echo(text, file=self.stream)
+
     def add(self, key: str, label: str, total: int | None = None) -> None:
         if key in self._labels:
             return

@@ -62,7 +62,11 @@ def pull(ref: str, platform: str | None, no_progress: bool, no_load: bool, as_js
         for event in client(timeout=3600).stream_lines("POST", "/docker/images?cmd=pull",
                                                        {"ref": ref, "platform": platform, "load": not no_load}):
             final = event
-            if event.get("event") == "progress":
+            if event.get("event") == "manifest":
+                blobs = event.get("blobs") or []
+                progress.say(f"{event.get('ref')} ({event.get('platform') or 'single platform'}): {len(blobs)} blobs, "
+                             f"{human_size(sum(b.get('size') or 0 for b in blobs))}")
+            elif event.get("event") == "progress":
                 _show_layers(progress, event.get("layers") or [])
     if as_json:
         emit_json(final)

@@ -165,3 +165,48 @@ def test_plugin_tables_say_yes_and_no(cluster, tmp_path):
     row = next(line.split() for line in out.stdout.splitlines() if line.startswith("hello "))
     assert row[-2:] == ["yes", "ready"], out.stdout
     assert "True" not in out.stdout
+
+
+# -- item 8: progress on long work ------------------------------------------------------------------
+def on_terminal(*args: str) -> tuple[int, str, str]:
+    """`beiran ARGS` with stderr on a pseudo-terminal (where progress is drawn): (rc, stdout, terminal)."""
+    master, slave = os.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BEIRAN_")}
+    env.update(TERM="xterm", COLUMNS="120")
+    proc = subprocess.Popen([sys.executable, "-m", "beiran", *args], stdout=subprocess.PIPE, stderr=slave,
+                            stdin=subprocess.DEVNULL, env=env)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    out = proc.stdout.read().decode()
+    proc.stdout.close()
+    return proc.wait(60), out, b"".join(chunks).decode(errors="replace")
+
+
+def test_blobs_add_and_fetch_output_draw_progress_on_a_terminal(cluster, tmp_path):
+    node = cluster.add(peers=None)
+    data = os.urandom(3 << 20)
+    src = tmp_path / "big.bin"
+    src.write_bytes(data)
+    rc, out, term = on_terminal("--socket", node.socket, "blobs", "add", str(src))
+    assert rc == 0, term
+    digest = out.strip()
+    assert digest.startswith("sha256:") and node.blob(digest) == data
+    assert "━" in term and "big.bin stored" in term and "3.0/3.0 MiB" in term, term
+
+    target = tmp_path / "copy.bin"
+    rc, out, term = on_terminal("--socket", node.socket, "blobs", "fetch", digest, "-o", str(target))
+    assert rc == 0, term
+    assert target.read_bytes() == data
+    assert f"{digest[:19]} -> {target} written" in term and "━" in term, term
+    # off a terminal: no bars, the digest (and the summary) only
+    plain = run("--socket", node.socket, "blobs", "add", str(src))
+    assert plain.returncode == 0 and plain.stdout.strip() == digest and plain.stderr == ""
