@@ -32,30 +32,32 @@ HINT = ("start it with `beiran daemon` (scripts/daemon in a checkout), or name i
 QUICK_START_SOCKET = Path(".beiran-data") / "beirand.sock"
 
 
-def quick_start_sockets() -> list[Path]:
+def _quick_start_socket(place: Path) -> Path | None:
+    path = place / QUICK_START_SOCKET
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return path if stat.S_ISSOCK(st.st_mode) and st.st_uid in (os.getuid(), 0) else None
+
+
+def quick_start_sockets() -> tuple[list[Path], list[Path]]:
     """Sockets of a daemon started by scripts/daemon (`--data-dir <checkout>/.beiran-data`): next
     to the venv this CLI runs from (`<checkout>/.venv`), and in the working directory or above it.
     Only sockets of this user (or root) count: a socket someone else left in a shared directory
     must not receive our admin requests."""
-    places = []
-    if sys.prefix != sys.base_prefix:
-        places.append(Path(sys.prefix).parent)
+    by_venv = []
+    if sys.prefix != sys.base_prefix and (found := _quick_start_socket(Path(sys.prefix).parent)):
+        by_venv.append(found)
     cwd = Path.cwd()
-    places += [cwd, *cwd.parents]
-    found: list[Path] = []
-    for place in places:
-        path = place / QUICK_START_SOCKET
-        try:
-            st = path.stat()
-        except OSError:
-            continue
-        if stat.S_ISSOCK(st.st_mode) and st.st_uid in (os.getuid(), 0) and path not in found:
-            found.append(path)
-    return found
+    by_cwd = [p for place in (cwd, *cwd.parents) if (p := _quick_start_socket(place)) and p not in by_venv]
+    return by_venv, by_cwd
 
 
 def default_sockets() -> list[tuple[str, str]]:
-    """(path, where it came from) for each socket to try when none was named."""
+    """(path, where it came from) for each socket to try when none was named: a config file's
+    socket first; else the daemon scripts/daemon started for the venv this CLI runs from, the
+    default socket, then a quick-start daemon's in the working directory or above."""
     from beiran.config import load_config
     from beiran.errors import BeiranError
 
@@ -67,9 +69,14 @@ def default_sockets() -> list[tuple[str, str]]:
     where = f"socket of {cfg.source_file}" if cfg.source_file else "default socket"
     if os.environ.get("BEIRAN_DATA_DIR") or os.environ.get("BEIRAN_RUN_DIR"):
         where = "socket of BEIRAN_DATA_DIR / BEIRAN_RUN_DIR"
-    tried = [(str(cfg.socket_path), where)]
-    tried += [(str(p), "quick-start daemon") for p in quick_start_sockets() if str(p) != tried[0][0]]
-    return tried
+    configured = (str(cfg.socket_path), where)
+    by_venv, by_cwd = quick_start_sockets()
+    venv = [(str(p), "quick-start daemon of this venv") for p in by_venv]
+    cwd = [(str(p), "quick-start daemon") for p in by_cwd]
+    tried = [configured, *venv] if cfg.source_file or where != "default socket" else [*venv, configured]
+    tried += cwd
+    seen: set[str] = set()
+    return [t for t in tried if not (t[0] in seen or seen.add(t[0]))]
 
 
 def _why_not(path: str, exc: OSError | None) -> str:
