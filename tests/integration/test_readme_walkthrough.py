@@ -110,18 +110,22 @@ def test_readme_quick_start_as_written_in_a_fresh_clone(clone: Path) -> None:
             time.sleep(0.5)
         assert f"admin socket: {sock}" in (clone.parent / "daemon.log").read_text()
 
+        # the block after it, as written, in one new shell (no BEIRAN_SOCKET): each command's output
+        script = "".join(f"echo @@begin\n{cmd}\necho \"@@rc $?\"\n" for cmd, _ in after)
+        out = subprocess.run(["bash", "-c", script], cwd=clone, env=env, capture_output=True, text=True,
+                             timeout=300)
+        parts = re.findall(r"@@begin\n(.*?)@@rc (\d+)\n", out.stdout, re.S)
+        assert len(parts) == len(after), out.stdout + out.stderr
         outputs = {}
-        for cmd, says in after:  # each in a new shell, as written, no BEIRAN_SOCKET
-            out = subprocess.run(["bash", "-c", cmd], cwd=clone, env=env, capture_output=True, text=True,
-                                 timeout=120)
-            assert out.returncode == 0, (cmd, out.stderr)
-            outputs[cmd.split()[1]] = (out.stdout, says)
+        for (cmd, says), (text, rc) in zip(after, parts, strict=True):
+            assert rc == "0", (cmd, out.stderr)
+            outputs[cmd.split()[1]] = (text, says)
 
         info, says = outputs["node"]
         fields = dict(line.split(None, 1) for line in info.splitlines() if " " in line)
         assert "uuid" in says and "url http://127.0.0.1:8888" in says and "plugins" in says
         assert uuid.UUID(fields["uuid"]) and fields["url"] == f"http://{ip}:8888"  # the address we gave
-        assert fields["plugins"].split(", ") == sorted(PLUGINS)
+        assert sorted(fields["plugins"].split(", ")) == PLUGINS
 
         table, says = outputs["plugins"]
         assert "ENABLED yes" in says and "STATUS ready" in says
