@@ -26,7 +26,7 @@ import pytest
 
 from beiran_testkit.daemon import UnixHTTP, next_subnet
 
-pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.timeout(900)]  # it builds the wheels
 PLUGINS = ["apt", "dns", "docker", "k8s", "npm", "zeroconf"]
 
 
