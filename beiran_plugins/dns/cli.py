@@ -27,7 +27,7 @@ def _get(path: str) -> Any:
         return client().get(path)
     except CLIError as exc:
         if "HTTP 404" in str(exc.message) and "no route" in str(exc.message):
-            raise CLIError("the dns plugin is not running on this daemon (see `beiran plugins list`)") from None
+            raise CLIError("the dns plugin is not running on this daemon (see `beiran plugins`)") from None
         raise
 
 
@@ -75,6 +75,6 @@ def refresh() -> None:
         client().post("/dns/refresh")
     except CLIError as exc:
         if "HTTP 404" in str(exc.message):
-            raise CLIError("the dns plugin is not running on this daemon (see `beiran plugins list`)") from None
+            raise CLIError("the dns plugin is not running on this daemon (see `beiran plugins`)") from None
         raise
     click.echo("refresh requested")

@@ -26,7 +26,7 @@ def fetch_status() -> dict[str, Any]:
     except CLIError as exc:
         if "HTTP 404" in str(exc.message):
             raise CLIError("the zeroconf plugin is not running on this daemon "
-                           "(see `beiran plugins list`)") from None
+                           "(see `beiran plugins`)") from None
         raise
 
 
