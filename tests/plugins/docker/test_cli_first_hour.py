@@ -36,8 +36,10 @@ def test_platform_mismatch_refused_before_any_layer(cluster, registry, test_imag
     assert "linux/arm64" in out.stdout
 
 
-def test_pull_prints_each_layer_when_it_is_done_not_at_the_end(cluster, registry, test_images):
-    (node,) = cluster.start(1, config=docker_config(registry))
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_pull_prints_each_layer_when_it_is_done_not_at_the_end(cluster, registry, test_images, nodes):
+    """With a peer (2 nodes), some blobs are fetched by their rendezvous owner for this node."""
+    node = cluster.start(nodes, config=docker_config(registry))[0]
     held = test_images.img.layers[-1].digest
     release, release_all = threading.Event(), threading.Event()
     registry.proxy.hold[re.escape(held)] = release
