@@ -10,7 +10,7 @@ import click
 
 from beiran.cli.errors import CLIError
 from beiran.cli.main import client
-from beiran.cli.output import emit_json, human_size, json_option, table
+from beiran.cli.output import emit_json, human_duration, human_size, json_option, table
 
 
 @click.group()
@@ -83,7 +83,8 @@ def fetch(digest: str, output: str | None, size: int | None, source: str | None,
                     os.unlink(tmp)
             progress.finish("download", "written")
     srcs = ", ".join(f"{k} {human_size(v)}" for k, v in (final.get("sources") or {}).items())
-    click.echo(f"{digest}: {human_size(final.get('total'))} in {final.get('elapsed')}s ({srcs or 'local'})")
+    took = human_duration(final.get("elapsed"))
+    click.echo(f"{digest}: {human_size(final.get('total'))} in {took} ({srcs or 'local'})")
 
 
 @blobs.command("list")

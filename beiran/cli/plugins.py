@@ -44,7 +44,7 @@ def plugins(as_json: bool) -> None:
 @click.option("--local", is_flag=True, help="Show the config this CLI would start a daemon with.")
 @json_option
 def config(local: bool, as_json: bool) -> None:
-    """The effective config of the running daemon (secrets masked)."""
+    """The running daemon's config as TOML a daemon can start from (secrets left out; --json: raw)."""
     if local:
         from beiran.config import load_config
         from beiran.errors import BeiranError

@@ -11,7 +11,7 @@ import click
 
 from beiran.cli.errors import CLIError
 from beiran.cli.main import client
-from beiran.cli.output import emit_json, human_size, json_option, table
+from beiran.cli.output import emit_json, human_duration, human_size, json_option, table
 
 
 @click.group(name="docker", short_help="Docker/OCI images commands.")
@@ -76,8 +76,9 @@ def pull(ref: str, platform: str | None, no_progress: bool, no_load: bool, as_js
     if final.get("error"):
         raise CLIError(final["error"].get("message", "pull failed"))
     src = final.get("sources") or {}
+    took = human_duration(final.get("elapsed"))
     click.echo(f"Pulled {final.get('ref')} ({_short(final.get('digest'))}, {final.get('platform')}): "
-               f"{final.get('layers')} layers, {human_size(final.get('size'))} in {final.get('elapsed')}s "
+               f"{final.get('layers')} layers, {human_size(final.get('size'))} in {took} "
                f"(local {human_size(src.get('local', 0))}, peers {human_size(src.get('peer', 0))}, "
                f"origin {human_size(src.get('origin', 0))})")
     if not no_load and final.get("engine"):
