@@ -222,7 +222,8 @@ def _pytest(session: nox.Session, dist: str, plugins: list[str], scratch: Path) 
         else:
             session.log(f"{plugin_tests.relative_to(ROOT)} does not exist yet: running the core tests only")
     env = _clean_env()
-    env.update({"BEIRAN_DIST": str(DIST), "BEIRAN_TEST_PLUGINS": ",".join(plugins)})
+    env.update({"BEIRAN_DIST": str(DIST), "BEIRAN_TEST_PLUGINS": ",".join(plugins),
+                "BEIRAN_TEST_REPO": str(ROOT)})  # the checkout, for the README walk-through's clone
     with session.chdir(scratch):
         for paths, select in runs:
             # pytest exits 5 when it collected (or kept) no test, e.g. `-k` matching only the

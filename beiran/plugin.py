@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 class PluginStatus(StrEnum):
     INIT = "init"
     READY = "ready"
+    DEGRADED = "degraded"  # started, but something it needs does not answer (see `health`)
     ERROR = "error"
     DISABLED = "disabled"
     STOPPED = "stopped"
@@ -54,6 +55,11 @@ class BasePlugin:
     def counters(self) -> dict[str, int]:
         """Event counts for `/metrics` (`beiran_plugin_events_total{plugin, event}`)."""
         return {}
+
+    async def health(self) -> str | None:
+        """Why this plugin cannot do its job right now (e.g. its container runtime is not
+        reachable), or None. Asked on each `GET /status`, so keep it to one quick check."""
+        return None
 
 
 class BasePackagePlugin(BasePlugin):

@@ -224,3 +224,26 @@ class PluginManager:
 
     def to_list(self) -> list[dict[str, Any]]:
         return [self.records[n].to_dict() for n in sorted(self.records)]
+
+    async def status_list(self, timeout: float = 2.0) -> list[dict[str, Any]]:
+        """`to_list` with each ready plugin's health asked now: a plugin whose outside dependency
+        (a container runtime, a resolver) does not answer is `degraded`, with the reason."""
+        import asyncio
+
+        rows = self.to_list()
+
+        async def health(row: dict[str, Any]) -> None:
+            rec = self.records[row["name"]]
+            if rec.instance is None or row["status"] != PluginStatus.READY.value:
+                return
+            try:
+                reason = await asyncio.wait_for(rec.instance.health(), timeout)
+            except TimeoutError:
+                reason = f"its health check did not answer in {timeout:g}s"
+            except Exception as exc:  # noqa: BLE001 - a health check must never break /status
+                reason = f"health check failed: {type(exc).__name__}: {exc}"
+            if reason:
+                row["status"], row["degraded"] = PluginStatus.DEGRADED.value, reason
+
+        await asyncio.gather(*(health(r) for r in rows))
+        return rows

@@ -98,6 +98,9 @@ class K8sPlugin(BaseInterfacePlugin):
         return {"socket": str(getattr(self, "socket_path", "")), "mirror": getattr(self, "mirror", ""),
                 "runtime_endpoint": getattr(self, "runtime_endpoint", ""), "cri_calls": dict(self.counts)}
 
+    async def health(self) -> str | None:
+        return await self.runtime.probe() if self.runtime is not None else None
+
     # -- used by the handlers ----------------------------------------------------------------------
     async def record_for(self, image_id: str, repo_digests: list[str] = ()) -> dict[str, Any] | None:
         """The newest K8sImage row for a runtime image (by ID, else by manifest digest)."""
