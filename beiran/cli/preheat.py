@@ -17,47 +17,21 @@ def _where(sources: dict[str, int] | None) -> str:
     return ", ".join(f"{k} {human_size(v)}" for k, v in sorted((sources or {}).items()) if v)
 
 
-class NodeLines:
-    """One redrawn line per node on a terminal; a line per node as it finishes otherwise."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled, self.tty = enabled, enabled and sys.stderr.isatty()
-        self.drawn = 0
-        self.finished: set[str] = set()
-
-    def update(self, rows: list[dict[str, Any]]) -> None:
-        if not self.enabled:
-            return
-        if not self.tty:
-            for r in rows:
-                if r["state"] != "downloading" and r["node"] not in self.finished:
-                    self.finished.add(r["node"])
-                    click.echo(self._line(r), err=True)
-            return
-        if self.drawn:
-            sys.stderr.write(f"\x1b[{self.drawn}F")
-        for r in rows:
-            sys.stderr.write("\x1b[2K" + self._line(r) + "\n")
-        sys.stderr.flush()
-        self.drawn = len(rows)
-
-    @staticmethod
-    def _line(r: dict[str, Any], width: int = 24) -> str:
-        frac = min(1.0, r["bytes"] / r["total"]) if r["total"] else (1.0 if r["state"] == "complete" else 0.0)
-        bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
-        tail = f"error: {r['error']}" if r.get("error") else r["state"]
-        return (f"{r['node'][:8]} [{bar}] {r['done']}/{r['blobs']} blobs {human_size(r['bytes']):>10} / "
-                f"{human_size(r['total']):<10} {tail}").rstrip()
-
-
 def run_preheat(path: str, body: dict[str, Any], what: str, no_progress: bool, as_json: bool) -> None:
     """POST the plugin's preheat command and render its NDJSON progress and summary."""
-    lines = NodeLines(not no_progress and not as_json)
+    from beiran.cli.progress import Progress
+
     final: dict[str, Any] = {}
-    for event in client(timeout=3600).stream_lines("POST", path, body):
-        final = event
-        if event.get("event") == "progress":
-            lines.update(event.get("nodes") or [])
+    with Progress(not no_progress and not as_json) as progress:
+        for event in client(timeout=3600).stream_lines("POST", path, body):
+            final = event
+            for r in event.get("nodes") or [] if event.get("event") == "progress" else []:
+                key = r["node"]
+                progress.add(key, f"node {key[:8]}", r["total"] or None)
+                progress.update(key, completed=r["bytes"], total=r["total"] or None)
+                if r["state"] != "downloading":
+                    progress.finish(key, f"{r['done']}/{r['blobs']} blobs " +
+                                    (f"error: {r['error']}" if r.get("error") else r["state"]), size=r["total"])
     if as_json:
         emit_json(final)
         if final.get("error") or final.get("failed"):
