@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from beiran.errors import ConfigError
+from beiran.proxies import ProxyConfig, masked
+from beiran.proxies import resolve as resolve_proxy
 
 DEFAULT_CONFIG_FILE = Path("/etc/beiran/config.toml")
 ENV_PREFIX = "BEIRAN_"
@@ -99,6 +101,7 @@ class Config:
     origins: dict[str, str] = field(default_factory=dict)
     store: StoreConfig = field(default_factory=StoreConfig)
     fetch: FetchConfig = field(default_factory=FetchConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)  # upstream proxies for origin requests
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
     testing: dict[str, Any] = field(default_factory=dict)  # Beiran's own tests only: see TESTING_SWITCHES
     source_file: Path | None = None
@@ -135,6 +138,7 @@ class Config:
         if data.get("cluster_token"):
             data["cluster_token"] = "***"
         _mask_secrets(data["plugins"])
+        data["proxy"] = {k: masked(v) if k != "no_proxy" else v for k, v in data["proxy"].items()}
         return data
 
 
@@ -221,6 +225,7 @@ def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] |
     try:
         store = _build_section(StoreConfig, data.pop("store", {}) or {}, "store.")
         fetch = _build_section(FetchConfig, data.pop("fetch", {}) or {}, "fetch.")
+        proxy = _build_section(ProxyConfig, data.pop("proxy", {}) or {}, "proxy.")
         plugins = data.pop("plugins", {}) or {}
         if not isinstance(plugins, dict) or not all(isinstance(v, dict) for v in plugins.values()):
             raise ConfigError("config: [plugins.<name>] sections must be tables")
@@ -228,6 +233,7 @@ def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] |
     except TypeError as exc:
         raise ConfigError(f"config: {exc}") from exc
     cfg.store, cfg.fetch, cfg.plugins, cfg.source_file = store, fetch, plugins, source
+    cfg.proxy = resolve_proxy(proxy, environ)
     cfg.data_dir = Path(cfg.data_dir).expanduser()
     cfg.run_dir = Path(cfg.run_dir).expanduser() if cfg.run_dir else _default_run_dir(cfg.data_dir)
     cfg.socket = Path(cfg.socket).expanduser() if cfg.socket else None

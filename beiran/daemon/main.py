@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,9 @@ from beiran.config import Config
 from beiran.errors import BeiranError
 
 log = logging.getLogger("beiran.daemon")
+#: files the daemon makes are 0640 and directories 0750 whatever umask it inherits: the store holds
+#: private layers, the database k8s grants
+UMASK = 0o027
 
 
 def setup_logging(level: str) -> None:
@@ -36,7 +40,7 @@ class DataDirLock:
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -64,12 +68,27 @@ def bind_unix(path: Path) -> socket.socket:
     return bind_unix_socket(str(path), mode=0o660)
 
 
-async def run(config: Config) -> int:
+def private_data_dir(path: Path) -> None:
+    """Make the data dir (0750) or take other users' access away from an existing one."""
+    path.mkdir(mode=0o750, parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o7777
+    if mode & 0o007:
+        try:
+            path.chmod(mode & ~0o007)
+            log.info("data dir %s was open to every user (%o): now %o", path, mode, mode & ~0o007)
+        except OSError as exc:
+            log.warning("data dir %s is open to every user (%o) and cannot be changed: %s", path, mode, exc)
+
+
+async def run(config: Config, reload_config: Callable[[], Config] | None = None) -> int:
     from tornado.httpserver import HTTPServer
     from tornado.netutil import bind_sockets
 
+    from beiran import proxies
     from beiran.context import DaemonContext
+    from beiran.daemon import notify
     from beiran.daemon.app import PlainHTTPServer, make_app
+    from beiran.daemon.reload import reload_loop
     from beiran.fetch.fetcher import Fetcher
     from beiran.fetch.origins import local_source_keys
     from beiran.identity import NodeIdentity, advertised_addresses, load_or_create_uuid
@@ -82,11 +101,16 @@ async def run(config: Config) -> int:
     from beiran.plugin_loader import PluginManager
     from beiran.store.blobstore import BlobStore
 
-    stop = asyncio.Event()
+    stop, hup = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    loop.add_signal_handler(signal.SIGHUP, hup.set)  # a reload, handled once the daemon is up
+    if _early_hup:
+        hup.set()
+    os.umask(UMASK)
+    private_data_dir(config.data_dir)
+    proxies.configure(config.proxy)
     lock = DataDirLock(config.data_dir)
     lock.acquire()
     ctx = DaemonContext(config=config)
@@ -135,8 +159,14 @@ async def run(config: Config) -> int:
     log.info("beiran %s node %s listening on %s (peers reach it at %s) and %s; plugins: %s",
              ctx.identity.version, node_uuid, config.listen, url, config.socket_path,
              ", ".join(f"{r.name}[{r.status}]" for r in ctx.plugins.records.values()) or "none")
+    if proxies.policy().describe() != "none":
+        log.info("origin requests use the upstream proxy: %s", proxies.policy().describe())
+    notify.ready(f"listening on {config.listen}")
+    reloads = asyncio.ensure_future(reload_loop(ctx, reload_config or _no_reload, hup))
     await stop.wait()
     log.info("shutting down")
+    notify.stopping()
+    reloads.cancel()
     tcp_server.stop()
     unix_server.stop()
     await ctx.peers.stop()
@@ -166,10 +196,20 @@ def _wire_availability(ctx: Any) -> None:
     ctx.bus.on(events.BLOB_PROGRESS, progress)
 
 
-def serve(config: Config) -> int:
+_early_hup: list[int] = []
+
+
+def _no_reload() -> Config:
+    raise BeiranError("this daemon was started without a way to re-read its config")
+
+
+def serve(config: Config, reload_config: Callable[[], Config] | None = None) -> int:
+    """Run the daemon; `reload_config` re-reads the config as at start-up (file, environment and
+    flags) on SIGHUP."""
     setup_logging(config.log_level)
+    signal.signal(signal.SIGHUP, lambda signum, _frame: _early_hup.append(signum))  # until the loop's own
     try:
-        return asyncio.run(run(config))
+        return asyncio.run(run(config, reload_config))
     except BeiranError as exc:
         log.error("%s", exc.message)
         return 1
