@@ -7,7 +7,6 @@ import http.server
 import signal
 import ssl
 import threading
-from pathlib import Path
 
 import pytest
 
