@@ -7,12 +7,14 @@ import http.server
 import signal
 import ssl
 import threading
+from pathlib import Path
 
 import pytest
 
 from beiran_testkit.daemon import wait_until, write_toml
 from beiran_testkit.fixtures import random_blob
 from beiran_testkit.pki import make_ca
+from beiran_testkit.registry import readme_blocks
 
 pytestmark = pytest.mark.cluster
 
@@ -104,3 +106,52 @@ def test_https_origin_through_connect(cluster, tinyproxy, tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+# -- the policy itself, in process -------------------------------------------------------------------
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _policy(tmp_path, toml: str = "", environ: dict | None = None):
+    from beiran.config import load_config
+    from beiran.proxies import ProxyPolicy
+
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text(toml)
+    cfg = load_config(cfg_file, environ=environ or {})
+    return cfg, ProxyPolicy.from_config(cfg.proxy)
+
+
+def test_readme_proxy_snippet_as_written(tmp_path):
+    (block,) = [b for b in readme_blocks(README, "toml") if "[proxy]" in b]
+    _, policy = _policy(tmp_path, block, {"HTTPS_PROXY": "http://other:1"})
+    assert policy.for_url("http", "registry.example.org", 80).netloc == "proxy.example:3128"
+    assert policy.for_url("https", "registry-1.docker.io", 443).netloc == "proxy.example:3128"
+    for host in ("localhost", "127.0.0.1", "127.9.9.9", "corp.example", "git.corp.example"):
+        assert policy.for_url("https", host, 443) is None, host
+    assert policy.for_url("https", "notcorp.example", 443) is not None
+
+
+def test_environment_names_and_precedence(tmp_path):
+    from beiran.errors import ConfigError
+
+    _, p = _policy(tmp_path, environ={"HTTP_PROXY": "http://upper:1", "http_proxy": "lower:2",
+                                      "HTTPS_PROXY": "http://u:p%40ss@secure:3",
+                                      "NO_PROXY": ".a.example,10.0.0.0/8,b:8080"})
+    assert p.http.netloc == "lower:2" and p.https.netloc == "secure:3"
+    assert p.https.authorization == "Basic " + __import__("base64").b64encode(b"u:p@ss").decode()
+    assert p.for_url("http", "x.a.example", 80) is None and p.for_url("http", "a.example", 80) is None
+    assert p.for_url("http", "10.1.2.3", 80) is None and p.for_url("http", "11.1.2.3", 80) is not None
+    assert p.for_url("http", "b", 8080) is None and p.for_url("http", "b", 80) is not None
+    # the file wins; "" turns a proxy off; "*" bypasses everything
+    _, p = _policy(tmp_path, '[proxy]\nhttp = ""\nhttps = "http://mine:4"\n', {"http_proxy": "http://env:1",
+                                                                              "https_proxy": "http://env:1"})
+    assert p.http is None and p.https.netloc == "mine:4"
+    _, p = _policy(tmp_path, environ={"https_proxy": "http://env:1", "no_proxy": "*"})
+    assert p.for_url("https", "anything", 443) is None
+    with pytest.raises(ConfigError, match="environment variable HTTPS_PROXY: only http:// proxies"):
+        _policy(tmp_path, environ={"HTTPS_PROXY": "socks5://s:1080"})
+    with pytest.raises(ConfigError, match=r"unknown setting proxy\.ftp"):
+        _policy(tmp_path, '[proxy]\nftp = "x"\n')
+    cfg, _ = _policy(tmp_path, '[proxy]\nhttps = "http://me:secret@proxy:3128"\n')
+    assert cfg.to_public_dict()["proxy"]["https"] == "http://me:***@proxy:3128"
