@@ -77,13 +77,14 @@ def test_sighup_reloads_peers_and_log_level_keeping_connections(cluster):
     assert " DEBUG " not in a.log()
     b_online = _online_lines(a, b)
 
-    _reload(a, peers=[b.url, c.url], log_level="debug")
+    _reload(a, peers=[b.url, c.url], log_level="debug", client_cidrs=["127.0.0.0/8", "10.9.0.0/16"])
     wait_until(lambda: c.uuid in a.online_peers(), 15, what="the added peer online")
     wait_until(lambda: "reloaded" in a.log(), 5, what="the reload logged")
     assert re.search(r"reloaded .*log_level.*peers", a.log()), a.log()[-2000:]
     a.tcp("GET", "/ping")
     wait_until(lambda: re.search(r" DEBUG .*GET /ping", a.log()), 5, what="debug logging on")
-    assert a.api("GET", "/config")["log_level"] == "debug"
+    conf = a.api("GET", "/config")
+    assert conf["log_level"] == "debug" and conf["client_cidrs"] == ["127.0.0.0/8", "10.9.0.0/16"]
     # b's connection lived through the reload: never offline, never reconnected
     assert b.uuid in a.online_peers()
     assert _online_lines(a, b) == b_online
@@ -93,6 +94,9 @@ def test_sighup_reloads_peers_and_log_level_keeping_connections(cluster):
     wait_until(lambda: b.uuid not in a.online_peers(), 15, what="the removed peer dropped")
     assert c.uuid in a.online_peers()
     assert a.alive
+    t0 = time.monotonic()
+    assert a.stop() == 0
+    print(f"exit {time.monotonic() - t0:.2f}s after SIGTERM with a peer connected")
 
 
 def test_sighup_with_a_broken_config_keeps_the_running_one(cluster):
