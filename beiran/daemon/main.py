@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from beiran.config import Config
 from beiran.errors import BeiranError
@@ -21,6 +21,8 @@ log = logging.getLogger("beiran.daemon")
 #: files the daemon makes are 0640 and directories 0750 whatever umask it inherits: the store holds
 #: private layers, the database k8s grants
 UMASK = 0o027
+#: seconds peers and plugins get to stop at SIGTERM before the daemon closes its store and exits anyway
+SHUTDOWN_GRACE = 1.5
 
 
 def setup_logging(level: str) -> None:
@@ -169,14 +171,21 @@ async def run(config: Config, reload_config: Callable[[], Config] | None = None)
     reloads.cancel()
     tcp_server.stop()
     unix_server.stop()
-    await ctx.peers.stop()
-    await asyncio.sleep(0.05)  # let goodbye messages leave
-    await ctx.plugins.stop_all()
+    try:
+        await asyncio.wait_for(_stop_services(ctx), SHUTDOWN_GRACE)
+    except TimeoutError:
+        log.warning("peers and plugins did not stop within %.1fs; exiting anyway", SHUTDOWN_GRACE)
     await ctx.store.close()
     config.socket_path.unlink(missing_ok=True)
     ctx.db_executor.shutdown(wait=True)
     db.close()
     return 0
+
+
+async def _stop_services(ctx: Any) -> None:
+    await ctx.peers.stop()
+    await asyncio.sleep(0.05)  # let goodbye messages leave
+    await ctx.plugins.stop_all()
 
 
 def _wire_availability(ctx: Any) -> None:
@@ -203,18 +212,26 @@ def _no_reload() -> Config:
     raise BeiranError("this daemon was started without a way to re-read its config")
 
 
-def serve(config: Config, reload_config: Callable[[], Config] | None = None) -> int:
+def serve(config: Config, reload_config: Callable[[], Config] | None = None) -> NoReturn:
     """Run the daemon; `reload_config` re-reads the config as at start-up (file, environment and
     flags) on SIGHUP."""
     setup_logging(config.log_level)
     signal.signal(signal.SIGHUP, lambda signum, _frame: _early_hup.append(signum))  # until the loop's own
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     try:
-        return asyncio.run(run(config, reload_config))
+        code = loop.run_until_complete(run(config, reload_config))
     except BeiranError as exc:
         log.error("%s", exc.message)
-        return 1
+        code = 1
     except KeyboardInterrupt:
-        return 0
+        code = 0
+    # The store and database are closed. Exit now: a worker thread blocked on a stalled peer or a
+    # slow DNS answer would otherwise hold the interpreter's exit (it joins them) for its timeout.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main() -> None:

@@ -6,11 +6,14 @@ socket the test binds (as systemd does), and the signals are the ones `systemctl
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import os
 import re
 import signal
 import socket
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -156,3 +159,28 @@ def test_data_files_are_private_whatever_the_umask(cluster):
     assert any(k.startswith("blobs/") and not stat.S_ISDIR((node.data_dir / k).stat().st_mode) for k in modes)
     loose = {k: oct(m) for k, m in modes.items() if m & 0o007 or m & 0o020}
     assert not loose, f"files other users can read or the group can write: {loose}"
+
+
+def test_sigterm_mid_download_from_a_stalling_peer_exits_promptly(cluster):
+    """A receive thread blocked on a peer that sends nothing for a while must not hold the exit
+    (it would for up to the peer timeout, 30 s): systemd would SIGKILL after TimeoutStopSec."""
+    data = os.urandom(3 << 20)
+    slow = cluster.add({"testing": {"serve_rate": 40_000}}, peers=None)  # a chunk, then ~25 s of silence
+    digest = slow.add_blob(data)
+    node = cluster.add(peers=[slow.url])
+    cluster.wait_connected()
+    wait_until(lambda: any(b["digest"] == digest for b in node.api("GET", "/blobs?all=true")["blobs"]), 10,
+               what="the slow node's blob announced")
+    def fetch_it() -> None:
+        with contextlib.suppress(OSError, ValueError, http.client.HTTPException):  # cut off by the stop
+            node.request("POST", "/blobs?cmd=fetch", {"digest": digest, "size": len(data)}, timeout=60)
+
+    fetch = threading.Thread(target=fetch_it, daemon=True)
+    fetch.start()
+    wait_until(lambda: node.api("GET", "/blobs/stats")["downloading"], 10, what="the download under way")
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    assert node.stop() == 0
+    took = time.monotonic() - t0
+    print(f"exit {took:.2f}s after SIGTERM mid-download from a stalling peer")
+    assert took < 10
