@@ -21,7 +21,8 @@ import pytest
 
 from beiran_testkit.daemon import Daemon, wait_until, write_toml
 
-pytestmark = pytest.mark.cluster
+# real daemons, several seconds each: run once, in tests(core), not again in every plugin session
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
 def _notify_socket(path: Path) -> socket.socket:

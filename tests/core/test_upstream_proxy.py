@@ -16,8 +16,6 @@ from beiran_testkit.fixtures import random_blob
 from beiran_testkit.pki import make_ca
 from beiran_testkit.registry import readme_blocks
 
-pytestmark = pytest.mark.cluster
-
 DEAD_PROXY = "http://127.0.0.1:9"  # discard: nothing listens; a request sent there fails
 
 
@@ -25,6 +23,8 @@ def _source(path: str) -> dict:
     return {"plugin": "origin", "name": "files", "path": path}
 
 
+@pytest.mark.cluster
+@pytest.mark.slow  # real daemons: once, in tests(core)
 def test_origin_fetches_use_the_proxy_peer_traffic_never_does(cluster, origin, tinyproxy):
     a_data, a_digest = random_blob(300_000, seed=1)
     b_data, b_digest = random_blob(200_000, seed=2)
@@ -60,6 +60,8 @@ def test_origin_fetches_use_the_proxy_peer_traffic_never_does(cluster, origin, t
     assert "origin requests use the upstream proxy: http via" in n1.log()
 
 
+@pytest.mark.cluster
+@pytest.mark.slow  # real daemons: once, in tests(core)
 def test_no_proxy_and_reload_switch_the_proxy_live(cluster, origin, tinyproxy):
     data, digest = random_blob(100_000, seed=3)
     more, more_digest = random_blob(100_000, seed=4)
@@ -78,6 +80,8 @@ def test_no_proxy_and_reload_switch_the_proxy_live(cluster, origin, tinyproxy):
     assert tinyproxy.requests() == [f"GET {origin.url}/d.bin HTTP/1.1"]
 
 
+@pytest.mark.cluster
+@pytest.mark.slow  # real daemons: once, in tests(core)
 def test_https_origin_through_connect(cluster, tinyproxy, tmp_path):
     ca, cert, key = make_ca(tmp_path / "pki")
     root = tmp_path / "https-origin"
