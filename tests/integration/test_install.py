@@ -11,6 +11,7 @@ import importlib.metadata
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import stat
@@ -89,6 +90,11 @@ def test_install_script_then_the_units_own_commands(tmp_path):
     assert config.read_text() == (ROOT / "contrib/config.example.toml").read_text()
 
     unit = (units / "beiran.service").read_text()
+    if shutil.which("systemd-analyze"):  # systemd's own parser: every directive known, every value valid
+        verify = subprocess.run(["systemd-analyze", "verify", str(units / "beiran.service")],
+                                capture_output=True, text=True, timeout=120)
+        assert verify.returncode == 0 and not verify.stderr.strip() and not verify.stdout.strip(), (
+            verify.stdout + verify.stderr)
     assert re.search(r"^Type=notify$", unit, re.M)
     exec_start = shlex.split(re.search(r"^ExecStart=(.+)$", unit, re.M).group(1))
     exec_reload = re.search(r"^ExecReload=(.+)$", unit, re.M).group(1)
