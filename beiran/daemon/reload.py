@@ -107,7 +107,11 @@ async def _apply_plugins(ctx: DaemonContext, new: Config) -> list[str]:
         if before == after:
             continue
         rec = ctx.plugins.records.get(name)
-        if rec is None or rec.instance is None or rec.error or old.plugin_enabled(name) != new.plugin_enabled(name):
+        if rec is None:
+            log.warning("reload: [plugins.%s] changed, but no plugin %s is installed", name, name)
+            old.plugins[name] = after
+            continue
+        if rec.instance is None or rec.error or old.plugin_enabled(name) != new.plugin_enabled(name):
             log.warning("reload: [plugins.%s] changed: needs a restart to take effect", name)
             continue
         try:
