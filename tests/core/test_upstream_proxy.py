@@ -44,7 +44,7 @@ def test_origin_fetches_use_the_proxy_peer_traffic_never_does(cluster, origin, t
     assert tinyproxy.requests() == [f"GET {origin.url}/a.bin HTTP/1.1"]
 
     # n2 gets a.bin from its peer n1, directly: neither the origin nor the proxy sees it
-    wait_until(lambda: any(b["digest"] == a_digest and n1.uuid in b["nodes"]
+    wait_until(lambda: any(b["digest"] == a_digest and b["nodes"].get(n1.uuid) == "complete"
                            for b in n2.api("GET", "/blobs?all=true")["blobs"]), 10, what="n1's blob announced")
     assert n2.fetch(a_digest, len(a_data), _source("/a.bin"))["sources"] == {"peer": len(a_data)}
     assert n2.blob(a_digest) == a_data

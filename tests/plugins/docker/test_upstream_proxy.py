@@ -42,7 +42,8 @@ def test_registry_and_token_service_through_the_proxy_peers_direct(cluster, regi
     assert registry.proxy.token_requests
 
     wanted = {b.digest for b in img.blobs}
-    wait_until(lambda: wanted <= {b["digest"] for b in n2.api("GET", "/blobs?all=true")["blobs"]},
+    wait_until(lambda: wanted <= {b["digest"] for b in n2.api("GET", "/blobs?all=true")["blobs"]
+                                  if b["nodes"].get(n1.uuid) == "complete"},
                10, what="node 1's blobs announced to node 2")
     out2 = _pull(registry, n2, tmp_path, "n2")
     assert tree_files(out1) == tree_files(out2)
