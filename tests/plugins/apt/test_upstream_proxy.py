@@ -9,8 +9,17 @@ from collections import Counter
 import pytest
 
 from beiran_testkit.aptclient import add_nodes, client_for
+from beiran_testkit.daemon import wait_until
 
 pytestmark = pytest.mark.cluster
+
+
+def _wait_announced(holder, node) -> None:
+    """Until `node` knows every blob `holder` stores as complete there (not still downloading)."""
+    held = {b["digest"] for b in holder.api("GET", "/blobs")["blobs"]}
+    wait_until(lambda: held <= {b["digest"] for b in node.api("GET", "/blobs?all=true")["blobs"]
+                                if b["nodes"].get(holder.uuid) == "complete"},
+               15, what="the holder's blobs announced")
 
 
 def _debs_through(tinyproxy) -> Counter[str]:
@@ -28,6 +37,7 @@ def test_archive_requests_through_the_proxy_peer_debs_direct(cluster, repo, serv
     assert sum(_debs_through(tinyproxy).values()) == len(want), tinyproxy.requests()
     assert any(r.startswith(f"GET {server.url}/") and "InRelease" in r for r in tinyproxy.requests())
 
+    _wait_announced(n1, n2)
     c2 = client_for(tmp_path, "c2", n2, repo, server.url)
     c2.update()
     c2.download("hello")

@@ -5,9 +5,18 @@ from __future__ import annotations
 
 import pytest
 
+from beiran_testkit.daemon import wait_until
 from beiran_testkit.verdaccio import ALPHA, SCOPED, installed_tree, npm, npm_daemon_config, write_project
 
 pytestmark = pytest.mark.cluster
+
+
+def _wait_announced(holder, node) -> None:
+    """Until `node` knows every blob `holder` stores as complete there (not still downloading)."""
+    held = {b["digest"] for b in holder.api("GET", "/blobs")["blobs"]}
+    wait_until(lambda: held <= {b["digest"] for b in node.api("GET", "/blobs?all=true")["blobs"]
+                                if b["nodes"].get(holder.uuid) == "complete"},
+               15, what="the holder's blobs announced")
 
 
 def _tarballs_through(tinyproxy) -> list[str]:
@@ -26,6 +35,7 @@ def test_upstream_requests_through_the_proxy_peer_tarballs_direct(cluster, upstr
     assert len(_tarballs_through(tinyproxy)) == sum(from_upstream.values()), tinyproxy.requests()
     assert any(f"GET {upstream.url}/" in r and ".tgz" not in r for r in tinyproxy.requests()), "packuments too"
 
+    _wait_announced(n1, n2)
     p2 = write_project(work / "p2", deps)
     npm(["install"], p2, n2.url + "/npm/", work / "c2")
     assert installed_tree(p2) == installed_tree(p1)
