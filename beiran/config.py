@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from beiran.errors import ConfigError
+from beiran.proxies import ProxyConfig, masked
+from beiran.proxies import resolve as resolve_proxy
 
 DEFAULT_CONFIG_FILE = Path("/etc/beiran/config.toml")
 ENV_PREFIX = "BEIRAN_"
@@ -112,6 +114,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     fetch: FetchConfig = field(default_factory=FetchConfig)
     offline: OfflineConfig = field(default_factory=OfflineConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)  # upstream proxies for origin requests
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
     testing: dict[str, Any] = field(default_factory=dict)  # Beiran's own tests only: see TESTING_SWITCHES
     source_file: Path | None = None
@@ -148,6 +151,7 @@ class Config:
         if data.get("cluster_token"):
             data["cluster_token"] = "***"
         _mask_secrets(data["plugins"])
+        data["proxy"] = {k: masked(v) if k != "no_proxy" else v for k, v in data["proxy"].items()}
         return data
 
 
@@ -176,7 +180,7 @@ def _env_unknown(path: list[str]) -> str | None:
     """The dotted key an env var names when that is no setting (None when it is one). Plugin
     sections are the plugins' to check, as in the file."""
     top = {f.name for f in fields(Config)} - {"source_file"}
-    sections = {"store": StoreConfig, "fetch": FetchConfig}
+    sections = {"store": StoreConfig, "fetch": FetchConfig, "offline": OfflineConfig, "proxy": ProxyConfig}
     dotted = ".".join(path)
     if not path[0] or path[0] not in top:
         return dotted
@@ -280,6 +284,7 @@ def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] |
         store = _build_section(StoreConfig, data.pop("store", {}) or {}, "store.", origin)
         fetch = _build_section(FetchConfig, data.pop("fetch", {}) or {}, "fetch.", origin)
         offline = _build_section(OfflineConfig, data.pop("offline", {}) or {}, "offline.", origin)
+        proxy = _build_section(ProxyConfig, data.pop("proxy", {}) or {}, "proxy.", origin)
         plugins = data.pop("plugins", {}) or {}
         if not isinstance(plugins, dict) or not all(isinstance(v, dict) for v in plugins.values()):
             raise ConfigError("config: [plugins.<name>] sections must be tables")
@@ -288,6 +293,7 @@ def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] |
         raise ConfigError(f"config: {exc}") from exc
     cfg.store, cfg.fetch, cfg.plugins, cfg.source_file = store, fetch, plugins, source
     cfg.offline = offline
+    cfg.proxy = resolve_proxy(proxy, environ)
     cfg.data_dir = Path(cfg.data_dir).expanduser()
     cfg.run_dir = Path(cfg.run_dir).expanduser() if cfg.run_dir else _default_run_dir(cfg.data_dir)
     cfg.socket = Path(cfg.socket).expanduser() if cfg.socket else None

@@ -45,6 +45,12 @@ class BasePlugin:
     async def start(self) -> None:
         """Open listeners, start background tasks. Raise to report an error."""
 
+    async def reconfigure(self, config: dict[str, Any]) -> bool:
+        """A changed `[plugins.<name>]` on reload (SIGHUP): apply it and return True, or return False
+        when it takes a restart (the default). Raise a BeiranError to refuse it; the running
+        settings are kept either way."""
+        return False
+
     async def stop(self) -> None:
         """Undo start(); must not raise."""
 
