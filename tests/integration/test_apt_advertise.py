@@ -81,13 +81,16 @@ def test_apt_proxy_is_announced_over_mdns_only_where_it_serves(netns_lan, tmp_pa
     - c: proxy on 0.0.0.0, client_cidrs admit only the IPv4 LAN -> the IPv4 address only;
     - b: proxy on 127.0.0.1 -> no `_apt_proxy._tcp` at all (and it says so), while its
       `_beiran._tcp` is seen, so the absence is not the browser's doing.
-    Through what it resolved, the browser's host reaches a's and c's proxies."""
+    Through what it resolved, the browser's host reaches a's and c's proxies. Then c's LAN address
+    is replaced by one outside its client_cidrs: no address may carry its proxy any more, and it
+    withdraws the announcement while it goes on announcing itself."""
     lan = netns_lan(4, ipv6=True)
     zc = {"cluster": f"t-{uuid.uuid4().hex[:12]}"}
     v4_lan, v6_lan = f"{lan.subnet}.0/24", f"{lan.v6}/64"
     a = apt_node(lan, 0, f"{lan.hosts[0].ip}:{APT_PORT}", ["127.0.0.0/8", v4_lan, v6_lan], zc, "0.0.0.0:8888")
     b = apt_node(lan, 1, f"127.0.0.1:{APT_PORT}", ["127.0.0.0/8", v4_lan, v6_lan], zc, "0.0.0.0:8888")
-    c = apt_node(lan, 2, f"0.0.0.0:{APT_PORT}", ["127.0.0.0/8", v4_lan], zc, "0.0.0.0:8888")
+    c = apt_node(lan, 2, f"0.0.0.0:{APT_PORT}", ["127.0.0.0/8", v4_lan], {**zc, "address_check_interval": 1},
+                 "0.0.0.0:8888")
     nodes = (a, b, c)
     start_all(*nodes)
     browser_host = lan.hosts[3]
@@ -112,18 +115,19 @@ def test_apt_proxy_is_announced_over_mdns_only_where_it_serves(netns_lan, tmp_pa
     services = found["services"]
     for node in nodes:
         assert f"{node.uuid}.{BEIRAN}" in services, (node.name, sorted(services))
+    # b: its node is seen, its loopback proxy is not
+    assert apt_name["n2"] not in services and apt_name["n2"] not in found["seen"], found
+    assert found["absent"][apt_name["n2"]] is None, found["absent"]
+    assert "proxy not advertised as _apt_proxy._tcp.local.: it listens on 127.0.0.1 (loopback)" in b.log()
+    assert announced(b, APT_PROXY) == {}  # never handed to zeroconf
+
     # the nodes do announce IPv6 (so "IPv4 only" below is the filter's doing)
     assert lan.hosts[0].ip6 in services[f"{a.uuid}.{BEIRAN}"]["addresses"], services[f"{a.uuid}.{BEIRAN}"]
-
     assert services[apt_name["n1"]]["addresses"] == [lan.hosts[0].ip], services[apt_name["n1"]]
     assert services[apt_name["n3"]]["addresses"] == [lan.hosts[2].ip], services[apt_name["n3"]]
     for node in (a, c):
         svc = services[apt_name[node.name]]
         assert svc["port"] == APT_PORT and svc["txt"]["beiran"] == node.uuid
-    assert apt_name["n2"] not in services and apt_name["n2"] not in found["seen"], found
-    assert found["absent"][apt_name["n2"]] is None, found["absent"]
-    assert "proxy not advertised as _apt_proxy._tcp.local.: it listens on 127.0.0.1 (loopback)" in b.log()
-    assert announced(b, APT_PROXY) == {}  # never handed to zeroconf
 
     # what squid-deb-proxy-client does next: use the proxy at the resolved address
     for node in (a, c):
@@ -134,3 +138,16 @@ def test_apt_proxy_is_announced_over_mdns_only_where_it_serves(netns_lan, tmp_pa
         probe = lan.run(3, "curl", "-s", "-i", "--max-time", "10", f"{url}/")
         assert probe.stdout.startswith("HTTP/1.1 406 Usage Information"), probe.stdout[:200]
         assert "beiran apt configure" in probe.stdout
+
+    # c's LAN address is replaced by one its client_cidrs refuse: the proxy is withdrawn
+    outside = "192.0.2.3"
+    lan.run(2, "ip", "addr", "add", f"{outside}/24", "dev", "eth0")
+    lan.run(2, "ip", "addr", "del", f"{lan.hosts[2].ip}/24", "dev", "eth0")
+    wait_until(lambda: announced(c, APT_PROXY).get("withheld"), 15, what="c to withdraw its apt proxy")
+    assert not announced(c, APT_PROXY)["registered"] and announced(c, APT_PROXY)["addresses"] == []
+    beiran_c = f"{c.uuid}.{BEIRAN}"
+    wait_until(lambda: outside in announced(c, BEIRAN).get("addresses", []), 15, what="c's new address announced")
+    found = mdns_browse(browser_host, [APT_PROXY, BEIRAN], expect=[beiran_c], absent=[apt_name["n3"]], linger=0)
+    assert outside in found["services"][beiran_c]["addresses"]  # c is heard, at its new address
+    assert found["absent"][apt_name["n3"]] is None, found["absent"]
+    assert apt_name["n3"] not in found["seen"], found["seen"]

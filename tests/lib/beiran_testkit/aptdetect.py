@@ -88,7 +88,7 @@ def run_auto_apt_proxy(script: Path, host: Host, workdir: Path, timeout: float =
 
 
 def mdns_browse(host: Host, types: list[str], expect: list[str], absent: list[str], timeout: float = 20,
-                linger: float = 2.0) -> dict[str, Any]:
+                linger: float = 1.0) -> dict[str, Any]:
     """Browse `types` from inside `host` until every service named in `expect` resolved (plus
     `linger` s), then ask for each name in `absent` directly. Returns {"services": {name: {...}},
     "absent": {name: resolved-or-None}}."""

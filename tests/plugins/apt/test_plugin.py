@@ -1,15 +1,16 @@
-"""The plugin in the daemon: it announces `_apt_proxy._tcp` through whatever discovery plugin is
-loaded (here a stand-in one), and a bad `[plugins.apt]` section fails the plugin, not the daemon."""
+"""The plugin in the daemon: a proxy that listens on loopback is not announced as `_apt_proxy._tcp`
+through the discovery plugins (here a stand-in one; where it is announced, and how, is
+tests/integration/test_apt_advertise.py), and a bad `[plugins.apt]` section fails the plugin, not
+the daemon."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
 
-from beiran_testkit.aptclient import APT_PORT, add_nodes, apt_config
+from beiran_testkit.aptclient import add_nodes, apt_config
 from beiran_testkit.daemon import wait_until
 
 pytestmark = pytest.mark.cluster
@@ -20,7 +21,7 @@ from beiran.plugin import BaseDiscoveryPlugin
 
 
 class FakeDiscovery(BaseDiscoveryPlugin):
-    async def advertise(self, service_type, port, properties):
+    async def advertise(self, service_type, port, properties, only=None):
         with open(self.ctx.config.data_dir / "advertised.jsonl", "a") as fh:
             fh.write(json.dumps([service_type, port, properties]) + "\\n")
         return True
@@ -35,12 +36,11 @@ def extra_plugins(tmp: Path) -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(tmp)]))}
 
 
-def test_proxy_is_advertised_and_bad_config_fails_only_the_plugin(cluster, tmp_path):
+def test_loopback_proxy_is_not_advertised_and_bad_config_fails_only_the_plugin(cluster, tmp_path):
     (node,) = add_nodes(cluster, 1, env=extra_plugins(tmp_path / "extra"))
-    ads = node.data_dir / "advertised.jsonl"
-    wait_until(ads.exists, 15, what="the apt proxy advertised")
-    service, port, props = json.loads(ads.read_text().splitlines()[0])
-    assert (service, port, props["beiran"]) == ("_apt_proxy._tcp.local.", APT_PORT, node.uuid)
+    wait_until(lambda: "proxy not advertised" in node.log(), 15, what="the apt plugin's advertising decision")
+    assert f"it listens on {node.ip} (loopback)" in node.log()
+    assert not (node.data_dir / "advertised.jsonl").exists()  # no discovery plugin was asked
 
     cfg = apt_config(cluster.ip(len(cluster.nodes)), keyrings="not-a-list", colour="blue")
     bad = cluster.add(cfg, peers=None)
