@@ -11,7 +11,10 @@
 from __future__ import annotations
 
 import json
+import re
+import tomllib
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +27,15 @@ from beiran_testkit.netns import NetnsDaemon, NetnsLan
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 APT_PROXY = "_apt_proxy._tcp.local."
 BEIRAN = "_beiran._tcp.local."
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_lan_config() -> dict[str, Any]:
+    """The README's "share a node's proxy with its LAN" config, as written there."""
+    text = README.read_text()
+    match = re.search(r"<!-- apt-lan-config[^>]*-->\s*```toml\n(.*?)```", text, re.S)
+    assert match, "README.md lost its apt-lan-config snippet"
+    return tomllib.loads(match.group(1))
 
 
 def apt_node(lan: NetnsLan, index: int, apt_listen: str, client_cidrs: list[str],
@@ -78,7 +90,8 @@ def test_apt_proxy_is_announced_over_mdns_only_where_it_serves(netns_lan, tmp_pa
     0.0.0.0), and a browser in a fourth namespace:
     - a: proxy on its LAN IPv4 address, client_cidrs admit the IPv6 LAN too -> `_apt_proxy._tcp`
       with the IPv4 address only (where it listens);
-    - c: proxy on 0.0.0.0, client_cidrs admit only the IPv4 LAN -> the IPv4 address only;
+    - c: the README's LAN config: proxy on 0.0.0.0, client_cidrs admit 10.0.0.0/8 (the bridge is a
+      10.x subnet) -> the IPv4 address only;
     - b: proxy on 127.0.0.1 -> no `_apt_proxy._tcp` at all (and it says so), while its
       `_beiran._tcp` is seen, so the absence is not the browser's doing.
     Through what it resolved, the browser's host reaches a's and c's proxies. Then c's LAN address
@@ -89,8 +102,10 @@ def test_apt_proxy_is_announced_over_mdns_only_where_it_serves(netns_lan, tmp_pa
     v4_lan, v6_lan = f"{lan.subnet}.0/24", f"{lan.v6}/64"
     a = apt_node(lan, 0, f"{lan.hosts[0].ip}:{APT_PORT}", ["127.0.0.0/8", v4_lan, v6_lan], zc, "0.0.0.0:8888")
     b = apt_node(lan, 1, f"127.0.0.1:{APT_PORT}", ["127.0.0.0/8", v4_lan, v6_lan], zc, "0.0.0.0:8888")
-    c = apt_node(lan, 2, f"0.0.0.0:{APT_PORT}", ["127.0.0.0/8", v4_lan], {**zc, "address_check_interval": 1},
-                 "0.0.0.0:8888")
+    shared = readme_lan_config()
+    assert lan.subnet.startswith("10.")
+    c = apt_node(lan, 2, shared["plugins"]["apt"]["listen"], shared["client_cidrs"],
+                 {**zc, "address_check_interval": 1}, "0.0.0.0:8888")
     nodes = (a, b, c)
     start_all(*nodes)
     browser_host = lan.hosts[3]
