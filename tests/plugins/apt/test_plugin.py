@@ -5,12 +5,13 @@ the daemon."""
 
 from __future__ import annotations
 
+import http.client
 import os
 from pathlib import Path
 
 import pytest
 
-from beiran_testkit.aptclient import add_nodes, apt_config
+from beiran_testkit.aptclient import APT_PORT, add_nodes, apt_config
 from beiran_testkit.daemon import wait_until
 
 pytestmark = pytest.mark.cluster
@@ -41,6 +42,15 @@ def test_loopback_proxy_is_not_advertised_and_bad_config_fails_only_the_plugin(c
     wait_until(lambda: "proxy not advertised" in node.log(), 15, what="the apt plugin's advertising decision")
     assert f"it listens on {node.ip} (loopback)" in node.log()
     assert not (node.data_dir / "advertised.jsonl").exists()  # no discovery plugin was asked
+
+    # what auto-apt-proxy probes for: apt-cacher-ng's status line on `GET /`, and a page for a person
+    conn = http.client.HTTPConnection(node.ip, APT_PORT, timeout=10)
+    conn.request("GET", "/")
+    resp = conn.getresponse()
+    body = resp.read().decode()
+    conn.close()
+    assert (resp.status, resp.reason) == (406, "Usage Information")
+    assert resp.getheader("Content-Type").startswith("text/html") and "beiran apt configure" in body
 
     cfg = apt_config(cluster.ip(len(cluster.nodes)), keyrings="not-a-list", colour="blue")
     bad = cluster.add(cfg, peers=None)
