@@ -81,7 +81,9 @@ def run_auto_apt_proxy(script: Path, host: Host, workdir: Path, timeout: float =
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
     env.update({"AUTO_APT_PROXY_NO_CACHE": "1", "TMPDIR": str(tmp), "APT_CONFIG": str(apt_conf),
                 "LC_ALL": "C"})
-    inner = f'mount --bind "{resolv}" /etc/resolv.conf && hostname beiran-aap-test && exec sh "{script}"'
+    # without /etc/resolv.conf glibc asks 127.0.0.1 anyway
+    inner = (f'if [ -e /etc/resolv.conf ]; then mount --bind "{resolv}" /etc/resolv.conf || exit 97; fi; '
+             f'hostname beiran-aap-test || exit 97; exec sh "{script}"')
     return subprocess.run(["nsenter", f"--net={host.path}", "--", "unshare", "--mount", "--uts", "--",
                            "sh", "-c", inner], env=env, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
