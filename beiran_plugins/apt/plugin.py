@@ -95,7 +95,18 @@ class AptPlugin(BasePackagePlugin):
         return task
 
     async def _advertise(self) -> None:
-        """Announce `_apt_proxy._tcp` through every discovery plugin once it is running."""
+        """Announce `_apt_proxy._tcp` through every discovery plugin once it is running, only on
+        the addresses where the proxy listens and admits the clients (`beiran.advertising`): a
+        host that trusts the announcement must find a proxy that serves it."""
+        from beiran.advertising import client_addresses
+
+        host = self.cfg.host
+        bound = ["0.0.0.0", "::"] if host in ("0.0.0.0", "") else [host]  # as start() binds them
+        only = await self.ctx.run_blocking(client_addresses, bound, self.ctx.config.client_networks())
+        if isinstance(only, str):
+            log.info("apt: proxy not advertised as %s: %s (set [plugins.apt] listen to a LAN address "
+                     "and client_cidrs to admit the LAN to share it)", SERVICE_TYPE, only)
+            return
         props = {"beiran": self.ctx.identity.uuid, "version": __version__}
         for plugin in self.ctx.plugins.of_kind("discovery"):
             for _ in range(300):
@@ -105,7 +116,7 @@ class AptPlugin(BasePackagePlugin):
             if plugin.status != PluginStatus.READY:
                 continue
             try:
-                if await plugin.advertise(SERVICE_TYPE, self.port, props):  # type: ignore[attr-defined]
+                if await plugin.advertise(SERVICE_TYPE, self.port, props, only=only):  # type: ignore[attr-defined]
                     log.info("apt: proxy advertised as %s via %s", SERVICE_TYPE, plugin.name)
             except Exception as exc:  # noqa: BLE001 - discovery is a nicety, never fatal
                 log.warning("apt: %s could not advertise the proxy: %s", plugin.name, exc)

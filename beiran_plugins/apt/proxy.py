@@ -16,6 +16,7 @@ from beiran.errors import BeiranError, NotFound, UpstreamError, VerificationErro
 from beiran.handlers import check_client_address
 from beiran.httpstream import stream_request
 from beiran.peer.serving import parse_range
+from beiran_plugins.apt import usage
 from beiran_plugins.apt.archive import Blob
 from beiran_plugins.apt.indexes import CachedIndex, not_modified
 from beiran_plugins.apt.pipeline import waiting_uris
@@ -85,6 +86,11 @@ class ProxyHandler(tornado.web.RequestHandler):
         if uri == PING_PATH:
             self.set_header("Content-Type", "application/json")
             self.finish(json.dumps({"beiran": "apt-proxy", "uuid": self.ctx.identity.uuid}))
+            return
+        if uri == "/":  # a detector's probe or a browser (apt always names a file)
+            self.set_status(usage.STATUS, reason=usage.REASON)
+            self.set_header("Content-Type", "text/html; charset=utf-8")
+            self.finish(usage.usage_page(self.ctx.identity.uuid, self.plugin.port))
             return
         target = parse_request(uri, self.plugin.cfg.allow_hosts)
         kind = target.kind
