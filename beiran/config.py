@@ -84,6 +84,25 @@ class FetchConfig:
     origin_delegation: bool = True  # ask the blob's rendezvous owner to fetch cold blobs
 
 
+#: private, carrier-grade NAT, unique-local, link-local IPv6 and loopback ranges: where LAN peers live.
+#: 169.254.0.0/16 (cloud metadata services) and public addresses are left out on purpose.
+DEFAULT_PEER_CIDRS = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "127.0.0.0/8",
+                      "fc00::/7", "fe80::/10", "::1/128"]
+
+
+@dataclass
+class LimitsConfig:
+    """Caps on what peers and clients can make this node spend (see README, "Limits")."""
+
+    peer_max_blobs: int = 250_000  # blobs one peer may announce; beyond it the peer is dropped
+    peer_forget_after: float = 60.0  # seconds a gone peer's holdings are kept for a quick resync
+    connections_per_ip: int = 256  # concurrent TCP connections from one address, on every listener
+    max_connections: int = 0  # concurrent TCP connections per listener; 0 = 3/4 of the open-file limit
+    header_timeout: float = 20.0  # seconds to send request headers (and idle keep-alive time)
+    body_timeout: float = 120.0  # seconds to send a request body
+    max_header_size: int = 64 << 10
+
+
 @dataclass
 class Config:
     data_dir: Path = field(default_factory=_default_data_dir)
@@ -94,11 +113,13 @@ class Config:
     peers: list[str] = field(default_factory=list)
     cluster_token: str | None = None
     client_cidrs: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    peer_cidrs: list[str] = field(default_factory=lambda: list(DEFAULT_PEER_CIDRS))
     heartbeat_interval: float = 2.0
     heartbeat_timeout: float = 6.0
     origins: dict[str, str] = field(default_factory=dict)
     store: StoreConfig = field(default_factory=StoreConfig)
     fetch: FetchConfig = field(default_factory=FetchConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
     testing: dict[str, Any] = field(default_factory=dict)  # Beiran's own tests only: see TESTING_SWITCHES
     source_file: Path | None = None
@@ -123,6 +144,9 @@ class Config:
 
     def client_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [ipaddress.ip_network(c, strict=False) for c in self.client_cidrs]
+
+    def peer_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(c, strict=False) for c in self.peer_cidrs]
 
     def to_public_dict(self) -> dict[str, Any]:
         """The effective config, with secrets masked."""
@@ -221,6 +245,7 @@ def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] |
     try:
         store = _build_section(StoreConfig, data.pop("store", {}) or {}, "store.")
         fetch = _build_section(FetchConfig, data.pop("fetch", {}) or {}, "fetch.")
+        limits = _build_section(LimitsConfig, data.pop("limits", {}) or {}, "limits.")
         plugins = data.pop("plugins", {}) or {}
         if not isinstance(plugins, dict) or not all(isinstance(v, dict) for v in plugins.values()):
             raise ConfigError("config: [plugins.<name>] sections must be tables")
@@ -228,6 +253,7 @@ def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] |
     except TypeError as exc:
         raise ConfigError(f"config: {exc}") from exc
     cfg.store, cfg.fetch, cfg.plugins, cfg.source_file = store, fetch, plugins, source
+    cfg.limits = limits
     cfg.data_dir = Path(cfg.data_dir).expanduser()
     cfg.run_dir = Path(cfg.run_dir).expanduser() if cfg.run_dir else _default_run_dir(cfg.data_dir)
     cfg.socket = Path(cfg.socket).expanduser() if cfg.socket else None
@@ -239,6 +265,10 @@ def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] |
         cfg.client_networks()
     except ValueError as exc:
         raise ConfigError(f"config: client_cidrs: {exc}") from exc
+    try:
+        cfg.peer_networks()
+    except ValueError as exc:
+        raise ConfigError(f"config: peer_cidrs: {exc}") from exc
     _check_testing(cfg.testing, environ)
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"config: log_level must be debug, info, warning or error, not {cfg.log_level!r}")

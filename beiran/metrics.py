@@ -27,11 +27,17 @@ class Metrics:
         self.store_blobs = Gauge("beiran_store_blobs", "Blobs in the local store", registry=r)
         self.store_bytes = Gauge("beiran_store_bytes", "Bytes in the local store", registry=r)
         self.peers_online = Gauge("beiran_peers_online", "Peers connected and synced", registry=r)
+        self.peer_entries = Gauge("beiran_peer_entries", "Blobs announced by peers, held in memory",
+                                  registry=r)
+        self.connections_refused = Counter("beiran_connections_refused",
+                                           "TCP connections closed at accept: over a connection cap",
+                                           registry=r)
 
     def bind(self, ctx: DaemonContext) -> None:
         self.store_blobs.set_function(lambda: len(ctx.store.entries))
         self.store_bytes.set_function(ctx.store.total_size)
         self.peers_online.set_function(lambda: len(ctx.peers.online()))
+        self.peer_entries.set_function(ctx.availability.peer_entries)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
