@@ -216,6 +216,8 @@ def _build_section(cls: type, data: dict[str, Any], where: str) -> Any:
     if isinstance(obj, StoreConfig):
         obj.max_size = parse_size(obj.max_size, "store.max_size")
         obj.reserve_free = parse_size(obj.reserve_free, "store.reserve_free") or 0
+    if isinstance(obj, LimitsConfig):
+        obj.max_header_size = parse_size(obj.max_header_size, "limits.max_header_size") or (64 << 10)
     if isinstance(obj, FetchConfig):
         obj.large_blob_threshold = parse_size(obj.large_blob_threshold, "fetch.large_blob_threshold") or 0
         obj.piece_size = parse_size(obj.piece_size, "fetch.piece_size") or (8 << 20)

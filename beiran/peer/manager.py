@@ -308,7 +308,7 @@ class PeerManager:
             url = normalize_peer_url(address)
         except Exception as exc:  # noqa: BLE001
             raise BadRequest(f"address {address!r}: {exc}") from None
-        info = await self.fetch_info(url, timeout)
+        info = await self.fetch_info(url, timeout, named=via in OPERATOR_NAMED)
         node = str(info.get("uuid", ""))
         if node == self.ctx.identity.uuid:
             raise BadRequest(f"{url} is this node")
@@ -319,7 +319,11 @@ class PeerManager:
         info["status"] = "online" if node in self.online() else "connecting"
         return info
 
-    async def fetch_info(self, url: str, timeout: float = 5.0) -> dict[str, Any]:
+    async def fetch_info(self, url: str, timeout: float = 5.0, named: bool = False) -> dict[str, Any]:
+        """GET /info of a would-be peer: discovery probes with it, so unless the operator named the
+        address (`named`) it must be in peer_cidrs before anything is sent there."""
+        if not named and not await self.policy.allows_url(url):
+            raise UpstreamError(f"{url} is outside peer_cidrs: not contacted")
         req = HTTPRequest(url + "/info", connect_timeout=timeout, request_timeout=timeout,
                           headers=self.ctx.auth.headers("GET", "/info"))
         try:

@@ -153,3 +153,34 @@ def test_hello_uuid_must_be_the_signed_uuid(cluster):
     time.sleep(0.3)
     assert claimed not in n1.online_peers()
     assert claimed not in {n["uuid"] for n in n1.nodes(all=True)}
+
+
+def test_body_hash_is_signed_and_nonce_memory_is_bounded():
+    """In-process: a signed body cannot be swapped, and the nonce cache never forgets into a replay."""
+    from tornado.httputil import HTTPHeaders, HTTPServerRequest
+
+    from beiran.errors import Unauthorized
+    from beiran.peer.auth import NonceCache, PeerAuth, requesting_peer
+
+    auth = PeerAuth(TOKEN, "00000000-0000-4000-8000-00000000000a")
+    me = "00000000-0000-4000-8000-00000000000b"
+
+    def request(body: bytes, header: str) -> HTTPServerRequest:
+        return HTTPServerRequest(method="POST", uri="/k8s/grants", body=body,
+                                 headers=HTTPHeaders({"X-Beiran-Auth": header}))
+    good = request(b'{"scope": "a"}', sign(TOKEN, "POST", "/k8s/grants", me, body=b'{"scope": "a"}'))
+    assert auth.check_request(good) is not None and requesting_peer(good) == me
+    swapped = request(b'{"scope": "b"}', sign(TOKEN, "POST", "/k8s/grants", me, body=b'{"scope": "a"}'))
+    with pytest.raises(Unauthorized):
+        auth.check_request(swapped)
+    unsigned_body = request(b'{"scope": "b"}', sign(TOKEN, "POST", "/k8s/grants", me))
+    with pytest.raises(Unauthorized):
+        auth.check_request(unsigned_body)
+
+    cache = NonceCache(capacity=100)
+    now = time.time()
+    for i in range(250):
+        assert cache.add(f"{i:032x}", int(now) - 250 + i, now)
+        assert len(cache) <= 100
+    assert not cache.add(f"{0:032x}", int(now) - 250, now)  # dropped from memory, still refused
+    assert not cache.add(f"{249:032x}", int(now) - 1, now)  # remembered

@@ -105,9 +105,13 @@ class FakePeer:
 
     async def closed(self, timeout: float = 5) -> bool:
         """True when the node closes the connection within `timeout`."""
+        deadline = time.monotonic() + timeout
         try:
             while True:
-                if await self.recv(timeout) is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                if await self.recv(left) is None:
                     return True
         except TimeoutError:
             return False
