@@ -282,8 +282,12 @@ class PeerConnection:
     async def _heartbeat(self) -> None:
         interval = self.ctx.config.heartbeat_interval
         timeout = self.ctx.config.heartbeat_timeout
+        opened = time.monotonic()
         while not self.closed.done():
             await asyncio.sleep(interval)
+            if self.uuid is None and time.monotonic() - opened > timeout:
+                self.shutdown("no hello", code=PROTOCOL_ERROR)  # holding a socket is not joining
+                return
             silent = time.monotonic() - self.last_rx
             if silent > timeout:
                 log.warning("peer %s: no heartbeat for %.0fs; dropping", self.uuid, silent)

@@ -52,7 +52,8 @@ class PeerManager:
         self._closing = False
         self.policy = PeerPolicy(ctx.config)
         self.addresses: dict[str, str] = {}  # node -> where its blobs are fetched (see policy.py)
-        self._grace: dict[str, asyncio.TimerHandle] = {}  # nodes between a duplicate and its twin
+        #: nodes between a duplicate's close and its twin's hello: (timer, the node was online)
+        self._grace: dict[str, tuple[asyncio.TimerHandle, bool]] = {}
         self._forget: dict[str, asyncio.TimerHandle] = {}
         self._refused_logged: set[str] = set()
         self._tasks: set[asyncio.Future] = set()
@@ -142,6 +143,10 @@ class PeerManager:
     def register(self, conn: PeerConnection) -> bool:
         """Keep one connection per pair: the one dialed by the smaller UUID wins."""
         node = conn.uuid or ""
+        address = conn.url if conn.outbound else fetch_url(conn.remote_ip, conn.info.get("port"))
+        if not address:
+            conn.shutdown("no usable address (hello without a port)", code=PROTOCOL_ERROR)
+            return False
         existing = self.conns.get(node)
         if existing is not None and existing is not conn and not existing.closed.done():
             preferred = min(self.ctx.identity.uuid, node)
@@ -155,14 +160,10 @@ class PeerManager:
             conn.inherits = existing.synced or existing.inherits
             self.conns[node] = conn  # first, so the old one's unregister sees it was replaced
             existing.shutdown("duplicate connection", code=DUPLICATE, notify=False)
-        address = conn.url if conn.outbound else fetch_url(conn.remote_ip, conn.info.get("port"))
-        if not address:
-            conn.shutdown("no usable address (hello without a port)", code=PROTOCOL_ERROR)
-            return False
         grace = self._grace.pop(node, None)
         if grace is not None:
-            grace.cancel()
-            conn.inherits = True
+            grace[0].cancel()
+            conn.inherits = conn.inherits or grace[1]
         self.conns[node] = conn
         self.addresses[node] = address
         if conn.outbound and conn.url in self.targets:
@@ -187,7 +188,8 @@ class PeerManager:
             # the peer dropped this one of a pair: the other connection is on its way; until it
             # registers (or the grace ends) the node stays online and its holdings usable
             loop = asyncio.get_running_loop()
-            self._grace[node] = loop.call_later(DUPLICATE_GRACE, self._gone, node, conn)
+            self._grace[node] = (loop.call_later(DUPLICATE_GRACE, self._gone, node, conn),
+                                 conn.synced or conn.inherits)
             return
         self._gone(node, conn)
 
@@ -269,7 +271,7 @@ class PeerManager:
     def online(self) -> list[str]:
         """Synced nodes, with those whose duplicate connection is being replaced right now."""
         live = [u for u, c in self.conns.items() if (c.synced or c.inherits) and not c.closed.done()]
-        return live + [u for u in self._grace if u not in self.conns]
+        return live + [u for u, (_, was) in self._grace.items() if was and u not in self.conns]
 
     def conn(self, node: str) -> PeerConnection | None:
         c = self.conns.get(node)
@@ -342,7 +344,7 @@ class PeerManager:
         for t in self.targets.values():
             if t.task:
                 t.task.cancel()
-        for handle in [*self._grace.values(), *self._forget.values()]:
+        for handle in [*(g[0] for g in self._grace.values()), *self._forget.values()]:
             handle.cancel()
         for c in list(self.conns.values()):
             c.shutdown("daemon shutting down", code=1001)

@@ -44,9 +44,10 @@ class PeerSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
                                    proved_uuid=requesting_peer(self.request))
         self.conn.start()
 
-    def on_message(self, message: str | bytes) -> None:
+    async def on_message(self, message: str | bytes) -> None:
         if self.conn:
             self.conn.on_message(message)
+        await asyncio.sleep(0)  # a peer's backlog of frames yields to everyone else between frames
 
     def on_close(self) -> None:
         if self.conn:
@@ -75,6 +76,7 @@ async def dial(mgr: PeerManager, url: str) -> PeerConnection:
                 conn.on_transport_closed(ws.close_code)
                 return
             conn.on_message(msg)
+            await asyncio.sleep(0)
 
     conn.start()
     conn._tasks.append(asyncio.ensure_future(reader()))

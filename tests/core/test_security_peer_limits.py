@@ -201,24 +201,26 @@ def test_flood_of_announcements_memory_and_latency_figures(cluster):
         stop = [False]
         loop = asyncio.get_running_loop()
         watcher = loop.run_in_executor(None, watch, stop)
-        peer = FakePeer(n1.url)
-        await peer.connect()
-        total = 400_000
-        await peer.hello()
-        await peer.recv()
-        closed = False
-        for start in range(0, total, 5000):
-            try:
-                await peer.send({"t": "snap", "epoch": "e1", "seq": total, "first": start == 0,
-                                 "last": start + 5000 >= total,
-                                 "entries": [[digest_of(i), "c", 1000] for i in range(start, start + 5000)]})
-            except Exception:  # noqa: BLE001 - closed by the node: the cap worked
-                closed = True
-                break
-        closed = closed or await peer.closed(10)
-        await asyncio.sleep(2.0)  # forget_after
-        stop[0] = True
-        await watcher
+        try:
+            peer = FakePeer(n1.url)
+            await peer.connect()
+            total = 400_000
+            await peer.hello()
+            await peer.recv()
+            closed = False
+            for start in range(0, total, 5000):
+                try:
+                    await peer.send({"t": "snap", "epoch": "e1", "seq": total, "first": start == 0,
+                                     "last": start + 5000 >= total,
+                                     "entries": [[digest_of(i), "c", 1000] for i in range(start, start + 5000)]})
+                except Exception:  # noqa: BLE001 - closed by the node: the cap worked
+                    closed = True
+                    break
+            closed = closed or await peer.closed(30)
+            await asyncio.sleep(2.0)  # forget_after
+        finally:
+            stop[0] = True
+            await watcher
         return closed
     closed = asyncio.run(attack())
     after = _rss_mib(pid)

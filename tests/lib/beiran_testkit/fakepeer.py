@@ -19,7 +19,8 @@ import uuid as uuidlib
 from typing import Any
 
 from tornado.httpclient import HTTPRequest
-from tornado.websocket import WebSocketClientConnection, websocket_connect
+from tornado.iostream import StreamClosedError
+from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, websocket_connect
 
 
 def sign(token: str, method: str, target: str, node: str, body: bytes | None = None,
@@ -72,13 +73,17 @@ class FakePeer:
     async def recv(self, timeout: float = 5) -> dict[str, Any] | None:
         """The next message other than ping/pong (answering pings); None once closed."""
         assert self.ws is not None
+        deadline = time.monotonic() + timeout
         while True:
-            raw = await asyncio.wait_for(self.ws.read_message(), timeout)
+            raw = await asyncio.wait_for(self.ws.read_message(), max(0.0, deadline - time.monotonic()))
             if raw is None:
                 return None
             msg = json.loads(raw)
             if msg.get("t") == "ping":
-                await self.send({"t": "pong"})
+                try:
+                    await self.send({"t": "pong"})
+                except (WebSocketClosedError, StreamClosedError):
+                    return None  # closed under us
                 continue
             if msg.get("t") in ("pong", "delta", "snap"):
                 continue
