@@ -4,7 +4,6 @@ normal start is quiet at INFO."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -20,47 +19,43 @@ def _info_lines(node: Daemon) -> list[str]:
 
 
 def test_duplicate_connections_never_mark_the_node_offline(cluster):
+    """a (the smaller UUID) dials b and backs off while b is down; b starts and dials a; then a's
+    retry connects too: both nodes replace b's connection with a's, the pair's winner. Neither
+    may mark the other offline, and a must never lose sight of b's blob meanwhile."""
     a = cluster.add(peers=[f"http://{cluster.ip(1)}:8888"], start=False)
     b = cluster.add(peers=[a.url], start=False)
+    a.data_dir.mkdir(parents=True, exist_ok=True)
+    b.data_dir.mkdir(parents=True, exist_ok=True)
+    (a.data_dir / "node-uuid").write_text("00000000-0000-4000-8000-00000000000a\n")
+    (b.data_dir / "node-uuid").write_text("ffffffff-0000-4000-8000-00000000000b\n")
     data, digest = random_blob(4096, 51)
-    duplicates = 0
-    for _ in range(2):  # each round both dial at once: a duplicate pair is the normal case
-        a.start(wait=False)
-        b.start(wait=False)
-        a.wait_ready()
-        b.wait_ready()
-        if not any(x["digest"] == digest for x in a.api("GET", "/blobs")["blobs"]):
-            a.add_blob(data)
-        wait_until(lambda: any(x["digest"] == digest and a.uuid in x["nodes"]
-                               for x in b.api("GET", "/blobs?all=true")["blobs"]), 15,
-                   what="b to learn a holds the blob")
-        gaps: list[float] = []
-        stop = threading.Event()
+    hexd = digest.split(":")[1]
+    (b.data_dir / "blobs" / "sha256" / hexd[:2]).mkdir(parents=True)
+    (b.data_dir / "blobs" / "sha256" / hexd[:2] / hexd).write_bytes(data)  # adopted at start
+    a.start()
+    time.sleep(1.0)  # a's dials to b fail and back off
+    b.start()
 
-        def watch(stop: threading.Event = stop, gaps: list[float] = gaps) -> None:
-            # from the moment b knows a holds it, b must never think nobody holds it
-            while not stop.is_set():
-                view = b.api("GET", "/blobs?all=true")["blobs"]
-                if not any(x["digest"] == digest and a.uuid in x["nodes"] for x in view):
-                    gaps.append(time.monotonic())
-                time.sleep(0.01)
-        watcher = threading.Thread(target=watch)
-        watcher.start()
-        time.sleep(1.5)
-        stop.set()
-        watcher.join()
-        assert not gaps, f"b lost sight of a's blob {len(gaps)} times"
-        if not any(x["digest"] == digest for x in b.api("GET", "/blobs")["blobs"]):
-            assert b.fetch(digest, len(data))["sources"] == {"peer": len(data)}
-        logs = a.log() + b.log()
-        duplicates += logs.count("duplicate connection; keeping")
-        assert "offline" not in logs, [x for x in logs.splitlines() if "offline" in x]
-        a.stop()
-        b.stop()
-        a.log_path.write_text("")
-        b.log_path.write_text("")
-    print(f"\nduplicate connections replaced in 2 rounds: {duplicates}")
-    assert duplicates >= 1  # the path under test was taken
+    def a_sees_b_hold_it() -> bool:
+        return any(x["digest"] == digest and b.uuid in x["nodes"] for x in a.api("GET", "/blobs?all=true")["blobs"])
+    wait_until(a_sees_b_hold_it, 15, interval=0.01, what="a to learn b holds the blob")
+    gaps = 0
+    deadline = time.monotonic() + 15
+    replaced_at = None
+    while time.monotonic() < deadline:
+        if not a_sees_b_hold_it():
+            gaps += 1
+        if replaced_at is None and "duplicate connection" in a.log() + b.log():
+            replaced_at = time.monotonic()
+        if replaced_at is not None and time.monotonic() - replaced_at > 1.5:
+            break
+        time.sleep(0.01)
+    logs = a.log() + b.log()
+    print(f"\nreplaced: {replaced_at is not None}; polls without b's blob on a: {gaps}")
+    assert replaced_at is not None, "the duplicate connection never happened"
+    assert "offline" not in logs, [x for x in logs.splitlines() if "offline" in x]
+    assert gaps == 0, f"a lost sight of b's blob {gaps} times"
+    assert a.fetch(digest, len(data))["sources"] == {"peer": len(data)}
 
 
 def test_a_normal_start_is_quiet_at_info(cluster):
