@@ -93,7 +93,7 @@ async def _run(raws: list[Any]) -> tuple[PeerConnection, _Manager]:
     return conn, mgr
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(raw_messages, min_size=1, max_size=15))
 def test_decoder_never_crashes_the_handler(raws):
     conn, mgr = asyncio.run(_run(raws))
