@@ -114,7 +114,7 @@ async def run(config: Config) -> int:
                 await ctx.run_db(create_and_migrate, rec.models)
             except Exception as exc:  # noqa: BLE001
                 ctx.plugins._fail(rec, "schema", exc)
-    ctx.availability = Availability(config.limits.peer_max_blobs)
+    ctx.availability = Availability(config.limits.peer_max_blobs, config.limits.peer_max_blobs_total)
     ctx.store = BlobStore(ctx, config.data_dir / "blobs")
     await ctx.store.open()
     ctx.peers = PeerManager(ctx, ctx.availability)

@@ -13,6 +13,7 @@ from beiran.store.digest import ALGORITHMS
 COMPLETE, PARTIAL = "c", "p"
 LOG_LIMIT = 100_000
 DEFAULT_PEER_MAX_BLOBS = 250_000
+DEFAULT_PEER_MAX_BLOBS_TOTAL = 2_000_000
 MAX_BLOB_SIZE = 1 << 50  # a claimed size beyond this (1 PiB) is nonsense
 #: the wire check of a digest: the same shapes `parse_digest` accepts, in one regex call
 DIGEST_RE = re.compile("|".join(f"{alg}:[0-9a-f]{{{n}}}" for alg, n in ALGORITHMS.items()))
@@ -42,8 +43,10 @@ class PeerHoldings:
 
 
 class Availability:
-    def __init__(self, peer_max_blobs: int = DEFAULT_PEER_MAX_BLOBS) -> None:
+    def __init__(self, peer_max_blobs: int = DEFAULT_PEER_MAX_BLOBS,
+                 peer_max_blobs_total: int = DEFAULT_PEER_MAX_BLOBS_TOTAL) -> None:
         self.peer_max_blobs = peer_max_blobs
+        self.peer_max_blobs_total = peer_max_blobs_total
         self.epoch = uuid.uuid4().hex  # new per run: a restarted node re-announces everything
         self.seq = 0
         self.local: dict[str, tuple[str, int | None]] = {}
@@ -104,9 +107,14 @@ class Availability:
         self._check_cap(node, p)
 
     def _check_cap(self, node: str, p: PeerHoldings) -> None:
+        """Per peer, and over all peers (many peers, e.g. many UUIDs from one host, add up)."""
         if len(p.blobs) > self.peer_max_blobs:
             self.forget(node)
             raise HoldingsError(f"announced more than limits.peer_max_blobs = {self.peer_max_blobs} blobs")
+        if self.peer_entries() > self.peer_max_blobs_total:
+            self.forget(node)
+            raise HoldingsError(f"announcements of all peers exceed limits.peer_max_blobs_total = "
+                                f"{self.peer_max_blobs_total}")
 
     def peer_entries(self) -> int:
         return sum(len(p.blobs) for p in self.peers.values())

@@ -85,7 +85,8 @@ def test_malformed_messages_are_a_clean_close(cluster):
 
 
 def test_announcements_are_capped_and_forgotten_when_the_peer_is_gone(cluster):
-    n1 = cluster.add(peers=None, config={"limits": {"peer_max_blobs": 1000, "peer_forget_after": 0.5}})
+    n1 = cluster.add(peers=None, config={"limits": {"peer_max_blobs": 1000, "peer_max_blobs_total": 1500,
+                                                    "peer_forget_after": 0.5}})
 
     async def attack() -> tuple[bool, float, bool]:
         honest = FakePeer(n1.url)
@@ -93,6 +94,12 @@ def test_announcements_are_capped_and_forgotten_when_the_peer_is_gone(cluster):
         await honest.join([[digest_of(i, "h"), "c", 10] for i in range(800)])
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, wait_until, lambda: _entries(n1) == 800, 10)
+        # many identities, each under the per-peer cap: the total cap stops them
+        sybil = FakePeer(n1.url)
+        await sybil.connect()
+        await sybil.join([[digest_of(i, "s"), "c", 10] for i in range(900)])
+        assert await sybil.closed(5), "peers together went past limits.peer_max_blobs_total"
+        assert _entries(n1) == 800
         honest.close()
         flood = FakePeer(n1.url)
         await flood.connect()
