@@ -83,7 +83,6 @@ def private_data_dir(path: Path) -> None:
 
 
 async def run(config: Config, reload_config: Callable[[], Config] | None = None) -> int:
-    from tornado.httpserver import HTTPServer
     from tornado.netutil import bind_sockets
 
     from beiran import proxies
@@ -94,6 +93,7 @@ async def run(config: Config, reload_config: Callable[[], Config] | None = None)
     from beiran.fetch.fetcher import Fetcher
     from beiran.fetch.origins import local_source_keys
     from beiran.identity import NodeIdentity, advertised_addresses, load_or_create_uuid
+    from beiran.listener import GuardedHTTPServer
     from beiran.metrics import Metrics
     from beiran.models import CORE_MODELS
     from beiran.models.base import create_and_migrate, open_database
@@ -144,7 +144,7 @@ async def run(config: Config, reload_config: Callable[[], Config] | None = None)
                 await ctx.run_db(create_and_migrate, rec.models)
             except Exception as exc:  # noqa: BLE001
                 ctx.plugins._fail(rec, "schema", exc)
-    ctx.availability = Availability()
+    ctx.availability = Availability(config.limits.peer_max_blobs, config.limits.peer_max_blobs_total)
     ctx.store = BlobStore(ctx, config.data_dir / "blobs")
     await ctx.store.open()
     ctx.peers = PeerManager(ctx, ctx.availability)
@@ -158,9 +158,10 @@ async def run(config: Config, reload_config: Callable[[], Config] | None = None)
     app = make_app(ctx)
     # plugins start before the listeners accept, so a node that answers /info is fully up
     await ctx.plugins.start_all()
-    tcp_server = PlainHTTPServer(app, max_body_size=64 << 20, idle_connection_timeout=300)
+    tcp_server = PlainHTTPServer(app, max_body_size=64 << 20, limits=config.limits,
+                                 on_refused=lambda ip: ctx.metrics.connections_refused.inc())
     tcp_server.add_sockets(tcp_socks)
-    unix_server = HTTPServer(app, max_body_size=64 << 20)
+    unix_server = GuardedHTTPServer(app, max_body_size=64 << 20, per_address=False)
     unix_server.add_socket(unix_sock)
     await ctx.peers.start()
     log.info("beiran %s node %s listening on %s (peers reach it at %s) and %s; plugins: %s",

@@ -25,10 +25,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("beiran.daemon")
 
 #: applied as they are: everything reads them at each use
-LIVE = ("client_cidrs", "origins", "proxy", "store", "fetch")
+LIVE = ("client_cidrs", "origins", "proxy", "store", "fetch", "offline")
 #: settled at start-up (sockets bound, identity and auth made, connections' timers set)
-RESTART = ("data_dir", "run_dir", "listen", "socket", "cluster_token", "heartbeat_interval",
-           "heartbeat_timeout", "testing")
+RESTART = ("data_dir", "run_dir", "listen", "advertise", "socket", "cluster_token", "heartbeat_interval",
+           "heartbeat_timeout", "testing", "peer_cidrs", "limits")
 
 
 def set_log_level(level: str) -> None:

@@ -199,8 +199,9 @@ class IndexService:
             tmp = self.cache.tmp_path()
             path = "/apt/index"
             try:
-                async with stream_request(f"{base}{path}?url={quote(url, safe='')}",
-                                          self.ctx.auth.headers("GET", path), connect_timeout=5.0) as resp:
+                target_path = f"{path}?url={quote(url, safe='')}"
+                async with stream_request(base + target_path, self.ctx.auth.headers("GET", target_path),
+                                          connect_timeout=5.0) as resp:
                     if resp.code != 200:
                         continue
                     data = await resp.read_all(self.plugin.cfg.max_index_size, idle_timeout=10.0)

@@ -50,9 +50,9 @@ class AptPlugin(BasePackagePlugin):
         self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
-        from tornado.httpserver import HTTPServer
         from tornado.netutil import bind_sockets
 
+        from beiran.listener import GuardedHTTPServer
         from beiran_plugins.apt.proxy import make_app
 
         self.ssl_ctx = ssl.create_default_context()
@@ -70,7 +70,7 @@ class AptPlugin(BasePackagePlugin):
             socks = bind_sockets(port, address=None if host in ("0.0.0.0", "") else host)
         except OSError as exc:
             raise PluginError(f"apt proxy cannot listen on {self.cfg.listen}: {exc.strerror}") from None
-        self.server = HTTPServer(make_app(self), idle_connection_timeout=120, max_body_size=1 << 16)
+        self.server = GuardedHTTPServer(make_app(self), limits=self.ctx.config.limits, max_body_size=1 << 16)
         self.server.add_sockets(socks)
         self.port = socks[0].getsockname()[1]
         log.info("apt proxy listening on %s:%d (%d keyrings)", host, self.port, len(self.keyrings))
