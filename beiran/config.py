@@ -82,6 +82,8 @@ class FetchConfig:
     max_parallel_peers: int = 4
     peer_timeout: float = 30.0  # seconds without a byte before a source is given up
     origin_delegation: bool = True  # ask the blob's rendezvous owner to fetch cold blobs
+    peer_max_fetches: int = 16  # delegated fetches one peer may have in flight on this node
+    peer_max_bytes: int = 8 << 30  # and the bytes they may claim together
 
 
 @dataclass
@@ -195,6 +197,7 @@ def _build_section(cls: type, data: dict[str, Any], where: str) -> Any:
     if isinstance(obj, FetchConfig):
         obj.large_blob_threshold = parse_size(obj.large_blob_threshold, "fetch.large_blob_threshold") or 0
         obj.piece_size = parse_size(obj.piece_size, "fetch.piece_size") or (8 << 20)
+        obj.peer_max_bytes = parse_size(obj.peer_max_bytes, "fetch.peer_max_bytes") or 0
     return obj
 
 

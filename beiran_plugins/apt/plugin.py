@@ -111,7 +111,7 @@ class AptPlugin(BasePackagePlugin):
                 log.warning("apt: %s could not advertise the proxy: %s", plugin.name, exc)
 
     # -- the fetch contract ----------------------------------------------------------------------
-    def validate_source(self, params: dict[str, Any]) -> dict[str, Any]:
+    def validate_source(self, params: dict[str, Any], *, from_peer: bool) -> dict[str, Any]:
         base, path = params.get("base"), params.get("path")
         if not isinstance(base, str) or not base.endswith("/") or len(base) > 1024:
             raise BadRequest("apt source needs the archive base URL key it was seen under")

@@ -106,7 +106,7 @@ class NPMPlugin(BasePackagePlugin):
         return self.upstream.tarball_url(name, tarball_file(name, version, manifest))
 
     # -- the fetch API ---------------------------------------------------------------------------
-    def validate_source(self, params: dict[str, Any]) -> dict[str, Any]:
+    def validate_source(self, params: dict[str, Any], *, from_peer: bool) -> dict[str, Any]:
         if set(params) != {"package", "version"}:
             raise BadRequest('npm source must be {"package": NAME, "version": VERSION}')
         return {"package": self.check_name(params["package"]), "version": validate_version(params["version"])}

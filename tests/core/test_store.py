@@ -38,7 +38,7 @@ async def make_store(root: Path, **store_cfg) -> BlobStore:
 
 
 async def write(store: BlobStore, data: bytes, digest: str | None = None) -> None:
-    w = await store.begin_write(digest or sha(data), len(data))
+    w = await store.begin_write(digest or sha(data), len(data), reserve=True)
     await w.feed(data)
     await store.commit(w)
 
@@ -53,7 +53,7 @@ def test_verified_write_and_mismatch_leaves_nothing(tmp_path):
         assert not store.has(sha(b"good"))
         assert not store.path_for(sha(b"good")).exists()
         assert list((tmp_path / "blobs" / "tmp").iterdir()) == []
-        w = await store.begin_write(sha(b"abc"), 3)
+        w = await store.begin_write(sha(b"abc"), 3, reserve=True)
         with pytest.raises(VerificationError):
             await w.feed(b"abcd")  # more than announced
         store.abort(w, VerificationError("too long"))
@@ -91,7 +91,7 @@ def test_restart_cleans_leftovers_and_adopts_or_drops_files(tmp_path):
     async def first():
         store = await make_store(tmp_path)
         await write(store, b"kept")
-        w = await store.begin_write(sha(b"half"), 4)  # crash mid-write: temp file stays behind
+        w = await store.begin_write(sha(b"half"), 4, reserve=True)  # crash mid-write: temp file stays behind
         await w.feed(b"ha")
         await w.flush()
         return store
@@ -132,7 +132,7 @@ def test_full_disk_fails_the_one_write_and_store_stays_consistent(tmp_path):
             with pytest.raises(StorageFull):
                 await write(store, big)  # announced size: refused up front, nothing evicted
             assert store.has(sha(b"small"))
-            w = await store.begin_write(sha(big), None)  # size unknown: ENOSPC mid-write
+            w = await store.begin_write(sha(big), None, reserve=True)  # size unknown: ENOSPC mid-write
             with pytest.raises(StorageFull):
                 await w.feed(big)
                 await store.commit(w)
