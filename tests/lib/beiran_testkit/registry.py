@@ -48,6 +48,8 @@ class CountingProxy:
         self.headers_seen: list[dict[str, Any]] = []
         self.fail: dict[str, tuple[int, bytes]] = {}  # path regex -> (status, body)
         self.replace: dict[str, bytes] = {}  # path regex -> body served instead (headers kept)
+        #: path regex -> event: matching requests wait (after auth) until the test sets it
+        self.hold: dict[str, threading.Event] = {}
         #: {"scheme": "bearer"|"basic", "user", "password", "refresh_token"}: what the registry demands
         self.auth: dict[str, Any] | None = None
         self.tokens: set[str] = set()
@@ -63,6 +65,9 @@ class CountingProxy:
             self.token_requests.clear()
         self.fail.clear()
         self.replace.clear()
+        for event in self.hold.values():
+            event.set()
+        self.hold.clear()
         self.auth = None
 
     def blob_gets(self) -> Counter[str]:
@@ -112,6 +117,9 @@ class CountingProxy:
                                       "range": h.headers.get("Range")})
         if self.auth and not self._authorized(h, path):
             return
+        for pattern, event in list(self.hold.items()):
+            if re.search(pattern, path):
+                event.wait(60)
         for pattern, (status, body) in list(self.fail.items()):
             if re.search(pattern, path):
                 self._send(h, status, {"Content-Type": "application/json"}, body)

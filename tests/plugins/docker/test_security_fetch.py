@@ -80,14 +80,17 @@ def test_token_realm_elsewhere_never_receives_the_credentials(cluster, decoy):
             name: {"url": f"http://{name}", "username": "alice", "password": "s3cret"}}},
             **{p: {"enabled": False} for p in ("apt", "npm", "dns", "k8s", "zeroconf")}}}
         node = cluster.add(config, peers=None)
-        status, _, body = node.tcp("GET", "/v2/team/app/manifests/v1")
+        try:
+            status, _, body = node.tcp("GET", "/v2/team/app/manifests/v1", timeout=20)
+        except OSError as exc:  # the old code sent the credentials to the decoy, then hung
+            status, body = 0, str(exc).encode()
         time.sleep(1)
     finally:
         stop_server(server)
     print(f"\nmirror answered {status}; connections seen by the decoy: {decoy.connections} {decoy.seen}")
-    assert status == 401, body
     assert not any(b"Authorization" in seen or b"authorization" in seen for seen in decoy.seen)
     assert decoy.connections == 0
+    assert status == 401, body
 
 
 def test_credentialed_blobs_are_never_fetched_for_or_served_to_peers(cluster, registry, test_images):
