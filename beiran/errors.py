@@ -134,5 +134,7 @@ def from_wire(body: dict[str, Any], default_status: int = 502) -> BeiranError:
     except (TypeError, ValueError):
         status = default_status
     message = str(body.get("message", "peer error"))[:500]
-    cls = _codes().get(code, BeiranError)
+    by_status: dict[int, type[BeiranError]] = {400: BadRequest, 401: Unauthorized, 403: Forbidden,
+                                               404: NotFound, 429: TooManyRequests, 507: StorageFull}
+    cls = _codes().get(code) or by_status.get(status, BeiranError)  # a plugin's code this node lacks
     return cls(message, status=status, code=code)
