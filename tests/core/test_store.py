@@ -12,7 +12,7 @@ import pytest
 
 from beiran.config import load_config
 from beiran.context import DaemonContext
-from beiran.errors import BlobNotFound, Conflict, InvalidDigest, StorageFull, VerificationError
+from beiran.errors import BlobNotFound, Conflict, Forbidden, InvalidDigest, StorageFull, VerificationError
 from beiran.events import EventBus
 from beiran.models import CORE_MODELS
 from beiran.models.base import create_and_migrate, open_database
@@ -84,6 +84,41 @@ def test_lru_eviction_respects_pins_and_readers(tmp_path):
         await store.remove(sha(a))
         with pytest.raises(BlobNotFound):
             await store.remove(sha(a))
+    asyncio.run(go())
+
+
+def test_a_claimed_size_evicts_nothing_and_reserves_nothing(tmp_path):
+    """A size only a peer claimed (reserve=False) must fit as things are, and its writer does not
+    count as pending, so it cannot make a later local write evict either."""
+    async def go():
+        store = await make_store(tmp_path, max_size=1000)
+        kept = [bytes([i]) * 100 for i in range(8)]
+        for data in kept:
+            await write(store, data)
+        with pytest.raises(StorageFull):
+            await store.begin_write(sha(b"claimed"), 999, reserve=False)
+        assert all(store.has(sha(d)) for d in kept)
+        claim = await store.begin_write(sha(b"small claim"), 150, reserve=False)  # fits as it is
+        await write(store, b"z" * 100)  # a local write that fits: nothing is evicted for the claim
+        assert all(store.has(sha(d)) for d in kept)
+        store.abort(claim, StorageFull("test"))
+        await write(store, b"y" * 200)  # a local write over the cap evicts, as before
+        assert sum(store.has(sha(d)) for d in kept) == 7
+    asyncio.run(go())
+
+
+def test_restricted_blobs_are_refused_to_peers_and_survive_a_restart(tmp_path):
+    async def go():
+        store = await make_store(tmp_path)
+        await write(store, b"private")
+        await store.restrict(sha(b"private"))
+        with pytest.raises(Forbidden):
+            store.check_access(sha(b"private"), "some-peer")
+        again = await make_store(tmp_path)
+        with pytest.raises(Forbidden):
+            again.check_access(sha(b"private"), None)
+        await again.release([sha(b"private")])
+        again.check_access(sha(b"private"), "some-peer")
     asyncio.run(go())
 
 
