@@ -67,6 +67,8 @@ class FetchJob:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     #: the peer this fetch runs for (None: this node's own clients asked)
     for_peer: str | None = None
+    #: `source` came in a peer's request: resolved only against this node's config, anonymously
+    peer_source: bool = False
     opener: Opener | None = None
     #: the size came from a local caller (not a peer's claim): room may be made for it
     size_trusted: bool = False
@@ -145,17 +147,19 @@ class Fetcher:
             # delegated fetch) that read the store now would find nothing and go elsewhere
             job = self.jobs[digest]
             if for_peer is None:
-                # this node's own client joins: its source and opener serve the job from now on
-                if job.for_peer is not None:
-                    job.for_peer, job.source = None, source or job.source
-                job.source = job.source or source
+                # this node's own client joins: its source and opener serve the job from now on (a
+                # peer's source stays a peer's source: it never gains this node's credentials)
+                job.for_peer = None
+                if source and (job.peer_source or not job.source):
+                    job.source, job.peer_source = source, False
                 job.opener = job.opener or opener
             await job.writer_ready()
             return job
         trusted = size is not None and for_peer is None
         if size is None:
             size = self._announced_size(digest)  # a peer's claim: not trusted for eviction
-        job = FetchJob(digest, size, source, for_peer=for_peer, opener=opener, size_trusted=trusted)
+        job = FetchJob(digest, size, source, for_peer=for_peer, peer_source=for_peer is not None and bool(source),
+                       opener=opener, size_trusted=trusted)
         self.jobs[digest] = job
         try:
             job.writer = await self.ctx.store.begin_write(digest, size, reserve=trusted)
@@ -256,8 +260,8 @@ class Fetcher:
                     return
                 continue
             # a node fetching for a peer never delegates again; a local opener never leaves the node
-            if (job.source and job.opener is None and job.for_peer is None and cfg.origin_delegation
-                    and not delegated):
+            if (job.source and job.opener is None and job.for_peer is None and not job.peer_source
+                    and cfg.origin_delegation and not delegated):
                 delegated = True
                 owner = self._owner(job)
                 if owner is not None and owner not in failed:
@@ -319,21 +323,23 @@ class Fetcher:
     async def _open_origin(self, job: FetchJob, offset: int) -> OriginStream:
         """The local opener first (it carries the credentials its caller holds), then the source;
         the next is tried when one refuses before sending a byte."""
-        tries: list[Callable[[], Awaitable[OriginStream]]] = []
+        tries: list[tuple[bool, Callable[[], Awaitable[OriginStream]]]] = []
         if job.opener is not None:
-            tries.append(lambda: job.opener(job.digest, offset))
+            opener = job.opener
+            tries.append((False, lambda: opener(job.digest, offset)))
         if job.source:
-            tries.append(lambda: open_origin(self.ctx, job.source or {}, job.digest, offset,
-                                             from_peer=job.for_peer is not None))
+            source, from_peer = job.source, job.peer_source
+            tries.append((from_peer, lambda: open_origin(self.ctx, source, job.digest, offset,
+                                                         from_peer=from_peer)))
         last: BeiranError | None = None
-        for open_ in tries:
+        for from_peer, open_ in tries:
             try:
                 stream = await open_()
             except BeiranError as exc:
                 last = exc
                 continue
             if stream.restricted:
-                if job.for_peer is not None:  # never read with credentials on a peer's behalf
+                if from_peer:  # never read with credentials on a peer's behalf
                     await stream.aclose()
                     raise Forbidden(f"blob {job.digest[:19]} is private; this node does not fetch it for peers")
                 await self.ctx.store.restrict(job.digest)  # before the first byte can be served
