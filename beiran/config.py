@@ -82,7 +82,7 @@ class FetchConfig:
     max_parallel_peers: int = 4
     peer_timeout: float = 30.0  # seconds without a byte before a source is given up
     origin_delegation: bool = True  # ask the blob's rendezvous owner to fetch cold blobs
-    peer_max_fetches: int = 16  # delegated fetches one peer may have in flight on this node
+    peer_max_fetches: int = 64  # delegated fetches one peer may have in flight on this node
     peer_max_bytes: int = 8 << 30  # and the bytes they may claim together
 
 
