@@ -139,6 +139,8 @@ class Puller:
         section: dict[str, Any] = {"url": ep.url}
         if ep.ca_file:
             section["ca_file"] = ep.ca_file
+        if ep.token_realms:
+            section["token_realms"] = list(ep.token_realms)  # where credentials may go, as configured
         if not anonymous:
             given = creds or {"username": ep.username, "password": ep.password,
                               "identity_token": ep.identity_token, "registry_token": ep.registry_token}
