@@ -125,3 +125,19 @@ def test_credentialed_blobs_are_never_fetched_for_or_served_to_peers(cluster, re
     assert served[0] == 403 and b"private" in served[1]
     assert not node.api("GET", "/blobs")["blobs"] or asked.digest not in {
         b["digest"] for b in node.api("GET", "/blobs")["blobs"]}
+
+
+@pytest.mark.parametrize(("url", "realms", "realm", "allowed"), [
+    ("https://ghcr.io", (), "https://ghcr.io/token", True),
+    ("https://ghcr.io", (), "https://evil.example/token", False),
+    ("https://ghcr.io", (), "http://ghcr.io/token", False),  # the credentials would cross in clear
+    ("https://registry.gitlab.com", ("gitlab.com",), "https://gitlab.com/jwt/auth", True),
+    ("http://127.0.0.1:5000", (), "http://127.0.0.1:5000/token", True),  # its own origin, as configured
+    ("http://127.0.0.1:5000", (), "http://127.0.0.1:5001/token", False),
+    ("http://127.0.0.1:5000", (), "http://127.0.0.9:5000/token", False),
+])
+def test_which_token_realms_get_the_credentials(url, realms, realm, allowed):
+    from beiran_plugins.docker.upstream import Endpoint
+
+    ep = Endpoint("r", url, "alice", "s3cret", token_realms=realms)
+    assert ep.realm_allowed(realm) is allowed
