@@ -35,7 +35,7 @@ PLUGIN_DEPENDS = {"k8s": ["docker"]}
 TEST_TOOLS = ["pytest>=8", "pytest-timeout"]
 DEBIAN_PYTHON = "/usr/bin/python3"
 #: sources that go into each wheel (a wheel older than any of them is rebuilt)
-SOURCE_SUFFIXES = {".py", ".proto", ".json", ".toml"}
+SOURCE_SUFFIXES = {".py", ".proto", ".json", ".toml", ".html", ".js", ".css"}
 
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.sessions = ["lint", "build", "tests", "tests(apt)", "tests(integration)"]
@@ -222,7 +222,8 @@ def _pytest(session: nox.Session, dist: str, plugins: list[str], scratch: Path) 
         else:
             session.log(f"{plugin_tests.relative_to(ROOT)} does not exist yet: running the core tests only")
     env = _clean_env()
-    env.update({"BEIRAN_DIST": str(DIST), "BEIRAN_TEST_PLUGINS": ",".join(plugins)})
+    env.update({"BEIRAN_DIST": str(DIST), "BEIRAN_TEST_PLUGINS": ",".join(plugins),
+                "BEIRAN_TEST_REPO": str(ROOT)})  # the checkout, for the README walk-through's clone
     with session.chdir(scratch):
         for paths, select in runs:
             # pytest exits 5 when it collected (or kept) no test, e.g. `-k` matching only the

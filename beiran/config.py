@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from beiran.errors import ConfigError
+from beiran.proxies import ProxyConfig, masked
+from beiran.proxies import resolve as resolve_proxy
 
 DEFAULT_CONFIG_FILE = Path("/etc/beiran/config.toml")
 ENV_PREFIX = "BEIRAN_"
@@ -87,10 +89,22 @@ class FetchConfig:
 
 
 @dataclass
+class OfflineConfig:
+    """Metadata from peers while an upstream is down (beiran/offline.py)."""
+
+    quorum: int = 2  # distinct peers that must return the same answer (and a majority); at least 2
+    max_peers: int = 8  # peers asked per question
+    timeout: float = 5.0  # seconds per peer
+
+
+@dataclass
 class Config:
     data_dir: Path = field(default_factory=_default_data_dir)
     run_dir: Path | None = None
     listen: str = "0.0.0.0:8888"
+    #: HOST[:PORT] peers are told to reach this node at; default: the listen address (for 0.0.0.0,
+    #: a guess from the host name). Set it when listening on every address, as a DaemonSet does.
+    advertise: str | None = None
     socket: Path | None = None
     log_level: str = "info"
     peers: list[str] = field(default_factory=list)
@@ -101,6 +115,8 @@ class Config:
     origins: dict[str, str] = field(default_factory=dict)
     store: StoreConfig = field(default_factory=StoreConfig)
     fetch: FetchConfig = field(default_factory=FetchConfig)
+    offline: OfflineConfig = field(default_factory=OfflineConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)  # upstream proxies for origin requests
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
     testing: dict[str, Any] = field(default_factory=dict)  # Beiran's own tests only: see TESTING_SWITCHES
     source_file: Path | None = None
@@ -137,6 +153,7 @@ class Config:
         if data.get("cluster_token"):
             data["cluster_token"] = "***"
         _mask_secrets(data["plugins"])
+        data["proxy"] = {k: masked(v) if k != "no_proxy" else v for k, v in data["proxy"].items()}
         return data
 
 
@@ -149,14 +166,53 @@ def _mask_secrets(section: dict[str, Any]) -> None:
             section[k] = "***"
 
 
-def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
-    """BEIRAN_LISTEN=..., BEIRAN_STORE__MAX_SIZE=10G, BEIRAN_PLUGINS__DNS__ENABLED=false."""
+#: BEIRAN_* variables that are not settings: which file to read, the switch for test hooks, and
+#: what the development scripts and the test suite use (BEIRAN_TEST_*, BEIRAN_DIST, BEIRAN_ROOT).
+NOT_SETTINGS = {"BEIRAN_CONFIG", "BEIRAN_TESTING_HOOKS", "BEIRAN_DIST", "BEIRAN_ROOT"}
+NOT_SETTINGS_PREFIXES = ("BEIRAN_TEST_",)
+
+
+def is_setting_var(name: str) -> bool:
+    """Whether an environment variable is meant as a config setting (BEIRAN_LISTEN, ...)."""
+    return (name.startswith(ENV_PREFIX) and name not in NOT_SETTINGS
+            and not name.startswith(NOT_SETTINGS_PREFIXES))
+
+
+def _env_unknown(path: list[str]) -> str | None:
+    """The dotted key an env var names when that is no setting (None when it is one). Plugin
+    sections are the plugins' to check, as in the file."""
+    top = {f.name for f in fields(Config)} - {"source_file"}
+    sections = {"store": StoreConfig, "fetch": FetchConfig, "offline": OfflineConfig, "proxy": ProxyConfig}
+    dotted = ".".join(path)
+    if not path[0] or path[0] not in top:
+        return dotted
+    if path[0] in sections:
+        if len(path) != 2 or path[1] not in {f.name for f in fields(sections[path[0]])}:
+            return dotted
+    elif path[0] == "plugins":
+        if len(path) < 3 or not all(path):
+            return dotted
+    elif path[0] not in ("origins", "testing") and len(path) != 1:
+        return dotted
+    return None
+
+
+def _env_overrides(environ: dict[str, str], strict: bool = True) -> dict[str, Any]:
+    """BEIRAN_LISTEN=..., BEIRAN_STORE__MAX_SIZE=10G, BEIRAN_PLUGINS__DNS__ENABLED=false.
+
+    A variable that names no setting is an error naming the variable (`strict`, the daemon's
+    case), or skipped (a CLI command that only needs the socket path)."""
     out: dict[str, Any] = {}
-    skip = {"BEIRAN_CONFIG", "BEIRAN_SOCKET_CLIENT", TESTING_ENV}
-    for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX) or key in skip:
+    for key, raw in sorted(environ.items()):
+        if not is_setting_var(key):
             continue
         path = key[len(ENV_PREFIX):].lower().split("__")
+        unknown = _env_unknown(path)
+        if unknown is not None:
+            if strict:
+                raise ConfigError(f"environment variable {key}: {unknown} is not a Beiran setting "
+                                  f"(unset {key}, or see the settings in `beiran config --local`)")
+            continue
         node = out
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -183,12 +239,12 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _build_section(cls: type, data: dict[str, Any], where: str) -> Any:
-    known = {f.name: f for f in fields(cls)}
+def _build_section(cls: type, data: dict[str, Any], where: str, origin: str = "config") -> Any:
+    known = {f.name: f for f in fields(cls) if f.name != "source_file"}
     kwargs = {}
     for key, value in data.items():
         if key not in known:
-            raise ConfigError(f"config: unknown setting {where}{key}")
+            raise ConfigError(f"{origin}: unknown setting {where}{key}")
         kwargs[key] = value
     obj = cls(**kwargs)
     if isinstance(obj, StoreConfig):
@@ -198,18 +254,22 @@ def _build_section(cls: type, data: dict[str, Any], where: str) -> Any:
         obj.large_blob_threshold = parse_size(obj.large_blob_threshold, "fetch.large_blob_threshold") or 0
         obj.piece_size = parse_size(obj.piece_size, "fetch.piece_size") or (8 << 20)
         obj.peer_max_bytes = parse_size(obj.peer_max_bytes, "fetch.peer_max_bytes") or 0
+    if isinstance(obj, OfflineConfig) and not (isinstance(obj.quorum, int) and obj.quorum >= 2):
+        raise ConfigError(f"config: offline.quorum must be an integer of at least 2 (one peer's word is never "
+                          f"enough during an outage), not {obj.quorum!r}")
     return obj
 
 
 def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] | None = None,
-                overrides: dict[str, Any] | None = None) -> Config:
-    """Build the effective config. `overrides` are command-line flags (None values ignored)."""
+                overrides: dict[str, Any] | None = None, strict_env: bool = True) -> Config:
+    """Build the effective config. `overrides` are command-line flags (None values ignored).
+    `strict_env=False` skips BEIRAN_* variables that name no setting instead of refusing them."""
     environ = dict(os.environ if environ is None else environ)
     file_data: dict[str, Any] = {}
     source: Path | None = None
     path = path or environ.get("BEIRAN_CONFIG")
     if path:
-        source = Path(path)
+        source = Path(path).absolute()
         if not source.is_file():
             raise ConfigError(f"config file {source} not found")
     elif DEFAULT_CONFIG_FILE.is_file():
@@ -219,18 +279,24 @@ def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] |
             file_data = tomllib.loads(source.read_text())
         except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {source}: {exc}") from exc
-    data = _merge(file_data, _env_overrides(environ))
+    data = _merge(file_data, _env_overrides(environ, strict_env))
     data = _merge(data, {k: v for k, v in (overrides or {}).items() if v not in (None, (), [])})
     try:
-        store = _build_section(StoreConfig, data.pop("store", {}) or {}, "store.")
-        fetch = _build_section(FetchConfig, data.pop("fetch", {}) or {}, "fetch.")
+        # env variables and flags are checked already: an unknown key here is the file's
+        origin = f"config file {source}" if source else "config"
+        store = _build_section(StoreConfig, data.pop("store", {}) or {}, "store.", origin)
+        fetch = _build_section(FetchConfig, data.pop("fetch", {}) or {}, "fetch.", origin)
+        offline = _build_section(OfflineConfig, data.pop("offline", {}) or {}, "offline.", origin)
+        proxy = _build_section(ProxyConfig, data.pop("proxy", {}) or {}, "proxy.", origin)
         plugins = data.pop("plugins", {}) or {}
         if not isinstance(plugins, dict) or not all(isinstance(v, dict) for v in plugins.values()):
             raise ConfigError("config: [plugins.<name>] sections must be tables")
-        cfg = _build_section(Config, data, "")
+        cfg = _build_section(Config, data, "", origin)
     except TypeError as exc:
         raise ConfigError(f"config: {exc}") from exc
     cfg.store, cfg.fetch, cfg.plugins, cfg.source_file = store, fetch, plugins, source
+    cfg.offline = offline
+    cfg.proxy = resolve_proxy(proxy, environ)
     cfg.data_dir = Path(cfg.data_dir).expanduser()
     cfg.run_dir = Path(cfg.run_dir).expanduser() if cfg.run_dir else _default_run_dir(cfg.data_dir)
     cfg.socket = Path(cfg.socket).expanduser() if cfg.socket else None
@@ -238,6 +304,8 @@ def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] |
         cfg.peers = [p.strip() for p in cfg.peers.split(",") if p.strip()]
     cfg.peers = [normalize_peer_url(p) for p in cfg.peers]
     parse_hostport(cfg.listen)
+    if cfg.advertise:
+        parse_hostport(cfg.advertise, cfg.listen_port)
     try:
         cfg.client_networks()
     except ValueError as exc:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from beiran.peer.availability import Availability
     from beiran.peer.manager import PeerManager
     from beiran.plugin_loader import PluginManager
+    from beiran.preheat import Preheater
     from beiran.store.blobstore import BlobStore
 
 T = TypeVar("T")
@@ -37,6 +38,7 @@ class DaemonContext:
     fetcher: Fetcher = None  # type: ignore[assignment]
     metrics: Metrics = None  # type: ignore[assignment]
     auth: PeerAuth = None  # type: ignore[assignment]
+    preheater: Preheater = None  # type: ignore[assignment]
     db_executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="beiran-db"))
     io_executor: ThreadPoolExecutor = field(

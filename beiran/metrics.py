@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 
 if TYPE_CHECKING:
     from beiran.context import DaemonContext
@@ -26,11 +27,21 @@ class Metrics:
                                     "Peer requests refused by a cap (fetches, bytes)", ["cap"], registry=r)
         self.peer_messages = Counter("beiran_peer_messages", "Peer protocol messages received", ["type"],
                                      registry=r)
+        self.offline_answers = Counter("beiran_offline_answers", "Metadata answered (or refused) while an "
+                                       "upstream was down, by outcome: own, agreed, refused, unknown",
+                                       ["plugin", "outcome"], registry=r)
         self.store_blobs = Gauge("beiran_store_blobs", "Blobs in the local store", registry=r)
         self.store_bytes = Gauge("beiran_store_bytes", "Bytes in the local store", registry=r)
         self.peers_online = Gauge("beiran_peers_online", "Peers connected and synced", registry=r)
+        self.http_requests = Counter("beiran_http_requests", "HTTP requests answered, by the plugin whose "
+                                     "route answered (core: the daemon's own) and status code", ["plugin", "code"],
+                                     registry=r)
+        self.http_seconds = Histogram("beiran_http_request_seconds", "Time to answer an HTTP request (streamed "
+                                      "bodies included), by plugin", ["plugin"], registry=r,
+                                      buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300))
 
     def bind(self, ctx: DaemonContext) -> None:
+        self.registry.register(PluginEvents(ctx))
         self.store_blobs.set_function(lambda: len(ctx.store.entries))
         self.store_bytes.set_function(ctx.store.total_size)
         self.peers_online.set_function(lambda: len(ctx.peers.online()))
@@ -48,3 +59,29 @@ class Metrics:
                 key = s.name + "".join(f"{{{k}={v}}}" for k, v in sorted(s.labels.items()))
                 out[key] = s.value
         return out
+
+
+class PluginEvents:
+    """`beiran_plugin_events_total{plugin, event}`: what each plugin counts (`BasePlugin.counters()`),
+    read at scrape time, so a plugin keeps plain counters and still shows up in Prometheus."""
+
+    def __init__(self, ctx: DaemonContext) -> None:
+        self.ctx = ctx
+
+    def describe(self) -> list[CounterMetricFamily]:
+        return [CounterMetricFamily("beiran_plugin_events", "Events counted by each plugin",
+                                    labels=["plugin", "event"])]
+
+    def collect(self) -> list[CounterMetricFamily]:
+        family = self.describe()[0]
+        plugins = self.ctx.plugins
+        for rec in (plugins.records.values() if plugins is not None else ()):
+            if rec.instance is None or rec.error:
+                continue
+            try:
+                counts = rec.instance.counters()
+            except Exception:  # noqa: BLE001 - one plugin's counters must never break a scrape
+                continue
+            for event, value in sorted(counts.items()):
+                family.add_metric([rec.name, str(event)], float(value))
+        return [family]

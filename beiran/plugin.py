@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 class PluginStatus(StrEnum):
     INIT = "init"
     READY = "ready"
+    DEGRADED = "degraded"  # started, but something it needs does not answer (see `health`)
     ERROR = "error"
     DISABLED = "disabled"
     STOPPED = "stopped"
@@ -44,12 +45,27 @@ class BasePlugin:
     async def start(self) -> None:
         """Open listeners, start background tasks. Raise to report an error."""
 
+    async def reconfigure(self, config: dict[str, Any]) -> bool:
+        """A changed `[plugins.<name>]` on reload (SIGHUP): apply it and return True, or return False
+        when it takes a restart (the default). Raise a BeiranError to refuse it; the running
+        settings are kept either way."""
+        return False
+
     async def stop(self) -> None:
         """Undo start(); must not raise."""
 
     def status_info(self) -> dict[str, Any]:
         """Extra, plugin-specific fields for `GET /status`."""
         return {}
+
+    def counters(self) -> dict[str, int]:
+        """Event counts for `/metrics` (`beiran_plugin_events_total{plugin, event}`)."""
+        return {}
+
+    async def health(self) -> str | None:
+        """Why this plugin cannot do its job right now (e.g. its container runtime is not
+        reachable), or None. Asked on each `GET /status`, so keep it to one quick check."""
+        return None
 
 
 class BasePackagePlugin(BasePlugin):
@@ -63,12 +79,15 @@ class BasePackagePlugin(BasePlugin):
     kind: ClassVar[str] = "package"
 
     def validate_source(self, params: dict[str, Any], *, from_peer: bool) -> dict[str, Any]:
-        """Check source params; raise BadRequest if unusable. With `from_peer` the source arrived
-        in a peer's request: resolve it only against this node's own config (never a host the
-        params name, whatever the plugin allows its own clients) and never with credentials."""
+        """Check source params (and return them normalized); raise if unusable. With `from_peer`
+        the source arrived in a peer's request: it must resolve against this node's own config
+        only (never a host the params name, whatever the plugin allows its own clients)."""
         return params
 
-    async def open_origin(self, params: dict[str, Any], digest: str, offset: int) -> OriginStream:
+    async def open_origin(self, params: dict[str, Any], digest: str, offset: int, *,
+                          from_peer: bool) -> OriginStream:
+        """Bytes of the blob from `offset`. `from_peer`: for a peer's request, so never with this
+        node's credentials; a stream read with credentials sets `restricted`."""
         raise NotImplementedError(f"plugin {self.name} cannot fetch from an origin")
 
 

@@ -68,6 +68,8 @@ class PluginRecord:
     error: str | None = None
     routes: list[tuple] = field(default_factory=list)
     models: list[type] = field(default_factory=list)
+    #: console panels from the plugin's api.py `UI_PANELS`: (title, url under /<name>/)
+    panels: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def status(self) -> str:
@@ -162,6 +164,10 @@ class PluginManager:
             handler_kwargs = dict(route[2]) if len(route) > 2 else {}
             handler_kwargs.setdefault("plugin", rec.instance)
             rec.routes.append((pattern, route[1], handler_kwargs))
+        for title, url in self._optional(base, "api", "UI_PANELS"):
+            if not str(url).startswith(f"/{rec.name}/"):
+                raise ImportError(f"console panel {url!r} must be under /{rec.name}/")
+            rec.panels.append((str(title), str(url)))
 
     @staticmethod
     def _optional(base: str, modname: str, attr: str, default_scan: bool = False) -> list:
@@ -184,6 +190,10 @@ class PluginManager:
 
     def all_routes(self) -> list[tuple]:
         return [route for r in self.records.values() if r.instance and not r.error for route in r.routes]
+
+    def ui_panels(self) -> list[tuple[str, str, str]]:
+        """(plugin, title, url) of every live plugin's console panels."""
+        return [(r.name, title, url) for r in self._live() for title, url in r.panels]
 
     async def init_all(self) -> None:
         for rec in self._live():
@@ -214,3 +224,26 @@ class PluginManager:
 
     def to_list(self) -> list[dict[str, Any]]:
         return [self.records[n].to_dict() for n in sorted(self.records)]
+
+    async def status_list(self, timeout: float = 2.0) -> list[dict[str, Any]]:
+        """`to_list` with each ready plugin's health asked now: a plugin whose outside dependency
+        (a container runtime, a resolver) does not answer is `degraded`, with the reason."""
+        import asyncio
+
+        rows = self.to_list()
+
+        async def health(row: dict[str, Any]) -> None:
+            rec = self.records[row["name"]]
+            if rec.instance is None or row["status"] != PluginStatus.READY.value:
+                return
+            try:
+                reason = await asyncio.wait_for(rec.instance.health(), timeout)
+            except TimeoutError:
+                reason = f"its health check did not answer in {timeout:g}s"
+            except Exception as exc:  # noqa: BLE001 - a health check must never break /status
+                reason = f"health check failed: {type(exc).__name__}: {exc}"
+            if reason:
+                row["status"], row["degraded"] = PluginStatus.DEGRADED.value, reason
+
+        await asyncio.gather(*(health(r) for r in rows))
+        return rows

@@ -10,7 +10,7 @@ import click
 
 from beiran.cli.errors import CLIError
 from beiran.cli.main import client
-from beiran.cli.output import emit_json, human_size, json_option, table
+from beiran.cli.output import emit_json, human_duration, human_size, json_option, table
 
 
 @click.group()
@@ -21,15 +21,23 @@ def blobs() -> None:
 @blobs.command("add")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--algorithm", type=click.Choice(["sha256", "sha512"]), default="sha256", show_default=True)
-def add(files: tuple[str, ...], algorithm: str) -> None:
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def add(files: tuple[str, ...], algorithm: str, no_progress: bool) -> None:
     """Store FILES; prints each digest."""
+    from beiran.cli.progress import CountingReader, Progress
+
     c = client(timeout=600)
-    for path in files:
-        size = os.path.getsize(path)
-        with open(path, "rb") as fh:
-            data = c.request("PUT", f"/blobs/upload?algorithm={algorithm}", raw=fh,
-                             headers={"Content-Length": str(size)})
-        click.echo(data["digest"])
+    # a plain line per file is the digest itself: bars only on a terminal
+    with Progress(enabled=not no_progress and sys.stderr.isatty()) as progress:
+        for path in files:
+            size = os.path.getsize(path)
+            progress.add(path, os.path.basename(path), size)
+            with open(path, "rb") as fh:
+                body = CountingReader(fh, lambda n, path=path: progress.update(path, completed=n))
+                data = c.request("PUT", f"/blobs/upload?algorithm={algorithm}", raw=body,
+                                 headers={"Content-Length": str(size)})
+            progress.finish(path, "stored")
+            click.echo(data["digest"])
 
 
 @blobs.command("fetch")
@@ -46,33 +54,37 @@ def fetch(digest: str, output: str | None, size: int | None, source: str | None,
             src = json.loads(source)
         except ValueError as exc:
             raise CLIError(f"--source is not valid JSON: {exc}") from None
+    from beiran.cli.progress import Progress
+
     c = client(timeout=600)
     final: dict = {}
-    bar = None
-    shown = 0
-    try:
+    label = digest[:19]
+    with Progress(enabled=not no_progress) as progress:
+        progress.add("fetch", f"{label} fetch")
         for event in c.stream_lines("POST", "/blobs?cmd=fetch", {"digest": digest, "size": size, "source": src}):
             final = event
-            total = event.get("total")
-            if not no_progress and bar is None and total and sys.stderr.isatty():
-                bar = click.progressbar(length=total, label=digest[:19], file=sys.stderr)
-                bar.__enter__()
-            if bar is not None:
-                bar.update(max(0, (event.get("bytes") or 0) - shown))
-                shown = event.get("bytes") or 0
-    finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
-    if final.get("error"):
-        raise CLIError(final["error"].get("message", "fetch failed"))
+            if event.get("total") and not event.get("error"):
+                progress.update("fetch", completed=event.get("bytes") or 0, total=event["total"])
+                if event.get("done"):
+                    srcs = ", ".join(k for k, v in sorted((event.get("sources") or {}).items()) if v)
+                    progress.finish("fetch", f"done ({srcs or 'local'})", plain=False)  # the summary says it
+        if final.get("error"):
+            raise CLIError(final["error"].get("message", "fetch failed"))
+        if output:
+            tmp = output + ".part"
+            progress.add("download", f"{label} -> {output}")
+            try:
+                with open(tmp, "wb") as fh:
+                    c.download(f"/blobs/{digest}", fh,
+                               progress=lambda n, total: progress.update("download", completed=n, total=total))
+                os.replace(tmp, output)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+            progress.finish("download", "written")
     srcs = ", ".join(f"{k} {human_size(v)}" for k, v in (final.get("sources") or {}).items())
-    click.echo(f"{digest}: {human_size(final.get('total'))} in {final.get('elapsed')}s ({srcs or 'local'})",
-               err=bool(output is None and False))
-    if output:
-        tmp = output + ".part"
-        with open(tmp, "wb") as fh:
-            c.download(f"/blobs/{digest}", fh)
-        os.replace(tmp, output)
+    took = human_duration(final.get("elapsed"))
+    click.echo(f"{digest}: {human_size(final.get('total'))} in {took} ({srcs or 'local'})")
 
 
 @blobs.command("list")
@@ -127,7 +139,7 @@ def gc(as_json: bool) -> None:
     if as_json:
         emit_json(data)
     else:
-        click.echo(", ".join(f"{k}: {v}" for k, v in data.items()))
+        click.echo(", ".join(f"{k}: {human_size(v) if k.endswith('bytes') else v}" for k, v in data.items()))
 
 
 @click.command()
@@ -138,6 +150,7 @@ def stats(as_json: bool) -> None:
     if as_json:
         emit_json(data)
         return
-    rows = [{"name": k, "value": int(v) if float(v).is_integer() else v}
+    rows = [{"name": k, "value": human_size(v) if "_bytes" in k.split("{")[0]
+             else (int(v) if float(v).is_integer() else v)}
             for k, v in sorted(data["metrics"].items())]
     table(rows, [("name", "COUNTER"), ("value", "VALUE")])

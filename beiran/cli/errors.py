@@ -8,3 +8,8 @@ import click
 
 class CLIError(click.ClickException):
     """One readable line on stderr, exit status 1."""
+
+
+class DaemonNotRunning(CLIError):
+    """Nothing answers on the daemon's socket: commands that can work from the config file alone
+    (e.g. `beiran k8s configure-containerd` in an init container) catch this one."""

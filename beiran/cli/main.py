@@ -18,6 +18,7 @@ CORE_COMMANDS = {
     "config": "beiran.cli.plugins:config",
     "blobs": "beiran.cli.blobs:blobs",
     "stats": "beiran.cli.blobs:stats",
+    "ui": "beiran.cli.ui:ui",
 }
 
 
@@ -56,7 +57,8 @@ def _broken(name: str, exc: Exception) -> click.Command:
 
 @click.group(cls=BeiranCLI, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--socket", "socket_path", envvar="BEIRAN_SOCKET", metavar="PATH",
-              help="The daemon's unix socket (default: from config).")
+              help="The daemon's unix socket (default: from the config, else a quick-start daemon's "
+              "./.beiran-data/beirand.sock).")
 @click.version_option(__version__, prog_name="beiran")
 @click.pass_context
 def cli(ctx: click.Context, socket_path: str | None) -> None:
@@ -64,7 +66,9 @@ def cli(ctx: click.Context, socket_path: str | None) -> None:
 
     Image layers, .debs and npm tarballs one node has are fetched by its neighbours from it.
     """
-    ctx.obj = {"socket": socket_path}
+    source = ctx.get_parameter_source("socket_path")
+    ctx.obj = {"socket": socket_path,
+               "socket_from": "BEIRAN_SOCKET" if source == click.core.ParameterSource.ENVIRONMENT else "--socket"}
 
 
 def client(ctx: click.Context | None = None, timeout: float = 60.0) -> Any:
@@ -73,7 +77,8 @@ def client(ctx: click.Context | None = None, timeout: float = 60.0) -> Any:
 
     ctx = ctx or click.get_current_context()
     root = ctx.find_root()
-    return DaemonClient((root.obj or {}).get("socket"), timeout=timeout)
+    obj = root.obj or {}
+    return DaemonClient(obj.get("socket"), timeout=timeout, origin=obj.get("socket_from", "--socket"))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,7 +8,7 @@ import click
 
 from beiran import __version__
 from beiran.cli.main import client
-from beiran.cli.output import emit_json, json_option, table
+from beiran.cli.output import cell, emit_json, human_age, json_option, table
 
 NODE_COLUMNS = [("uuid", "UUID"), ("url", "URL"), ("hostname", "HOSTNAME"), ("status", "STATUS"),
                 ("found_by", "FOUND BY"), ("version", "VERSION"), ("seen", "LAST SEEN")]
@@ -30,7 +30,7 @@ def list_nodes(show_all: bool, as_json: bool) -> None:
         return
     now = time.time()
     for n in data["nodes"]:
-        n["seen"] = f"{max(0, now - (n.get('last_seen') or now)):.0f}s ago"
+        n["seen"] = human_age(n.get("last_seen"), now)
     table(data["nodes"], NODE_COLUMNS)
 
 
@@ -39,15 +39,26 @@ def list_nodes(show_all: bool, as_json: bool) -> None:
 @json_option
 def info(uuid: str | None, as_json: bool) -> None:
     """This node, or another by UUID."""
+    if uuid:
+        import uuid as uuidlib
+
+        from beiran.cli.errors import CLIError
+
+        try:
+            uuid = str(uuidlib.UUID(uuid))
+        except ValueError:
+            raise CLIError(f"not a node UUID: {uuid!r} (see `beiran node list`)") from None
     data = client().get(f"/nodes/{uuid}" if uuid else "/info")
     if as_json:
         emit_json(data)
         return
+    if "last_seen" in data:
+        data["last_seen"] = human_age(data["last_seen"])
     for key in ("uuid", "url", "hostname", "status", "version", "os_type", "architecture",
-                "addresses", "plugins", "found_by", "blobs"):
+                "addresses", "plugins", "found_by", "blobs", "last_seen"):
         if key in data:
             value = data[key]
-            click.echo(f"{key:13} {', '.join(map(str, value)) if isinstance(value, list) else value}")
+            click.echo(f"{key:13} {', '.join(map(cell, value)) if isinstance(value, list) else cell(value)}")
 
 
 @node.command("probe")

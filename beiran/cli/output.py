@@ -23,17 +23,48 @@ def human_size(n: Any) -> str:
     return str(n)
 
 
+def human_age(ts: Any, now: float | None = None) -> str:
+    """A past epoch time as "12s ago", "5m ago", "3h ago", "2d ago"; "-" when unknown."""
+    if not isinstance(ts, (int, float)) or isinstance(ts, bool):
+        return "-"
+    import time
+
+    return human_duration(max(0.0, (now if now is not None else time.time()) - ts)) + " ago"
+
+
+def human_duration(seconds: Any) -> str:
+    """Seconds as "0.4s", "12s", "5m 3s", "3h 12m", "2d 4h"."""
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+        return "-"
+    s = float(seconds)
+    if s < 10:
+        return f"{s:.1f}s"
+    if s < 60:
+        return f"{s:.0f}s"
+    m, sec = divmod(int(s), 60)
+    if m < 60:
+        return f"{m}m {sec}s"
+    h, m = divmod(m, 60)
+    if h < 24:
+        return f"{h}h {m}m"
+    d, h = divmod(h, 24)
+    return f"{d}d {h}h"
+
+
+def cell(v: Any) -> str:
+    """A value as a table shows it: booleans yes/no, lists joined with commas, None empty."""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, (list, tuple, set)):
+        return ",".join(cell(x) for x in v)
+    return "" if v is None else str(v)
+
+
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], empty: str = "(none)") -> None:
-    """`columns` is [(key, HEADER)]; values are str()-ed, lists joined with commas."""
+    """`columns` is [(key, HEADER)]; values shown as `cell` renders them."""
     if not rows:
         click.echo(empty)
         return
-
-    def cell(v: Any) -> str:
-        if isinstance(v, (list, tuple, set)):
-            return ",".join(str(x) for x in v)
-        return "" if v is None else str(v)
-
     cells = [[cell(r.get(k)) for k, _ in columns] for r in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, (_, h) in enumerate(columns)]
     click.echo("  ".join(h.ljust(w) for (_, h), w in zip(columns, widths, strict=True)).rstrip())

@@ -33,8 +33,8 @@ def plugins(as_json: bool) -> None:
         emit_json(rows)
         return
     for r in rows:
-        if r.get("error"):
-            r["status"] = f"{r['status']}: {r['error']}"
+        if r.get("error") or r.get("degraded"):
+            r["status"] = f"{r['status']}: {r.get('error') or r['degraded']}"
     table(rows, [("name", "NAME"), ("kind", "KIND"), ("distribution", "DISTRIBUTION"),
                  ("version", "VERSION"), ("enabled", "ENABLED"), ("status", "STATUS")],
           empty="(no plugins installed)")
@@ -44,7 +44,7 @@ def plugins(as_json: bool) -> None:
 @click.option("--local", is_flag=True, help="Show the config this CLI would start a daemon with.")
 @json_option
 def config(local: bool, as_json: bool) -> None:
-    """The effective config of the running daemon (secrets masked)."""
+    """The running daemon's config as TOML a daemon can start from (secrets left out; --json: raw)."""
     if local:
         from beiran.config import load_config
         from beiran.errors import BeiranError
@@ -58,18 +58,6 @@ def config(local: bool, as_json: bool) -> None:
     if as_json:
         emit_json(data)
         return
-    _print_toml(data)
+    from beiran.config_toml import config_toml
 
-
-def _print_toml(data: dict, prefix: str = "") -> None:
-    import json
-
-    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
-    if prefix and scalars:
-        click.echo(f"\n[{prefix}]")
-    for k, v in scalars.items():
-        if v is not None:
-            click.echo(f"{k} = {json.dumps(v)}")
-    for k, v in data.items():
-        if isinstance(v, dict):
-            _print_toml(v, f"{prefix}.{k}" if prefix else k)
+    click.echo(config_toml(data), nl=False)

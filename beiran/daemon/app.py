@@ -15,12 +15,14 @@ from beiran.handlers import NotFoundHandler
 from beiran.peer.serving import BlobHandler
 from beiran.peer.websocket import PeerSocketHandler
 from beiran.store import api as store_api
+from beiran.ui import handlers as ui_handlers
 
 
 def make_app(ctx: DaemonContext) -> tornado.web.Application:
     routes: list = []
     routes += core_api.ROUTES
     routes += store_api.ROUTES
+    routes += ui_handlers.ROUTES
     routes += [(r"/blobs/(.+)", BlobHandler), (r"/peer", PeerSocketHandler)]
     routes += ctx.plugins.all_routes()
     return tornado.web.Application(
@@ -32,6 +34,10 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
     import logging
 
     status = handler.get_status()
+    metrics = handler.settings["ctx"].metrics
+    plugin = getattr(getattr(handler, "plugin", None), "name", None) or "core"
+    metrics.http_requests.labels(plugin, str(status)).inc()
+    metrics.http_seconds.labels(plugin).observe(handler.request.request_time())
     if status >= 500:
         level = logging.WARNING
     else:

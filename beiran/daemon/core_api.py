@@ -28,7 +28,7 @@ class StatusHandler(JSONEndpoint):
                          "peers_online": len(self.ctx.peers.online()),
                          "store": {"blobs": len(self.ctx.store.entries),
                                    "bytes": self.ctx.store.total_size()},
-                         "plugins": self.ctx.plugins.to_list()})
+                         "plugins": await self.ctx.plugins.status_list()})
 
 
 class NodesHandler(RPCEndpoint):
@@ -62,8 +62,14 @@ class NodesHandler(RPCEndpoint):
 
 class NodeHandler(JSONEndpoint):
     async def get(self, node: str) -> None:
+        import uuid
+
         from beiran.errors import NotFound
 
+        try:
+            node = str(uuid.UUID(node))
+        except ValueError:
+            raise BadRequest(f"not a node UUID: {node[:64]!r} (see `beiran node list`)") from None
         if node == self.ctx.identity.uuid:
             self.write_json({**self.ctx.identity.to_dict(), "status": "ready", "self": True})
             return
@@ -108,7 +114,7 @@ ROUTES = [
     (r"/ping", PingHandler),
     (r"/status", StatusHandler),
     (r"/nodes", NodesHandler),
-    (r"/nodes/([0-9a-fA-F-]{1,64})", NodeHandler),
+    (r"/nodes/([^/]{1,200})", NodeHandler),
     (r"/config", ConfigHandler),
     (r"/metrics", MetricsHandler),
     (r"/stats", StatsHandler),

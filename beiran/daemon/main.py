@@ -10,13 +10,19 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from beiran.config import Config
+from beiran.config import Config, parse_hostport
 from beiran.errors import BeiranError
 
 log = logging.getLogger("beiran.daemon")
+#: files the daemon makes are 0640 and directories 0750 whatever umask it inherits: the store holds
+#: private layers, the database k8s grants
+UMASK = 0o027
+#: seconds peers and plugins get to stop at SIGTERM before the daemon closes its store and exits anyway
+SHUTDOWN_GRACE = 1.5
 
 
 def setup_logging(level: str) -> None:
@@ -36,7 +42,7 @@ class DataDirLock:
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -64,12 +70,27 @@ def bind_unix(path: Path) -> socket.socket:
     return bind_unix_socket(str(path), mode=0o660)
 
 
-async def run(config: Config) -> int:
+def private_data_dir(path: Path) -> None:
+    """Make the data dir (0750) or take other users' access away from an existing one."""
+    path.mkdir(mode=0o750, parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o7777
+    if mode & 0o007:
+        try:
+            path.chmod(mode & ~0o007)
+            log.info("data dir %s was open to every user (%o): now %o", path, mode, mode & ~0o007)
+        except OSError as exc:
+            log.warning("data dir %s is open to every user (%o) and cannot be changed: %s", path, mode, exc)
+
+
+async def run(config: Config, reload_config: Callable[[], Config] | None = None) -> int:
     from tornado.httpserver import HTTPServer
     from tornado.netutil import bind_sockets
 
+    from beiran import proxies
     from beiran.context import DaemonContext
+    from beiran.daemon import notify
     from beiran.daemon.app import PlainHTTPServer, make_app
+    from beiran.daemon.reload import reload_loop
     from beiran.fetch.fetcher import Fetcher
     from beiran.fetch.origins import local_source_keys
     from beiran.identity import NodeIdentity, advertised_addresses, load_or_create_uuid
@@ -80,13 +101,19 @@ async def run(config: Config) -> int:
     from beiran.peer.availability import Availability
     from beiran.peer.manager import PeerManager
     from beiran.plugin_loader import PluginManager
+    from beiran.preheat import Preheater
     from beiran.store.blobstore import BlobStore
 
-    stop = asyncio.Event()
+    stop, hup = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    loop.add_signal_handler(signal.SIGHUP, hup.set)  # a reload, handled once the daemon is up
+    if _early_hup:
+        hup.set()
+    os.umask(UMASK)
+    private_data_dir(config.data_dir)
+    proxies.configure(config.proxy)
     lock = DataDirLock(config.data_dir)
     lock.acquire()
     ctx = DaemonContext(config=config)
@@ -98,6 +125,9 @@ async def run(config: Config) -> int:
     unix_sock = bind_unix(config.socket_path)
     node_uuid = load_or_create_uuid(config.data_dir)
     addresses = advertised_addresses(host)
+    if config.advertise:
+        adv_host, port = parse_hostport(config.advertise, port)
+        addresses = [adv_host, *(a for a in addresses if a != adv_host)]
     url_host = addresses[0]
     url = f"http://[{url_host}]:{port}" if ":" in url_host else f"http://{url_host}:{port}"
     ctx.identity = NodeIdentity(uuid=node_uuid, url=url, port=port, addresses=addresses,
@@ -119,6 +149,7 @@ async def run(config: Config) -> int:
     await ctx.store.open()
     ctx.peers = PeerManager(ctx, ctx.availability)
     ctx.fetcher = Fetcher(ctx)
+    ctx.preheater = Preheater(ctx)
     ctx.metrics.bind(ctx)
     _wire_availability(ctx)
     await ctx.plugins.init_all()
@@ -135,18 +166,31 @@ async def run(config: Config) -> int:
     log.info("beiran %s node %s listening on %s (peers reach it at %s) and %s; plugins: %s",
              ctx.identity.version, node_uuid, config.listen, url, config.socket_path,
              ", ".join(f"{r.name}[{r.status}]" for r in ctx.plugins.records.values()) or "none")
+    if proxies.policy().describe() != "none":
+        log.info("origin requests use the upstream proxy: %s", proxies.policy().describe())
+    notify.ready(f"listening on {config.listen}")
+    reloads = asyncio.ensure_future(reload_loop(ctx, reload_config or _no_reload, hup))
     await stop.wait()
     log.info("shutting down")
+    notify.stopping()
+    reloads.cancel()
     tcp_server.stop()
     unix_server.stop()
-    await ctx.peers.stop()
-    await asyncio.sleep(0.05)  # let goodbye messages leave
-    await ctx.plugins.stop_all()
+    try:
+        await asyncio.wait_for(_stop_services(ctx), SHUTDOWN_GRACE)
+    except TimeoutError:
+        log.warning("peers and plugins did not stop within %.1fs; exiting anyway", SHUTDOWN_GRACE)
     await ctx.store.close()
     config.socket_path.unlink(missing_ok=True)
     ctx.db_executor.shutdown(wait=True)
     db.close()
     return 0
+
+
+async def _stop_services(ctx: Any) -> None:
+    await ctx.peers.stop()
+    await asyncio.sleep(0.05)  # let goodbye messages leave
+    await ctx.plugins.stop_all()
 
 
 def _wire_availability(ctx: Any) -> None:
@@ -169,15 +213,33 @@ def _wire_availability(ctx: Any) -> None:
     ctx.bus.on(events.BLOB_PROGRESS, progress)
 
 
-def serve(config: Config) -> int:
+_early_hup: list[int] = []
+
+
+def _no_reload() -> Config:
+    raise BeiranError("this daemon was started without a way to re-read its config")
+
+
+def serve(config: Config, reload_config: Callable[[], Config] | None = None) -> NoReturn:
+    """Run the daemon; `reload_config` re-reads the config as at start-up (file, environment and
+    flags) on SIGHUP."""
     setup_logging(config.log_level)
+    signal.signal(signal.SIGHUP, lambda signum, _frame: _early_hup.append(signum))  # until the loop's own
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     try:
-        return asyncio.run(run(config))
+        code = loop.run_until_complete(run(config, reload_config))
     except BeiranError as exc:
         log.error("%s", exc.message)
-        return 1
+        code = 1
     except KeyboardInterrupt:
-        return 0
+        code = 0
+    # The store and database are closed. Exit now: a worker thread blocked on a stalled peer or a
+    # slow DNS answer would otherwise hold the interpreter's exit (it joins them) for its timeout.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main() -> None:

@@ -5,11 +5,11 @@ still downloading it (only those ranked above this node, so streams never form a
 blob's rendezvous owner, asked to fetch it from the origin for everyone -> the origin itself.
 Every byte is verified before the blob is stored; a peer whose bytes fail is skipped for that blob.
 
-Who asked matters. A fetch for a peer (`for_peer`, the owner's side of a delegation) never delegates
-again, resolves its source only against this node's config and without credentials, and never
-evicts to make room for the size the peer claimed. A local caller may add a local-only `opener`
-(e.g. k8s with kubelet's credentials): it reaches the origin from this node only, is never sent to
-peers, and what it reads is restricted (never served to peers).
+Who asked matters. A fetch for a peer (`for_peer`: a delegation, a preheat) resolves its source only
+against this node's config and without credentials, and never evicts to make room for the size the
+peer claimed; the owner's side of a delegation (`delegated`) never delegates again. A local caller
+may add a local-only `opener` (e.g. k8s with kubelet's credentials): it reaches the origin from this
+node only, is never sent to peers, and what it reads is restricted (never served to peers).
 """
 
 from __future__ import annotations
@@ -69,6 +69,8 @@ class FetchJob:
     for_peer: str | None = None
     #: `source` came in a peer's request: resolved only against this node's config, anonymously
     peer_source: bool = False
+    #: this node is the owner a peer delegated to: it never delegates again
+    delegated: bool = False
     opener: Opener | None = None
     #: the size came from a local caller (not a peer's claim): room may be made for it
     size_trusted: bool = False
@@ -126,11 +128,13 @@ class Fetcher:
             raise VerificationError(f"blob {job.digest[:19]}: streamed bytes failed verification")
 
     async def start(self, digest: str, size: int | None, source: dict[str, Any] | None, *,
-                    for_peer: str | None = None, opener: Opener | None = None) -> FetchJob:
+                    for_peer: str | None = None, delegated: bool = False,
+                    opener: Opener | None = None) -> FetchJob:
         """Begin (or join) the download of `digest`; returns at once.
 
-        `for_peer`: the UUID of the peer this runs for (see the module docstring). `opener`: a
-        local-only way to the origin, used when peers cannot serve the blob."""
+        `for_peer`: the UUID of the peer this runs for; `delegated`: it asked this node, as the
+        blob's owner, to fetch it (see the module docstring). `opener`: a local-only way to the
+        origin, used when peers cannot serve the blob."""
         d = parse_digest(digest)
         digest = str(d)
         entry = self.ctx.store.get(digest)
@@ -159,7 +163,7 @@ class Fetcher:
         if size is None:
             size = self._announced_size(digest)  # a peer's claim: not trusted for eviction
         job = FetchJob(digest, size, source, for_peer=for_peer, peer_source=for_peer is not None and bool(source),
-                       opener=opener, size_trusted=trusted)
+                       delegated=delegated, opener=opener, size_trusted=trusted)
         self.jobs[digest] = job
         try:
             job.writer = await self.ctx.store.begin_write(digest, size, reserve=trusted)
@@ -260,8 +264,8 @@ class Fetcher:
                     return
                 continue
             # a node fetching for a peer never delegates again; a local opener never leaves the node
-            if (job.source and job.opener is None and job.for_peer is None and not job.peer_source
-                    and cfg.origin_delegation and not delegated):
+            if (job.source and job.opener is None and not job.delegated and cfg.origin_delegation
+                    and not delegated):
                 delegated = True
                 owner = self._owner(job)
                 if owner is not None and owner not in failed:

@@ -34,7 +34,7 @@ async def http_origin(url: str, offset: int, headers: dict[str, str] | None = No
     hdrs = dict(headers or {})
     if offset:
         hdrs["Range"] = f"bytes={offset}-"
-    cm = stream_request(url, hdrs, ssl_ctx=ssl_ctx)
+    cm = stream_request(url, hdrs, ssl_ctx=ssl_ctx, origin=True)
     resp = await cm.__aenter__()
     if resp.code == 404:
         await cm.__aexit__(None, None, None)
@@ -70,6 +70,22 @@ def stream_from_response(resp: Any, cm: Any, offset: int, idle_timeout: float = 
     return OriginStream(chunks(), size=size, close=resp.close)
 
 
+def check_source(ctx: DaemonContext, source: Any) -> dict[str, Any]:
+    """A source from a peer, checked now against what this node itself can resolve (its package
+    plugins' settings, its `[origins]`), so a bad one is refused before any work starts."""
+    if not isinstance(source, dict) or not isinstance(source.get("plugin"), str):
+        raise BadRequest("source must be an object naming a plugin")
+    params = {k: v for k, v in source.items() if k != "plugin"}
+    if source["plugin"] == "origin":
+        if str(params.get("name")) not in ctx.config.origins:
+            raise BadRequest(f"origin {str(params.get('name'))[:40]!r} is not configured on this node")
+        return source
+    plugin = ctx.plugins.get(source["plugin"]) if ctx.plugins else None
+    if not isinstance(plugin, BasePackagePlugin):
+        raise BadRequest(f"no package plugin {source['plugin'][:40]!r} on this node")
+    return {"plugin": plugin.name, **plugin.validate_source(params, from_peer=True)}
+
+
 async def open_origin(ctx: DaemonContext, source: dict[str, Any], digest: str, offset: int, *,
                       from_peer: bool) -> OriginStream:
     """Open the origin a source names. `from_peer`: the source came in a peer's request, so the
@@ -88,4 +104,5 @@ async def open_origin(ctx: DaemonContext, source: dict[str, Any], digest: str, o
     plugin = ctx.plugins.get(str(plugin_name)) if ctx.plugins else None
     if not isinstance(plugin, BasePackagePlugin):
         raise BadRequest(f"no package plugin {plugin_name!r} on this node to reach the origin")
-    return await plugin.open_origin(plugin.validate_source(params, from_peer=from_peer), digest, offset)
+    params = plugin.validate_source(params, from_peer=from_peer)
+    return await plugin.open_origin(params, digest, offset, from_peer=from_peer)

@@ -13,6 +13,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from beiran.errors import BadRequest, BeiranError, UpstreamError, from_wire
+from beiran.fetch.origins import check_source
 from beiran.store.digest import parse_digest
 
 if TYPE_CHECKING:
@@ -61,11 +62,11 @@ async def _fetch_for(conn: PeerConnection, digest: str, size: int | None,
         raise BadRequest("size must be a non-negative integer")
     if source is None:
         raise BadRequest("a delegated fetch names the source to fetch from")
-    src = _check_source(source)
+    src = check_source(conn.ctx, _check_source(source))  # against this node's own config, at once
     fetcher = conn.ctx.fetcher
     charged = False if conn.ctx.store.has(str(d)) else fetcher.admission.admit(peer, str(d), size)
     try:
-        job = await fetcher.start(str(d), size, src, for_peer=peer)
+        job = await fetcher.start(str(d), size, src, for_peer=peer, delegated=True)
     except BaseException:
         if charged:
             fetcher.admission.release(peer, str(d))
@@ -94,3 +95,15 @@ async def call_fetch(conn: PeerConnection, digest: str, size: int | None,
         if type(exc) is BeiranError:  # as the connection builds it from the wire
             raise from_wire({"error": exc.code, "message": exc.message, "status": exc.status}) from None
         raise
+
+
+async def rpc_preheat(conn: PeerConnection, blobs: Any = None) -> dict[str, Any]:
+    from beiran import preheat
+
+    return await preheat.rpc_preheat(conn, blobs)
+
+
+async def rpc_progress(conn: PeerConnection, digests: Any = None) -> dict[str, Any]:
+    from beiran import preheat
+
+    return await preheat.rpc_progress(conn, digests)

@@ -14,6 +14,7 @@ from beiran.handlers import BaseHandler, JSONEndpoint, RPCEndpoint, rpc_command
 from beiran.store.digest import parse_digest
 from beiran_plugins.apt.archive import Blob
 from beiran_plugins.apt.models import AptDeb, AptPackage, AptRelease, AptSource
+from beiran_plugins.apt.panel import DebsPanel
 
 
 def _truthy(value: str) -> bool:
@@ -128,7 +129,11 @@ class PeerIndexHandler(BaseHandler):
 
 
 ROUTES = [
+    (r"/apt/ui/debs", DebsPanel),
     (r"/apt/packages", PackagesHandler),
     (r"/apt/sources", SourcesHandler),
     (r"/apt/index", PeerIndexHandler),
 ]
+
+#: console panels (the page at /ui/ fetches and renders them)
+UI_PANELS = [("apt packages", "/apt/ui/debs")]

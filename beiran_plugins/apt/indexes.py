@@ -156,7 +156,7 @@ class IndexService:
     async def _download(self, url: str, tmp: Path, ims: str | None) -> tuple[int, str, dict[str, str]]:
         cfg = self.plugin.cfg
         headers = {"If-Modified-Since": ims} if ims else {}
-        async with stream_request(url, headers, ssl_ctx=self.plugin.ssl_ctx,
+        async with stream_request(url, headers, ssl_ctx=self.plugin.ssl_ctx, origin=True,
                                   connect_timeout=min(cfg.upstream_timeout, 10.0)) as resp:
             if resp.code != 200:
                 return resp.code, resp.reason, dict(resp.headers)

@@ -117,7 +117,8 @@ class AptPlugin(BasePackagePlugin):
             raise BadRequest("apt source needs the archive base URL key it was seen under")
         return {"base": base, "path": safe_relpath(path)}  # type: ignore[arg-type]
 
-    async def open_origin(self, params: dict[str, Any], digest: str, offset: int) -> OriginStream:
+    async def open_origin(self, params: dict[str, Any], digest: str, offset: int, *,
+                          from_peer: bool) -> OriginStream:
         url = self.archive.origin_url(params, digest)
         await self.archive.check_digest(params, digest)
         self.stats["origin_fetches"] += 1
@@ -152,6 +153,9 @@ class AptPlugin(BasePackagePlugin):
                 await self.archive.record_deb(blob)
                 self.stats["debs_via_cluster"] += 1
         return self._spawn(run())
+
+    def counters(self) -> dict[str, int]:
+        return dict(self.stats + self.archive.stats) if hasattr(self, "archive") else dict(self.stats)
 
     def status_info(self) -> dict[str, Any]:
         info: dict[str, Any] = {"listen": self.cfg.listen}

@@ -146,7 +146,7 @@ class ProxyHandler(tornado.web.RequestHandler):
     async def _passthrough(self, target: Target) -> None:
         """A file no trusted index describes: straight from the upstream, not stored, not shared."""
         self.plugin.stats["passthrough"] += 1
-        async with stream_request(target.url, {}, ssl_ctx=self.plugin.ssl_ctx,
+        async with stream_request(target.url, {}, ssl_ctx=self.plugin.ssl_ctx, origin=True,
                                   connect_timeout=min(self.plugin.cfg.upstream_timeout, 10.0)) as resp:
             if resp.code in (404, 410):
                 raise NotFound(f"{target.url}: the upstream has no such file ({resp.code})")

@@ -10,7 +10,7 @@ import click
 
 from beiran.cli.errors import CLIError
 from beiran.cli.main import client
-from beiran.cli.output import emit_json, json_option, table
+from beiran.cli.output import emit_json, human_age, json_option, table
 
 NAME_COLUMNS = [("name", "NAME"), ("type", "TYPE"), ("state", "STATE"), ("targets", "TARGETS"),
                 ("ttl", "TTL"), ("detail", "DETAIL")]
@@ -27,7 +27,7 @@ def _get(path: str) -> Any:
         return client().get(path)
     except CLIError as exc:
         if "HTTP 404" in str(exc.message) and "no route" in str(exc.message):
-            raise CLIError("the dns plugin is not running on this daemon (see `beiran plugins list`)") from None
+            raise CLIError("the dns plugin is not running on this daemon (see `beiran plugins`)") from None
         raise
 
 
@@ -50,7 +50,7 @@ def status(as_json: bool) -> None:
     table(data["names"], NAME_COLUMNS, empty="(no names configured: set [plugins.dns] names)")
     click.echo("")
     now = time.time()
-    rows = [{**t, "age": f"{max(0, now - t['since']):.0f}s ago"} for t in data["targets"]]
+    rows = [{**t, "age": human_age(t["since"], now)} for t in data["targets"]]
     table(rows, TARGET_COLUMNS, empty="(no targets)")
 
 
@@ -75,6 +75,6 @@ def refresh() -> None:
         client().post("/dns/refresh")
     except CLIError as exc:
         if "HTTP 404" in str(exc.message):
-            raise CLIError("the dns plugin is not running on this daemon (see `beiran plugins list`)") from None
+            raise CLIError("the dns plugin is not running on this daemon (see `beiran plugins`)") from None
         raise
     click.echo("refresh requested")

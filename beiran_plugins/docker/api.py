@@ -13,6 +13,7 @@ from beiran.errors import BadRequest, BeiranError, NotFound
 from beiran.handlers import JSONEndpoint, RPCEndpoint, rpc_command
 from beiran.store.digest import parse_digest
 from beiran_plugins.docker import archive, images
+from beiran_plugins.docker.panel import ImagesPanel
 from beiran_plugins.docker.pull import pull, resolve_image
 from beiran_plugins.docker.reference import validate_registry, validate_repository, validate_tag
 from beiran_plugins.docker.v2 import ROUTES as V2_ROUTES
@@ -92,6 +93,29 @@ class ImagesHandler(RPCEndpoint):
             summary = await pull(self.plugin, ref, platform, emit)
             if load:
                 summary.update(await self.plugin.load_into_engine(ref, summary["digest"]))
+        except BeiranError as exc:
+            summary = {"event": "done", "ref": str(ref), "error": exc.to_dict()}
+        self.finish(json.dumps(summary) + "\n")
+
+
+    @rpc_command
+    async def preheat(self) -> None:
+        """NDJSON per-node progress; the last line is the summary (or carries the error)."""
+        from beiran_plugins.docker.preheat import preheat
+
+        body = self.json_object()
+        ref = self.plugin.parse_ref(body.get("ref"))
+        platform = body.get("platform")
+        if platform is not None and not isinstance(platform, str):
+            raise BadRequest("platform must be a string such as linux/amd64")
+        self.set_header("Content-Type", "application/x-ndjson")
+
+        async def emit(event: dict[str, Any]) -> None:
+            self.write(json.dumps(event) + "\n")
+            await self.flush()
+
+        try:
+            summary = await preheat(self.plugin, ref, platform, body.get("nodes", "all"), emit)
         except BeiranError as exc:
             summary = {"event": "done", "ref": str(ref), "error": exc.to_dict()}
         self.finish(json.dumps(summary) + "\n")
@@ -181,6 +205,7 @@ class LayerHandler(JSONEndpoint):
 
 
 ROUTES = [
+    (r"/docker/ui/images", ImagesPanel),
     (r"/docker/tags", TagsHandler),
     (r"/docker/images", ImagesHandler),
     (r"/docker/images/(.+)/info", ImageInfoHandler),
@@ -189,3 +214,6 @@ ROUTES = [
     (r"/docker/layers/([^/]+)", LayerHandler),
     *V2_ROUTES,
 ]
+
+#: console panels (the page at /ui/ fetches and renders them)
+UI_PANELS = [("Docker images", "/docker/ui/images")]

@@ -11,7 +11,8 @@ import click
 
 from beiran.cli.errors import CLIError
 from beiran.cli.main import client
-from beiran.cli.output import emit_json, human_size, json_option, table
+from beiran.cli.output import emit_json, human_duration, human_size, json_option, table
+from beiran.cli.preheat import nodes_option
 
 
 @click.group(name="docker", short_help="Docker/OCI images commands.")
@@ -27,41 +28,17 @@ def _short(digest: str | None) -> str:
     return (digest or "")[:19]
 
 
-class Progress:
-    """One bar per layer on a terminal (redrawn in place); one line per finished layer otherwise."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.tty = enabled and sys.stderr.isatty()
-        self.enabled = enabled
-        self.drawn = 0
-        self.finished: set[str] = set()
-
-    def update(self, layers: list[dict[str, Any]]) -> None:
-        if not self.enabled:
-            return
-        if not self.tty:
-            for lay in layers:
-                if lay.get("done") and lay["digest"] not in self.finished:
-                    self.finished.add(lay["digest"])
-                    click.echo(f"{_short(lay['digest'])}  {human_size(lay.get('total'))}  done "
-                               f"({_where(lay.get('sources'))})", err=True)
-            return
-        lines = [self._bar(lay) for lay in layers]
-        if self.drawn:
-            sys.stderr.write(f"\x1b[{self.drawn}F")
-        for line in lines:
-            sys.stderr.write("\x1b[2K" + line + "\n")
-        sys.stderr.flush()
-        self.drawn = len(lines)
-
-    @staticmethod
-    def _bar(lay: dict[str, Any], width: int = 30) -> str:
-        total, got = lay.get("total") or 0, lay.get("bytes") or 0
-        frac = min(1.0, got / total) if total else (1.0 if lay.get("done") else 0.0)
-        bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
-        state = "error: " + lay["error"] if lay.get("error") else ("done" if lay.get("done") else "")
-        return (f"{_short(lay['digest'])} [{bar}] {human_size(got):>10} / {human_size(total):<10} "
-                f"{_where(lay.get('sources'))} {state}").rstrip()
+def _show_layers(progress: Any, layers: list[dict[str, Any]]) -> None:
+    """Each layer's bar (terminal), or one line per layer as it finishes (else)."""
+    for lay in layers:
+        key = lay["digest"]
+        progress.add(key, _short(key), lay.get("total"))
+        if lay.get("error"):
+            progress.finish(key, "error: " + str(lay["error"]))
+        elif lay.get("done"):
+            progress.finish(key, f"done ({_where(lay.get('sources'))})", size=lay.get("total"))
+        else:
+            progress.update(key, completed=lay.get("bytes") or 0, total=lay.get("total"))
 
 
 def _where(sources: dict[str, int] | None) -> str:
@@ -79,13 +56,19 @@ def _where(sources: dict[str, int] | None) -> str:
 @json_option
 def pull(ref: str, platform: str | None, no_progress: bool, no_load: bool, as_json: bool) -> None:
     """Pull REF into this node's store (peers first, then the registry) and load it into Docker."""
-    progress = Progress(not no_progress and not as_json)
+    from beiran.cli.progress import Progress
+
     final: dict[str, Any] = {}
-    for event in client(timeout=3600).stream_lines("POST", "/docker/images?cmd=pull",
-                                                   {"ref": ref, "platform": platform, "load": not no_load}):
-        final = event
-        if event.get("event") == "progress":
-            progress.update(event.get("layers") or [])
+    with Progress(not no_progress and not as_json) as progress:
+        for event in client(timeout=3600).stream_lines("POST", "/docker/images?cmd=pull",
+                                                       {"ref": ref, "platform": platform, "load": not no_load}):
+            final = event
+            if event.get("event") == "manifest":
+                blobs = event.get("blobs") or []
+                progress.say(f"{event.get('ref')} ({event.get('platform') or 'single platform'}): {len(blobs)} blobs, "
+                             f"{human_size(sum(b.get('size') or 0 for b in blobs))}")
+            elif event.get("event") == "progress":
+                _show_layers(progress, event.get("layers") or [])
     if as_json:
         emit_json(final)
         if final.get("error"):
@@ -94,25 +77,51 @@ def pull(ref: str, platform: str | None, no_progress: bool, no_load: bool, as_js
     if final.get("error"):
         raise CLIError(final["error"].get("message", "pull failed"))
     src = final.get("sources") or {}
+    took = human_duration(final.get("elapsed"))
     click.echo(f"Pulled {final.get('ref')} ({_short(final.get('digest'))}, {final.get('platform')}): "
-               f"{final.get('layers')} layers, {human_size(final.get('size'))} in {final.get('elapsed')}s "
+               f"{final.get('layers')} layers, {human_size(final.get('size'))} in {took} "
                f"(local {human_size(src.get('local', 0))}, peers {human_size(src.get('peer', 0))}, "
                f"origin {human_size(src.get('origin', 0))})")
     if not no_load and final.get("engine"):
         click.echo(final["engine"][:1].upper() + final["engine"][1:])
 
 
+@cli.command("preheat")
+@click.argument("ref")
+@nodes_option
+@click.option("--platform", metavar="OS/ARCH[/VARIANT]", help="Image to pick from a multi-platform index "
+              "(default: this machine's).")
+@click.option("--no-progress", is_flag=True, help="No progress lines.")
+@json_option
+def preheat(ref: str, nodes: str, platform: str | None, no_progress: bool, as_json: bool) -> None:
+    """Put every blob of REF on the chosen nodes now, before a rollout needs it.
+
+    Each node fetches through its own fetcher, so each blob leaves the registry once for the whole
+    cluster. Peers accept this only in a cluster with a cluster_token, and only for registries their
+    own config names."""
+    from beiran.cli.preheat import parse_nodes, run_preheat
+
+    run_preheat("/docker/images?cmd=preheat", {"ref": ref, "platform": platform, "nodes": parse_nodes(nodes)},
+                ref, no_progress, as_json)
+
+
 @cli.command("save")
 @click.argument("ref")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Archive to write.")
 @click.option("--platform", metavar="OS/ARCH", help="For an image not pulled yet: the platform to pick.")
-def save(ref: str, output: str, platform: str | None) -> None:
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def save(ref: str, output: str, platform: str | None, no_progress: bool) -> None:
     """Write REF as a `docker save`-compatible archive (from the store, or fetched through the cluster)."""
+    from beiran.cli.progress import Progress
+
     path = _path(ref) + (f"?platform={quote(platform)}" if platform else "")
     tmp = output + ".part"
     try:
-        with open(tmp, "wb") as fh:
-            n = client(timeout=3600).download(path, fh)
+        with Progress(not no_progress) as progress, open(tmp, "wb") as fh:
+            progress.add("save", f"{ref} -> {output}")
+            n = client(timeout=3600).download(
+                path, fh, progress=lambda got, total: progress.update("save", completed=got, total=total))
+            progress.finish("save", "written", plain=False)  # the summary line says it
         os.replace(tmp, output)
     finally:
         if os.path.exists(tmp):

@@ -32,6 +32,12 @@ class InvalidReference(BadRequest):
     code = "invalid_reference"
 
 
+class PlatformMismatch(NotFound):
+    """`--platform X` for an image built only for Y: Docker refuses it, and so do we."""
+
+    code = "platform_mismatch"
+
+
 class ManifestUnknown(NotFound):
     code = "MANIFEST_UNKNOWN"
 

@@ -43,6 +43,11 @@ def _rows() -> list[dict[str, Any]]:
     return out
 
 
+async def records(plugin: DockerPlugin) -> list[dict[str, Any]]:
+    """This node's image records with their manifests' config and layer descriptors."""
+    return await plugin.ctx.run_db(_rows)
+
+
 async def local_images(plugin: DockerPlugin) -> list[dict[str, Any]]:
     """This node's images: one row per (name, tag, manifest digest)."""
     store = plugin.ctx.store

@@ -1,5 +1,5 @@
-"""The mirror's logic: tags resolved at the upstream (or from the cluster's last known mapping when the
-upstream is down), manifests and blobs through the core fetcher, and the records of what was seen."""
+"""The mirror's logic: tags resolved at the upstream (when it is down: this node's own last answer, else
+one enough peers agree on), manifests and blobs through the core fetcher, and the records of what was seen."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
+from beiran import offline
 from beiran.errors import BadRequest, BeiranError, NotFound
 from beiran.store.digest import digest_bytes, parse_digest
 from beiran_plugins.docker.errors import DigestMismatch, ManifestInvalid, RegistryUnavailable
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("beiran.docker")
 PEER_TAG_TIMEOUT = 3.0
+MAX_TAG_ANSWER = 64 << 10
 PREFETCH_PARALLEL = 1  # in manifest order: the layer a sequential client (skopeo) reads next goes first
 
 
@@ -37,7 +39,7 @@ class TagInfo:
     digest: str
     media_type: str
     size: int | None
-    from_cluster: str | None = None  # set when answered from the cluster's mapping (who knew it)
+    offline: str | None = None  # answered during an outage: the X-Beiran-Offline header value
 
 
 class Mirror:
@@ -50,6 +52,7 @@ class Mirror:
         self._prefetching: set[str] = set()
         self.prefetched = 0
         self._prefetch_slots = asyncio.Semaphore(PREFETCH_PARALLEL)
+        self.offline = offline.OfflineAnswers(self.ctx, "docker")
 
     async def load(self) -> None:
         rows = await self.ctx.run_db(lambda: list(DockerManifest.select().dicts()))
@@ -74,7 +77,7 @@ class Mirror:
 
     # -- tags ------------------------------------------------------------------------------------
     async def resolve_tag(self, registry: str, repository: str, tag: str, accept: list[str]) -> TagInfo:
-        """tag -> digest at the upstream; when it cannot be reached, the cluster's last known answer."""
+        """tag -> digest at the upstream; when it cannot be reached, an offline answer (cluster_tag)."""
         up = self.plugin.upstream
         accept_hdr = merge_accept(accept)
         try:
@@ -91,9 +94,8 @@ class Mirror:
             known = await self.cluster_tag(registry, repository, tag)
             if known is None:
                 raise
-            log.warning("registry %s unreachable (%s); answering %s:%s with %s, the cluster's last known "
-                        "mapping (from %s)", registry, exc.message, repository, tag, known.digest[:19],
-                        known.from_cluster)
+            log.info("registry %s unreachable (%s); %s:%s answered offline", registry, exc.message,
+                     repository, tag)
             return known
         except BadRequest as exc:  # a malformed Docker-Content-Digest
             raise RegistryUnavailable(f"registry {registry} sent a bad digest: {exc.message}") from None
@@ -125,27 +127,26 @@ class Mirror:
         return rows[0] if rows else None
 
     async def cluster_tag(self, registry: str, repository: str, tag: str) -> TagInfo | None:
-        """The newest mapping among this node and its online peers."""
-        found = []
+        """During an outage: this node's own last upstream answer, else the digest enough online
+        peers agree on (beiran/offline.py). A peer's `updated` is never compared."""
+        what = f"{registry}/{repository}:{tag}"
         mine = await self.local_tag(registry, repository, tag)
         if mine:
-            found.append((mine, "this node"))
+            self.offline.report(offline.OWN, what, mine["digest"])
+            return TagInfo(mine["digest"], mine["media_type"], mine["size"], offline.header_value(offline.OWN))
         query = urlencode({"registry": registry, "repository": repository, "tag": tag})
-        nodes = self.ctx.peers.online()
-        answers = await asyncio.gather(*(self.peer_json(n, f"/docker/tags?{query}") for n in nodes))
-        for node, ans in zip(nodes, answers, strict=True):
-            if isinstance(ans, dict) and isinstance(ans.get("digest"), str):
-                try:
-                    parse_digest(ans["digest"])
-                except BeiranError:
-                    continue
-                found.append((ans, f"peer {node[:8]}"))
-        if not found:
+        answers = await self.offline.ask(f"/docker/tags?{query}", _tag_vote, MAX_TAG_ANSWER)
+        verdict = offline.agree({n: {"tag": v} for n, v in answers.items()}, self.offline.quorum).get("tag")
+        if verdict is None:
+            self.offline.report(offline.UNKNOWN, what)
             return None
-        best, who = max(found, key=lambda f: float(f[0].get("updated") or 0))
-        size = best.get("size")
-        return TagInfo(best["digest"], str(best.get("media_type") or "")[:255],
-                       size if isinstance(size, int) else None, who)
+        if verdict.value is None:
+            seen = ", ".join(f"{json.loads(v)[0][:26]} x{n}" for v, n in verdict.counts[:4])
+            self.offline.report(offline.REFUSED, what, detail=f"{verdict.answered} answered: {seen}")
+            return None
+        digest, media_type, size = json.loads(verdict.value)
+        self.offline.report(offline.AGREED, what, digest, verdict.agreed)
+        return TagInfo(digest, media_type, size, offline.header_value(offline.AGREED, verdict.agreed))
 
     async def peer_json(self, node: str, path: str) -> Any:
         from tornado.httpclient import AsyncHTTPClient, HTTPRequest
@@ -281,6 +282,21 @@ class Mirror:
         if entry is not None:
             return entry.size
         return self.blob_sizes.get(digest)
+
+
+def _tag_vote(body: bytes) -> str:
+    """A peer's `/docker/tags` answer as one comparable value: [digest, media type, size]; its
+    `updated` is left out (a peer's clock decides nothing)."""
+    ans = json.loads(body)
+    if not isinstance(ans, dict):
+        raise ValueError("not a JSON object")
+    digest = str(parse_digest(str(ans.get("digest"))))
+    media_type, size = ans.get("media_type") or "", ans.get("size")
+    if not isinstance(media_type, str) or len(media_type) > 255:
+        raise ValueError("bad media_type")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= MAX_MANIFEST):
+        raise ValueError("bad size")
+    return json.dumps([digest, media_type, size])
 
 
 async def _one(data: bytes):

@@ -72,6 +72,12 @@ class DockerPlugin(BasePackagePlugin):
         if self.engine is not None:
             await self.engine.stop()
 
+    def counters(self) -> dict[str, int]:
+        out = {"manifests_prefetched": self.mirror.prefetched}
+        if self.content is not None:
+            out.update(containerd_blobs_indexed=self.content.indexed, containerd_blobs_rejected=self.content.rejected)
+        return out
+
     def status_info(self) -> dict[str, Any]:
         info: dict[str, Any] = {"default_registry": self.default_registry,
                                 "registries": sorted(self.upstream.endpoints),
@@ -104,7 +110,7 @@ class DockerPlugin(BasePackagePlugin):
         kind = params.get("kind")
         if kind not in ("blob", "manifest"):
             raise BadRequest("docker source: kind must be blob or manifest")
-        out = {"registry": registry, "repository": repository, "kind": kind, "anonymous": from_peer}
+        out = {"registry": registry, "repository": repository, "kind": kind}
         media_type = params.get("media_type")
         if media_type is not None:
             if not isinstance(media_type, str) or len(media_type) > 255 or not _MEDIA_TYPE.match(media_type):
@@ -112,9 +118,10 @@ class DockerPlugin(BasePackagePlugin):
             out["media_type"] = media_type
         return out
 
-    async def open_origin(self, params: dict[str, Any], digest: str, offset: int) -> OriginStream:
+    async def open_origin(self, params: dict[str, Any], digest: str, offset: int, *,
+                          from_peer: bool) -> OriginStream:
         registry, repository = params["registry"], params["repository"]
-        up = self.upstream.anonymous(registry) if params.get("anonymous") else self.upstream
+        up = self.upstream.anonymous(registry) if from_peer else self.upstream  # never credentials for peers
         if params["kind"] == "blob":
             return await up.open_blob(registry, repository, digest, offset)
         accept = merge_accept([params.get("media_type") or "", DEFAULT_ACCEPT])

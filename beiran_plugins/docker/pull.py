@@ -10,8 +10,9 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from beiran.errors import BadRequest, BeiranError, NotFound
-from beiran_plugins.docker.errors import ManifestInvalid
+from beiran_plugins.docker.errors import ManifestInvalid, PlatformMismatch
 from beiran_plugins.docker.manifest import (
+    Descriptor,
     ParsedManifest,
     host_platform,
     normalize_platform,
@@ -73,6 +74,8 @@ async def pull(plugin: DockerPlugin, ref: Reference, platform: str | None, emit:
     ctx = plugin.ctx
     started = time.monotonic()
     digest, index_digest, parsed, plat, _ = await resolve_image(plugin, ref, platform, via="pull")
+    if platform and not index_digest and parsed.config:
+        await _check_platform(plugin, ref, parsed, plat)
     blobs = parsed.blobs
     await emit({"event": "manifest", "ref": str(ref), "digest": digest, "index_digest": index_digest or None,
                 "platform": plat, "blobs": [{"digest": b.digest, "size": b.size,
@@ -115,6 +118,22 @@ async def pull(plugin: DockerPlugin, ref: Reference, platform: str | None, emit:
     return {"event": "done", "ref": str(ref), "digest": digest, "index_digest": index_digest or None,
             "platform": plat, "layers": len(parsed.layers), "size": sum(b.size or 0 for b in unique),
             "sources": dict(sources), "elapsed": round(time.monotonic() - started, 3)}
+
+
+async def _check_platform(plugin: DockerPlugin, ref: Reference, parsed: ParsedManifest, wanted: str) -> None:
+    """A single-platform image asked for with `--platform`: its config (fetched first, it is small)
+    must say that platform, before any layer is fetched."""
+    from beiran_plugins.docker.images import platform_of_config
+
+    config = parsed.config
+    source = plugin.mirror.source(ref.registry, ref.repository, "blob")
+    job = await plugin.ctx.fetcher.start(config.digest, config.size, source)
+    await asyncio.shield(job.done)
+    have = await platform_of_config(plugin, config.digest)
+    if have and pick_platform([Descriptor(digest=config.digest, media_type="", size=0, platform=have)],
+                              wanted) is None:
+        raise PlatformMismatch(f"{ref} is built for {have} only, not {wanted}: drop --platform or pick "
+                               f"an image built for {wanted}")
 
 
 def _progress(blob: Any, job: Any, error: BaseException | None) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from beiran_plugins.docker.manifest import MAX_MANIFEST
 from beiran_plugins.docker.reference import DOCKER_HUB, DOCKER_HUB_ENDPOINT, validate_registry
 
 log = logging.getLogger("beiran.docker")
+_PREFIX = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _PARAM = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^\s,]+))')
 
 
@@ -48,6 +49,9 @@ class Endpoint:
     registry_token: str | None = None
     #: hosts besides the registry's own whose https token realm may receive the credentials
     token_realms: tuple[str, ...] = ()
+    #: `/v2/<prefix>/<repository>/...` on the mirror means this registry (registries.conf clients
+    #: such as podman, skopeo, CRI-O cannot say which registry they mean otherwise)
+    prefix: str | None = None
 
     @property
     def credentialed(self) -> bool:
@@ -92,6 +96,8 @@ class Upstream:
         self.timeout = float(config.get("upstream_timeout", 10.0))
         self.allow_unconfigured = bool(config.get("allow_unconfigured", True))
         self.endpoints: dict[str, Endpoint] = {}
+        #: mirror path prefix -> registry name
+        self.prefixes: dict[str, str] = {}
         registries = config.get("registries") or {}
         if not isinstance(registries, dict):
             raise ConfigError("[plugins.docker.registries] must be a table of registries")
@@ -112,9 +118,17 @@ class Upstream:
             realms = section.get("token_realms") or (["auth.docker.io"] if canon == DOCKER_HUB else [])
             if not isinstance(realms, list) or not all(isinstance(h, str) for h in realms):
                 raise ConfigError(f"registry {name}: token_realms is a list of host names")
+            prefix = section.get("prefix")
+            if prefix is not None:
+                if not isinstance(prefix, str) or not _PREFIX.match(prefix):
+                    raise ConfigError(f"registry {name}: prefix must be one path segment of lowercase letters, "
+                                      f"digits, '.', '_' or '-', not {prefix!r}")
+                if prefix in self.prefixes:
+                    raise ConfigError(f"registry {name}: prefix {prefix!r} is already {self.prefixes[prefix]}'s")
+                self.prefixes[prefix] = canon
             try:
                 self.endpoints[canon] = Endpoint(canon, url.rstrip("/"), section.get("username"),
-                                                 section.get("password"), ca_file, **tokens,
+                                                 section.get("password"), ca_file, **tokens, prefix=prefix,
                                                  token_realms=tuple(realms))
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigError(f"registry {name}: cannot load ca_file {ca_file!r}: {exc}") from None
@@ -181,7 +195,7 @@ class Upstream:
                 headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
             url = realm + ("&" if "?" in realm else "?") + urlencode(query)
         try:
-            async with stream_request(url, headers, method=method, body=form, ssl_ctx=ep.ssl_ctx,
+            async with stream_request(url, headers, method=method, body=form, ssl_ctx=ep.ssl_ctx, origin=True,
                                       connect_timeout=self.timeout) as resp:
                 body = await resp.read_all(1 << 20, idle_timeout=self.timeout)
         except UpstreamError as exc:
@@ -216,7 +230,7 @@ class Upstream:
             auth = self._auth_header(ep, repository)
             if auth:
                 hdrs["Authorization"] = auth
-            cm = stream_request(ep.url + path, hdrs, method=method, ssl_ctx=ep.ssl_ctx,
+            cm = stream_request(ep.url + path, hdrs, method=method, ssl_ctx=ep.ssl_ctx, origin=True,
                                 connect_timeout=self.timeout)
             try:
                 resp = await cm.__aenter__()

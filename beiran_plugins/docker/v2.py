@@ -17,6 +17,7 @@ from typing import Any
 import tornado.web
 from tornado.iostream import StreamClosedError
 
+from beiran import offline
 from beiran.errors import BeiranError
 from beiran.handlers import BaseHandler
 from beiran.peer.serving import detach_socket, parse_range, sendfile_range
@@ -64,9 +65,18 @@ class OCIHandler(BaseHandler):
             self.ctx.store.check_access(digest, None)
 
     def target(self, name: str) -> tuple[str, str]:
-        """(registry, upstream repository) from the path and containerd's `?ns=`."""
+        """(registry, upstream repository) from containerd's `?ns=`, else a registry's `prefix` as the
+        path's first segment (`/v2/<prefix>/<repository>/...`), else the default registry."""
         ns = self.get_query_argument("ns", None)
-        registry = validate_registry(ns) if ns else self.plugin.default_registry
+        if ns:
+            registry = validate_registry(ns)
+        else:
+            first, _, rest = name.partition("/")
+            registry = self.plugin.upstream.prefixes.get(first, "") if rest else ""
+            if registry:
+                name = rest
+            else:
+                registry = self.plugin.default_registry
         return registry, upstream_repository(registry, validate_repository(name))
 
 
@@ -107,6 +117,8 @@ class ManifestHandler(OCIHandler):
             tag = validate_tag(reference)
             info = await mirror.resolve_tag(registry, repository, tag, self.request.headers.get_list("Accept"))
             digest, media_type, size = info.digest, info.media_type, info.size
+            if info.offline:
+                self.set_header(offline.HEADER, info.offline)
         self.check_private(digest)
         known = mirror.known.get(digest)
         if head and (known or (size is not None and media_type)):

@@ -11,8 +11,11 @@ from beiran.errors import BadRequest, BeiranError
 from beiran.handlers import BaseHandler
 
 
-def _http_error(exc: Any) -> BeiranError:
-    """A CRIError (runtime trouble) as the HTTP error the CLI prints."""
+def _http_error(exc: Any, runtime: Any = None) -> BeiranError:
+    """A CRIError (runtime trouble) as the HTTP error the CLI prints: one line."""
+    if runtime is not None and exc.code == grpc.StatusCode.UNAVAILABLE:
+        return BeiranError(f"{runtime.unreachable(exc.message)}; is it running? ([plugins.k8s] runtime_endpoint)",
+                           status=503, code="runtime_unavailable")
     status = {grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.NOT_FOUND: 404,
               grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.DEADLINE_EXCEEDED: 504}.get(exc.code, 502)
     return BeiranError(exc.message, status=status, code="runtime_error")
@@ -32,7 +35,7 @@ class ImagesHandler(BaseHandler):
         try:
             resp = await plugin.runtime.list_images(pb.ListImagesRequest())
         except CRIError as exc:
-            raise _http_error(exc) from None
+            raise _http_error(exc, plugin.runtime) from None
         me = self.ctx.identity.uuid
         images = []
         for im in resp.images:

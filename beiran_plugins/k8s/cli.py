@@ -7,7 +7,7 @@ from urllib.parse import urlencode
 
 import click
 
-from beiran.cli.errors import CLIError
+from beiran.cli.errors import CLIError, DaemonNotRunning
 from beiran.cli.output import emit_json, human_size, json_option, table
 
 
@@ -53,16 +53,26 @@ def images(show_all: bool, as_json: bool) -> None:
               help="Also mirror this registry (repeatable).")
 @click.option("--containerd-config", type=click.Path(dir_okay=False), default="/etc/containerd/config.toml",
               show_default=True, help="Checked for the config_path line.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="When no daemon runs (an init container): the config file to read "
+                   "(default: $BEIRAN_CONFIG, /etc/beiran/config.toml).")
 @json_option
 def configure_containerd(write: bool, hosts_dir: str | None, registries: tuple[str, ...], containerd_config: str,
-                         as_json: bool) -> None:
-    """containerd hosts.toml files that send CRI pulls to this node's Beiran mirror."""
+                         config_file: str | None, as_json: bool) -> None:
+    """containerd hosts.toml files that send CRI pulls to this node's Beiran mirror.
+
+    Asks the running daemon; when none runs (e.g. a DaemonSet's init container, before the daemon
+    starts), computes the same files from the config file and says so."""
     from beiran.cli.main import client
 
     query = [("registry", r) for r in registries]
     if hosts_dir:
         query.append(("dir", os.path.abspath(hosts_dir)))
-    data = client().get("/k8s/containerd-config" + (f"?{urlencode(query)}" if query else ""))
+    try:
+        data = client().get("/k8s/containerd-config" + (f"?{urlencode(query)}" if query else ""))
+    except DaemonNotRunning as exc:
+        data = _offline_plan(config_file, list(registries), os.path.abspath(hosts_dir) if hosts_dir else None)
+        click.echo(f"{exc.message}: using the config file {data.pop('config_file')}", err=True)
     has_line = _has_config_path(containerd_config, data["hosts_dir"])
     data["containerd_config"] = {"path": containerd_config, "config_path_set": has_line}
     if write:
@@ -87,6 +97,20 @@ def configure_containerd(write: bool, hosts_dir: str | None, registries: tuple[s
         click.echo(f"{containerd_config} already sets config_path = \"{data['hosts_dir']}\".")
     else:
         click.echo(f"\nAdd to {containerd_config} (then restart containerd):\n\n{data['config_path_snippet']}")
+
+
+def _offline_plan(config_file: str | None, registries: list[str], hosts_dir: str | None) -> dict:
+    from beiran.config import load_config
+    from beiran.errors import BeiranError
+    from beiran_plugins.k8s.containerd import plan_from_config
+
+    try:
+        config = load_config(config_file)
+        data = plan_from_config(config, registries, hosts_dir)
+    except BeiranError as exc:
+        raise CLIError(exc.message) from None
+    data["config_file"] = str(config.source_file or "(defaults: no config file)")
+    return data
 
 
 def _has_config_path(path: str, hosts_dir: str) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 DOCKER_HUB_SERVER = "https://registry-1.docker.io"
+DEFAULT_HOSTS_DIR = "/etc/containerd/certs.d"
 
 
 def hosts_toml(server: str, mirror: str) -> str:
@@ -31,3 +32,23 @@ def plan(registries: dict[str, str], mirror: str, hosts_dir: str) -> dict[str, A
                       "content": hosts_toml(server, mirror)})
     return {"hosts_dir": hosts_dir, "mirror": mirror, "files": files,
             "config_path_snippet": config_path_snippet(hosts_dir)}
+
+
+def plan_from_config(config: Any, extra: list[str], hosts_dir: str | None = None) -> dict[str, Any]:
+    """The same plan computed from a config file alone, for an init step that runs before the daemon
+    (a DaemonSet's init container): the docker plugin's configured registries and [plugins.k8s]."""
+    from beiran_plugins.docker.reference import validate_registry
+
+    docker = config.plugin_section("docker")
+    k8s = config.plugin_section("k8s")
+    registries: dict[str, str] = {}
+    for name, section in (docker.get("registries") or {}).items():
+        registries[validate_registry(name)] = str((section or {}).get("url") or "")
+    for name in [*(k8s.get("registries") or []), *extra]:
+        registries.setdefault(validate_registry(name), "")
+    if not registries:
+        registries["docker.io"] = ""
+    host = config.listen_host if config.listen_host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    mirror = str(k8s.get("mirror") or f"http://{host}:{config.listen_port}").rstrip("/")
+    return plan(registries, mirror, hosts_dir or str(k8s.get("hosts_dir") or DEFAULT_HOSTS_DIR))

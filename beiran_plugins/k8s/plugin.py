@@ -20,10 +20,11 @@ from typing import Any
 from beiran.errors import ConfigError
 from beiran.plugin import BaseInterfacePlugin
 from beiran_plugins.k8s import __version__
+from beiran_plugins.k8s.containerd import DEFAULT_HOSTS_DIR
+from beiran_plugins.k8s.metrics import CRIMetrics
 
 log = logging.getLogger("beiran.k8s")
 DEFAULT_RUNTIME = "unix:///run/containerd/containerd.sock"
-DEFAULT_HOSTS_DIR = "/etc/containerd/certs.d"
 SETTINGS = {"enabled", "socket", "runtime_endpoint", "mirror", "hosts_dir", "registries", "platform",
             "runtime_timeout", "pull_timeout", "grant_ttl"}
 
@@ -37,6 +38,7 @@ class K8sPlugin(BaseInterfacePlugin):
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
         self.counts: dict[str, int] = {}
+        self.cri_metrics = CRIMetrics(ctx.metrics.registry)
         self.server: Any = None
         self.runtime: Any = None
         self._remove_policy: Any = None
@@ -95,6 +97,9 @@ class K8sPlugin(BaseInterfacePlugin):
     def status_info(self) -> dict[str, Any]:
         return {"socket": str(getattr(self, "socket_path", "")), "mirror": getattr(self, "mirror", ""),
                 "runtime_endpoint": getattr(self, "runtime_endpoint", ""), "cri_calls": dict(self.counts)}
+
+    async def health(self) -> str | None:
+        return await self.runtime.probe() if self.runtime is not None else None
 
     # -- used by the handlers ----------------------------------------------------------------------
     async def record_for(self, image_id: str, repo_digests: list[str] = ()) -> dict[str, Any] | None:

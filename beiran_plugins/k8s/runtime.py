@@ -48,6 +48,26 @@ class RuntimeClient:
                 raise from_runtime(first, self.endpoint, what) from None
             raise from_runtime(exc, self.endpoint, what) from None
 
+    @property
+    def name(self) -> str:
+        """What to call the runtime in messages."""
+        return "containerd" if "containerd" in self.endpoint else "container runtime"
+
+    def unreachable(self, details: str = "") -> str:
+        """One line for "the runtime does not answer": where, and the last reason gRPC gave."""
+        reason = details.rsplit(": ", 1)[-1].strip() if details else ""
+        return f"{self.name} not reachable at {self.endpoint}" + (f" ({reason})" if reason and len(reason) < 80 else "")
+
+    async def probe(self, timeout: float = 1.0) -> str | None:
+        """None when the runtime answers a cheap call now; else why not, in one line."""
+        try:
+            await self.stub.ImageFsInfo(pb.ImageFsInfoRequest(), timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return self.unreachable(exc.details() or "")
+            return f"{self.name} at {self.endpoint} answered ImageFsInfo with {exc.code().name}"
+        return None
+
     async def list_images(self, request: pb.ListImagesRequest) -> pb.ListImagesResponse:
         return await self._call("ListImages", self.stub.ListImages, request)
 

@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -94,15 +95,19 @@ class ImageService:
 
     def _wrap(self, name: str, fn: Callable[[Any], Awaitable[Any]]) -> Callable:
         metrics = self.plugin.counts
+        prom = self.plugin.cri_metrics
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             metrics[name] = metrics.get(name, 0) + 1
+            started = time.monotonic()
             try:
                 if isinstance(request, _Malformed):
                     raise CRIError(grpc.StatusCode.INVALID_ARGUMENT,
                                    f"malformed {request.kind}: the request bytes are not a valid protobuf "
                                    f"message ({request.error})")
-                return await fn(request)
+                answer = await fn(request)
+                prom.observe(name, "OK", time.monotonic() - started)
+                return answer
             except CRIError as exc:
                 err = exc
             except BeiranError as exc:
@@ -111,6 +116,7 @@ class ImageService:
                 log.exception("CRI %s failed", name)
                 err = CRIError(grpc.StatusCode.INTERNAL, f"internal error in Beiran's CRI service during {name}: "
                                                          f"{type(exc).__name__}: {exc}")
+            prom.observe(name, err.code.name, time.monotonic() - started)
             log.info("CRI %s -> %s: %s", name, err.code.name, err.message)
             metrics[f"{name}.{err.code.name}"] = metrics.get(f"{name}.{err.code.name}", 0) + 1
             await context.abort(err.code, err.message)

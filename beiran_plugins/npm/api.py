@@ -16,11 +16,13 @@ import re
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from beiran import offline
 from beiran.errors import BadRequest, BeiranError, Forbidden, NotFound
 from beiran.handlers import BaseHandler, JSONEndpoint
 from beiran_plugins.npm import tarballs, warm
 from beiran_plugins.npm.metadata import ABBREVIATED, resolve_ref, rewrite, rewrite_version
 from beiran_plugins.npm.names import parse_path, validate_name
+from beiran_plugins.npm.panel import PackagesPanel
 from beiran_plugins.npm.upstream import packument_headers_kind
 
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
@@ -75,21 +77,23 @@ class RegistryHandler(NpmHandler):
             if version is None:
                 raise NotFound(f"{what.name}@{what.ref} is not in the registry")
             doc = rewrite_version(p.manifest(version) or {}, what.name, version, self.base_url())
-            self._send_doc(json.dumps(doc).encode(), "application/json", p.stale)
+            self._send_doc(json.dumps(doc).encode(), "application/json", p.stale, p.offline)
             return
         kind = packument_headers_kind(self.request.headers.get("Accept"))
         p = await plugin.packuments.get(what.name, kind)
         base = self.base_url()
         body = await self.ctx.run_blocking(lambda: json.dumps(rewrite(p.doc, what.name, base)).encode())
         plugin.count("packuments_served")
-        self._send_doc(body, ABBREVIATED if kind == "abbr" else "application/json", p.stale)
+        self._send_doc(body, ABBREVIATED if kind == "abbr" else "application/json", p.stale, p.offline)
 
-    def _send_doc(self, body: bytes, content_type: str, stale: bool) -> None:
+    def _send_doc(self, body: bytes, content_type: str, stale: bool, offline_answer: str | None = None) -> None:
         etag = '"' + hashlib.sha256(body).hexdigest()[:40] + '"'
         self.set_header("ETag", etag)
         self.set_header("Vary", "Accept")
         if stale:
             self.set_header("Warning", STALE_WARNING)
+        if offline_answer:
+            self.set_header(offline.HEADER, offline_answer)
         if etag in (self.request.headers.get("If-None-Match") or ""):
             self.set_status(304)
             self.finish()
@@ -174,6 +178,41 @@ class WarmHandler(JSONEndpoint, NpmHandler):
         self.finish()
 
 
+class PreheatHandler(JSONEndpoint, NpmHandler):
+    """`POST /npm/-/beiran/preheat` {"packages": [spec...], "deps": bool, "nodes": "all" | [uuid]}:
+    the chosen nodes fetch the tarballs now; NDJSON per-node progress, the last line the summary."""
+
+    local_only = True
+
+    async def post(self) -> None:
+        from beiran import preheat
+
+        body = self.json_object()
+        specs = body.get("packages") or []
+        if not specs or not isinstance(specs, list) or not all(isinstance(s, str) for s in specs):
+            raise BadRequest("packages must be a non-empty list of PACKAGE[@RANGE] strings")
+        nodes = preheat.targets(self.ctx, body.get("nodes", "all"))
+        found, errors = await warm.resolve(self.plugin, specs, bool(body.get("deps", True)))
+        if errors:
+            raise NotFound("; ".join(f"{e['package']}: {e['error']}" for e in errors[:5]))
+        items = []
+        for t in found:
+            digest, source = await warm.tarball_of(self.plugin, t)
+            items.append(preheat.Item(digest, None, source))
+        self.set_header("Content-Type", "application/x-ndjson")
+
+        async def emit(event: dict[str, Any]) -> None:
+            self.write(json.dumps(event) + "\n")
+            await self.flush()
+
+        await emit({"event": "resolved", "packages": [f"{t.name}@{t.version}" for t in found], "nodes": nodes})
+        try:
+            summary = await preheat.run(self.ctx, items, nodes, emit)
+        except BeiranError as exc:
+            summary = {"event": "done", "error": exc.to_dict()}
+        self.finish(json.dumps(summary) + "\n")
+
+
 class PeerPackumentHandler(NpmHandler):
     """A peer asks for a stored packument while its upstream is unreachable. Only cluster members
     (the cluster token when one is set, else a connected peer's address) and the npm clients that
@@ -211,9 +250,14 @@ class PeerPackumentHandler(NpmHandler):
 
 
 ROUTES = [
+    (r"/npm/-/beiran/ui/packages", PackagesPanel),
     (r"/npm/-/beiran/info", InfoHandler),
     (r"/npm/-/beiran/packages", PackagesHandler),
     (r"/npm/-/beiran/warm", WarmHandler),
+    (r"/npm/-/beiran/preheat", PreheatHandler),
     (r"/npm/-/beiran/peer/packument/(full|abbr)/([^/]+)", PeerPackumentHandler),
     (r"/npm(?:/(.*))?", RegistryHandler),
 ]
+
+#: console panels (the page at /ui/ fetches and renders them)
+UI_PANELS = [("npm packages", "/npm/-/beiran/ui/packages")]

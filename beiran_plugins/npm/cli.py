@@ -12,6 +12,7 @@ import click
 from beiran.cli.errors import CLIError
 from beiran.cli.main import client
 from beiran.cli.output import emit_json, human_size, json_option, table
+from beiran.cli.preheat import nodes_option
 
 
 @click.group(name="npm", short_help="npm registry proxy: packages, warm, configure.")
@@ -102,21 +103,18 @@ def warm(specs: tuple[str, ...], lockfile: str | None, no_deps: bool, no_progres
     if not specs and not entries:
         raise CLIError("nothing to warm: name packages or give --lockfile")
     body = {"packages": list(specs), "deps": not no_deps, "lockfile": entries}
+    from beiran.cli.progress import Progress
+
     final: dict[str, Any] = {}
-    bar = None
-    try:
+    # a bar on a terminal; the summary line (and one line per failure) otherwise
+    with Progress(not no_progress and not as_json and sys.stderr.isatty(), unit="items") as progress:
         for event in client(timeout=3600).stream_lines("POST", "/npm/-/beiran/warm", body):
-            if event.get("stage") == "fetching" and not no_progress and not as_json and sys.stderr.isatty():
-                bar = click.progressbar(length=event["total"], label="warming", file=sys.stderr,
-                                        item_show_func=lambda e: e)
-                bar.__enter__()
-            elif "package" in event and bar is not None:
-                bar.update(1, event["package"])
+            if event.get("stage") == "fetching":
+                progress.add("warm", "warming", event["total"])
+            elif "package" in event:
+                progress.update("warm", advance=1)
             if event.get("done"):
                 final = event
-    finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
     if as_json:
         emit_json(final)
     else:
@@ -127,6 +125,39 @@ def warm(specs: tuple[str, ...], lockfile: str | None, no_deps: bool, no_progres
         click.echo(f"  failed: {f['package']}: {f['error']}", err=True)
     if failed:
         raise CLIError(f"{len(failed)} package(s) could not be warmed")
+
+
+@cli.command("preheat")
+@click.argument("specs", nargs=-1, required=True, metavar="NAME[@VERSION|@RANGE]...")
+@nodes_option
+@click.option("--no-deps", is_flag=True, help="Only the named packages, not their dependencies.")
+@click.option("--no-progress", is_flag=True, help="No progress lines.")
+@json_option
+def preheat(specs: tuple[str, ...], nodes: str, no_deps: bool, no_progress: bool, as_json: bool) -> None:
+    """Put these packages' tarballs (and their dependencies') on the chosen nodes now.
+
+    Each node fetches through its own fetcher, so each tarball leaves the registry once for the whole
+    cluster. Peers accept this only in a cluster with a cluster_token."""
+    from beiran.cli.preheat import parse_nodes, run_preheat
+
+    run_preheat("/npm/-/beiran/preheat", {"packages": list(specs), "deps": not no_deps, "nodes": parse_nodes(nodes)},
+                " ".join(specs), no_progress, as_json)
+
+
+#: what npm sends as its token to a refusing proxy: npm checks that it has a credential for the
+#: registry before it sends a publish (else it stops with its own ENEEDAUTH and never asks Beiran);
+#: with this one it sends the request and prints Beiran's answer (why, and where to publish).
+NO_WRITES_TOKEN = "beiran-proxy-serves-reads-only"
+
+
+def npmrc_auth_lines(registry: str, writes: str, upstream: str) -> list[str]:
+    """The .npmrc lines that let npm's writes (publish, login...) reach this proxy's answer."""
+    nerf = "//" + registry.split("://", 1)[-1]
+    if writes == "forward":
+        return [f"; writes go on to {upstream} with this token: put your token for it here",
+                f"; {nerf}:_authToken=${{NPM_TOKEN}}"]
+    return ["; not a secret: lets npm send publish/login here, so you see where to send them instead",
+            f"{nerf}:_authToken={NO_WRITES_TOKEN}"]
 
 
 @cli.command("configure")
@@ -143,6 +174,7 @@ def configure(as_json: bool) -> None:
     host = urlsplit(info["upstream"]).hostname or ""
     if host and host != "registry.npmjs.org":
         lines.append(f"replace-registry-host={host}")
+    lines += npmrc_auth_lines(info["registry"], info.get("writes", "refuse"), info["upstream"])
     if as_json:
         emit_json({**info, "npmrc": lines})
         return

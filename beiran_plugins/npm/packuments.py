@@ -4,6 +4,7 @@ use, and when the upstream cannot answer, the last good copy (this node's, else 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -14,14 +15,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from beiran import offline
 from beiran.errors import BeiranError, NotFound, UpstreamError
-from beiran.httpstream import stream_request
 from beiran_plugins.npm.metadata import (
     ABBREVIATED,
     MalformedPackument,
     abbreviate,
     check_packument,
     sha512_of,
+    tarball_file,
     version_for_file,
 )
 from beiran_plugins.npm.models import NpmPackument
@@ -34,7 +36,6 @@ log = logging.getLogger("beiran.npm")
 KINDS = ("full", "abbr")
 MEMORY_ENTRIES = 128
 MEMORY_MAX_DOC = 16 << 20
-PEER_TIMEOUT = 5.0
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Packument:
     origin: str = "upstream"
     size: int = 0
     stale: bool = False  # served without the upstream confirming it just now
+    offline: str | None = None  # answered during an outage: the X-Beiran-Offline header value
     _files: dict[str, str | None] = field(default_factory=dict, repr=False)
 
     def version_for_file(self, file: str) -> str | None:
@@ -80,6 +82,7 @@ class PackumentCache:
         self.inflight: dict[tuple[str, str], asyncio.Future] = {}
         self.stats = {"upstream_200": 0, "upstream_304": 0, "stale_served": 0, "from_peers": 0}
         self._digest_index: dict[str, tuple[str, str]] | None = None
+        self.offline = offline.OfflineAnswers(ctx, "npm")
 
     def path(self, name: str, kind: str) -> Path:
         return self.root / kind / (quote(name, safe="") + ".json")
@@ -95,6 +98,8 @@ class PackumentCache:
         if not rows:
             return None
         row = rows[0]
+        if row["origin"] != "upstream":
+            return None  # a peer's copy saved by an older version: never this node's own
         path = self.path(name, kind)
         try:
             doc = await self.ctx.run_blocking(lambda: parse(path.read_bytes(), name))
@@ -192,49 +197,55 @@ class PackumentCache:
         return p
 
     async def _fallback(self, name: str, kind: str, current: Packument | None, exc: UpstreamError) -> Packument:
-        """The upstream failed (unreachable, 5xx, timeout, malformed): serve the last good copy."""
+        """The upstream failed (unreachable, 5xx, timeout, malformed): this node's own last good copy,
+        else what enough peers agree on (beiran/offline.py)."""
+        what = f"packument {name} ({kind})"
         if current is not None:
             self.stats["stale_served"] += 1
-            log.warning("npm: %s; serving the copy of %s stored %.0fs ago", exc.message, name,
-                        time.time() - current.fetched)
-            current.stale = True
+            self.offline.report(offline.OWN, what, f"the copy stored {time.time() - current.fetched:.0f}s ago",
+                                detail=exc.message)
+            current.stale, current.offline = True, offline.header_value(offline.OWN)
             return current
         other = await self.stored(name, "full" if kind == "abbr" else "abbr")
         if other is not None:
             self.stats["stale_served"] += 1
-            log.warning("npm: %s; serving the stored %s packument of %s instead", exc.message, other.kind, name)
+            self.offline.report(offline.OWN, what, f"the stored {other.kind} packument", detail=exc.message)
             doc = abbreviate(other.doc) if kind == "abbr" else other.doc
-            return Packument(name, kind, doc, other.fetched, None, None, other.origin, other.size, stale=True)
+            return Packument(name, kind, doc, other.fetched, None, None, other.origin, other.size, stale=True,
+                             offline=offline.header_value(offline.OWN))
         if self.share:
-            got = await self._from_peers(name, kind)
+            got = await self._from_peers(name, kind, exc)
             if got is not None:
-                log.warning("npm: %s; serving the packument of %s a peer had (%s)", exc.message, name, got.origin)
                 return got
         raise exc
 
-    async def _from_peers(self, name: str, kind: str) -> Packument | None:
+    async def _from_peers(self, name: str, kind: str, exc: UpstreamError) -> Packument | None:
+        """The versions (and dist-tags) enough peers agree on, each peer's copy being one it fetched
+        from its own upstream. Kept in memory only: the node never takes it for its own copy."""
         path = f"/npm/-/beiran/peer/packument/{kind}/{quote(name, safe='@')}"
-        for node in self.ctx.peers.online():
-            conn = self.ctx.peers.conn(node)
-            base = self.ctx.peers.url_of(node)
-            if conn is None or not base or "npm" not in (conn.info.get("plugins") or []):
-                continue
-            try:
-                async with stream_request(base + path, self.ctx.auth.headers("GET", path),
-                                          connect_timeout=PEER_TIMEOUT) as resp:
-                    if resp.code != 200:
-                        continue
-                    body = await resp.read_all(self.upstream.max_packument_size, idle_timeout=PEER_TIMEOUT)
-                doc = await self.ctx.run_blocking(parse, body, name)
-            except (BeiranError, OSError, ValueError) as exc:
-                log.info("npm: peer %s had no usable packument of %s: %s", node[:8], name, exc)
-                continue
-            self.stats["from_peers"] += 1
-            # fetched=0: revalidated with the upstream as soon as it answers again
-            p = Packument(name, kind, doc, 0.0, None, None, f"peer:{node}", len(body), stale=True)
-            await self._save(p, body)
-            return p
-        return None
+        answers = await self.offline.ask(path, lambda body: _peer_doc(body, name, kind),
+                                         self.upstream.max_packument_size)
+        what = f"packument {name} ({kind})"
+        verdicts = offline.agree({n: votes for n, (_, votes) in answers.items()}, self.offline.quorum)
+        if not verdicts:
+            self.offline.report(offline.UNKNOWN, what, detail=exc.message)
+            return None
+        doc = _agreed_doc(name, kind, {n: d for n, (d, _) in answers.items()}, verdicts)
+        left_out = sum(1 for v in verdicts.values() if v.value is None)
+        if not doc["versions"]:
+            self.offline.report(offline.REFUSED, what, detail=f"{exc.message}; {len(answers)} peers answered, "
+                                f"{left_out} versions/tags without agreement")
+            return None
+        peers = _vouching(verdicts)
+        latest = doc["dist-tags"].get("latest")
+        integrity = ((doc["versions"].get(latest) or {}).get("dist") or {}).get("integrity") if latest else None
+        value = f"{len(doc['versions'])} versions, latest {latest} {str(integrity or '')[:30]}"
+        self.offline.report(offline.AGREED, what, value, peers,
+                            detail=f"{exc.message}; {left_out} versions/tags without agreement left out")
+        self.stats["from_peers"] += 1
+        body = json.dumps(doc).encode()
+        return Packument(name, kind, doc, 0.0, None, None, "peers", len(body), stale=True,
+                         offline=offline.header_value(offline.AGREED, peers))
 
     async def for_peer(self, name: str, kind: str) -> tuple[bytes, float] | None:
         """What this node can hand a peer during an outage: stored copies only, never the upstream."""
@@ -274,3 +285,47 @@ class PackumentCache:
 
     async def count(self) -> int:
         return await self.ctx.run_db(lambda: NpmPackument.select().count())
+
+
+def _peer_doc(body: bytes, name: str, kind: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """A peer's packument and its votes: each version's manifest (hashed, with the tarball URL
+    reduced to its file name, which is all this node uses of it) and each dist-tag's version.
+    Abbreviated answers are compared (and served) in this node's own abbreviated form, so a peer
+    that stored the upstream's and one that abbreviated its full copy can agree."""
+    doc = parse(body, name)
+    if kind == "abbr":
+        doc = abbreviate(doc)
+    votes = {}
+    for v, manifest in (doc.get("versions") or {}).items():
+        m = dict(manifest)
+        m["dist"] = {**(m.get("dist") or {}), "tarball": tarball_file(name, v, manifest)}
+        canon = json.dumps(m, sort_keys=True, separators=(",", ":")).encode()
+        votes[f"version:{v}"] = hashlib.sha256(canon).hexdigest()
+    for tag, v in (doc.get("dist-tags") or {}).items():
+        votes[f"tag:{tag}"] = v
+    return doc, votes
+
+
+def _vouching(verdicts: dict[str, offline.Verdict]) -> list[str]:
+    """The peers named for an agreed packument: those that agreed on every version served (else on
+    any), so a peer that only shared the dist-tags is not listed as vouching for the manifests."""
+    served = [set(v.agreed) for k, v in verdicts.items() if k.startswith("version:") and v.value is not None]
+    every = set.intersection(*served) if served else set()
+    return sorted(every or set().union(*served))
+
+
+def _agreed_doc(name: str, kind: str, docs: dict[str, dict[str, Any]],
+                verdicts: dict[str, offline.Verdict]) -> dict[str, Any]:
+    """A packument of only what the peers agree on: agreed versions (each from a peer that agreed)
+    and the dist-tags that agree and name one of them."""
+    versions: dict[str, Any] = {}
+    for key, verdict in verdicts.items():
+        if key.startswith("version:") and verdict.value is not None:
+            v = key[len("version:"):]
+            versions[v] = docs[verdict.agreed[0]]["versions"][v]
+    tags = {key[len("tag:"):]: verdict.value for key, verdict in verdicts.items()
+            if key.startswith("tag:") and verdict.value in versions}
+    doc: dict[str, Any] = {"name": name, "dist-tags": tags, "versions": dict(sorted(versions.items()))}
+    if kind == "full":
+        doc["_id"] = name
+    return doc

@@ -52,7 +52,7 @@ class NPMPlugin(BasePackagePlugin):
         self.writes = "refuse"
         self.allow_uppercase = False
         self.hold = 4 << 20
-        self.counters: dict[str, int] = {}
+        self.events: dict[str, int] = {}
 
     async def init(self, config: dict[str, Any]) -> None:
         self.config = config
@@ -86,11 +86,15 @@ class NPMPlugin(BasePackagePlugin):
 
     def status_info(self) -> dict[str, Any]:
         return {"upstream": self.upstream.url if self.upstream else None, "writes": self.writes,
-                "counters": dict(self.counters),
+                "counters": dict(self.events),
                 "packuments": dict(self.packuments.stats) if self.packuments else {}}
 
+    def counters(self) -> dict[str, int]:
+        stats = self.packuments.stats if self.packuments else {}
+        return {**self.events, **{f"packuments_{k}": v for k, v in stats.items()}}
+
     def count(self, what: str, n: int = 1) -> None:
-        self.counters[what] = self.counters.get(what, 0) + n
+        self.events[what] = self.events.get(what, 0) + n
 
     # -- names -----------------------------------------------------------------------------------
     def check_name(self, name: str) -> str:
@@ -109,10 +113,10 @@ class NPMPlugin(BasePackagePlugin):
     def validate_source(self, params: dict[str, Any], *, from_peer: bool) -> dict[str, Any]:
         if set(params) != {"package", "version"}:
             raise BadRequest('npm source must be {"package": NAME, "version": VERSION}')
-        return {"package": self.check_name(params["package"]), "version": validate_version(params["version"]),
-                "anonymous": from_peer}  # a peer's fetch never carries the upstream's credentials
+        return {"package": self.check_name(params["package"]), "version": validate_version(params["version"])}
 
-    async def open_origin(self, params: dict[str, Any], digest: str, offset: int) -> OriginStream:
+    async def open_origin(self, params: dict[str, Any], digest: str, offset: int, *,
+                          from_peer: bool) -> OriginStream:
         name, version = params["package"], params["version"]
         p, version = await self.packuments.any_with_version(name, version=version)
         dist = (p.manifest(version) or {}).get("dist") or {}
@@ -121,7 +125,7 @@ class NPMPlugin(BasePackagePlugin):
             raise BadRequest(f"{digest[:19]} is not the sha512 integrity of {name}@{version}")
         url = self.tarball_url(p, name, version)
         up = self.upstream
-        headers = {} if params.get("anonymous") else up.headers_for(url)
+        headers = {} if from_peer else up.headers_for(url)  # a peer's fetch never carries the credentials
         stream = await http_origin(url, offset, headers, up.ssl_ctx if up.is_upstream(url) else None,
                                    what=f"npm {name}@{version}")
         stream.restricted = bool(headers)  # read with the upstream's credentials: private to this node

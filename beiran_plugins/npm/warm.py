@@ -111,6 +111,19 @@ def lockfile_targets(entries: list[Any]) -> list[Target]:
     return out
 
 
+async def tarball_of(plugin: NPMPlugin, t: Target) -> tuple[str, dict[str, Any]]:
+    """A target's tarball digest (its sha512 integrity) and the source any node resolves it with."""
+    ref = f"{t.name}@{t.version}"
+    plugin.check_name(t.name)
+    p, version = await plugin.packuments.any_with_version(t.name, version=t.version)
+    digest = sha512_of((p.manifest(version) or {}).get("dist") or {})
+    if digest is None:
+        raise BadRequest(f"{ref} has no sha512 integrity: it cannot be shared")
+    if t.integrity and t.integrity.startswith("sha512-") and t.integrity.split()[0] != sri(str(digest)):
+        raise BadRequest(f"{ref}: the lockfile's integrity differs from the registry's")
+    return str(digest), {"plugin": "npm", "package": t.name, "version": version}
+
+
 async def warm(plugin: NPMPlugin, targets: list[Target], errors: list[dict]) -> AsyncIterator[dict[str, Any]]:
     """Fetch every target through the cluster; yields one progress dict per finished tarball."""
     total = len(targets)
@@ -121,17 +134,10 @@ async def warm(plugin: NPMPlugin, targets: list[Target], errors: list[dict]) -> 
         ref = f"{t.name}@{t.version}"
         async with sem:
             try:
-                plugin.check_name(t.name)
-                p, version = await plugin.packuments.any_with_version(t.name, version=t.version)
-                digest = sha512_of((p.manifest(version) or {}).get("dist") or {})
-                if digest is None:
-                    raise BadRequest(f"{ref} has no sha512 integrity: it cannot be shared")
-                if t.integrity and t.integrity.startswith("sha512-") and t.integrity.split()[0] != sri(str(digest)):
-                    raise BadRequest(f"{ref}: the lockfile's integrity differs from the registry's")
-                job = await plugin.ctx.fetcher.start(str(digest), None,
-                                                     {"plugin": "npm", "package": t.name, "version": version})
+                digest, source = await tarball_of(plugin, t)
+                job = await plugin.ctx.fetcher.start(digest, None, source)
                 entry = await asyncio.shield(job.done)
-                await plugin.pin(str(digest), t.name, version)
+                await plugin.pin(digest, t.name, source["version"])
                 return {"package": ref, "ok": True, "size": entry.size, "sources": dict(job.bytes_from)}
             except BeiranError as exc:
                 return {"package": ref, "ok": False, "error": exc.message}

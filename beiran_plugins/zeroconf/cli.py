@@ -9,7 +9,7 @@ import click
 
 from beiran.cli.errors import CLIError
 from beiran.cli.main import client
-from beiran.cli.output import emit_json, json_option, table
+from beiran.cli.output import emit_json, human_age, json_option, table
 
 SERVICE_COLUMNS = [("instance", "INSTANCE"), ("addresses", "ADDRESSES"), ("port", "PORT"),
                    ("state", "STATE"), ("detail", "DETAIL"), ("age", "SINCE")]
@@ -26,7 +26,7 @@ def fetch_status() -> dict[str, Any]:
     except CLIError as exc:
         if "HTTP 404" in str(exc.message):
             raise CLIError("the zeroconf plugin is not running on this daemon "
-                           "(see `beiran plugins list`)") from None
+                           "(see `beiran plugins`)") from None
         raise
 
 
@@ -51,5 +51,5 @@ def status(as_json: bool) -> None:
     click.echo("")
     now = time.time()
     rows = [{**s, "instance": s["name"].split(".", 1)[0][:40], "detail": (s.get("detail") or "")[:60],
-             "age": f"{max(0, now - s['since']):.0f}s ago"} for s in data.get("services") or []]
+             "age": human_age(s["since"], now)} for s in data.get("services") or []]
     table(rows, SERVICE_COLUMNS, empty="(no _beiran._tcp services heard yet)")

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 #: top-level modules `beiran --help` must not import (docker SDK, python-apt, grpc, zeroconf,
-#: dnspython, the daemon's web framework and ORM, and the HTTP client the CLI needs only to talk)
-HEAVY = ["docker", "apt_pkg", "apt", "grpc", "zeroconf", "dns", "tornado", "peewee", "http"]
+#: dnspython, the daemon's web framework and ORM, the HTTP client the CLI needs only to talk, and the
+#: progress and TOML-writing libraries only some commands need)
+HEAVY = ["docker", "apt_pkg", "apt", "grpc", "zeroconf", "dns", "tornado", "peewee", "http", "rich", "tomli_w"]
 
 PROBE = """
 import json, sys

@@ -41,8 +41,9 @@ state = "{state}"
 class Containerd:
     """`containerd --config` with the CRI plugin; the socket lives in a short /tmp dir (108-byte limit)."""
 
-    def __init__(self, base: Path, snapshotter: str = "native") -> None:
+    def __init__(self, base: Path, snapshotter: str = "native", netns: str | None = None) -> None:
         self.base = base
+        self.netns = netns  # a network namespace path: containerd runs inside it (via nsenter)
         self.base.mkdir(parents=True, exist_ok=True)
         self.sockdir = Path(tempfile.mkdtemp(prefix="ctd-", dir="/tmp"))
         self.socket = str(self.sockdir / "containerd.sock")
@@ -63,7 +64,9 @@ class Containerd:
             certs=self.certs, snapshotter=self.snapshotter))
         offset = len(self.log())
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(["containerd", "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT,
+        prefix = ["nsenter", f"--net={self.netns}", "--"] if self.netns else []
+        self.proc = subprocess.Popen([*prefix, "containerd", "--config", str(cfg)], stdout=log,
+                                     stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
         log.close()
         deadline = time.monotonic() + timeout

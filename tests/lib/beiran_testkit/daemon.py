@@ -43,11 +43,15 @@ def next_subnet() -> int:
             return n * 1000 + m
 
 
-def _zeroconf_installed() -> bool:
+def _installed(plugin: str) -> bool:
     try:
-        return importlib.util.find_spec("beiran_plugins.zeroconf") is not None
+        return importlib.util.find_spec(f"beiran_plugins.{plugin}") is not None
     except ImportError:
         return False
+
+
+def _zeroconf_installed() -> bool:
+    return _installed("zeroconf")
 
 
 def _toml(value: Any) -> str:
@@ -120,6 +124,14 @@ class Daemon:
             plugins = dict(self.config.get("plugins") or {})
             plugins.setdefault("zeroconf", {"enabled": False})
             self.config["plugins"] = plugins
+        # The apt proxy's default 127.0.0.1:3142 is one port for every daemon on the machine (and
+        # apt-cacher-ng's): each test daemon's proxy listens on its own 127.x address instead.
+        if _installed("apt"):
+            plugins = dict(self.config.get("plugins") or {})
+            apt = dict(plugins.get("apt") or {})
+            apt.setdefault("listen", f"{ip}:3142")
+            plugins["apt"] = apt
+            self.config["plugins"] = plugins
         self.env = dict(env or {})
         self.proc: subprocess.Popen | None = None
         self.uuid: str | None = None
@@ -136,7 +148,9 @@ class Daemon:
     def start(self, wait: bool = True) -> Daemon:
         cfg = self.dir / "config.toml"
         write_toml(cfg, self.config)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BEIRAN_")}
+        # no BEIRAN_* setting or proxy of the shell running the tests: only what the test sets
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BEIRAN_")
+               and k.lower() not in ("http_proxy", "https_proxy", "no_proxy", "all_proxy")}
         if self.config.get("testing"):  # a tampering or throttled node, on purpose
             env["BEIRAN_TESTING_HOOKS"] = "1"
         env.update(self.env)

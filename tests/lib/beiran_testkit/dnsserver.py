@@ -46,8 +46,9 @@ class Dnsmasq:
     from an authoritative server), names elsewhere REFUSED (nothing is forwarded)."""
 
     def __init__(self, base: Path, ip: str = "127.0.0.1", port: int | None = None, ttl: int = 1,
-                 domain: str = "beiran.test") -> None:
+                 domain: str = "beiran.test", netns: str | None = None) -> None:
         self.dir, self.domain = base, domain
+        self.netns = netns  # a network namespace path: dnsmasq runs inside it (via nsenter)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ip, self.port, self.ttl = ip, port or free_port(ip), ttl
         self.srv: dict[str, list[tuple[str, int]]] = {}
@@ -76,15 +77,22 @@ class Dnsmasq:
             args.append(f"--host-record={name},{','.join(addrs)}")
         for name, targets in self.srv.items():
             args += [f"--srv-host={name},{host},{port},0,10" for host, port in targets]
+        if self.netns:
+            args = ["nsenter", f"--net={self.netns}", "--", *args]
+        offset = len(self.log())
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"dnsmasq exited with {self.proc.returncode}: {self.log()[-2000:]}")
-            with socket.socket() as s:  # TCP answers once the UDP side is up too
-                if s.connect_ex((self.ip, self.port)) == 0:
+            if self.netns:  # not reachable from here: its log says when it serves
+                if "started, version" in self.log()[offset:]:
                     return self
+            else:
+                with socket.socket() as s:  # TCP answers once the UDP side is up too
+                    if s.connect_ex((self.ip, self.port)) == 0:
+                        return self
             time.sleep(0.02)
         raise RuntimeError(f"dnsmasq did not start: {self.log()[-2000:]}")
 

@@ -48,8 +48,7 @@ class CountingProxy:
         self.headers_seen: list[dict[str, Any]] = []
         self.fail: dict[str, tuple[int, bytes]] = {}  # path regex -> (status, body)
         self.replace: dict[str, bytes] = {}  # path regex -> body served instead (headers kept)
-        #: path regex -> event: matching requests wait (after auth) until the test sets it
-        self.hold: dict[str, threading.Event] = {}
+        self.hold: dict[str, threading.Event] = {}  # path regex -> answered once the event is set
         #: {"scheme": "bearer"|"basic", "user", "password", "refresh_token"}: what the registry demands
         self.auth: dict[str, Any] | None = None
         self.tokens: set[str] = set()

@@ -68,5 +68,7 @@ def test_warm_packages_and_configure(cluster, upstream, registry, work):
     assert out.returncode == 1 and "nothing to warm" in out.stderr and "Traceback" not in out.stderr
 
     out = beiran(n1, "npm", "configure")
-    assert out.stdout.splitlines() == [f"registry={n1.url}/npm/", "replace-registry-host=127.0.0.1"]
+    lines = [x for x in out.stdout.splitlines() if not x.startswith(";")]
+    assert lines == [f"registry={n1.url}/npm/", "replace-registry-host=127.0.0.1",
+                     f"//{n1.ip}:{n1.port}/npm/:_authToken=beiran-proxy-serves-reads-only"]
     assert "registry" in beiran(n1, "npm", "--help").stdout

@@ -45,25 +45,28 @@ def test_four_nodes_install_thirty_packages_at_once_each_tarball_leaves_the_orig
 
 
 def test_origin_stopped_nodes_still_install_from_the_cluster(cluster, upstream, registry, work):
-    """Must show 3: the last good packuments (this node's or a peer's) and peers' tarballs."""
-    # no origin delegation: node 1 alone fetches, so nodes 2 and 3 store nothing of their own
+    """Must show 3: the last good packuments (this node's, or what two peers agree on) and peers'
+    tarballs. (One peer's packument alone is never served: test_security_offline.py.)"""
+    # no origin delegation: node 1 alone fetches tarballs; node 2 stores the packuments too, node 3 nothing
     n1, n2, n3 = cluster.start(3, config={**npm_daemon_config(upstream.url), "fetch": {"origin_delegation": False}})
     deps = {SCOPED: "^1.0.0", ALPHA: "^2.0.0", "beiran-test-p02": "^1.0.0"}
     p1 = write_project(work / "p1", deps)
     npm(["install"], p1, n1.url + "/npm/", work / "c1")
+    npm(["install"], write_project(work / "p2", deps), n2.url + "/npm/", work / "c2")
 
     upstream.stop()  # connection refused from now on
     # node 3 never saw these packages: packuments from a peer's stored copy, tarballs from peers
     p3 = write_project(work / "p3", deps)
     npm(["install"], p3, n3.url + "/npm/", work / "c3")
     assert installed_tree(p3) == installed_tree(p1)
-    assert "serving the packument of @beiran-test/scoped a peer had" in n3.log()
+    assert "offline answer (npm): answering packument @beiran-test/scoped" in n3.log()
+    assert "agreed by 2 peers" in n3.log()
     assert n3.api("GET", "/stats")["metrics"].get("beiran_fetch_bytes_total{source=origin}", 0) == 0
     # node 1 revalidates (metadata_ttl = 0) and serves its own last good copy, logged
     p1b = write_project(work / "p1b", deps)
     npm(["install"], p1b, n1.url + "/npm/", work / "c1b")
     assert installed_tree(p1b) == installed_tree(p1)
-    assert "serving the copy of beiran-test-alpha stored" in n1.log()
+    assert "offline answer (npm): answering packument beiran-test-alpha (full) with the copy stored" in n1.log()
     status, headers, _ = n1.tcp("GET", f"/npm/{ALPHA}")
     assert status == 200 and "stale" in headers.get("Warning", "")
     # a package nobody has stored: a clear error, not a hang
