@@ -77,11 +77,13 @@ class Preheater:
                 job = await self.ctx.fetcher.start(item.digest, item.size, item.source, for_peer=item.peer)
                 await asyncio.shield(job.done)
                 self._remember(item.digest, Outcome("complete", job.size, dict(job.bytes_from)))
-            except BeiranError as exc:
-                self._remember(item.digest, Outcome("failed", item.size, error=exc.message))
+            except BeiranError as exc:  # a peer is told no local detail (paths, disk figures)
+                error = exc.for_peer().message if item.peer else exc.message
+                self._remember(item.digest, Outcome("failed", item.size, error=error))
             except Exception as exc:  # noqa: BLE001 - the outcome is reported to whoever asked
                 log.warning("preheat of %s failed: %s", item.digest[:19], exc)
-                self._remember(item.digest, Outcome("failed", item.size, error=str(exc) or type(exc).__name__))
+                error = "the fetch failed on this node" if item.peer else str(exc) or type(exc).__name__
+                self._remember(item.digest, Outcome("failed", item.size, error=error))
 
     def _remember(self, digest: str, outcome: Outcome) -> None:
         self.outcomes[digest] = outcome

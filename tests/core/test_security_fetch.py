@@ -153,3 +153,34 @@ def test_origin_not_found_on_a_delegated_fetch_is_not_found_not_a_peer_fault(clu
     assert m1.get("beiran_peer_failures_total", 0) == 0
     assert origin.requests["/missing"] == 1  # the owner asked the origin; the requester believed it
     assert "No such file or directory" not in n2.log()
+
+
+def test_a_peers_preheat_claim_evicts_nothing(cluster, origin):
+    """Preheat (a token holder asks a node to fetch blobs now) is a peer's request too: its sizes are
+    claims and its sources are resolved as a peer's."""
+    node = cluster.add({"origins": {"o": origin.url}, "store": {"max_size": 16 * MiB},
+                        "cluster_token": "preheat-test-token"}, peers=None)
+    held = [node.add_blob(random_blob(2 * MiB, 200 + i)[0]) for i in range(6)]
+    before = _store_bytes(node)
+
+    async def attack() -> dict:
+        peer = await FakePeer(node.url, token="preheat-test-token").connect()
+        try:
+            answer = await peer.rpc("preheat", blobs=[{"digest": _digest("preheat-wipe"), "size": 16 * MiB - 1,
+                                                       "source": {"plugin": "origin", "name": "o", "path": "/x"}}])
+            progress = {}
+            for _ in range(100):
+                progress = await peer.rpc("progress", digests=[_digest("preheat-wipe")])
+                if progress.get("r", {}).get(_digest("preheat-wipe"), {}).get("state") != "downloading":
+                    break
+                await asyncio.sleep(0.1)
+            return {"answer": answer, "progress": progress}
+        finally:
+            await peer.close()
+    result = asyncio.run(attack())
+    after = _store_bytes(node)
+    kept = {b["digest"] for b in node.api("GET", "/blobs")["blobs"]}
+    print(f"\nstore bytes before {before}, after the preheat claim {after}; {result}")
+    assert after == before and set(held) <= kept
+    error = result["progress"]["r"][_digest("preheat-wipe")]["error"]
+    assert str(node.data_dir) not in error and "max_size" not in error and "free" not in error, error
