@@ -84,6 +84,8 @@ class FetchConfig:
     max_parallel_peers: int = 4
     peer_timeout: float = 30.0  # seconds without a byte before a source is given up
     origin_delegation: bool = True  # ask the blob's rendezvous owner to fetch cold blobs
+    peer_max_fetches: int = 64  # delegated fetches one peer may have in flight on this node
+    peer_max_bytes: int = 8 << 30  # and the bytes they may claim together
 
 
 #: private, carrier-grade NAT, unique-local, link-local IPv6 and loopback ranges: where LAN peers live.
@@ -279,6 +281,7 @@ def _build_section(cls: type, data: dict[str, Any], where: str, origin: str = "c
     if isinstance(obj, FetchConfig):
         obj.large_blob_threshold = parse_size(obj.large_blob_threshold, "fetch.large_blob_threshold") or 0
         obj.piece_size = parse_size(obj.piece_size, "fetch.piece_size") or (8 << 20)
+        obj.peer_max_bytes = parse_size(obj.peer_max_bytes, "fetch.peer_max_bytes") or 0
     if isinstance(obj, OfflineConfig) and not (isinstance(obj.quorum, int) and obj.quorum >= 2):
         raise ConfigError(f"config: offline.quorum must be an integer of at least 2 (one peer's word is never "
                           f"enough during an outage), not {obj.quorum!r}")

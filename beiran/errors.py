@@ -27,6 +27,16 @@ class BeiranError(Exception):
             body["details"] = self.details
         return body
 
+    def for_peer(self) -> BeiranError:
+        """This error as a peer may see it. Errors whose text carries local detail (paths, disk
+        figures) set `peer_message`; the peer gets the same type and status with that text."""
+        if self.peer_message is None:
+            return self
+        return type(self)(self.peer_message, status=self.status, code=self.code)
+
+    #: what a peer is told instead of `message` (None: the message reveals nothing local)
+    peer_message: str | None = None
+
 
 class BadRequest(BeiranError):
     status, code = 400, "bad_request"
@@ -72,6 +82,10 @@ class PayloadTooLarge(BeiranError):
     status, code = 413, "payload_too_large"
 
 
+class TooManyRequests(BeiranError):
+    status, code = 429, "too_many_requests"
+
+
 class UpstreamError(BeiranError):
     """The origin (registry, mirror, peer) answered badly or not at all."""
 
@@ -90,6 +104,7 @@ class Unavailable(BeiranError):
 
 class StorageFull(BeiranError):
     status, code = 507, "storage_full"
+    peer_message = "not enough storage on this node for that blob"
 
 
 class ConfigError(BeiranError):
@@ -98,3 +113,28 @@ class ConfigError(BeiranError):
 
 class PluginError(BeiranError):
     status, code = 500, "plugin_error"
+
+
+def _codes() -> dict[str, type[BeiranError]]:
+    found: dict[str, type[BeiranError]] = {}
+    stack: list[type[BeiranError]] = [BeiranError]
+    while stack:
+        cls = stack.pop()
+        found.setdefault(cls.code, cls)
+        stack.extend(cls.__subclasses__())
+    return found
+
+
+def from_wire(body: dict[str, Any], default_status: int = 502) -> BeiranError:
+    """An error a peer sent (`to_dict()` plus "status") as the typed error its code names, so the
+    receiver branches on types, never on the text. Unknown codes keep the code on a BeiranError."""
+    code = str(body.get("error") or "peer_error")
+    try:
+        status = int(body.get("status", default_status))
+    except (TypeError, ValueError):
+        status = default_status
+    message = str(body.get("message", "peer error"))[:500]
+    by_status: dict[int, type[BeiranError]] = {400: BadRequest, 401: Unauthorized, 403: Forbidden,
+                                               404: NotFound, 429: TooManyRequests, 507: StorageFull}
+    cls = _codes().get(code) or by_status.get(status, BeiranError)  # a plugin's code this node lacks
+    return cls(message, status=status, code=code)

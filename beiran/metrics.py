@@ -23,6 +23,8 @@ class Metrics:
         self.served_bytes = Counter("beiran_served_bytes", "Blob bytes served to peers", registry=r)
         self.served_requests = Counter("beiran_served_requests", "Blob requests served to peers",
                                        registry=r)
+        self.peer_refused = Counter("beiran_peer_requests_refused",
+                                    "Peer requests refused by a cap (fetches, bytes)", ["cap"], registry=r)
         self.peer_messages = Counter("beiran_peer_messages", "Peer protocol messages received", ["type"],
                                      registry=r)
         self.offline_answers = Counter("beiran_offline_answers", "Metadata answered (or refused) while an "

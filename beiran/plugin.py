@@ -78,11 +78,16 @@ class BasePackagePlugin(BasePlugin):
 
     kind: ClassVar[str] = "package"
 
-    def validate_source(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Check source params that may come from a peer; raise BadRequest if unusable."""
+    def validate_source(self, params: dict[str, Any], *, from_peer: bool) -> dict[str, Any]:
+        """Check source params (and return them normalized); raise if unusable. With `from_peer`
+        the source arrived in a peer's request: it must resolve against this node's own config
+        only (never a host the params name, whatever the plugin allows its own clients)."""
         return params
 
-    async def open_origin(self, params: dict[str, Any], digest: str, offset: int) -> OriginStream:
+    async def open_origin(self, params: dict[str, Any], digest: str, offset: int, *,
+                          from_peer: bool) -> OriginStream:
+        """Bytes of the blob from `offset`. `from_peer`: for a peer's request, so never with this
+        node's credentials; a stream read with credentials sets `restricted`."""
         raise NotImplementedError(f"plugin {self.name} cannot fetch from an origin")
 
 
@@ -114,11 +119,13 @@ class OriginStream:
     """Bytes of one blob from its origin, starting at the requested offset."""
 
     def __init__(self, chunks: AsyncIterator[bytes], size: int | None = None,
-                 media_type: str | None = None, close: Any = None) -> None:
+                 media_type: str | None = None, close: Any = None, restricted: bool = False) -> None:
         self.chunks = chunks
         self.size = size
         self.media_type = media_type
         self._close = close
+        #: the origin was read with credentials: the blob is private and never served to peers
+        self.restricted = restricted
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self.chunks

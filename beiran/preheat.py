@@ -37,6 +37,8 @@ class Item:
     digest: str
     size: int | None
     source: dict[str, Any]
+    #: the peer that asked (None: this node's admin): its source and size are claims (see fetcher)
+    peer: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"digest": self.digest, "size": self.size, "source": self.source}
@@ -72,14 +74,16 @@ class Preheater:
     async def _one(self, item: Item) -> None:
         async with self._sem:
             try:
-                job = await self.ctx.fetcher.start(item.digest, item.size, item.source)
+                job = await self.ctx.fetcher.start(item.digest, item.size, item.source, for_peer=item.peer)
                 await asyncio.shield(job.done)
                 self._remember(item.digest, Outcome("complete", job.size, dict(job.bytes_from)))
-            except BeiranError as exc:
-                self._remember(item.digest, Outcome("failed", item.size, error=exc.message))
+            except BeiranError as exc:  # a peer is told no local detail (paths, disk figures)
+                error = exc.for_peer().message if item.peer else exc.message
+                self._remember(item.digest, Outcome("failed", item.size, error=error))
             except Exception as exc:  # noqa: BLE001 - the outcome is reported to whoever asked
                 log.warning("preheat of %s failed: %s", item.digest[:19], exc)
-                self._remember(item.digest, Outcome("failed", item.size, error=str(exc) or type(exc).__name__))
+                error = "the fetch failed on this node" if item.peer else str(exc) or type(exc).__name__
+                self._remember(item.digest, Outcome("failed", item.size, error=error))
 
     def _remember(self, digest: str, outcome: Outcome) -> None:
         self.outcomes[digest] = outcome
@@ -108,7 +112,7 @@ class Preheater:
         return out
 
 
-def parse_items(ctx: DaemonContext, blobs: Any) -> list[Item]:
+def parse_items(ctx: DaemonContext, blobs: Any, peer: str | None = None) -> list[Item]:
     """A peer's blob list, checked: digests parsed, sizes bounded, sources resolved against this
     node's own config (or refused), length capped."""
     if not isinstance(blobs, list) or not blobs or len(blobs) > MAX_BLOBS:
@@ -120,7 +124,8 @@ def parse_items(ctx: DaemonContext, blobs: Any) -> list[Item]:
         size = b.get("size")
         if size is not None and (not isinstance(size, int) or isinstance(size, bool) or not 0 <= size < 1 << 50):
             raise BadRequest("blob size must be a non-negative integer")
-        out.append(Item(str(parse_digest(str(b.get("digest", "")))), size, check_source(ctx, b.get("source"))))
+        out.append(Item(str(parse_digest(str(b.get("digest", "")))), size, check_source(ctx, b.get("source")),
+                        peer))
     return out
 
 
@@ -130,7 +135,7 @@ async def rpc_preheat(conn: PeerConnection, blobs: Any = None) -> dict[str, Any]
     ctx = conn.ctx
     if not ctx.auth.enabled:
         raise Forbidden("preheat from peers needs a cluster_token on this node")
-    items = parse_items(ctx, blobs)
+    items = parse_items(ctx, blobs, conn.uuid)
     ctx.preheater.start(items)
     log.info("preheating %d blobs for peer %s", len(items), (conn.uuid or "?")[:8])
     return {"accepted": len(items)}

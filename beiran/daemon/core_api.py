@@ -99,9 +99,13 @@ class MetricsHandler(BaseHandler):
 
 
 class StatsHandler(JSONEndpoint):
+    """Counters for anyone; the data path and disk figures only on the admin socket (over TCP they
+    would tell a peer where the data lives and how much disk a cache-filling attack needs)."""
+
     def get(self) -> None:
         peers = {c.uuid: c.counts for c in self.ctx.peers.conns.values() if c.uuid}
-        self.write_json({"metrics": self.ctx.metrics.snapshot(), "store": self.ctx.store.stats(),
+        store = self.ctx.store.stats(local=self.is_unix_socket())
+        self.write_json({"metrics": self.ctx.metrics.snapshot(), "store": store,
                          "peer_messages": peers, "fetches_in_progress": len(self.ctx.fetcher.jobs)})
 
 

@@ -198,9 +198,12 @@ def _wire_availability(ctx: Any) -> None:
     """Local store changes become availability deltas for peers."""
     from beiran import events
 
+    # restricted (private) blobs are never served to peers: not advertised either
     for digest, entry in ctx.store.entries.items():
-        ctx.availability.local_change("+", digest, entry.size)
-    ctx.bus.on(events.BLOB_ADDED, lambda digest, size, **_: ctx.peers.local_change("+", digest, size))
+        if not ctx.store.is_restricted(digest):
+            ctx.availability.local_change("+", digest, entry.size)
+    ctx.bus.on(events.BLOB_ADDED, lambda digest, size, **_: ctx.peers.local_change(
+        "-" if ctx.store.is_restricted(digest) else "+", digest, size))
     ctx.bus.on(events.BLOB_REMOVED, lambda digest, size, **_: ctx.peers.local_change("-", digest, size))
 
     def progress(digest: str, size: int | None, state: str, **_: Any) -> None:

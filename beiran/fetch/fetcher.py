@@ -4,6 +4,12 @@ Order: local store -> peers holding the blob complete (several at once for large
 still downloading it (only those ranked above this node, so streams never form a cycle) -> the
 blob's rendezvous owner, asked to fetch it from the origin for everyone -> the origin itself.
 Every byte is verified before the blob is stored; a peer whose bytes fail is skipped for that blob.
+
+Who asked matters. A fetch for a peer (`for_peer`: a delegation, a preheat) resolves its source only
+against this node's config and without credentials, and never evicts to make room for the size the
+peer claimed; the owner's side of a delegation (`delegated`) never delegates again. A local caller
+may add a local-only `opener` (e.g. k8s with kubelet's credentials): it reaches the origin from this
+node only, is never sent to peers, and what it reads is restricted (never served to peers).
 """
 
 from __future__ import annotations
@@ -13,15 +19,25 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from beiran import events
-from beiran.errors import BeiranError, BlobNotFound, Conflict, UpstreamError, VerificationError
+from beiran.errors import (
+    BeiranError,
+    BlobNotFound,
+    Conflict,
+    Forbidden,
+    NotFound,
+    UpstreamError,
+    VerificationError,
+)
 from beiran.fetch import placement
+from beiran.fetch.admission import PeerAdmission
 from beiran.fetch.origins import local_source_keys, open_origin, source_key
 from beiran.fetch.peer_source import PeerSource
+from beiran.plugin import OriginStream
 from beiran.store.blobstore import BlobEntry
 from beiran.store.digest import parse_digest
 from beiran.store.writer import BlobWriter
@@ -31,6 +47,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("beiran.fetch")
 MAX_RESTARTS = 4
+#: a local-only way to the origin: (digest, offset) -> stream; never leaves this node
+Opener = Callable[[str, int], Awaitable[OriginStream]]
 
 
 @dataclass
@@ -47,6 +65,17 @@ class FetchJob:
     _last_event: float = 0.0
     #: set while `writer` is usable (cleared while it is (re)created); joiners wait on it
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    #: the peer this fetch runs for (None: this node's own clients asked)
+    for_peer: str | None = None
+    #: `source` came in a peer's request: resolved only against this node's config, anonymously
+    peer_source: bool = False
+    #: this node is the owner a peer delegated to: it never delegates again
+    delegated: bool = False
+    opener: Opener | None = None
+    #: the size came from a local caller (not a peer's claim): room may be made for it
+    size_trusted: bool = False
+    #: set once a source has answered (an origin stream opened, or bytes arrived)
+    answered: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def writer_ready(self) -> None:
         """Wait until the job has a writer to read from, or has ended."""
@@ -73,13 +102,14 @@ class Fetcher:
         self.ctx = ctx
         self.jobs: dict[str, FetchJob] = {}
         self.peers = PeerSource(ctx)
+        self.admission = PeerAdmission(ctx)
 
     # -- public API ------------------------------------------------------------------------------
-    async def fetch(self, digest: str, size: int | None = None,
-                    source: dict[str, Any] | None = None) -> BlobEntry:
+    async def fetch(self, digest: str, size: int | None = None, source: dict[str, Any] | None = None,
+                    *, opener: Opener | None = None) -> BlobEntry:
         """Make the blob local (verified) and return its entry. Cancelling the caller does not
         cancel the download for others waiting on the same digest."""
-        job = await self.start(digest, size, source)
+        job = await self.start(digest, size, source, opener=opener)
         return await asyncio.shield(job.done)
 
     async def stream(self, digest: str, size: int | None = None, source: dict[str, Any] | None = None,
@@ -97,9 +127,14 @@ class Fetcher:
             # on with another one): the consumer must not keep them
             raise VerificationError(f"blob {job.digest[:19]}: streamed bytes failed verification")
 
-    async def start(self, digest: str, size: int | None, source: dict[str, Any] | None,
-                    delegated: bool = False) -> FetchJob:
-        """Begin (or join) the download of `digest`; returns at once."""
+    async def start(self, digest: str, size: int | None, source: dict[str, Any] | None, *,
+                    for_peer: str | None = None, delegated: bool = False,
+                    opener: Opener | None = None) -> FetchJob:
+        """Begin (or join) the download of `digest`; returns at once.
+
+        `for_peer`: the UUID of the peer this runs for; `delegated`: it asked this node, as the
+        blob's owner, to fetch it (see the module docstring). `opener`: a local-only way to the
+        origin, used when peers cannot serve the blob."""
         d = parse_digest(digest)
         digest = str(d)
         entry = self.ctx.store.get(digest)
@@ -115,14 +150,23 @@ class Fetcher:
             # the job is registered before its writer exists: a joiner (a second client, a peer's
             # delegated fetch) that read the store now would find nothing and go elsewhere
             job = self.jobs[digest]
+            if for_peer is None:
+                # this node's own client joins: its source and opener serve the job from now on (a
+                # peer's source stays a peer's source: it never gains this node's credentials)
+                job.for_peer = None
+                if source and (job.peer_source or not job.source):
+                    job.source, job.peer_source = source, False
+                job.opener = job.opener or opener
             await job.writer_ready()
             return job
+        trusted = size is not None and for_peer is None
         if size is None:
-            size = self._announced_size(digest)
-        job = FetchJob(digest, size, source)
+            size = self._announced_size(digest)  # a peer's claim: not trusted for eviction
+        job = FetchJob(digest, size, source, for_peer=for_peer, peer_source=for_peer is not None and bool(source),
+                       delegated=delegated, opener=opener, size_trusted=trusted)
         self.jobs[digest] = job
         try:
-            job.writer = await self.ctx.store.begin_write(digest, size)
+            job.writer = await self.ctx.store.begin_write(digest, size, reserve=trusted)
         except Conflict:
             del self.jobs[digest]
             raise
@@ -153,7 +197,10 @@ class Fetcher:
             if job.writer is not None:
                 self.ctx.store.abort(job.writer, exc)
             if not job.done.done():
-                job.done.set_exception(exc if isinstance(exc, BeiranError) else UpstreamError(str(exc)))
+                err = exc if isinstance(exc, BeiranError) else UpstreamError(str(exc))
+                if not isinstance(exc, BeiranError):
+                    err.peer_message = "the download failed on this node"
+                job.done.set_exception(err)
                 job.done.exception()
             log.warning("fetch %s failed: %s", job.digest[:19], exc)
         finally:
@@ -179,7 +226,7 @@ class Fetcher:
                 job.bad |= suspects
                 job.contributors.clear()
                 job.bytes_from.clear()
-                job.writer = await self.ctx.store.begin_write(job.digest, job.size)
+                job.writer = await self.ctx.store.begin_write(job.digest, job.size, reserve=job.size_trusted)
                 job.ready.set()
         raise UpstreamError(f"blob {job.digest[:19]}: gave up after {MAX_RESTARTS} bad sources")
 
@@ -201,7 +248,8 @@ class Fetcher:
         delegated = False
         cfg = self.ctx.config.fetch
         while True:
-            complete, partial = self._candidates(job, failed)
+            # a local opener is for private blobs: peers never serve those (restricted), so go on
+            complete, partial = ([], []) if job.opener else self._candidates(job, failed)
             if (len(complete) >= 2 and job.size and job.size >= cfg.large_blob_threshold
                     and writer.position == 0):
                 used = await self.peers.fill_ranges(job, complete[:cfg.max_parallel_peers], failed)
@@ -215,14 +263,16 @@ class Fetcher:
                 if await self._try_peer(job, node, failed):
                     return
                 continue
-            if job.source and cfg.origin_delegation and not delegated:
+            # a node fetching for a peer never delegates again; a local opener never leaves the node
+            if (job.source and job.opener is None and not job.delegated and cfg.origin_delegation
+                    and not delegated):
                 delegated = True
                 owner = self._owner(job)
                 if owner is not None and owner not in failed:
                     if await self._try_delegate(job, owner, failed):
                         return
                     continue
-            if job.source:
+            if job.source or job.opener:
                 await self._from_origin(job)
                 return
             raise BlobNotFound(f"blob {job.digest[:19]} is on no reachable node and no origin was given")
@@ -263,6 +313,10 @@ class Fetcher:
             answer = await call_fetch(conn, job.digest, job.size, job.source)
             if job.size is None and isinstance(answer, dict) and answer.get("size"):
                 job.size = job.writer.size = int(answer["size"])
+        except NotFound as exc:
+            # the origin itself has no such blob: that is the answer, not a fault of the owner
+            log.info("owner %s: %s not found at the origin (%s)", owner[:8], job.digest[:19], exc.message)
+            raise
         except BeiranError as exc:
             log.info("owner %s could not fetch %s (%s); going to the origin myself", owner[:8],
                      job.digest[:19], exc.message)
@@ -270,11 +324,39 @@ class Fetcher:
             return False
         return await self._try_peer(job, owner, failed)
 
+    async def _open_origin(self, job: FetchJob, offset: int) -> OriginStream:
+        """The local opener first (it carries the credentials its caller holds), then the source;
+        the next is tried when one refuses before sending a byte."""
+        tries: list[tuple[bool, Callable[[], Awaitable[OriginStream]]]] = []
+        if job.opener is not None:
+            opener = job.opener
+            tries.append((False, lambda: opener(job.digest, offset)))
+        if job.source:
+            source, from_peer = job.source, job.peer_source
+            tries.append((from_peer, lambda: open_origin(self.ctx, source, job.digest, offset,
+                                                         from_peer=from_peer)))
+        last: BeiranError | None = None
+        for from_peer, open_ in tries:
+            try:
+                stream = await open_()
+            except BeiranError as exc:
+                last = exc
+                continue
+            if stream.restricted:
+                if from_peer:  # never read with credentials on a peer's behalf
+                    await stream.aclose()
+                    raise Forbidden(f"blob {job.digest[:19]} is private; this node does not fetch it for peers")
+                await self.ctx.store.restrict(job.digest)  # before the first byte can be served
+            job.answered.set()
+            return stream
+        assert last is not None
+        raise last
+
     async def _from_origin(self, job: FetchJob) -> None:
         writer = job.writer
         offset = writer.position
         self.ctx.metrics.fetch_requests.labels("origin").inc()
-        stream = await open_origin(self.ctx, job.source or {}, job.digest, offset)
+        stream = await self._open_origin(job, offset)
         try:
             if job.size is None and stream.size is not None:
                 job.size = writer.size = stream.size
@@ -289,6 +371,7 @@ class Fetcher:
             raise UpstreamError(f"origin sent {writer.position} of {job.size} bytes")
 
     def account(self, job: FetchJob, source: str, n: int) -> None:
+        job.answered.set()
         job.bytes_from[source] += n
         self.ctx.metrics.fetch_bytes.labels(source).inc(n)
         self._emit(job)

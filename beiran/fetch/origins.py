@@ -83,10 +83,13 @@ def check_source(ctx: DaemonContext, source: Any) -> dict[str, Any]:
     plugin = ctx.plugins.get(source["plugin"]) if ctx.plugins else None
     if not isinstance(plugin, BasePackagePlugin):
         raise BadRequest(f"no package plugin {source['plugin'][:40]!r} on this node")
-    return {"plugin": plugin.name, **plugin.validate_source(params)}
+    return {"plugin": plugin.name, **plugin.validate_source(params, from_peer=True)}
 
 
-async def open_origin(ctx: DaemonContext, source: dict[str, Any], digest: str, offset: int) -> OriginStream:
+async def open_origin(ctx: DaemonContext, source: dict[str, Any], digest: str, offset: int, *,
+                      from_peer: bool) -> OriginStream:
+    """Open the origin a source names. `from_peer`: the source came in a peer's request, so the
+    plugin resolves it only against this node's config and without credentials."""
     plugin_name = source.get("plugin")
     params = {k: v for k, v in source.items() if k != "plugin"}
     if plugin_name == "origin":
@@ -101,4 +104,5 @@ async def open_origin(ctx: DaemonContext, source: dict[str, Any], digest: str, o
     plugin = ctx.plugins.get(str(plugin_name)) if ctx.plugins else None
     if not isinstance(plugin, BasePackagePlugin):
         raise BadRequest(f"no package plugin {plugin_name!r} on this node to reach the origin")
-    return await plugin.open_origin(plugin.validate_source(params), digest, offset)
+    params = plugin.validate_source(params, from_peer=from_peer)
+    return await plugin.open_origin(params, digest, offset, from_peer=from_peer)

@@ -28,3 +28,9 @@ class BlobRef(BaseModel):
 
     class Meta:
         indexes = ((("digest", "owner", "ref"), True),)
+
+
+class RestrictedBlob(BaseModel):
+    """A blob read from its origin with credentials: private, never served to peers."""
+
+    digest = peewee.CharField(primary_key=True, max_length=140)

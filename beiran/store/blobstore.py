@@ -20,6 +20,7 @@ from beiran import events
 from beiran.errors import BlobNotFound, Conflict, Forbidden, StorageFull, UpstreamError
 from beiran.models.blob import Blob, BlobRef
 from beiran.store.digest import Digest, parse_digest
+from beiran.store.restricted import Restrictions
 from beiran.store.retention import Retention
 from beiran.store.writer import BlobWriter
 
@@ -46,7 +47,7 @@ class BlobEntry:
                 "created": self.created}
 
 
-class BlobStore(Retention):
+class BlobStore(Retention, Restrictions):
     def __init__(self, ctx: DaemonContext, root: Path) -> None:
         self.ctx = ctx
         self.root = root
@@ -57,8 +58,12 @@ class BlobStore(Retention):
         self._in_use: Counter[str] = Counter()
         self._dirty_access: set[str] = set()
         self._bg: asyncio.Task | None = None
+        #: writers whose size only a peer claimed: no room was made for it (see make_room)
+        self.unreserved: set[str] = set()
+        #: blobs read from their origin with credentials: never served to peers
+        self.restricted: set[str] = set()
         #: checks run before a blob is served to a peer (see add_access_policy)
-        self.access_policies: list[Callable[[str, str | None], str | None]] = []
+        self.access_policies: list[Callable[[str, str | None], str | None]] = [self.restricted_policy]
 
     # -- paths -----------------------------------------------------------------------------------
     def path_for(self, digest: Digest | str) -> Path:
@@ -80,6 +85,7 @@ class BlobStore(Retention):
                                                   r["media_type"], r["last_access"], r["created"])
         for r in refs:
             self.pins.setdefault(r["digest"], set()).add((r["owner"], r["ref"]))
+        await self.load_restrictions()
         await self.reconcile()
         self._bg = asyncio.ensure_future(self._persist_access_loop())
 
@@ -165,15 +171,21 @@ class BlobStore(Retention):
     def total_size(self) -> int:
         return sum(e.size for e in self.entries.values() if e.state == "complete")
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, local: bool = True) -> dict[str, Any]:
+        """Counts and sizes; `local` (the admin socket) adds the data path and disk figures, which
+        are nobody else's business."""
         complete = [e for e in self.entries.values() if e.state == "complete"]
         pinned = [e for e in complete if self.pins.get(e.digest)]
-        usage = shutil.disk_usage(self.root)
-        return {"blobs": len(self.entries), "bytes": sum(e.size for e in complete),
-                "external_blobs": len(self.entries) - len(complete),
-                "pinned_blobs": len(pinned), "pinned_bytes": sum(e.size for e in pinned),
-                "downloading": len(self.writers), "max_size": self.ctx.config.store.max_size,
-                "disk_free": usage.free, "disk_total": usage.total, "path": str(self.root)}
+        out: dict[str, Any] = {
+            "blobs": len(self.entries), "bytes": sum(e.size for e in complete),
+            "external_blobs": len(self.entries) - len(complete),
+            "pinned_blobs": len(pinned), "pinned_bytes": sum(e.size for e in pinned),
+            "downloading": len(self.writers)}
+        if local:
+            usage = shutil.disk_usage(self.root)
+            out.update({"max_size": self.ctx.config.store.max_size, "disk_free": usage.free,
+                        "disk_total": usage.total, "path": str(self.root)})
+        return out
 
     def list(self) -> list[dict[str, Any]]:
         out = []
@@ -199,23 +211,26 @@ class BlobStore(Retention):
                 raise Forbidden(reason)
 
     # -- writing ---------------------------------------------------------------------------------
-    async def begin_write(self, digest: str, size: int | None) -> BlobWriter:
-        """A writer for a blob not yet stored. The caller feeds it and then calls commit()."""
+    async def begin_write(self, digest: str, size: int | None, *, reserve: bool) -> BlobWriter:
+        """A writer for a blob not yet stored. The caller feeds it and then calls commit().
+
+        `reserve`: `size` comes from this node's own client, so room is made for it (evicting
+        unpinned blobs if needed). Otherwise it is a claim nobody has verified (a peer's): it must
+        fit in the room there is, nothing is evicted for it, and it reserves nothing."""
         d = parse_digest(digest)
         if digest in self.entries:
             raise Conflict(f"blob {d.short} is already stored")
         if digest in self.writers:
             raise Conflict(f"blob {d.short} is already being written")
         if size is not None:
-            await self.make_room(size)
+            await self.make_room(size, evict=reserve)
         tmp = self.tmp_dir / f"{d.hex[:16]}-{uuid.uuid4().hex[:8]}"
-        writer = BlobWriter(d, size, tmp, self.ctx.run_blocking, self._on_grow)
+        writer = BlobWriter(d, size, tmp, self.ctx.run_blocking)
         self.writers[digest] = writer
+        if not reserve:
+            self.unreserved.add(digest)
         self.ctx.bus.emit(events.BLOB_PROGRESS, digest=digest, size=size, state="started")
         return writer
-
-    def _on_grow(self, writer: BlobWriter) -> None:
-        pass  # progress is reported by the fetcher, which knows the source
 
     async def commit(self, writer: BlobWriter, media_type: str = "") -> BlobEntry:
         """Verify and move into place; on any failure the temp file is gone and nothing is indexed."""
@@ -231,10 +246,12 @@ class BlobStore(Retention):
         except BaseException as exc:
             writer.fail(exc)
             self.writers.pop(digest, None)
+            self.unreserved.discard(digest)
             self.ctx.bus.emit(events.BLOB_PROGRESS, digest=digest, size=writer.size, state="failed")
             raise
         self.entries[digest] = entry
         self.writers.pop(digest, None)
+        self.unreserved.discard(digest)
         writer.complete()
         self.ctx.bus.emit(events.BLOB_ADDED, digest=digest, size=entry.size)
         return entry
@@ -244,6 +261,7 @@ class BlobStore(Retention):
         writer.fail(error)
         if self.writers.get(digest) is writer:
             del self.writers[digest]
+            self.unreserved.discard(digest)
             self.ctx.bus.emit(events.BLOB_PROGRESS, digest=digest, size=writer.size, state="failed")
 
     @staticmethod
@@ -348,11 +366,12 @@ class BlobStore(Retention):
             # the download is being committed (its temp file moved into place) since use(): wait
             # for the commit to finish and read the stored blob
             if not isinstance(target, BlobWriter):
-                raise
+                raise BlobNotFound(f"blob {target.digest[:19]} is no longer on this node") from None
             await asyncio.wait([target.done], timeout=timeout)
             entry = self.entries.get(str(target.digest))
             if entry is None:
-                raise
+                # the download failed and its temp file is gone: say so, typed, not the path
+                raise UpstreamError(f"blob {target.digest.short}: the download failed at its source") from None
             target, path, total = entry, self.file_of(entry), entry.size
             end = entry.size if end is None else min(end, entry.size)
             fd = await self.ctx.run_blocking(os.open, path, os.O_RDONLY)

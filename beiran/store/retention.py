@@ -28,6 +28,7 @@ class Retention:
     root: Path
     entries: dict[str, BlobEntry]
     writers: dict[str, BlobWriter]
+    unreserved: set[str]
     pins: dict[str, set[tuple[str, str]]]
     _in_use: Counter[str]
     _dirty_access: set[str]
@@ -63,19 +64,24 @@ class Retention:
                        if e.state == "complete" and not self.pins.get(e.digest)
                        and not self._in_use.get(e.digest)), key=lambda e: e.last_access)
 
-    async def make_room(self, size: int) -> None:
+    async def make_room(self, size: int, evict: bool = True) -> None:
         """Evict least-recently-used unpinned blobs so `size` more bytes fit; else StorageFull.
 
-        Nothing is evicted when eviction could not make enough room anyway."""
+        Nothing is evicted when eviction could not make enough room anyway, nor ever with
+        `evict=False` (a size only a peer claimed: it must fit as things are). Writers of such
+        claims reserve nothing, so a claim cannot make a later local fetch evict either."""
         cap = self.ctx.config.store.max_size
         reserve = self.ctx.config.store.reserve_free
-        pending = sum((w.size or 0) - w.available for w in self.writers.values())
-        could_free = sum(e.size for e in self.evictable())
+        pending = sum((w.size or 0) - w.available for d, w in self.writers.items() if d not in self.unreserved)
+        could_free = sum(e.size for e in self.evictable()) if evict else 0
         if cap is not None:
             if size > cap:
                 raise StorageFull(f"blob of {size} bytes is larger than store.max_size ({cap})")
             excess = self.total_size() + pending + size - cap
             if excess > could_free:
+                if not evict:
+                    raise StorageFull(f"no room for {size} claimed bytes under store.max_size ({cap}) "
+                                      "without evicting, and a peer's claim evicts nothing")
                 raise StorageFull(f"store.max_size ({cap} bytes) reached: the rest is pinned or in use")
             if excess > 0:
                 could_free -= await self._evict(excess)

@@ -122,13 +122,14 @@ class AptPlugin(BasePackagePlugin):
                 log.warning("apt: %s could not advertise the proxy: %s", plugin.name, exc)
 
     # -- the fetch contract ----------------------------------------------------------------------
-    def validate_source(self, params: dict[str, Any]) -> dict[str, Any]:
+    def validate_source(self, params: dict[str, Any], *, from_peer: bool) -> dict[str, Any]:
         base, path = params.get("base"), params.get("path")
         if not isinstance(base, str) or not base.endswith("/") or len(base) > 1024:
             raise BadRequest("apt source needs the archive base URL key it was seen under")
         return {"base": base, "path": safe_relpath(path)}  # type: ignore[arg-type]
 
-    async def open_origin(self, params: dict[str, Any], digest: str, offset: int) -> OriginStream:
+    async def open_origin(self, params: dict[str, Any], digest: str, offset: int, *,
+                          from_peer: bool) -> OriginStream:
         url = self.archive.origin_url(params, digest)
         await self.archive.check_digest(params, digest)
         self.stats["origin_fetches"] += 1

@@ -8,7 +8,7 @@ import os
 import re
 from typing import Any, ClassVar
 
-from beiran.errors import BadRequest, BeiranError, ConfigError
+from beiran.errors import BadRequest, BeiranError, ConfigError, Forbidden
 from beiran.plugin import BasePackagePlugin, OriginStream
 from beiran_plugins.docker import __version__
 from beiran_plugins.docker.errors import InvalidReference, ManifestInvalid
@@ -96,12 +96,16 @@ class DockerPlugin(BasePackagePlugin):
         return parse_reference(text, self.default_registry)
 
     # -- the fetcher's side ----------------------------------------------------------------------
-    def validate_source(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Sources may come from peers: only well-formed names, no URLs, no extra keys."""
+    def validate_source(self, params: dict[str, Any], *, from_peer: bool) -> dict[str, Any]:
+        """Only well-formed names, no URLs, no extra keys. A peer's source must name a registry
+        this node's config names (allow_unconfigured is for this node's own clients), and is read
+        anonymously: credentials are never used on a peer's behalf."""
         extra = set(params) - {"registry", "repository", "kind", "media_type"}
         if extra:
             raise BadRequest(f"docker source: unexpected keys {', '.join(sorted(extra))[:80]}")
         registry = validate_registry(str(params.get("registry", "")))
+        if from_peer and not self.upstream.configured(registry, self.default_registry):
+            raise Forbidden(f"registry {registry} is not configured on this node; it is not fetched for peers")
         repository = validate_repository(str(params.get("repository", "")))
         kind = params.get("kind")
         if kind not in ("blob", "manifest"):
@@ -114,18 +118,21 @@ class DockerPlugin(BasePackagePlugin):
             out["media_type"] = media_type
         return out
 
-    async def open_origin(self, params: dict[str, Any], digest: str, offset: int) -> OriginStream:
+    async def open_origin(self, params: dict[str, Any], digest: str, offset: int, *,
+                          from_peer: bool) -> OriginStream:
         registry, repository = params["registry"], params["repository"]
+        up = self.upstream.anonymous(registry) if from_peer else self.upstream  # never credentials for peers
         if params["kind"] == "blob":
-            return await self.upstream.open_blob(registry, repository, digest, offset)
+            return await up.open_blob(registry, repository, digest, offset)
         accept = merge_accept([params.get("media_type") or "", DEFAULT_ACCEPT])
-        data, media_type, _ = await self.upstream.get_manifest(registry, repository, digest, accept)
+        data, media_type, _ = await up.get_manifest(registry, repository, digest, accept)
         if len(data) > MAX_MANIFEST:
             raise ManifestInvalid(f"manifest {digest[:19]} exceeds {MAX_MANIFEST} bytes")
 
         async def one():
             yield data[offset:]
-        return OriginStream(one(), size=len(data), media_type=media_type)
+        return OriginStream(one(), size=len(data), media_type=media_type,
+                            restricted=up.used_credentials(registry, repository))
 
     # -- the engine ------------------------------------------------------------------------------
     async def load_into_engine(self, ref: Reference, digest: str) -> dict[str, Any]:

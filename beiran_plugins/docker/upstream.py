@@ -47,9 +47,24 @@ class Endpoint:
     identity_token: str | None = None
     #: a bearer token sent to the registry as it is (docker config's "registrytoken")
     registry_token: str | None = None
+    #: hosts besides the registry's own whose https token realm may receive the credentials
+    token_realms: tuple[str, ...] = ()
     #: `/v2/<prefix>/<repository>/...` on the mirror means this registry (registries.conf clients
     #: such as podman, skopeo, CRI-O cannot say which registry they mean otherwise)
     prefix: str | None = None
+
+    @property
+    def credentialed(self) -> bool:
+        return bool(self.username or self.identity_token or self.registry_token)
+
+    def realm_allowed(self, realm: str) -> bool:
+        """May the credentials go to this token realm? Only over https to the registry's own host
+        or a host the config allows (`token_realms`); a plain-http registry configured as such may
+        also use a realm on exactly its own origin (the credentials go there anyway)."""
+        r, own = urlsplit(realm), urlsplit(self.url)
+        if r.scheme == "https":
+            return (r.hostname or "") in {own.hostname or "", *self.token_realms}
+        return r.scheme == own.scheme == "http" and (r.hostname, r.port) == (own.hostname, own.port)
 
     def __post_init__(self) -> None:
         """Loads ca_file now (OSError, ssl.SSLError): a bad one is a config error, not a 500 per request."""
@@ -69,6 +84,11 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     scheme, _, rest = header.strip().partition(" ")
     return scheme.lower(), {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
                             for m in _PARAM.finditer(rest)}
+
+
+def _image(repository: str, reference: str) -> str:
+    """How an image is named: `name:tag`, or `name@sha256:...` for a digest."""
+    return f"{repository}@{reference}" if ":" in reference else f"{repository}:{reference}"
 
 
 class Upstream:
@@ -95,6 +115,9 @@ class Upstream:
             tokens = {k: section.get(k) or None for k in ("identity_token", "registry_token")}
             if any(v is not None and not isinstance(v, str) for v in tokens.values()):
                 raise ConfigError(f"registry {name}: identity_token and registry_token are strings")
+            realms = section.get("token_realms") or (["auth.docker.io"] if canon == DOCKER_HUB else [])
+            if not isinstance(realms, list) or not all(isinstance(h, str) for h in realms):
+                raise ConfigError(f"registry {name}: token_realms is a list of host names")
             prefix = section.get("prefix")
             if prefix is not None:
                 if not isinstance(prefix, str) or not _PREFIX.match(prefix):
@@ -105,10 +128,22 @@ class Upstream:
                 self.prefixes[prefix] = canon
             try:
                 self.endpoints[canon] = Endpoint(canon, url.rstrip("/"), section.get("username"),
-                                                 section.get("password"), ca_file, **tokens, prefix=prefix)
+                                                 section.get("password"), ca_file, **tokens, prefix=prefix,
+                                                 token_realms=tuple(realms))
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigError(f"registry {name}: cannot load ca_file {ca_file!r}: {exc}") from None
         self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
+
+    def configured(self, registry: str, default_registry: str) -> bool:
+        """Does this node's config name `registry` (a registries section, or the default)?"""
+        return registry in self.endpoints or registry == default_registry
+
+    def anonymous(self, registry: str) -> Upstream:
+        """A client for `registry` at its configured endpoint with no credentials (for peers)."""
+        ep = self.endpoint(registry)
+        clone = Upstream({"upstream_timeout": self.timeout, "allow_unconfigured": False})
+        clone.endpoints[registry] = Endpoint(registry, ep.url, ca_file=ep.ca_file, ssl_ctx=ep.ssl_ctx)
+        return clone
 
     def endpoint(self, registry: str) -> Endpoint:
         if registry in self.endpoints:
@@ -141,6 +176,10 @@ class Upstream:
         realm = params["realm"]
         if urlsplit(realm).scheme not in ("http", "https"):
             raise UpstreamUnauthorized(f"registry {ep.name} gave a bad token realm")
+        if ep.credentialed and not ep.realm_allowed(realm):
+            raise UpstreamUnauthorized(
+                f"registry {ep.name} sent its token realm to {urlsplit(realm).netloc[:80]}: credentials go "
+                "only to an https realm on the registry's host or in its token_realms setting")
         query = {"scope": params.get("scope") or f"repository:{repository}:pull"}
         if params.get("service"):
             query["service"] = params["service"]
@@ -240,7 +279,7 @@ class Upstream:
         cm, resp = await self._open(ep, repository, "HEAD", path, {"Accept": accept})
         try:
             if resp.code != 200:
-                await self._fail(ep, resp, f"{repository}:{reference}", ManifestUnknown)
+                await self._fail(ep, resp, _image(repository, reference), ManifestUnknown)
             length = resp.headers.get("Content-Length", "")
             return ManifestHead(resp.headers.get("Docker-Content-Digest"),
                                 resp.headers.get("Content-Type", "").split(";")[0].strip(),
@@ -256,16 +295,16 @@ class Upstream:
         cm, resp = await self._open(ep, repository, "GET", path, {"Accept": accept})
         try:
             if resp.code != 200:
-                await self._fail(ep, resp, f"{repository}:{reference}", ManifestUnknown)
+                await self._fail(ep, resp, _image(repository, reference), ManifestUnknown)
             length = resp.headers.get("Content-Length", "")
             if length.isdigit() and int(length) > MAX_MANIFEST:
-                raise ManifestInvalid(f"manifest {repository}:{reference} is {length} bytes; the limit is "
+                raise ManifestInvalid(f"manifest {_image(repository, reference)} is {length} bytes; the limit is "
                                       f"{MAX_MANIFEST}")
             try:
                 data = await resp.read_all(MAX_MANIFEST, idle_timeout=self.timeout)
             except UpstreamError as exc:
                 if "larger than" in exc.message:
-                    raise ManifestInvalid(f"manifest {repository}:{reference} exceeds {MAX_MANIFEST} bytes") \
+                    raise ManifestInvalid(f"manifest {_image(repository, reference)} exceeds {MAX_MANIFEST} bytes") \
                         from None
                 raise RegistryUnavailable(exc.message) from None
             return (data, resp.headers.get("Content-Type", "").split(";")[0].strip(),
@@ -295,4 +334,11 @@ class Upstream:
                 await self._fail(ep, resp, f"blob {digest[:19]} of {repository}", BlobUnknown)
             finally:
                 await cm.__aexit__(None, None, None)
-        return stream_from_response(resp, cm, offset, self.timeout * 3)
+        stream = stream_from_response(resp, cm, offset, self.timeout * 3)
+        stream.restricted = self.used_credentials(registry, repository)
+        return stream
+
+    def used_credentials(self, registry: str, repository: str) -> bool:
+        """Did requests for this repository carry credentials (so what they read is private)?"""
+        ep = self.endpoint(registry)
+        return ep.credentialed and self._auth_header(ep, repository) is not None

@@ -1,4 +1,5 @@
-"""HTTP routes of the k8s plugin (all under /k8s/): the CLI's views, and peers' private-image grants."""
+"""HTTP routes of the k8s plugin (all under /k8s/): the CLI's views. Peers' private-image grants are
+not accepted any more (see access.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from typing import Any
 
 import grpc
 
-from beiran.errors import BadRequest, BeiranError, Forbidden
-from beiran.handlers import BaseHandler, JSONEndpoint
+from beiran.errors import BadRequest, BeiranError
+from beiran.handlers import BaseHandler
 
 
 def _http_error(exc: Any, runtime: Any = None) -> BeiranError:
@@ -97,40 +98,7 @@ class ContainerdConfigHandler(BaseHandler):
         self.write_json(plan(registries, plugin.mirror, hosts_dir))
 
 
-class GrantsHandler(JSONEndpoint):
-    """`POST /k8s/grants` from a peer: "I read private repository `scope` at its registry just now".
-
-    The sender is the node proven by the cluster-token signature; without a token nobody can be
-    told apart, so grants (and with them private-blob sharing) need `cluster_token`.
-    """
-
-    peer_auth = True
-
-    async def post(self) -> None:
-        from beiran_plugins.docker.reference import validate_registry, validate_repository
-
-        if self.is_unix_socket():
-            raise BadRequest("grants come from peers over TCP, not from the local socket")
-        node = self.ctx.auth.uuid_of(self.request) if self.ctx.auth else None
-        if node is None:
-            raise Forbidden("private-image grants need a cluster_token (to know which node asks)")
-        if node not in self.ctx.peers.online():
-            raise Forbidden(f"node {node[:8]} is not a connected peer")
-        body = self.json_object()
-        scope = body.get("scope")
-        if not isinstance(scope, str) or "/" not in scope:
-            raise BadRequest("scope must be registry/repository")
-        registry, repository = scope.split("/", 1)
-        try:
-            scope = f"{validate_registry(registry)}/{validate_repository(repository)}"
-        except BeiranError as exc:
-            raise BadRequest(f"scope: {exc.message}") from None
-        expires = await self.plugin.access.grant(node, scope)
-        self.write_json({"node": node, "scope": scope, "expires": expires})
-
-
 ROUTES = [
     (r"/k8s/images", ImagesHandler),
     (r"/k8s/containerd-config", ContainerdConfigHandler),
-    (r"/k8s/grants", GrantsHandler),
 ]

@@ -1,4 +1,4 @@
-"""Database models of the k8s plugin: images pulled through CRI, and peers' private-image grants."""
+"""Database models of the k8s plugin: images pulled through CRI, and the private repositories their blobs belong to."""
 
 from __future__ import annotations
 
@@ -42,15 +42,4 @@ class K8sPrivateBlob(BaseModel):
         indexes = ((("digest", "scope"), True),)
 
 
-class K8sGrant(BaseModel):
-    """Peer `node` showed it can read the private repository `scope` at its registry, until `expires`."""
-
-    node = peewee.CharField(max_length=64)
-    scope = peewee.CharField(max_length=512)
-    expires = peewee.FloatField()
-
-    class Meta:
-        indexes = ((("node", "scope"), True),)
-
-
-MODELS = [K8sImage, K8sPrivateBlob, K8sGrant]
+MODELS = [K8sImage, K8sPrivateBlob]

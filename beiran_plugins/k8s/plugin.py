@@ -7,7 +7,8 @@ Config (`[plugins.k8s]`):
     hosts_dir         containerd's config_path for `configure-containerd` (default /etc/containerd/certs.d)
     registries        extra registries `configure-containerd` writes hosts.toml for
     platform          os/arch picked from multi-platform images (default: this machine)
-    runtime_timeout, pull_timeout (seconds), grant_ttl (seconds a peer's private-image grant lasts)
+    runtime_timeout, pull_timeout (seconds); grant_ttl is accepted and ignored (peers' grants no
+    longer count: see access.py)
 """
 
 from __future__ import annotations
@@ -71,11 +72,10 @@ class K8sPlugin(BaseInterfacePlugin):
         try:
             timeout = float(config.get("runtime_timeout", 30))
             pull_timeout = float(config.get("pull_timeout", 600))
-            grant_ttl = float(config.get("grant_ttl", 86400))
         except (TypeError, ValueError):
-            raise ConfigError("[plugins.k8s] runtime_timeout, pull_timeout and grant_ttl are seconds") from None
+            raise ConfigError("[plugins.k8s] runtime_timeout and pull_timeout are seconds") from None
         self.runtime = RuntimeClient(self.runtime_endpoint, timeout, pull_timeout)
-        self.access = AccessPolicy(self.ctx, grant_ttl)
+        self.access = AccessPolicy(self.ctx)
         await self.access.load()
         # Before any listener accepts a peer: private blobs are guarded from the first request on.
         self._remove_policy = self.ctx.store.add_access_policy(self.access.policy)

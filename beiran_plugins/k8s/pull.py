@@ -4,11 +4,12 @@ then the runtime's own pull, served by this node's mirror over loopback.
 1. Resolve the reference at the upstream with the credentials kubelet passed (a fresh client per
    pull: credentials and tokens never outlive the request or leak to other pulls). A refusal ends
    the pull with the registry's own meaning (401 -> UNAUTHENTICATED, 403 -> PERMISSION_DENIED).
-2. An anonymous probe tells whether the image is private; if so its blobs are restricted to nodes
-   that passed the same check (see access.py), and this node tells its peers it passed.
-3. Manifests go into the store (so the mirror answers the runtime by digest), every blob is fetched:
-   public ones through the core fetcher (peers, the rendezvous owner, the origin once); private ones
-   from peers first, then from the origin with kubelet's credentials.
+2. An anonymous probe tells whether the image is private; if so its blobs are never served to peers
+   (see access.py): every node reads them from the registry itself.
+3. Manifests go into the store (so the mirror answers the runtime by digest), every blob is fetched
+   through the core fetcher: public ones from peers, the rendezvous owner or the origin once;
+   private ones with a local-only opener carrying kubelet's credentials (never sent to peers), so
+   a concurrent request for the same blob (the runtime through the mirror) joins the one download.
 4. The runtime pulls: its hosts.toml (see `beiran k8s configure-containerd`) lists this node's
    mirror first, which serves everything from the store. For a public image this runs alongside
    step 3 (the mirror joins the fetches and streams bytes as they arrive); a private image's blobs
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from beiran.errors import BeiranError, Conflict, NotFound, UpstreamError
+from beiran.errors import BeiranError, NotFound
 from beiran.store.digest import digest_bytes
 from beiran_plugins.docker.errors import DigestMismatch, RegistryUnavailable
 from beiran_plugins.docker.manifest import DEFAULT_ACCEPT, parse_manifest, pick_platform
@@ -138,6 +139,8 @@ class Puller:
         section: dict[str, Any] = {"url": ep.url}
         if ep.ca_file:
             section["ca_file"] = ep.ca_file
+        if ep.token_realms:
+            section["token_realms"] = list(ep.token_realms)  # where credentials may go, as configured
         if not anonymous:
             given = creds or {"username": ep.username, "password": ep.password,
                               "identity_token": ep.identity_token, "registry_token": ep.registry_token}
@@ -209,18 +212,12 @@ class Puller:
             log.info("%s is private: anonymous access answered %s (%s)", ref, exc.status, exc.message)
             return True
 
-    # -- 2 and 3: restrictions, grants, manifests and blobs ------------------------------------------
+    # -- 2 and 3: restrictions, manifests and blobs ---------------------------------------------------
     async def prepare(self, r: Resolved) -> None:
-        """Restrictions and grants, then the manifests into the store (the mirror serves them by digest)."""
-        access = self.plugin.access
-        scope = r.ref.name
+        """Restrictions, then the manifests into the store (the mirror serves them by digest)."""
         digests = [b["digest"] for b in r.blobs] + [r.digest] + ([r.index[0]] if r.index else [])
-        await access.mark(scope, digests, r.private)  # kept in the database before any blob arrives
+        await self.plugin.access.mark(r.ref.name, digests, r.private)  # in the database before any blob
         await self.save(r.name, r, "")
-        if r.private:
-            outcome = await access.announce(scope, r.digest)
-            log.info("access to %s shown to peers: %s", scope,
-                     ", ".join(f"{n[:8]} {o}" for n, o in outcome.items()) or "no peer online")
         await self._store_manifests(r)
 
     async def fetch_blobs(self, r: Resolved) -> None:
@@ -264,50 +261,22 @@ class Puller:
     async def _fetch_blob(self, r: Resolved, blob: dict[str, Any], up: Upstream | None) -> str:
         """Make one blob local; returns where it came from (local, cluster, origin)."""
         digest, size = blob["digest"], blob["size"]
-        store, fetcher = self.ctx.store, self.ctx.fetcher
-        if store.has(digest):
+        if self.ctx.store.has(digest):
             return "local"
         if up is None:
-            job = await fetcher.start(digest, size, self.docker.mirror.source(r.ref.registry, r.ref.repository, "blob"))
+            job = await self.ctx.fetcher.start(digest, size, self.docker.mirror.source(r.ref.registry,
+                                                                                       r.ref.repository, "blob"))
+        else:
+            async def opener(d: str, offset: int) -> Any:  # kubelet's credentials: this node only
+                return await up.open_blob(r.ref.registry, r.ref.repository, d, offset)
+            job = await self.ctx.fetcher.start(digest, size, None, opener=opener)
+        try:
             await asyncio.shield(job.done)
-            return "origin" if job.bytes_from.get("origin") else "cluster"
-        complete, partial = self.ctx.availability.holders(digest)
-        if complete or partial or digest in fetcher.jobs:
-            try:
-                await fetcher.fetch(digest, size, None)  # peers only: no source, no origin
-                return "cluster"
-            except BeiranError as exc:
-                log.info("private blob %s: no peer served it (%s); going to the registry", digest[:19], exc.message)
-        await self._from_origin(r, digest, size, up)
-        return "origin"
-
-    async def _from_origin(self, r: Resolved, digest: str, size: int | None, up: Upstream) -> None:
-        """A private blob from the registry with kubelet's credentials, verified into the store."""
-        store = self.ctx.store
-        try:
-            writer = await store.begin_write(digest, size)
-        except Conflict:
-            job = self.ctx.fetcher.jobs.get(digest)
-            if job is not None:
-                await asyncio.shield(job.done)
-            if not store.has(digest):
-                raise UpstreamError(f"blob {digest[:19]} is being written by another download that failed") \
-                    from None
-            return
-        try:
-            stream = await up.open_blob(r.ref.registry, r.ref.repository, digest, 0)
-            try:
-                async for chunk in stream:
-                    await writer.feed(chunk)
-                await writer.flush()
-            finally:
-                await stream.aclose()
-            await store.commit(writer)
-        except BaseException as exc:
-            store.abort(writer, exc)
-            if isinstance(exc, BeiranError):
-                raise self._registry_error(r.ref, exc, ("", "")) from None
-            raise
+        except BeiranError as exc:
+            if up is None:
+                raise
+            raise self._registry_error(r.ref, exc, {"given": "yes"}) from None
+        return "origin" if job.bytes_from.get("origin") else ("cluster" if job.bytes_from.get("peer") else "local")
 
     # -- 4. the record ---------------------------------------------------------------------------------
     async def save(self, image: str, r: Resolved, image_id: str) -> None:

@@ -110,12 +110,13 @@ class NPMPlugin(BasePackagePlugin):
         return self.upstream.tarball_url(name, tarball_file(name, version, manifest))
 
     # -- the fetch API ---------------------------------------------------------------------------
-    def validate_source(self, params: dict[str, Any]) -> dict[str, Any]:
+    def validate_source(self, params: dict[str, Any], *, from_peer: bool) -> dict[str, Any]:
         if set(params) != {"package", "version"}:
             raise BadRequest('npm source must be {"package": NAME, "version": VERSION}')
         return {"package": self.check_name(params["package"]), "version": validate_version(params["version"])}
 
-    async def open_origin(self, params: dict[str, Any], digest: str, offset: int) -> OriginStream:
+    async def open_origin(self, params: dict[str, Any], digest: str, offset: int, *,
+                          from_peer: bool) -> OriginStream:
         name, version = params["package"], params["version"]
         p, version = await self.packuments.any_with_version(name, version=version)
         dist = (p.manifest(version) or {}).get("dist") or {}
@@ -124,8 +125,11 @@ class NPMPlugin(BasePackagePlugin):
             raise BadRequest(f"{digest[:19]} is not the sha512 integrity of {name}@{version}")
         url = self.tarball_url(p, name, version)
         up = self.upstream
-        return await http_origin(url, offset, up.headers_for(url), up.ssl_ctx if up.is_upstream(url) else None,
-                                 what=f"npm {name}@{version}")
+        headers = {} if from_peer else up.headers_for(url)  # a peer's fetch never carries the credentials
+        stream = await http_origin(url, offset, headers, up.ssl_ctx if up.is_upstream(url) else None,
+                                   what=f"npm {name}@{version}")
+        stream.restricted = bool(headers)  # read with the upstream's credentials: private to this node
+        return stream
 
     async def pin(self, digest: str, name: str, version: str) -> None:
         ref = f"{name}@{version}"

@@ -12,7 +12,7 @@ import pytest
 
 from beiran.config import load_config
 from beiran.context import DaemonContext
-from beiran.errors import BlobNotFound, Conflict, InvalidDigest, StorageFull, VerificationError
+from beiran.errors import BlobNotFound, Conflict, Forbidden, InvalidDigest, StorageFull, VerificationError
 from beiran.events import EventBus
 from beiran.models import CORE_MODELS
 from beiran.models.base import create_and_migrate, open_database
@@ -38,7 +38,7 @@ async def make_store(root: Path, **store_cfg) -> BlobStore:
 
 
 async def write(store: BlobStore, data: bytes, digest: str | None = None) -> None:
-    w = await store.begin_write(digest or sha(data), len(data))
+    w = await store.begin_write(digest or sha(data), len(data), reserve=True)
     await w.feed(data)
     await store.commit(w)
 
@@ -53,7 +53,7 @@ def test_verified_write_and_mismatch_leaves_nothing(tmp_path):
         assert not store.has(sha(b"good"))
         assert not store.path_for(sha(b"good")).exists()
         assert list((tmp_path / "blobs" / "tmp").iterdir()) == []
-        w = await store.begin_write(sha(b"abc"), 3)
+        w = await store.begin_write(sha(b"abc"), 3, reserve=True)
         with pytest.raises(VerificationError):
             await w.feed(b"abcd")  # more than announced
         store.abort(w, VerificationError("too long"))
@@ -87,11 +87,46 @@ def test_lru_eviction_respects_pins_and_readers(tmp_path):
     asyncio.run(go())
 
 
+def test_a_claimed_size_evicts_nothing_and_reserves_nothing(tmp_path):
+    """A size only a peer claimed (reserve=False) must fit as things are, and its writer does not
+    count as pending, so it cannot make a later local write evict either."""
+    async def go():
+        store = await make_store(tmp_path, max_size=1000)
+        kept = [bytes([i]) * 100 for i in range(8)]
+        for data in kept:
+            await write(store, data)
+        with pytest.raises(StorageFull):
+            await store.begin_write(sha(b"claimed"), 999, reserve=False)
+        assert all(store.has(sha(d)) for d in kept)
+        claim = await store.begin_write(sha(b"small claim"), 150, reserve=False)  # fits as it is
+        await write(store, b"z" * 100)  # a local write that fits: nothing is evicted for the claim
+        assert all(store.has(sha(d)) for d in kept)
+        store.abort(claim, StorageFull("test"))
+        await write(store, b"y" * 200)  # a local write over the cap evicts, as before
+        assert sum(store.has(sha(d)) for d in kept) == 7
+    asyncio.run(go())
+
+
+def test_restricted_blobs_are_refused_to_peers_and_survive_a_restart(tmp_path):
+    async def go():
+        store = await make_store(tmp_path)
+        await write(store, b"private")
+        await store.restrict(sha(b"private"))
+        with pytest.raises(Forbidden):
+            store.check_access(sha(b"private"), "some-peer")
+        again = await make_store(tmp_path)
+        with pytest.raises(Forbidden):
+            again.check_access(sha(b"private"), None)
+        await again.release([sha(b"private")])
+        again.check_access(sha(b"private"), "some-peer")
+    asyncio.run(go())
+
+
 def test_restart_cleans_leftovers_and_adopts_or_drops_files(tmp_path):
     async def first():
         store = await make_store(tmp_path)
         await write(store, b"kept")
-        w = await store.begin_write(sha(b"half"), 4)  # crash mid-write: temp file stays behind
+        w = await store.begin_write(sha(b"half"), 4, reserve=True)  # crash mid-write: temp file stays behind
         await w.feed(b"ha")
         await w.flush()
         return store
@@ -132,7 +167,7 @@ def test_full_disk_fails_the_one_write_and_store_stays_consistent(tmp_path):
             with pytest.raises(StorageFull):
                 await write(store, big)  # announced size: refused up front, nothing evicted
             assert store.has(sha(b"small"))
-            w = await store.begin_write(sha(big), None)  # size unknown: ENOSPC mid-write
+            w = await store.begin_write(sha(big), None, reserve=True)  # size unknown: ENOSPC mid-write
             with pytest.raises(StorageFull):
                 await w.feed(big)
                 await store.commit(w)
