@@ -46,7 +46,7 @@ class FakePeer:
         self.hello = json.loads(await asyncio.wait_for(self.ws.read_message(), timeout))
         self.send({"t": "hello", "uuid": self.uuid, "url": self.url, "hostname": "attacker",
                    "version": "0", "os_type": "linux", "architecture": "x86_64", "addresses": [],
-                   "port": 0, "plugins": self.plugins, "epoch": "e" + self.uuid[:8], "seq": 0, "proof": None})
+                   "port": 8888, "plugins": self.plugins, "epoch": "e" + self.uuid[:8], "seq": 0, "proof": None})
         self.send({"t": "sync_req", "epoch": None, "seq": 0})
         self._reader = asyncio.ensure_future(self._read())
         await asyncio.wait_for(self.synced.wait(), timeout)
