@@ -4,8 +4,10 @@ Why: a full copy of all holdings on every node grows with nodes x blobs; here th
 digest by the rendezvous ranking (`placement.top`, the same order the fetcher uses) keep the list of
 its holders, so a node stores about k/N of the cluster's (holder, blob) pairs, a lookup is one round
 trip to those owners, and a membership change moves only the keys whose top-k changed. Holders
-push additions and removals to the owners in batches (acknowledged, resent); entries of a holder are
-dropped when membership declares it dead, not by a TTL. A holder's claims are capped per owner.
+push additions and removals to the owners in batches (acknowledged, resent). A holder's entries
+leave the answers the moment membership declares it dead (not by a TTL) and are freed when
+membership forgets it, so a member wrongly declared dead that refutes keeps its listing.
+A holder's claims are capped per owner.
 
 Also the cold-blob owner chain: rank 1 fetches from the origin for everyone, rank 2 then 3 if it dies.
 """
@@ -20,7 +22,7 @@ from itertools import count
 from typing import Any, Protocol
 
 from beiran.fetch import placement
-from beiran.peer.membership import DEAD, Scheduler, TimerHandle
+from beiran.peer.membership import DEAD, GONE, Scheduler, TimerHandle
 
 Reply = Callable[[list[str]], None]
 
@@ -238,7 +240,7 @@ class Directory:
     def on_message(self, src: str, data: bytes) -> None:
         """`src` is the sending member's id, as authenticated by the link it came over."""
         try:
-            msg = json.loads(data)
+            msg = json.loads(data.decode())
             kind = msg[0]
             if kind == "d+":  # [d+, batch id, epoch, ops]
                 if self.view.state(src) in (None, DEAD):
@@ -258,7 +260,7 @@ class Directory:
                     q.answer(src, [h for h in msg[2][:self.cfg.answer_max] if isinstance(h, str)])
             else:
                 raise ValueError(kind)
-        except (ValueError, TypeError, IndexError, KeyError):
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError):
             self.stats["dropped"] += 1
 
     # -- lookups -----------------------------------------------------------------------------------
@@ -278,8 +280,9 @@ class Directory:
 
     # -- membership changes ------------------------------------------------------------------------
     def _member_changed(self, mid: str, old: str | None, new: str) -> None:
-        if new == DEAD:
-            self._drop_holder(mid)
+        if new == GONE:
+            self._drop_holder(mid)  # answers skipped it since it was declared dead; now free it
+        elif new == DEAD:
             for digest in self._by_owner.pop(mid, ()):
                 if digest in self.local:
                     self._rehome(digest, self.ranker.owners(digest, self.view))

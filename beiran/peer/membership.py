@@ -25,6 +25,7 @@ from itertools import count
 from typing import Any, Protocol
 
 ALIVE, SUSPECT, DEAD = "alive", "suspect", "dead"
+GONE = "gone"  # a dead record forgotten after `dead_keep`: listeners free what they kept for it
 _KIND = {"a": ALIVE, "s": SUSPECT, "d": DEAD}
 MAX_ID, MAX_ADDR, MAX_INC = 64, 128, 1 << 53
 
@@ -52,7 +53,7 @@ class SwimConfig:
     indirect_checks: int = 3
     gossip_interval: float = 0.2  # gossip rounds run only while there is news to spread
     gossip_nodes: int = 3
-    retransmit_mult: int = 4  # each update is sent retransmit_mult * ceil(log10(n + 1)) times
+    retransmit_mult: int = 4  # each update is sent retransmit_mult * max(2, ceil(log10(n + 1))) times
     suspicion_mult: float = 2.0  # min suspicion timeout = mult * log10(n) * probe_interval
     suspicion_max_mult: float = 6.0  # max = max_mult * min, shrinking with confirmations
     suspicion_confirmations: int = 3  # independent suspicions that bring the timeout to its min
@@ -84,8 +85,26 @@ class _Probe:
     __slots__ = ("expected_nacks", "nacks", "target", "timers")
 
 
-def _h64(*parts: Any) -> int:
-    return int.from_bytes(hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest(), "big")
+_IDS: dict[str, int] = {}
+_M64 = (1 << 64) - 1
+
+
+def _hid(mid: str) -> int:
+    """A stable 64-bit hash of a member id (cached: every node hashes every id)."""
+    h = _IDS.get(mid)
+    if h is None:
+        if len(_IDS) > 1 << 20:
+            _IDS.clear()
+        h = _IDS[mid] = int.from_bytes(hashlib.blake2b(mid.encode(), digest_size=8).digest(), "big")
+    return h
+
+
+def _hinc(mid: str, inc: int) -> int:
+    """(id, incarnation) mixed (splitmix64), so equal incarnation bumps cannot cancel in an XOR."""
+    z = (_hid(mid) + (inc + 1) * 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
@@ -108,8 +127,8 @@ class Membership:
         self.inc = 0
         self.awareness = 0
         self.members: dict[str, Member] = {node_id: Member(node_id, addr, 0, ALIVE, sched.time())}
-        self.view_fp = _h64(node_id)  # XOR over live member ids: a cache key for rankings
-        self.sync_fp = _h64(node_id, 0)  # XOR over live (id, incarnation): anti-entropy check
+        self.view_fp = _hid(node_id)  # XOR over live member ids: a cache key for rankings
+        self.sync_fp = _hinc(node_id, 0)  # XOR over live (id, incarnation): anti-entropy check
         self._live: list[str] | None = None
         self._listeners: list[Listener] = []
         self._seq = count(1)
@@ -169,16 +188,19 @@ class Membership:
         for mid, addr in members:
             if mid not in self.members:
                 self.members[mid] = Member(mid, addr, 0, ALIVE, now)
-                self.view_fp ^= _h64(mid)
-                self.sync_fp ^= _h64(mid, 0)
+                self.view_fp ^= _hid(mid)
+                self.sync_fp ^= _hinc(mid, 0)
         self._live = None
 
     # -- incoming ---------------------------------------------------------------------------------
     def on_message(self, src: str, data: bytes) -> None:
-        if not self._running or len(data) > self.cfg.max_message:
+        if not self._running:
+            return
+        if len(data) > self.cfg.max_message:
+            self.stats["bad"] += 1
             return
         try:
-            msg = json.loads(data)
+            msg = json.loads(data.decode())
             kind = msg[0]
             if kind == "p":  # ping: [p, seq, target id, updates]
                 self._merge(msg[3])
@@ -209,7 +231,7 @@ class Membership:
                         self._send_msg(src, ["h", self.sync_fp, 0], gossip=False)
             else:
                 raise ValueError(kind)
-        except (ValueError, TypeError, IndexError, KeyError, AttributeError):
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError):  # UnicodeError too
             self.stats["bad"] += 1
 
     def _merge(self, updates: list[Any], quiet: bool = False) -> None:
@@ -254,12 +276,11 @@ class Membership:
             self._queue(["a", mid, inc, addr])
 
     def _suspect(self, mid: str, inc: int, frm: str, quiet: bool) -> None:
+        if mid == self.id:
+            self._accused(inc)
+            return
         m = self.members.get(mid)
         if m is None or inc < m.inc or m.state == DEAD:
-            return
-        if mid == self.id:
-            if not self.leaving:
-                self._refute(inc)
             return
         if m.state == SUSPECT and inc == m.inc:
             s = self._suspicions.get(mid)
@@ -276,17 +297,26 @@ class Membership:
             self._queue(["s", mid, inc, frm])
 
     def _dead(self, mid: str, inc: int, frm: str, quiet: bool) -> None:
+        if mid == self.id:
+            self._accused(inc)
+            return
         m = self.members.get(mid)
         if m is None or inc < m.inc or m.state == DEAD:
-            return
-        if mid == self.id:
-            if not self.leaving:
-                self._refute(inc)
             return
         self._set_inc(m, inc)
         self._set_state(m, DEAD, m.state)
         if not quiet:
             self._queue(["d", mid, inc, frm])
+
+    def _accused(self, inc: int) -> None:
+        """Someone suspects this node or holds it dead: outbid that incarnation. An accusation of an
+        older incarnation means our refutation missed that node: say it again (it rides the ack)."""
+        if self.leaving:
+            return
+        if inc >= self.inc:
+            self._refute(inc)
+        elif self.id not in self._bq:
+            self._queue(["a", self.id, self.inc, self.addr])
 
     def _refute(self, inc: int) -> None:
         self.stats["refute"] += 1
@@ -298,7 +328,7 @@ class Membership:
 
     def _set_inc(self, m: Member, inc: int) -> None:
         if m.state != DEAD:
-            self.sync_fp ^= _h64(m.id, m.inc) ^ _h64(m.id, inc)
+            self.sync_fp ^= _hinc(m.id, m.inc) ^ _hinc(m.id, inc)
         m.inc = inc
 
     def _set_state(self, m: Member, new: str, old: str | None) -> None:
@@ -306,8 +336,8 @@ class Membership:
             return
         was_live, is_live = old not in (None, DEAD), new != DEAD
         if was_live != is_live:
-            self.view_fp ^= _h64(m.id)
-            self.sync_fp ^= _h64(m.id, m.inc)
+            self.view_fp ^= _hid(m.id)
+            self.sync_fp ^= _hinc(m.id, m.inc)
             self._live = None
         m.state, m.since = new, self.sched.time()
         if new != SUSPECT and m.id in self._suspicions:
@@ -438,6 +468,8 @@ class Membership:
             m = self.members.get(mid)
             if m is not None and m.state == DEAD and m.since < horizon:
                 del self.members[mid]
+                for cb in self._listeners:
+                    cb(mid, DEAD, GONE)
 
     # -- join and anti-entropy -------------------------------------------------------------------------
     def _try_join(self) -> None:
@@ -472,7 +504,7 @@ class Membership:
     def _take_updates(self, room: int) -> list[Any]:
         if not self._bq:
             return []
-        limit = self.cfg.retransmit_mult * math.ceil(math.log10(len(self.live_ids()) + 1))
+        limit = self.cfg.retransmit_mult * max(2, math.ceil(math.log10(len(self.live_ids()) + 1)))
         out = []
         for key, item in sorted(self._bq.items(), key=lambda kv: kv[1][0])[:32]:
             if item[2] > room:
@@ -485,9 +517,8 @@ class Membership:
         return out
 
     def _send_msg(self, addr: str, msg: list[Any], gossip: bool = True) -> None:
-        if gossip and self._bq:
-            base = len(_encode(msg))
-            msg[-1].extend(self._take_updates(self.cfg.max_packet - base))
+        if gossip and self._bq:  # ping and ack headers are under 120 bytes
+            msg[-1].extend(self._take_updates(self.cfg.max_packet - 120 - sum(len(u[1]) + 40 for u in msg[-1])))
         self._send(addr, _encode(msg))
 
     def _gossip_tick(self) -> None:

@@ -162,3 +162,81 @@ class SimLinks(SimNet):
         if pool is not None:
             for node in pool.nodes():
                 pool.drop(node)
+
+
+class SimCluster:
+    """Real `Membership` + `Directory` nodes on one virtual clock and in-memory network, for tests."""
+
+    def __init__(self, n: int, loss: float = 0.0, seed: int = 1, latency: float = 0.0005,
+                 swim: Any = None, bootstrap: bool = True) -> None:
+        from beiran.peer.directory import Directory, Ranker
+        from beiran.peer.membership import Membership
+
+        self._Membership, self._Directory = Membership, Directory
+        self.rng = random.Random(seed)
+        self.clock = SimClock()
+        self.net = SimNet(self.clock, latency, loss=loss, rng=random.Random(seed + 1))
+        self.links = SimLinks(self.clock, latency=latency, loss=loss, rng=random.Random(seed + 2))
+        self.swim = swim
+        self.ranker = Ranker(3)
+        self.members: list[Any] = []
+        self.dirs: list[Any] = []
+        self.crashed: set[int] = set()
+        for _ in range(n):
+            self._make()
+        if bootstrap:
+            everyone = [(m.id, m.addr) for m in self.members]
+            for m in self.members:
+                m.bootstrap(everyone)
+                m.start()
+
+    def _make(self, node_id: str | None = None) -> int:
+        i = len(self.members)
+        node_id = node_id or f"node-{i:04d}-{self.rng.getrandbits(32):08x}"
+        addr = f"10.0.{i // 250}.{i % 250}:7777"
+        box: list[Any] = []
+        send = self.net.attach(addr, lambda src, data: box[0].on_message(src, data))
+        m = self._Membership(node_id, addr, send, self.clock, self.swim, rng=random.Random(self.rng.random()))
+        dbox: list[Any] = []
+        dsend = self.links.attach(f"{node_id}#{i}", lambda src, data: dbox[0].on_message(src.split("#")[0], data))
+        d = self._Directory(m, lambda dst, data, me=i: self._dir_send(me, dst, data), self.clock,
+                            ranker=self.ranker, rng=random.Random(self.rng.random()))
+        box.append(m)
+        dbox.append(d)
+        self.members.append(m)
+        self.dirs.append(d)
+        del dsend
+        return i
+
+    def _dir_send(self, me: int, dst: str, data: bytes) -> None:
+        target = next((j for j, m in enumerate(self.members) if m.id == dst and j not in self.crashed), None)
+        if target is not None:
+            self.links.send(f"{self.members[me].id}#{me}", f"{dst}#{target}", data)
+
+    def join(self, seed: int = 0, node_id: str | None = None) -> int:
+        """A new node (or a restarted one, same id) joining through member `seed`."""
+        i = self._make(node_id)
+        self.members[i].start(seeds=[self.members[seed].addr])
+        return i
+
+    def crash(self, i: int) -> None:
+        self.crashed.add(i)
+        m = self.members[i]
+        self.net.down.add(m.addr)
+        self.links.host_down(f"{m.id}#{i}")
+        m.stop()
+
+    def live(self) -> list[int]:
+        return [i for i in range(len(self.members)) if i not in self.crashed]
+
+    def run(self, seconds: float) -> None:
+        self.clock.run_until(self.clock.now + seconds)
+
+    def run_until(self, cond: Any, limit: float, step: float = 0.1) -> float | None:
+        """Simulated seconds until `cond()` holds, or None when it did not within `limit`."""
+        start = self.clock.now
+        while self.clock.now - start < limit:
+            if cond():
+                return self.clock.now - start
+            self.run(step)
+        return self.clock.now - start if cond() else None
