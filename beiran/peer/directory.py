@@ -22,7 +22,8 @@ from itertools import count
 from typing import Any, Protocol
 
 from beiran.fetch import placement
-from beiran.peer.membership import DEAD, GONE, Scheduler, TimerHandle
+from beiran.peer.gossip import Scheduler, TimerHandle, encode
+from beiran.peer.membership import DEAD, GONE
 
 Reply = Callable[[list[str]], None]
 
@@ -163,7 +164,7 @@ class Directory:
         self._unacked[bid] = (owner, ops, tries + 1)
         if tries:
             self.stats["resent"] += 1
-        self._send(owner, _encode(["d+", bid, self.epoch, ops]))
+        self._send(owner, encode(["d+", bid, self.epoch, ops]))
         self.sched.call_later(self.cfg.resend * (1 + tries), self._resend, bid)
 
     def _resend(self, bid: int) -> None:
@@ -249,11 +250,11 @@ class Directory:
                 if not isinstance(ops, list) or len(ops) > self.cfg.batch_ops:
                     raise ValueError("ops")
                 self._apply(src, str(msg[2]), ops)
-                self._send(src, _encode(["dk", int(msg[1])]))
+                self._send(src, encode(["dk", int(msg[1])]))
             elif kind == "dk":
                 self._unacked.pop(int(msg[1]), None)
             elif kind == "dq":  # [dq, query id, digest]
-                self._send(src, _encode(["dr", int(msg[1]), self.holders(str(msg[2]))]))
+                self._send(src, encode(["dr", int(msg[1]), self.holders(str(msg[2]))]))
             elif kind == "dr":
                 q = self._lookups.get(int(msg[1]))
                 if q is not None:
@@ -325,7 +326,7 @@ class _Lookup:
         targets = fresh or [o for o in self.owners if o not in self.replied]
         self.asked.extend(fresh)
         for o in targets:
-            self.d._send(o, _encode(["dq", self.qid, self.digest]))
+            self.d._send(o, encode(["dq", self.qid, self.digest]))
         self.tries += 1
         self.timer = self.d.sched.call_later(self.d.cfg.lookup_timeout * self.tries, self.timeout)
 
@@ -382,6 +383,3 @@ class OwnerChain:
             self.pos += 1
         return self.current()
 
-
-def _encode(msg: list[Any]) -> bytes:
-    return json.dumps(msg, separators=(",", ":")).encode()

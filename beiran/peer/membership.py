@@ -14,7 +14,6 @@ is one), so the same code runs on real links and inside the discrete-event simul
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -22,24 +21,22 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import count
-from typing import Any, Protocol
+from typing import Any
+
+from beiran.peer.gossip import (
+    BroadcastQueue,
+    Scheduler,
+    TimerHandle,
+    encode,
+    hid,
+    hinc,
+    retransmit_limit,
+    suspicion_timeout,
+)
 
 ALIVE, SUSPECT, DEAD = "alive", "suspect", "dead"
 GONE = "gone"  # a dead record forgotten after `dead_keep`: listeners free what they kept for it
-_KIND = {"a": ALIVE, "s": SUSPECT, "d": DEAD}
 MAX_ID, MAX_ADDR, MAX_INC = 64, 128, 1 << 53
-
-
-class TimerHandle(Protocol):
-    def cancel(self) -> None: ...
-
-
-class Scheduler(Protocol):
-    """What the protocol needs of time; `asyncio.get_running_loop()` satisfies it."""
-
-    def time(self) -> float: ...
-
-    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> TimerHandle: ...
 
 
 Send = Callable[[str, bytes], None]
@@ -85,35 +82,6 @@ class _Probe:
     __slots__ = ("expected_nacks", "nacks", "target", "timers")
 
 
-_IDS: dict[str, int] = {}
-_M64 = (1 << 64) - 1
-
-
-def _hid(mid: str) -> int:
-    """A stable 64-bit hash of a member id (cached: every node hashes every id)."""
-    h = _IDS.get(mid)
-    if h is None:
-        if len(_IDS) > 1 << 20:
-            _IDS.clear()
-        h = _IDS[mid] = int.from_bytes(hashlib.blake2b(mid.encode(), digest_size=8).digest(), "big")
-    return h
-
-
-def _hinc(mid: str, inc: int) -> int:
-    """(id, incarnation) mixed (splitmix64), so equal incarnation bumps cannot cancel in an XOR."""
-    z = (_hid(mid) + (inc + 1) * 0x9E3779B97F4A7C15) & _M64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
-    return z ^ (z >> 31)
-
-
-_ENCODER = json.JSONEncoder(separators=(",", ":"))
-
-
-def _encode(msg: list[Any]) -> bytes:
-    return _ENCODER.encode(msg).encode()
-
-
 class Membership:
     """One node's view of the cluster: every member with its state, kept current by SWIM."""
 
@@ -127,8 +95,8 @@ class Membership:
         self.inc = 0
         self.awareness = 0
         self.members: dict[str, Member] = {node_id: Member(node_id, addr, 0, ALIVE, sched.time())}
-        self.view_fp = _hid(node_id)  # XOR over live member ids: a cache key for rankings
-        self.sync_fp = _hinc(node_id, 0)  # XOR over live (id, incarnation): anti-entropy check
+        self.view_fp = hid(node_id)  # XOR over live member ids: a cache key for rankings
+        self.sync_fp = hinc(node_id, 0)  # XOR over live (id, incarnation): anti-entropy check
         self._live: list[str] | None = None
         self._listeners: list[Listener] = []
         self._seq = count(1)
@@ -136,7 +104,7 @@ class Membership:
         self._relays: dict[int, tuple[str, int]] = {}  # our ping seq -> (requester addr, its seq)
         self._probe_list: list[str] = []
         self._probe_pos = 0
-        self._bq: dict[str, list[Any]] = {}  # member id -> [transmits, update, encoded size]
+        self._bq = BroadcastQueue()
         self._suspicions: dict[str, _Suspicion] = {}
         self._dead_q: deque[tuple[float, str]] = deque()
         self._timers: list[TimerHandle | None] = [None, None, None]
@@ -188,8 +156,8 @@ class Membership:
         for mid, addr in members:
             if mid not in self.members:
                 self.members[mid] = Member(mid, addr, 0, ALIVE, now)
-                self.view_fp ^= _hid(mid)
-                self.sync_fp ^= _hinc(mid, 0)
+                self.view_fp ^= hid(mid)
+                self.sync_fp ^= hinc(mid, 0)
         self._live = None
 
     # -- incoming ---------------------------------------------------------------------------------
@@ -328,7 +296,7 @@ class Membership:
 
     def _set_inc(self, m: Member, inc: int) -> None:
         if m.state != DEAD:
-            self.sync_fp ^= _hinc(m.id, m.inc) ^ _hinc(m.id, inc)
+            self.sync_fp ^= hinc(m.id, m.inc) ^ hinc(m.id, inc)
         m.inc = inc
 
     def _set_state(self, m: Member, new: str, old: str | None) -> None:
@@ -336,8 +304,8 @@ class Membership:
             return
         was_live, is_live = old not in (None, DEAD), new != DEAD
         if was_live != is_live:
-            self.view_fp ^= _hid(m.id)
-            self.sync_fp ^= _hinc(m.id, m.inc)
+            self.view_fp ^= hid(m.id)
+            self.sync_fp ^= hinc(m.id, m.inc)
             self._live = None
         m.state, m.since = new, self.sched.time()
         if new != SUSPECT and m.id in self._suspicions:
@@ -363,12 +331,7 @@ class Membership:
         self._arm_suspicion(m, s)
 
     def _arm_suspicion(self, m: Member, s: _Suspicion) -> None:
-        confirmed = len(s.confirmers) - 1
-        if s.k == 0:
-            timeout = s.min
-        else:
-            frac = math.log(confirmed + 1) / math.log(s.k + 1)
-            timeout = max(s.min, s.max - (s.max - s.min) * frac)
+        timeout = suspicion_timeout(len(s.confirmers) - 1, s.k, s.min, s.max)
         if s.handle is not None:
             s.handle.cancel()
         left = max(0.0, s.start + timeout - self.sched.time())
@@ -493,33 +456,19 @@ class Membership:
 
     # -- dissemination ---------------------------------------------------------------------------------
     def _queue(self, update: list[Any], key: str | None = None) -> None:
-        """Queue news for piggy-backing; a newer update about a member replaces the older one."""
-        if key is None:
-            for k in [k for k in self._bq if k.startswith(update[1] + "|")]:
-                del self._bq[k]  # confirmations about a member are moot once its state moved on
-        self._bq[key or update[1]] = [0, update, len(_encode(update)) + 1]
+        self._bq.put(update, key)
         if self._timers[1] is None and self._running:  # gossip rounds run only while there is news
             self._timers[1] = self.sched.call_later(0.0, self._gossip_tick)
 
     def _take_updates(self, room: int) -> list[Any]:
         if not self._bq:
             return []
-        limit = self.cfg.retransmit_mult * max(2, math.ceil(math.log10(len(self.live_ids()) + 1)))
-        out = []
-        for key, item in sorted(self._bq.items(), key=lambda kv: kv[1][0])[:32]:
-            if item[2] > room:
-                continue
-            room -= item[2]
-            out.append(item[1])
-            item[0] += 1
-            if item[0] >= limit:
-                del self._bq[key]
-        return out
+        return self._bq.take(room, retransmit_limit(self.cfg.retransmit_mult, len(self.live_ids())))
 
     def _send_msg(self, addr: str, msg: list[Any], gossip: bool = True) -> None:
         if gossip and self._bq:  # ping and ack headers are under 120 bytes
             msg[-1].extend(self._take_updates(self.cfg.max_packet - 120 - sum(len(u[1]) + 40 for u in msg[-1])))
-        self._send(addr, _encode(msg))
+        self._send(addr, encode(msg))
 
     def _gossip_tick(self) -> None:
         self._timers[1] = None
