@@ -31,6 +31,7 @@ def encode(msg: list[Any]) -> bytes:
 
 
 _IDS: dict[str, int] = {}
+_FIRST: dict[str, int] = {}
 _M64 = (1 << 64) - 1
 
 
@@ -46,7 +47,18 @@ def hid(mid: str) -> int:
 
 def hinc(mid: str, inc: int) -> int:
     """(id, incarnation) mixed (splitmix64), so equal incarnation bumps cannot cancel in an XOR."""
-    z = (hid(mid) + (inc + 1) * 0x9E3779B97F4A7C15) & _M64
+    if inc == 0:  # what every member starts with: cached like the id hash
+        h = _FIRST.get(mid)
+        if h is None:
+            if len(_FIRST) > 1 << 20:
+                _FIRST.clear()
+            h = _FIRST[mid] = _mix(hid(mid), 0)
+        return h
+    return _mix(hid(mid), inc)
+
+
+def _mix(h: int, inc: int) -> int:
+    z = (h + (inc + 1) * 0x9E3779B97F4A7C15) & _M64
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
     return z ^ (z >> 31)

@@ -152,12 +152,14 @@ class Membership:
 
     def bootstrap(self, members: list[tuple[str, str]]) -> None:
         """Start from a known member list (all alive, incarnation 0), as a finished join leaves it."""
-        now = self.sched.time()
+        now, table = self.sched.time(), self.members
+        view_fp, sync_fp = self.view_fp, self.sync_fp
         for mid, addr in members:
-            if mid not in self.members:
-                self.members[mid] = Member(mid, addr, 0, ALIVE, now)
-                self.view_fp ^= hid(mid)
-                self.sync_fp ^= hinc(mid, 0)
+            if mid not in table:
+                table[mid] = Member(mid, addr, 0, ALIVE, now)
+                view_fp ^= hid(mid)
+                sync_fp ^= hinc(mid, 0)
+        self.view_fp, self.sync_fp = view_fp, sync_fp
         self._live = None
 
     # -- incoming ---------------------------------------------------------------------------------
