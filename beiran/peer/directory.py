@@ -232,10 +232,12 @@ class Directory:
 
     def holders(self, digest: str) -> list[str]:
         """Live holders this node knows as an owner, a random sample of at most answer_max."""
-        held = [h for h in self.table.get(digest, ()) if self.view.state(h) not in (None, DEAD)]
-        if len(held) > self.cfg.answer_max:
-            held = self.rng.sample(held, self.cfg.answer_max)
-        return held
+        held = list(self.table.get(digest, ()))
+        want = self.cfg.answer_max
+        live = [h for h in self.rng.sample(held, min(len(held), 3 * want)) if self.view.state(h) not in (None, DEAD)]
+        if len(live) < want and len(held) > 3 * want:  # many of a popular digest's holders died
+            live = [h for h in held if self.view.state(h) not in (None, DEAD)]
+        return live[:want] if len(live) <= want else self.rng.sample(live, want)
 
     # -- messages ----------------------------------------------------------------------------------
     def on_message(self, src: str, data: bytes) -> None:
