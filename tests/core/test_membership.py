@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from beiran.peer.membership import ALIVE, DEAD, SUSPECT, SwimConfig
+from beiran.peer.membership import ALIVE, DEAD, SUSPECT, Membership, SwimConfig
 from beiran_testkit.simnet import SimCluster
 
 
@@ -118,3 +118,78 @@ def test_member_table_is_capped():
         ups = [["a", f"n{batch}-{i}", 0, f"10.1.{batch}.{i}:1"] for i in range(20)]
         m.on_message(c.members[1].addr, json.dumps(["g", ups]).encode())
     assert len(m.members) == 50
+
+
+def test_the_same_code_runs_on_an_asyncio_loop_over_real_udp_sockets():
+    """Transport-agnostic for real: five members on loopback UDP sockets, the asyncio loop as the
+    scheduler; one socket closed (a crash) and the other four declare it dead."""
+    import asyncio
+
+    cfg = SwimConfig(probe_interval=0.1, probe_timeout=0.04, gossip_interval=0.05)
+
+    class Endpoint(asyncio.DatagramProtocol):
+        member = None
+
+        def datagram_received(self, data, addr):
+            if self.member is not None:
+                self.member.on_message(f"{addr[0]}:{addr[1]}", data)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        socks = []
+        for _ in range(5):
+            transport, proto = await loop.create_datagram_endpoint(Endpoint, local_addr=("127.0.0.1", 0))
+            socks.append((transport, proto))
+        addrs = ["{}:{}".format(*t.get_extra_info("sockname")[:2]) for t, _ in socks]
+        members = []
+        for i, (transport, proto) in enumerate(socks):
+            def send(dst, data, t=transport):
+                host, port = dst.rsplit(":", 1)
+                t.sendto(data, (host, int(port)))
+            proto.member = Membership(f"n{i}", addrs[i], send, loop, cfg)
+            members.append(proto.member)
+        members[0].start()
+        for m in members[1:]:
+            m.start(seeds=[addrs[0]])
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if all(len(m.live_ids()) == 5 for m in members):
+                break
+        assert all(len(m.live_ids()) == 5 for m in members)
+        socks[3][0].close()
+        members[3].stop()
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            if all(m.state("n3") == DEAD for i, m in enumerate(members) if i != 3):
+                break
+        states = [m.state("n3") for i, m in enumerate(members) if i != 3]
+        others = [m.state(f"n{j}") for i, m in enumerate(members) if i != 3 for j in range(5) if j not in (i, 3)]
+        for m in members:
+            m.stop()
+        for t, _ in socks:
+            t.close()
+        return states, others
+
+    states, others = asyncio.run(main())
+    assert states == [DEAD] * 4
+    assert set(others) == {ALIVE}
+
+
+def test_suspicion_timeout_falls_from_max_to_min_with_confirmations_and_news_is_sent_a_bounded_number_of_times():
+    from beiran.peer.gossip import BroadcastQueue, retransmit_limit, suspicion_timeout
+
+    waits = [suspicion_timeout(c, 3, 3.0, 18.0) for c in range(5)]
+    assert waits[0] == 18.0 and waits[3] == waits[4] == 3.0
+    assert waits == sorted(waits, reverse=True)
+    assert suspicion_timeout(0, 0, 3.0, 18.0) == 3.0  # two-node cluster: nobody can confirm
+
+    q = BroadcastQueue()
+    q.put(["s", "m1", 4, "a"])
+    q.put(["s", "m1", 4, "b"], key="m1|b")  # a confirmation rides along
+    q.put(["a", "m1", 5, "10.0.0.1:1"])  # newer news about m1 voids both
+    limit = retransmit_limit(4, 1000)
+    assert limit == 16  # 4 x ceil(log10(1001))
+    sent = [q.take(1400, limit) for _ in range(20)]
+    assert sum(len(s) for s in sent) == limit
+    assert all(s == [["a", "m1", 5, "10.0.0.1:1"]] for s in sent[:limit])
+    assert len(q) == 0
