@@ -193,3 +193,12 @@ def test_suspicion_timeout_falls_from_max_to_min_with_confirmations_and_news_is_
     assert sum(len(s) for s in sent) == limit
     assert all(s == [["a", "m1", 5, "10.0.0.1:1"]] for s in sent[:limit])
     assert len(q) == 0
+
+
+def test_a_leaving_member_is_dead_everywhere_without_waiting_for_suspicion():
+    c = SimCluster(25, seed=12)
+    c.run(2)
+    c.members[9].leave()
+    took = c.run_until(lambda: states(c, 9) == {DEAD}, limit=20, step=0.05)
+    assert took is not None and took < 1.0  # gossip time, not a suspicion timeout (>= 2 s here)
+    assert sum(m.stats["suspect"] for m in c.members) == 0
