@@ -37,6 +37,7 @@ from beiran.peer.gossip import (
 ALIVE, SUSPECT, DEAD = "alive", "suspect", "dead"
 GONE = "gone"  # a dead record forgotten after `dead_keep`: listeners free what they kept for it
 MAX_ID, MAX_ADDR, MAX_INC = 64, 128, 1 << 53
+MAX_RELAYS = 256  # indirect probes relayed for others at once
 
 
 Send = Callable[[str, bytes], None]
@@ -414,8 +415,8 @@ class Membership:
 
     def _relay(self, src: str, their_seq: int, target: str, addr: str) -> None:
         m = self.members.get(target)
-        if m is None or m.addr != addr:  # only members this node knows, at the address it knows
-            return
+        if m is None or m.addr != addr or len(self._relays) >= MAX_RELAYS:
+            return  # only members this node knows, at the address it knows, a bounded number at once
         seq = next(self._seq)
         self._relays[seq] = (src, their_seq)
         self._send_msg(addr, ["p", seq, target, []], gossip=False)
