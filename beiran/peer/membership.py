@@ -309,7 +309,11 @@ class Membership:
         if was_live != is_live:
             self.view_fp ^= hid(m.id)
             self.sync_fp ^= hinc(m.id, m.inc)
-            self._live = None
+            if self._live is not None:  # kept in step rather than rebuilt: N members, N nodes
+                if is_live:
+                    self._live.append(m.id)
+                else:
+                    self._live.remove(m.id)
         m.state, m.since = new, self.sched.time()
         if new != SUSPECT and m.id in self._suspicions:
             h = self._suspicions.pop(m.id).handle
