@@ -161,9 +161,10 @@ class Directory:
         if self.view.state(owner) in (None, DEAD) or tries >= self.cfg.resend_max:
             del self._unacked[bid]  # a dead owner's keys were handed to the next owner already
             return
-        self._unacked[bid] = (owner, ops, tries + 1)
-        if tries:
+        if tries:  # say what is true now: a resent "+" must not undo a later "-" that got through
             self.stats["resent"] += 1
+            ops = [["+" if d in self.local and owner in self._owners.get(d, ()) else "-", d] for _, d in ops]
+        self._unacked[bid] = (owner, ops, tries + 1)
         self._send(owner, encode(["d+", bid, self.epoch, ops]))
         self.sched.call_later(self.cfg.resend * (1 + tries), self._resend, bid)
 

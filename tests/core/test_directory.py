@@ -171,3 +171,24 @@ def test_holder_picker_spreads_requests_over_holders():
     picker.done("h1")
     picker.done("h1")
     assert picker.pick(["h1", "h2"]) == "h1"
+
+
+def test_a_resent_addition_does_not_undo_a_later_removal():
+    c = SimCluster(6, seed=27)
+    c.run(1)
+    holder = c.dirs[2]
+    sent = c.links.send
+    dropped = []
+
+    def lossy(src, dst, data, extra=0.0):
+        if not dropped and b'"+"' in data:
+            dropped.append(data)  # the first batch (the addition) is lost
+            return
+        sent(src, dst, data, extra)
+    c.links.send = lossy
+    holder.add(digest(5))
+    c.run(0.1)  # the addition went out (and was lost); now the holder drops the blob
+    holder.remove(digest(5))
+    c.run(3)  # the removal arrives first, then the resend of the lost batch
+    assert dropped and holder.stats["resent"] >= 1
+    assert all(c.members[2].id not in d.table.get(digest(5), ()) for d in c.dirs)
