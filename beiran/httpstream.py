@@ -22,7 +22,6 @@ from beiran.errors import UpstreamError
 
 BUFFER_LIMIT = 4 << 20
 READ_CHUNK = 1 << 20
-_EOF = object()
 
 
 class StreamResponse(httputil.HTTPMessageDelegate):
@@ -32,13 +31,13 @@ class StreamResponse(httputil.HTTPMessageDelegate):
         self.reason = ""
         self.headers = httputil.HTTPHeaders()
         self._headers_seen = asyncio.get_running_loop().create_future()
-        self._buf: deque = deque()
+        self._buf: deque[bytes | UpstreamError | None] = deque()  # None: the end of the body
         self._buf_bytes = 0
         self._space = asyncio.Event()
         self._space.set()
         self._more = asyncio.Event()
         self._conn: HTTP1Connection | None = None
-        self._task: asyncio.Future | None = None
+        self._task: asyncio.Future[bool] | None = None
 
     # delegate side (Tornado calls these)
     def headers_received(self, start_line: httputil.ResponseStartLine,  # type: ignore[override]
@@ -47,7 +46,7 @@ class StreamResponse(httputil.HTTPMessageDelegate):
         if not self._headers_seen.done():
             self._headers_seen.set_result(None)
 
-    async def data_received(self, chunk: bytes) -> None:  # type: ignore[override]
+    async def data_received(self, chunk: bytes) -> None:
         self._buf.append(chunk)
         self._buf_bytes += len(chunk)
         self._more.set()
@@ -56,7 +55,7 @@ class StreamResponse(httputil.HTTPMessageDelegate):
             await self._space.wait()
 
     def finish(self) -> None:
-        self._buf.append(_EOF)
+        self._buf.append(None)
         self._more.set()
 
     def on_connection_close(self) -> None:
@@ -75,7 +74,7 @@ class StreamResponse(httputil.HTTPMessageDelegate):
                 except TimeoutError:
                     raise UpstreamError(f"{self.url}: no data for {idle_timeout:.0f}s") from None
             item = self._buf.popleft()
-            if item is _EOF:
+            if item is None:
                 return
             if isinstance(item, Exception):
                 raise item

@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING, Any
 from beiran.plugin import PLUGIN_BASES, BasePlugin, PluginStatus
 
 if TYPE_CHECKING:
+    from tornado.web import RequestHandler
+
     from beiran.context import DaemonContext
+    from beiran.models.base import BaseModel
+
+    Route = tuple[str, type[RequestHandler], dict[str, Any]]
 
 log = logging.getLogger(__name__)
 NAMESPACE = "beiran_plugins"
@@ -66,8 +71,9 @@ class PluginRecord:
     distribution: str | None = None
     instance: BasePlugin | None = None
     error: str | None = None
-    routes: list[tuple] = field(default_factory=list)
-    models: list[type] = field(default_factory=list)
+    #: (pattern, handler class, handler kwargs) of the plugin's api.py `ROUTES`
+    routes: list[Route] = field(default_factory=list)
+    models: list[type[BaseModel]] = field(default_factory=list)
     #: console panels from the plugin's api.py `UI_PANELS`: (title, url under /<name>/)
     panels: list[tuple[str, str]] = field(default_factory=list)
 
@@ -170,7 +176,7 @@ class PluginManager:
             rec.panels.append((str(title), str(url)))
 
     @staticmethod
-    def _optional(base: str, modname: str, attr: str, default_scan: bool = False) -> list:
+    def _optional(base: str, modname: str, attr: str, default_scan: bool = False) -> list[Any]:
         try:
             module = importlib.import_module(f"{base}.{modname}")
         except ModuleNotFoundError as exc:
@@ -185,42 +191,43 @@ class PluginManager:
                     and o is not BaseModel and o.__module__ == module.__name__]
         return []
 
-    def all_models(self) -> list[type]:
+    def all_models(self) -> list[type[BaseModel]]:
         return [m for r in self.records.values() if r.instance and not r.error for m in r.models]
 
-    def all_routes(self) -> list[tuple]:
+    def all_routes(self) -> list[Route]:
         return [route for r in self.records.values() if r.instance and not r.error for route in r.routes]
 
     def ui_panels(self) -> list[tuple[str, str, str]]:
         """(plugin, title, url) of every live plugin's console panels."""
-        return [(r.name, title, url) for r in self._live() for title, url in r.panels]
+        return [(r.name, title, url) for r, _ in self._live() for title, url in r.panels]
 
     async def init_all(self) -> None:
-        for rec in self._live():
+        for rec, plugin in self._live():
             try:
-                await rec.instance.init(self.ctx.config.plugin_section(rec.name))
+                await plugin.init(self.ctx.config.plugin_section(rec.name))
             except Exception as exc:  # noqa: BLE001
                 self._fail(rec, "init", exc)
 
     async def start_all(self) -> None:
-        for rec in self._live():
+        for rec, plugin in self._live():
             try:
-                await rec.instance.start()
-                rec.instance.status = PluginStatus.READY
+                await plugin.start()
+                plugin.status = PluginStatus.READY
                 log.info("plugin %s %s started", rec.name, rec.version)
             except Exception as exc:  # noqa: BLE001
                 self._fail(rec, "start", exc)
 
     async def stop_all(self) -> None:
-        for rec in reversed(list(self._live())):
+        for rec, plugin in reversed(self._live()):
             try:
-                await rec.instance.stop()
-                rec.instance.status = PluginStatus.STOPPED
+                await plugin.stop()
+                plugin.status = PluginStatus.STOPPED
             except Exception as exc:  # noqa: BLE001
                 log.warning("plugin %s: stop failed: %s", rec.name, exc)
 
-    def _live(self) -> list[PluginRecord]:
-        return [r for r in self.records.values() if r.instance is not None and not r.error]
+    def _live(self) -> list[tuple[PluginRecord, BasePlugin]]:
+        """Loaded plugins that have not failed, in load order (a dependency before its dependents)."""
+        return [(r, r.instance) for r in self.records.values() if r.instance is not None and not r.error]
 
     def to_list(self) -> list[dict[str, Any]]:
         return [self.records[n].to_dict() for n in sorted(self.records)]

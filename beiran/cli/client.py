@@ -75,8 +75,10 @@ def default_sockets() -> list[tuple[str, str]]:
     cwd = [(str(p), "quick-start daemon") for p in by_cwd]
     tried = [configured, *venv] if cfg.source_file or where != "default socket" else [*venv, configured]
     tried += cwd
-    seen: set[str] = set()
-    return [t for t in tried if not (t[0] in seen or seen.add(t[0]))]
+    unique: dict[str, tuple[str, str]] = {}
+    for path, why in tried:
+        unique.setdefault(path, (path, why))  # the first reason given for a path wins
+    return list(unique.values())
 
 
 def _why_not(path: str, exc: OSError | None) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from beiran.cli.errors import CLIError
@@ -9,7 +11,7 @@ from beiran.cli.main import client
 from beiran.cli.output import emit_json, json_option, table
 
 
-def installed_plugins() -> list[dict]:
+def installed_plugins() -> list[dict[str, Any]]:
     """Installed plugins without a daemon: names and distributions (imports no plugin code)."""
     from beiran.plugin_loader import plugin_distributions, plugin_names
 

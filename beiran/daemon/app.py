@@ -15,6 +15,7 @@ from beiran.handlers import NotFoundHandler
 from beiran.peer.serving import BlobHandler
 from beiran.peer.websocket import PeerSocketHandler
 from beiran.store import api as store_api
+from beiran.tasks import spawn
 from beiran.ui import handlers as ui_handlers
 
 
@@ -55,14 +56,14 @@ class PlainHTTPServer(HTTPServer):
     """
 
     def handle_stream(self, stream: Any, address: Any) -> None:
-        asyncio.ensure_future(self._sniff(stream, address))
+        spawn(self._sniff(stream, address), "TLS sniffing a new connection")
 
     async def _sniff(self, stream: Any, address: Any) -> None:
         loop = asyncio.get_running_loop()
         sock = stream.socket
         fd = sock.fileno()
         ready = loop.create_future()
-        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+        loop.add_reader(fd, lambda: None if ready.done() else ready.set_result(None))
         try:
             await asyncio.wait_for(ready, 2.0)
         except TimeoutError:

@@ -58,6 +58,12 @@ class FetchJob:
         finally:
             waiter.cancel()
 
+    def live_writer(self) -> BlobWriter:
+        """The writer, for the steps of a download that run only while the job has one."""
+        if self.writer is None:
+            raise RuntimeError(f"fetch of {self.digest[:19]} has no writer now")
+        return self.writer
+
     @property
     def failed(self) -> bool:
         return self.done.done() and (self.done.cancelled() or self.done.exception() is not None)
@@ -164,7 +170,7 @@ class Fetcher:
         for _ in range(MAX_RESTARTS):
             try:
                 await self._fill(job)
-                return await self.ctx.store.commit(job.writer)
+                return await self.ctx.store.commit(job.live_writer())
             except VerificationError as exc:
                 self.ctx.metrics.verify_failures.inc()
                 if job.writer is not None and self.ctx.store.writing(job.digest) is job.writer:
@@ -195,8 +201,7 @@ class Fetcher:
         return complete, partial
 
     async def _fill(self, job: FetchJob) -> None:
-        writer = job.writer
-        assert writer is not None
+        writer = job.live_writer()
         failed: set[str] = set()
         delegated = False
         cfg = self.ctx.config.fetch
@@ -210,7 +215,7 @@ class Fetcher:
                 writer.seek(writer.available)
                 failed |= used
                 continue
-            node = (complete or partial or [None])[0]
+            node = next(iter(complete or partial), None)
             if node is not None:
                 if await self._try_peer(job, node, failed):
                     return
@@ -239,7 +244,7 @@ class Fetcher:
         return None if found == self.ctx.identity.uuid else found
 
     async def _try_peer(self, job: FetchJob, node: str, failed: set[str]) -> bool:
-        writer = job.writer
+        writer = job.live_writer()
         try:
             job.contributors.add(node)
             await self.peers.stream_into(job, node, writer.position)
@@ -262,7 +267,7 @@ class Fetcher:
         try:
             answer = await call_fetch(conn, job.digest, job.size, job.source)
             if job.size is None and isinstance(answer, dict) and answer.get("size"):
-                job.size = job.writer.size = int(answer["size"])
+                job.size = job.live_writer().size = int(answer["size"])
         except BeiranError as exc:
             log.info("owner %s could not fetch %s (%s); going to the origin myself", owner[:8],
                      job.digest[:19], exc.message)
@@ -271,7 +276,7 @@ class Fetcher:
         return await self._try_peer(job, owner, failed)
 
     async def _from_origin(self, job: FetchJob) -> None:
-        writer = job.writer
+        writer = job.live_writer()
         offset = writer.position
         self.ctx.metrics.fetch_requests.labels("origin").inc()
         stream = await open_origin(self.ctx, job.source or {}, job.digest, offset)

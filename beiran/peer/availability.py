@@ -34,7 +34,7 @@ class Availability:
             if digest not in self.local:
                 return []
             del self.local[digest]
-            entry = ["-", digest]
+            entry: list[Any] = ["-", digest]
         else:
             state = COMPLETE if op == "+" else PARTIAL
             if self.local.get(digest, (None,))[0] == COMPLETE and state == PARTIAL:
@@ -85,7 +85,8 @@ class Availability:
 
     def holders(self, digest: str) -> tuple[list[str], list[str]]:
         """(online nodes holding it complete, online nodes downloading it)."""
-        complete, partial = [], []
+        complete: list[str] = []
+        partial: list[str] = []
         for node, p in self.peers.items():
             if not p.online:
                 continue

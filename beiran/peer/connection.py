@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from beiran.errors import BeiranError, UpstreamError
 from beiran.models.node import NodeStatus
+from beiran.tasks import spawn
 
 if TYPE_CHECKING:
     from beiran.peer.manager import PeerManager
@@ -180,7 +181,7 @@ class PeerConnection:
 
     def _on_rpc(self, msg: dict[str, Any]) -> None:
         call_id = int(msg["id"])
-        asyncio.ensure_future(self._answer(call_id, str(msg["m"]), msg.get("p") or {}))
+        spawn(self._answer(call_id, str(msg["m"]), msg.get("p") or {}), "answering a peer's rpc")
 
     async def _answer(self, call_id: int, method: str, params: dict[str, Any]) -> None:
         from beiran.peer import protocol

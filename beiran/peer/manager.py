@@ -19,6 +19,7 @@ from beiran.errors import BadRequest, UpstreamError
 from beiran.models.node import Node, NodeStatus
 from beiran.peer.availability import Availability
 from beiran.peer.connection import PeerConnection
+from beiran.tasks import spawn
 
 if TYPE_CHECKING:
     from beiran.context import DaemonContext
@@ -140,7 +141,7 @@ class PeerManager:
                 self._add_found_by(node, via)
         elif not conn.outbound and not self.found_by.get(node):
             self._add_found_by(node, "inbound")
-        asyncio.ensure_future(self._save_node(conn, NodeStatus.SYNCING))
+        spawn(self._save_node(conn, NodeStatus.SYNCING), "saving a node")
         return True
 
     def unregister(self, conn: PeerConnection) -> None:
@@ -148,7 +149,7 @@ class PeerManager:
             del self.conns[conn.uuid]
             self.avail.set_online(conn.uuid, False)
             log.info("peer %s (%s) offline: %s", conn.uuid[:8], conn.info.get("url"), conn.close_reason)
-            asyncio.ensure_future(self._save_node(conn, NodeStatus.OFFLINE))
+            spawn(self._save_node(conn, NodeStatus.OFFLINE), "saving a node")
             self.ctx.bus.emit(events.NODE_OFFLINE, uuid=conn.uuid)
 
     def on_online(self, conn: PeerConnection) -> None:
@@ -161,7 +162,7 @@ class PeerManager:
 
     def node_status(self, node: str, status: NodeStatus, conn: PeerConnection) -> None:
         if self.conns.get(node) is conn:
-            asyncio.ensure_future(self._save_node(conn, status))
+            spawn(self._save_node(conn, status), "saving a node")
 
     def _add_found_by(self, node: str, via: str) -> None:
         have = self.found_by.setdefault(node, set())

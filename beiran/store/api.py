@@ -81,7 +81,7 @@ class BlobUploadHandler(BaseHandler):
         self.algorithm = self.get_query_argument("algorithm", "sha256")
         if self.algorithm not in ALGORITHMS:
             raise BadRequest(f"algorithm must be one of {', '.join(ALGORITHMS)}")
-        self.request.connection.set_max_body_size(1 << 62)
+        self.http_connection().set_max_body_size(1 << 62)
         self._queue: asyncio.Queue = asyncio.Queue(maxsize=8)
         length = self.request.headers.get("Content-Length")
         size = int(length) if length and length.isdigit() else None

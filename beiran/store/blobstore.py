@@ -337,11 +337,8 @@ class BlobStore(Retention):
     async def read(self, target: BlobEntry | BlobWriter, start: int = 0, end: int | None = None,
                    chunk_size: int = READ_CHUNK, timeout: float = 60.0) -> AsyncIterator[bytes]:
         """Bytes [start, end) of a blob; for a growing blob, waits for them to arrive."""
-        if isinstance(target, BlobEntry):
-            path, total = self.file_of(target), target.size
-        else:
-            path, total = str(target.tmp_path), target.size
-        end = total if end is None else end
+        path = self.file_of(target) if isinstance(target, BlobEntry) else str(target.tmp_path)
+        end = target.size if end is None else end
         try:
             fd = await self.ctx.run_blocking(os.open, path, os.O_RDONLY)
         except FileNotFoundError:
@@ -353,7 +350,7 @@ class BlobStore(Retention):
             entry = self.entries.get(str(target.digest))
             if entry is None:
                 raise
-            target, path, total = entry, self.file_of(entry), entry.size
+            target, path = entry, self.file_of(entry)
             end = entry.size if end is None else min(end, entry.size)
             fd = await self.ctx.run_blocking(os.open, path, os.O_RDONLY)
         try:
@@ -366,7 +363,7 @@ class BlobStore(Retention):
                         await target.wait_for_growth(pos, timeout)
                     limit = target.available
                 else:
-                    limit = total
+                    limit = target.size
                 want = min(chunk_size, (end if end is not None else limit) - pos, limit - pos)
                 if want <= 0:
                     continue

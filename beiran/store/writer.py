@@ -74,7 +74,7 @@ class BlobWriter:
             self._on_grow(self)
 
     # -- writing (thread side) -----------------------------------------------------------------
-    def _write_at_sync(self, offset: int, data: bytes) -> None:
+    def _write_at_sync(self, offset: int, data: bytes | memoryview) -> None:
         view = memoryview(data)
         written = 0
         try:

@@ -162,7 +162,7 @@ class ProxyHandler(tornado.web.RequestHandler):
                     await self.flush()
             except (BeiranError, StreamClosedError) as exc:
                 log.info("apt: pass-through of %s stopped: %s", target.url, exc)
-                self.request.connection.close()
+                self.http_connection().close()
                 return
         self.finish()
 
@@ -209,7 +209,7 @@ class ProxyHandler(tornado.web.RequestHandler):
             except (BeiranError, TimeoutError, OSError) as exc:
                 if sent:  # apt has part of it: cut, so it retries instead of keeping bad bytes
                     log.warning("apt: %s cut after %d bytes: %s", target.url, sent, exc)
-                    self.request.connection.close()
+                    self.http_connection().close()
                     return
                 failed = job.done.done() and not job.done.cancelled() and job.done.exception() is not None
                 if failed:

@@ -219,7 +219,7 @@ async def serve_blob(handler: BaseHandler, digest: str, source: dict[str, Any] |
             return
         except Exception as exc:  # noqa: BLE001 - headers are gone: all we can do is cut the body
             log.info("serving blob %s stopped at byte %d: %s", digest[:19], start + sent, exc)
-            handler.request.connection.close()
+            handler.http_connection().close()
             return
     handler.finish(held)
 

@@ -88,7 +88,7 @@ async def _serve_local(handler: BaseHandler, plugin: NPMPlugin, digest: str) -> 
 def abort(handler: BaseHandler) -> None:
     """End a response whose headers are gone: close the connection so the client sees it cut
     (a clean end of a chunked body would look complete), and tell Tornado it is over."""
-    handler.request.connection.close()
+    handler.http_connection().close()
     handler._finished = True
 
 
