@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import tornado.web
 from tornado.http1connection import HTTP1Connection
+from tornado.httputil import HTTPServerRequest
 
 from beiran.errors import BeiranError, Forbidden, InvalidJSON, PayloadTooLarge, UnknownCommand
 
@@ -61,11 +62,7 @@ class BaseHandler(tornado.web.RequestHandler):
         return ctx
 
     def http_connection(self) -> HTTP1Connection:
-        """The connection this request came on (Tornado types it as the abstract interface)."""
-        conn = self.request.connection
-        if not isinstance(conn, HTTP1Connection):
-            raise TypeError(f"{type(conn).__name__} is not an HTTP/1 connection")
-        return conn
+        return http_connection(self.request)
 
     def is_unix_socket(self) -> bool:
         return getattr(self.http_connection().context, "address_family", None) == socket.AF_UNIX
@@ -126,6 +123,14 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(data, default=str))
+
+
+def http_connection(request: HTTPServerRequest) -> HTTP1Connection:
+    """The connection a request came on (Tornado types it as the abstract interface)."""
+    conn = request.connection
+    if not isinstance(conn, HTTP1Connection):
+        raise TypeError(f"{type(conn).__name__} is not an HTTP/1 connection")
+    return conn
 
 
 def check_client_address(config: Config, remote_ip: str | None) -> None:

@@ -64,6 +64,12 @@ class FetchJob:
             raise RuntimeError(f"fetch of {self.digest[:19]} has no writer now")
         return self.writer
 
+    def error(self) -> BaseException | None:
+        """What the fetch ended with: None while it runs or when it succeeded."""
+        if not self.done.done():
+            return None
+        return asyncio.CancelledError() if self.done.cancelled() else self.done.exception()
+
     @property
     def failed(self) -> bool:
         return self.done.done() and (self.done.cancelled() or self.done.exception() is not None)

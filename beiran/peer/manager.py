@@ -16,6 +16,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from beiran import events
 from beiran.config import normalize_peer_url
 from beiran.errors import BadRequest, UpstreamError
+from beiran.models.base import dict_rows
 from beiran.models.node import Node, NodeStatus
 from beiran.peer.availability import Availability
 from beiran.peer.connection import PeerConnection
@@ -51,7 +52,7 @@ class PeerManager:
 
     # -- targets ---------------------------------------------------------------------------------
     async def start(self) -> None:
-        rows = await self.ctx.run_db(lambda: list(Node.select().dicts()))
+        rows = await self.ctx.run_db(lambda: dict_rows(Node.select()))
         for r in rows:
             # discovery plugins start before this and may have found (and connected) nodes already:
             # what they recorded this run wins over the last run's record

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from beiran import events
 from beiran.errors import BlobNotFound, Conflict, Forbidden, StorageFull, UpstreamError
+from beiran.models.base import dict_rows
 from beiran.models.blob import Blob, BlobRef
 from beiran.store.digest import Digest, parse_digest
 from beiran.store.retention import Retention
@@ -73,8 +74,8 @@ class BlobStore(Retention):
         if self.tmp_dir.exists():
             shutil.rmtree(self.tmp_dir, ignore_errors=True)  # leftovers of a crash
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        rows, refs = await self.ctx.run_db(lambda: (list(Blob.select().dicts()),
-                                                   list(BlobRef.select().dicts())))
+        rows, refs = await self.ctx.run_db(lambda: (dict_rows(Blob.select()),
+                                                   dict_rows(BlobRef.select())))
         for r in rows:
             self.entries[r["digest"]] = BlobEntry(r["digest"], r["size"], r["state"], r["path"],
                                                   r["media_type"], r["last_access"], r["created"])

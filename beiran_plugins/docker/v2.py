@@ -61,7 +61,7 @@ class OCIHandler(BaseHandler):
         this machine's own runtime (loopback), never to other clients in client_cidrs."""
         if not self.ctx.store.access_policies or self.is_unix_socket():
             return
-        if not ipaddress.ip_address(self.request.remote_ip).is_loopback:
+        if not ipaddress.ip_address(self.request.remote_ip or "").is_loopback:
             self.ctx.store.check_access(digest, None)
 
     def target(self, name: str) -> tuple[str, str]:

@@ -16,6 +16,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from beiran.models.base import dict_rows
 from beiran_plugins.k8s.models import K8sGrant, K8sImage, K8sPrivateBlob
 
 if TYPE_CHECKING:
@@ -40,9 +41,9 @@ class AccessPolicy:
 
         def db() -> tuple[list[dict], list[dict], list[dict]]:
             K8sGrant.delete().where(K8sGrant.expires < now).execute()
-            return (list(K8sImage.select(K8sImage.blobs, K8sImage.digest, K8sImage.index_digest)
-                         .where(K8sImage.private == False).dicts()),  # noqa: E712 - peewee expression
-                    list(K8sPrivateBlob.select().dicts()), list(K8sGrant.select().dicts()))
+            return (dict_rows(K8sImage.select(K8sImage.blobs, K8sImage.digest, K8sImage.index_digest)
+                              .where(K8sImage.private == False)),  # noqa: E712 - peewee expression
+                    dict_rows(K8sPrivateBlob.select()), dict_rows(K8sGrant.select()))
         public, private, grants = await self.ctx.run_db(db)
         for row in public:
             digests = [b["digest"] for b in row["blobs"] or []] + [row["digest"], row["index_digest"]]

@@ -116,8 +116,8 @@ class Puller:
             try:
                 resp = await self.plugin.runtime.pull_image(req)
             except BaseException:
-                if fetching.done() and not fetching.cancelled() and fetching.exception() is not None:
-                    raise fetching.exception() from None  # the fetch's error says more than the runtime's
+                if fetching.done() and not fetching.cancelled() and (error := fetching.exception()) is not None:
+                    raise error from None  # the fetch's error says more than the runtime's
                 fetching.cancel()
                 raise
             try:
@@ -165,7 +165,7 @@ class Puller:
             raise self._registry_error(ref, exc, creds) from None
         blobs = [{"digest": b.digest, "size": b.size, "media_type": b.media_type} for b in parsed.blobs]
         resolved = Resolved(ref, digest, data, parsed.media_type, blobs, index, upstream=up)
-        resolved.private = await self._is_private(ref, resolved.index[0] if index else digest, creds)
+        resolved.private = await self._is_private(ref, index[0] if index else digest, creds)
         return resolved
 
     @staticmethod
@@ -306,7 +306,7 @@ class Puller:
         except BaseException as exc:
             store.abort(writer, exc)
             if isinstance(exc, BeiranError):
-                raise self._registry_error(r.ref, exc, ("", "")) from None
+                raise self._registry_error(r.ref, exc, None) from None
             raise
 
     # -- 4. the record ---------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import ifaddr
@@ -54,7 +55,7 @@ def _resolve_host(host: str) -> str:
     if _ip(host) is not None:
         return host
     try:
-        return socket.getaddrinfo(host, None)[0][4][0]
+        return str(socket.getaddrinfo(host, None)[0][4][0])
     except (OSError, IndexError):
         raise ConfigError(f"zeroconf: cannot resolve the listen host {host!r}") from None
 
@@ -111,7 +112,7 @@ def select(configured: list[str], listen_host: str) -> Selection:
     return Selection(tuple(interfaces), tuple(announce), version, tuple(problems))
 
 
-def _index_of(adapters: list[ifaddr.Adapter], addr: str) -> int | None:
+def _index_of(adapters: Iterable[ifaddr.Adapter], addr: str) -> int | None:
     """The index of the interface holding `addr` (None for e.g. 127.x addresses nobody holds)."""
     ip = _ip(addr)
     for adapter in adapters:
