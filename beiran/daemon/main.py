@@ -117,7 +117,7 @@ async def run(config: Config) -> int:
             try:
                 await ctx.run_db(create_and_migrate, rec.models)
             except Exception as exc:  # noqa: BLE001
-                ctx.plugins._fail(rec, "schema", exc)
+                ctx.plugins.fail(rec, "schema", exc)
     ctx.availability = Availability()
     ctx.store = BlobStore(ctx, config.data_dir / "blobs")
     await ctx.store.open()

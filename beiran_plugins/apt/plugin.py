@@ -162,3 +162,6 @@ class AptPlugin(BasePackagePlugin):
             info.update({"archives": len(self.archive.bases), "keyrings": len(self.keyrings),
                          "counters": dict(self.stats + self.archive.stats)})
         return info
+
+
+PLUGIN = AptPlugin

@@ -142,3 +142,6 @@ class K8sPlugin(BaseInterfacePlugin):
             (K8sImage.image == image) | (K8sImage.image_id == image))))
         for row in rows:
             await self.ctx.store.unpin("k8s", row["image"])
+
+
+PLUGIN = K8sPlugin

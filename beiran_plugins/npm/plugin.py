@@ -166,3 +166,6 @@ class NPMPlugin(BasePackagePlugin):
         host = f"[{host}]" if ":" in host else host
         return {"registry": f"http://{host}:{cfg.listen_port}/npm/", "upstream": self.upstream.url,
                 "writes": self.writes, "metadata_ttl": self.packuments.ttl}
+
+
+PLUGIN = NPMPlugin

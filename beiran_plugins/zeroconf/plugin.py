@@ -180,3 +180,6 @@ class ZeroconfPlugin(BaseDiscoveryPlugin):
                           for t, (p, props) in sorted(self.wanted.items())],
             "services": self.browser.status() if self.browser else [],
         }
+
+
+PLUGIN = ZeroconfPlugin
