@@ -15,7 +15,6 @@ Handler = Callable[..., Awaitable[None] | None]
 # Event names used by core; plugins may add their own ("<plugin>.<event>").
 NODE_ONLINE = "node.online"
 NODE_OFFLINE = "node.offline"
-NODE_DISCOVERED = "node.discovered"
 BLOB_ADDED = "blob.added"
 BLOB_REMOVED = "blob.removed"
 BLOB_PROGRESS = "blob.progress"

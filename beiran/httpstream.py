@@ -18,7 +18,7 @@ from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters
 from tornado.iostream import StreamClosedError
 from tornado.tcpclient import TCPClient
 
-from beiran.errors import UpstreamError
+from beiran.errors import ResponseTooLarge, UpstreamError
 
 BUFFER_LIMIT = 4 << 20
 READ_CHUNK = 1 << 20
@@ -88,7 +88,7 @@ class StreamResponse(httputil.HTTPMessageDelegate):
         async for chunk in self.chunks(idle_timeout):
             n += len(chunk)
             if n > limit:
-                raise UpstreamError(f"{self.url}: response larger than {limit} bytes")
+                raise ResponseTooLarge(f"{self.url}: response larger than {limit} bytes")
             out.append(chunk)
         return b"".join(out)
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from beiran.cli.errors import CLIError
+from beiran.cli.errors import CLIError, DaemonNotRunning
 from beiran.cli.main import client
 from beiran.cli.output import emit_json, json_option, table
 
@@ -27,9 +27,7 @@ def plugins(as_json: bool) -> None:
     """Installed plugins: kind, distribution, version, status (from the daemon when it runs)."""
     try:
         rows = client(timeout=10).get("/status")["plugins"]
-    except CLIError as exc:
-        if "not running" not in exc.message:
-            raise
+    except DaemonNotRunning:
         rows = installed_plugins()
     if as_json:
         emit_json(rows)

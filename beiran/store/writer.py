@@ -165,12 +165,6 @@ class BlobWriter:
     def position(self) -> int:
         return self._pos + self._buf_len
 
-    def reset(self) -> None:
-        """Start over (the bytes failed verification); readers of the old bytes fail."""
-        os.ftruncate(self._fd, 0)
-        self._hasher = self.digest.hasher()
-        self._hashed, self._pos, self._pieces = 0, 0, {}
-
     async def finish(self, fsync: bool = True) -> str:
         """Verify digest and size. Returns the temp path, ready to rename; raises on mismatch."""
         await self.flush()
