@@ -40,8 +40,10 @@ class StreamResponse(httputil.HTTPMessageDelegate):
         self._task: asyncio.Future[bool] | None = None
 
     # delegate side (Tornado calls these)
-    def headers_received(self, start_line: httputil.ResponseStartLine,  # type: ignore[override]
+    def headers_received(self, start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
                          headers: httputil.HTTPHeaders) -> None:
+        if not isinstance(start_line, httputil.ResponseStartLine):  # a client connection gets responses
+            raise TypeError(f"{self.url}: got a request line on a client connection")
         self.code, self.reason, self.headers = start_line.code, start_line.reason, headers
         if not self._headers_seen.done():
             self._headers_seen.set_result(None)

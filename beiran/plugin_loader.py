@@ -16,9 +16,9 @@ import re
 import traceback
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from beiran.plugin import PLUGIN_BASES, BasePlugin, PluginStatus
+from beiran.plugin import PLUGIN_BASES, BaseDiscoveryPlugin, BasePlugin, PluginStatus
 
 if TYPE_CHECKING:
     from tornado.web import RequestHandler
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 NAMESPACE = "beiran_plugins"
+_P = TypeVar("_P", bound=BasePlugin)
 
 
 def plugin_names() -> list[str]:
@@ -152,9 +153,18 @@ class PluginManager:
             return rec.instance
         return None
 
+    def get_as(self, name: str, cls: type[_P]) -> _P | None:
+        """The running plugin `name` as its own class (for a plugin that declared it needs that
+        one, e.g. k8s -> docker), or None when it is not running."""
+        plugin = self.get(name)
+        return plugin if isinstance(plugin, cls) else None
+
     def of_kind(self, kind: str) -> list[BasePlugin]:
         return [r.instance for r in self.records.values()
                 if r.instance is not None and not r.error and r.kind == kind]
+
+    def discovery_plugins(self) -> list[BaseDiscoveryPlugin]:
+        return [p for p in self.of_kind("discovery") if isinstance(p, BaseDiscoveryPlugin)]
 
     def enabled_names(self) -> list[str]:
         return sorted(n for n, r in self.records.items() if r.enabled and not r.error)

@@ -11,10 +11,13 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from beiran.config import Config, parse_hostport
 from beiran.errors import BeiranError
+
+if TYPE_CHECKING:
+    from beiran.context import DaemonContext
 
 log = logging.getLogger("beiran.daemon")
 
@@ -154,7 +157,7 @@ async def run(config: Config) -> int:
     return 0
 
 
-def _wire_availability(ctx: Any) -> None:
+def _wire_availability(ctx: DaemonContext) -> None:
     """Local store changes become availability deltas for peers."""
     from beiran import events
 

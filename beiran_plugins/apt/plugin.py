@@ -97,7 +97,7 @@ class AptPlugin(BasePackagePlugin):
     async def _advertise(self) -> None:
         """Announce `_apt_proxy._tcp` through every discovery plugin once it is running."""
         props = {"beiran": self.ctx.identity.uuid, "version": __version__}
-        for plugin in self.ctx.plugins.of_kind("discovery"):
+        for plugin in self.ctx.plugins.discovery_plugins():
             for _ in range(300):
                 if plugin.status in (PluginStatus.READY, PluginStatus.ERROR, PluginStatus.STOPPED):
                     break
@@ -105,7 +105,7 @@ class AptPlugin(BasePackagePlugin):
             if plugin.status != PluginStatus.READY:
                 continue
             try:
-                if await plugin.advertise(SERVICE_TYPE, self.port, props):  # type: ignore[attr-defined]
+                if await plugin.advertise(SERVICE_TYPE, self.port, props):
                     log.info("apt: proxy advertised as %s via %s", SERVICE_TYPE, plugin.name)
             except Exception as exc:  # noqa: BLE001 - discovery is a nicety, never fatal
                 log.warning("apt: %s could not advertise the proxy: %s", plugin.name, exc)
@@ -115,7 +115,7 @@ class AptPlugin(BasePackagePlugin):
         base, path = params.get("base"), params.get("path")
         if not isinstance(base, str) or not base.endswith("/") or len(base) > 1024:
             raise BadRequest("apt source needs the archive base URL key it was seen under")
-        return {"base": base, "path": safe_relpath(path)}  # type: ignore[arg-type]
+        return {"base": base, "path": safe_relpath(path)}
 
     async def open_origin(self, params: dict[str, Any], digest: str, offset: int) -> OriginStream:
         url = self.archive.origin_url(params, digest)

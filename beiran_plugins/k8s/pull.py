@@ -23,6 +23,7 @@ import binascii
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,7 @@ from beiran_plugins.k8s.proto import api_pb2 as pb
 from beiran_plugins.k8s.status import CRIError, from_beiran
 
 if TYPE_CHECKING:
+    from beiran_plugins.docker.plugin import DockerPlugin
     from beiran_plugins.k8s.plugin import K8sPlugin
 
 log = logging.getLogger("beiran.k8s")
@@ -90,9 +92,11 @@ class Puller:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     @property
-    def docker(self) -> Any:
-        docker = self.ctx.plugins.get("docker")
-        if docker is None or not hasattr(docker, "upstream"):
+    def docker(self) -> DockerPlugin:
+        from beiran_plugins.docker.plugin import DockerPlugin
+
+        docker = self.ctx.plugins.get_as("docker", DockerPlugin)
+        if docker is None:
             raise CRIError(grpc.StatusCode.FAILED_PRECONDITION,
                            "the docker plugin is not running on this node; Beiran's CRI pulls go through it")
         return docker
@@ -139,7 +143,7 @@ class Puller:
         if ep.ca_file:
             section["ca_file"] = ep.ca_file
         if not anonymous:
-            given = creds or {"username": ep.username, "password": ep.password,
+            given: Mapping[str, str | None] = creds or {"username": ep.username, "password": ep.password,
                               "identity_token": ep.identity_token, "registry_token": ep.registry_token}
             section.update({k: v for k, v in given.items() if v})
         return Upstream({"upstream_timeout": base.timeout, "registries": {registry: section}})

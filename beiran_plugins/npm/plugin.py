@@ -47,8 +47,9 @@ class NPMPlugin(BasePackagePlugin):
 
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
-        self.upstream: Upstream = None  # type: ignore[assignment]
-        self.packuments: PackumentCache = None  # type: ignore[assignment]
+        # built by init() from the plugin's settings; nothing reads them before it ran
+        self.upstream: Upstream
+        self.packuments: PackumentCache
         self.writes = "refuse"
         self.allow_uppercase = False
         self.hold = 4 << 20
