@@ -20,7 +20,7 @@ from beiran.ui import handlers as ui_handlers
 
 
 def make_app(ctx: DaemonContext) -> tornado.web.Application:
-    routes: list = []
+    routes: list[Any] = []
     routes += core_api.ROUTES
     routes += store_api.ROUTES
     routes += ui_handlers.ROUTES

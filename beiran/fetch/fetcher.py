@@ -39,8 +39,8 @@ class FetchJob:
     size: int | None
     source: dict[str, Any] | None
     writer: BlobWriter | None = None
-    done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-    bytes_from: Counter = field(default_factory=Counter)  # local / peer / origin
+    done: asyncio.Future[BlobEntry] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    bytes_from: Counter[str] = field(default_factory=Counter)  # local / peer / origin
     contributors: set[str] = field(default_factory=set)  # peers whose bytes are in the writer
     bad: set[str] = field(default_factory=set)  # peers skipped for this blob
     started: float = field(default_factory=time.monotonic)
@@ -54,7 +54,8 @@ class FetchJob:
             return
         waiter = asyncio.ensure_future(self.ready.wait())
         try:
-            await asyncio.wait([waiter, self.done], return_when=asyncio.FIRST_COMPLETED)
+            either: list[asyncio.Future[Any]] = [waiter, self.done]
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
 

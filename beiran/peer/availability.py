@@ -28,7 +28,7 @@ class Availability:
         self.peers: dict[str, PeerHoldings] = {}
 
     # -- local ---------------------------------------------------------------------------------
-    def local_change(self, op: str, digest: str, size: int | None) -> list:
+    def local_change(self, op: str, digest: str, size: int | None) -> list[Any]:
         """Record a change of this node's holdings; returns the op for delta pushes."""
         if op == "-":
             if digest not in self.local:
@@ -45,10 +45,10 @@ class Availability:
         self._log.append((self.seq, entry))
         return entry
 
-    def snapshot(self) -> list[list]:
+    def snapshot(self) -> list[list[Any]]:
         return [[d, s, n] for d, (s, n) in self.local.items()]
 
-    def ops_since(self, seq: int) -> list[list] | None:
+    def ops_since(self, seq: int) -> list[list[Any]] | None:
         """Changes after `seq`, or None when the log no longer reaches back that far."""
         if seq == self.seq:
             return []

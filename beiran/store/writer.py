@@ -11,8 +11,9 @@ import errno
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from beiran.errors import BeiranError, StorageFull, UpstreamError, VerificationError
 from beiran.store.digest import Digest
@@ -23,7 +24,7 @@ FLUSH_BYTES = 1 << 20
 
 class BlobWriter:
     def __init__(self, digest: Digest, size: int | None, tmp_path: Path,
-                 run_io: Callable, on_grow: Callable[[BlobWriter], None] | None = None) -> None:
+                 run_io: Callable[..., Awaitable[Any]], on_grow: Callable[[BlobWriter], None] | None = None) -> None:
         self.digest = digest
         self.size = size
         self.tmp_path = tmp_path
@@ -37,7 +38,7 @@ class BlobWriter:
         self._buf: list[bytes] = []
         self._buf_len = 0
         self._pos = 0  # next offset for sequential feed()
-        self._inflight: asyncio.Future | None = None
+        self._inflight: asyncio.Future[None] | None = None
         self._grown = asyncio.Event()
         self.done = asyncio.get_running_loop().create_future()
         #: set once every byte is in and matches the digest (before the fsync and rename of commit):
