@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from beiran.errors import ConfigError
+from beiran.proxies import ProxyConfig, masked
+from beiran.proxies import resolve as resolve_proxy
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -87,6 +89,26 @@ class FetchConfig:
     origin_delegation: bool = True  # ask the blob's rendezvous owner to fetch cold blobs
 
 
+#: private, carrier-grade NAT, unique-local, link-local IPv6 and loopback ranges: where LAN peers live.
+#: 169.254.0.0/16 (cloud metadata services) and public addresses are left out on purpose.
+DEFAULT_PEER_CIDRS = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "127.0.0.0/8",
+                      "fc00::/7", "fe80::/10", "::1/128"]
+
+
+@dataclass
+class LimitsConfig:
+    """Caps on what peers and clients can make this node spend (see README, "Limits")."""
+
+    peer_max_blobs: int = 250_000  # blobs one peer may announce; beyond it the peer is dropped
+    peer_max_blobs_total: int = 2_000_000  # over all peers: the peer that goes past it is dropped
+    peer_forget_after: float = 60.0  # seconds a gone peer's holdings are kept for a quick resync
+    connections_per_ip: int = 256  # concurrent TCP connections from one address, on every listener
+    max_connections: int = 0  # concurrent TCP connections per listener; 0 = 3/4 of the open-file limit
+    header_timeout: float = 20.0  # seconds to send request headers (and idle keep-alive time)
+    body_timeout: float = 120.0  # seconds to send a request body
+    max_header_size: int = 64 << 10
+
+
 @dataclass
 class OfflineConfig:
     """Metadata from peers while an upstream is down (beiran/offline.py)."""
@@ -109,12 +131,15 @@ class Config:
     peers: list[str] = field(default_factory=list)
     cluster_token: str | None = None
     client_cidrs: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    peer_cidrs: list[str] = field(default_factory=lambda: list(DEFAULT_PEER_CIDRS))
     heartbeat_interval: float = 2.0
     heartbeat_timeout: float = 6.0
     origins: dict[str, str] = field(default_factory=dict)
     store: StoreConfig = field(default_factory=StoreConfig)
     fetch: FetchConfig = field(default_factory=FetchConfig)
     offline: OfflineConfig = field(default_factory=OfflineConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)  # upstream proxies for origin requests
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
     testing: dict[str, Any] = field(default_factory=dict)  # Beiran's own tests only: see TESTING_SWITCHES
     source_file: Path | None = None
@@ -140,6 +165,9 @@ class Config:
     def client_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [ipaddress.ip_network(c, strict=False) for c in self.client_cidrs]
 
+    def peer_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(c, strict=False) for c in self.peer_cidrs]
+
     def to_public_dict(self) -> dict[str, Any]:
         """The effective config, with secrets masked."""
         data = asdict(self)
@@ -151,6 +179,7 @@ class Config:
         if data.get("cluster_token"):
             data["cluster_token"] = "***"
         _mask_secrets(data["plugins"])
+        data["proxy"] = {k: masked(v) if k != "no_proxy" else v for k, v in data["proxy"].items()}
         return data
 
 
@@ -179,7 +208,8 @@ def _env_unknown(path: list[str]) -> str | None:
     """The dotted key an env var names when that is no setting (None when it is one). Plugin
     sections are the plugins' to check, as in the file."""
     top = {f.name for f in fields(Config)} - {"source_file"}
-    sections = {"store": StoreConfig, "fetch": FetchConfig}
+    sections = {"store": StoreConfig, "fetch": FetchConfig, "offline": OfflineConfig, "proxy": ProxyConfig,
+                "limits": LimitsConfig}
     dotted = ".".join(path)
     if not path[0] or path[0] not in top:
         return dotted
@@ -250,6 +280,8 @@ def _build_section(cls: type[_Section], data: dict[str, Any], where: str, origin
     if isinstance(obj, StoreConfig):
         obj.max_size = parse_size(obj.max_size, "store.max_size")
         obj.reserve_free = parse_size(obj.reserve_free, "store.reserve_free") or 0
+    if isinstance(obj, LimitsConfig):
+        obj.max_header_size = parse_size(obj.max_header_size, "limits.max_header_size") or (64 << 10)
     if isinstance(obj, FetchConfig):
         obj.large_blob_threshold = parse_size(obj.large_blob_threshold, "fetch.large_blob_threshold") or 0
         obj.piece_size = parse_size(obj.piece_size, "fetch.piece_size") or (8 << 20)
@@ -288,6 +320,8 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
         store = _build_section(StoreConfig, data.pop("store", {}) or {}, "store.", origin)
         fetch = _build_section(FetchConfig, data.pop("fetch", {}) or {}, "fetch.", origin)
         offline = _build_section(OfflineConfig, data.pop("offline", {}) or {}, "offline.", origin)
+        proxy = _build_section(ProxyConfig, data.pop("proxy", {}) or {}, "proxy.", origin)
+        limits = _build_section(LimitsConfig, data.pop("limits", {}) or {}, "limits.", origin)
         plugins = data.pop("plugins", {}) or {}
         if not isinstance(plugins, dict) or not all(isinstance(v, dict) for v in plugins.values()):
             raise ConfigError("config: [plugins.<name>] sections must be tables")
@@ -296,6 +330,8 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
         raise ConfigError(f"config: {exc}") from exc
     cfg.store, cfg.fetch, cfg.plugins, cfg.source_file = store, fetch, plugins, source
     cfg.offline = offline
+    cfg.proxy = resolve_proxy(proxy, environ)
+    cfg.limits = limits
     cfg.data_dir = Path(cfg.data_dir).expanduser()
     cfg.run_dir = Path(cfg.run_dir).expanduser() if cfg.run_dir else _default_run_dir(cfg.data_dir)
     cfg.socket = Path(cfg.socket).expanduser() if cfg.socket else None
@@ -307,6 +343,10 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
         cfg.client_networks()
     except ValueError as exc:
         raise ConfigError(f"config: client_cidrs: {exc}") from exc
+    try:
+        cfg.peer_networks()
+    except ValueError as exc:
+        raise ConfigError(f"config: peer_cidrs: {exc}") from exc
     _check_testing(cfg.testing, environ)
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"config: log_level must be debug, info, warning or error, not {cfg.log_level!r}")

@@ -73,7 +73,15 @@ class BaseHandler(tornado.web.RequestHandler):
             raise Forbidden("admin operations are accepted only on the local unix socket")
         if self.clients_only and not self.is_unix_socket():
             self.check_client_cidr()
-        if self.peer_auth and not self.is_unix_socket() and self.ctx.auth is not None:
+        if self.peer_auth and not self.is_unix_socket():
+            self.check_peer()
+
+    def check_peer(self) -> None:
+        """Peer routes: only from `peer_cidrs`, and with a valid, unused cluster token proof."""
+        peers = getattr(self.ctx, "peers", None)
+        if peers is not None and not peers.policy.allows_ip(self.request.remote_ip or ""):
+            raise Forbidden(f"{self.request.remote_ip} is not in peer_cidrs")
+        if self.ctx.auth is not None:
             self.ctx.auth.check_request(self.request)
 
     def check_client_cidr(self) -> None:
@@ -178,7 +186,10 @@ class JSONEndpoint(BaseHandler):
         if self._too_large:
             raise PayloadTooLarge(f"request body of {self._body_len} bytes exceeds the limit of "
                                   f"{self.max_body_size}")
-        return b"".join(self._body_chunks)
+        body = b"".join(self._body_chunks)
+        if self.peer_auth and not self.is_unix_socket() and self.ctx.auth is not None:
+            self.ctx.auth.check_body(self.request, body)  # streamed: checked once it is all here
+        return body
 
     def json_body(self, default: Any = None) -> Any:
         raw = self.body

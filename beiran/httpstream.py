@@ -2,6 +2,9 @@
 
 Tornado's AsyncHTTPClient streaming callback cannot slow the sender down, so a slow disk would let a
 fast peer fill memory; here `data_received` waits while the consumer is behind.
+
+Origin requests (`origin=True`) go through the configured upstream proxy (beiran/proxies.py): plain
+http as an absolute-URI request to the proxy, https through a CONNECT tunnel. Peer requests never do.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from urllib.parse import urljoin, urlsplit
 
 from tornado import httputil
 from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters
-from tornado.iostream import StreamClosedError
+from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpclient import TCPClient
 
+from beiran import proxies
 from beiran.errors import ResponseTooLarge, UpstreamError
 
 BUFFER_LIMIT = 4 << 20
@@ -100,8 +104,34 @@ class StreamResponse(httputil.HTTPMessageDelegate):
         self._space.set()
 
 
+async def _connect_tunnel(proxy: proxies.Proxy, host: str, port: int, netloc: str,
+                          tls: ssl.SSLContext) -> IOStream:
+    """A TLS stream to host:port through an HTTP proxy's CONNECT tunnel."""
+    stream = await TCPClient().connect(proxy.host, proxy.port, max_buffer_size=64 << 20)
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}", "User-Agent: beiran"]
+    if proxy.authorization:
+        lines.append(f"Proxy-Authorization: {proxy.authorization}")
+    try:
+        await stream.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        head = await stream.read_until(b"\r\n\r\n", max_bytes=64 << 10)
+    except (StreamClosedError, OSError) as exc:
+        stream.close()
+        raise UpstreamError(f"proxy {proxy.netloc} closed the CONNECT to {netloc}: "
+                            f"{getattr(exc, 'real_error', None) or exc}") from None
+    status = head.split(b"\r\n", 1)[0].decode("latin-1")
+    code = status.split(" ", 2)[1] if status.count(" ") >= 1 else ""
+    if not code.startswith("2"):
+        stream.close()
+        raise UpstreamError(f"proxy {proxy.netloc} refused CONNECT to {netloc}: {status[:200]}")
+    try:
+        return await stream.start_tls(False, ssl_options=tls, server_hostname=host)
+    except ssl.SSLError as exc:
+        raise UpstreamError(f"{netloc}: TLS failed: {exc.reason or exc}") from None
+
+
 async def _open(method: str, url: str, headers: dict[str, str], connect_timeout: float,
-                ssl_ctx: ssl.SSLContext | None, body: bytes | None) -> StreamResponse:
+                ssl_ctx: ssl.SSLContext | None, body: bytes | None, origin: bool = False) -> StreamResponse:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UpstreamError(f"unsupported URL {url!r}")
@@ -109,15 +139,23 @@ async def _open(method: str, url: str, headers: dict[str, str], connect_timeout:
     tls = None
     if parts.scheme == "https":
         tls = ssl_ctx or ssl.create_default_context()
+    proxy = proxies.policy().for_url(parts.scheme, parts.hostname, port) if origin else None
+    via = f" through proxy {proxy.netloc}" if proxy else ""
     try:
-        stream = await asyncio.wait_for(TCPClient().connect(
-            parts.hostname, port, ssl_options=tls,
-            max_buffer_size=64 << 20), connect_timeout)
+        if proxy is None:
+            stream = await asyncio.wait_for(TCPClient().connect(
+                parts.hostname, port, ssl_options=tls, max_buffer_size=64 << 20), connect_timeout)
+        elif tls is not None:
+            stream = await asyncio.wait_for(_connect_tunnel(
+                proxy, parts.hostname, port, parts.netloc, tls), connect_timeout)
+        else:
+            stream = await asyncio.wait_for(TCPClient().connect(
+                proxy.host, proxy.port, max_buffer_size=64 << 20), connect_timeout)
     except ssl.SSLError as exc:
-        raise UpstreamError(f"{parts.netloc}: TLS failed: {exc.reason or exc}") from None
+        raise UpstreamError(f"{parts.netloc}: TLS failed{via}: {exc.reason or exc}") from None
     except (OSError, StreamClosedError, TimeoutError) as exc:
         reason = getattr(exc, "real_error", None) or exc
-        raise UpstreamError(f"cannot connect to {parts.netloc}: {reason or 'timeout'}") from None
+        raise UpstreamError(f"cannot connect to {parts.netloc}{via}: {reason or 'timeout'}") from None
     stream.read_chunk_size = READ_CHUNK
     conn = HTTP1Connection(stream, True, HTTP1ConnectionParameters(
         no_keep_alive=True, chunk_size=READ_CHUNK, max_body_size=1 << 62, decompress=False))
@@ -126,6 +164,10 @@ async def _open(method: str, url: str, headers: dict[str, str], connect_timeout:
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     hdrs = httputil.HTTPHeaders({"Host": parts.netloc, "Connection": "close",
                                  "User-Agent": "beiran", **headers})
+    if proxy is not None and tls is None:  # plain http through a proxy: the absolute URI
+        path = f"http://{parts.netloc}{path}"
+        if proxy.authorization:
+            hdrs["Proxy-Authorization"] = proxy.authorization
     if body is not None:
         hdrs["Content-Length"] = str(len(body))
     try:
@@ -149,13 +191,16 @@ async def _open(method: str, url: str, headers: dict[str, str], connect_timeout:
 @asynccontextmanager
 async def stream_request(url: str, headers: dict[str, str] | None = None, *, method: str = "GET",
                          connect_timeout: float = 10.0, ssl_ctx: ssl.SSLContext | None = None,
-                         max_redirects: int = 5, body: bytes | None = None
+                         max_redirects: int = 5, body: bytes | None = None, origin: bool = False
                          ) -> AsyncIterator[StreamResponse]:
-    """Open `url`, follow redirects (dropping credentials when the host changes), yield the response."""
+    """Open `url`, follow redirects (dropping credentials when the host changes), yield the response.
+
+    `origin=True` marks a request to an origin (registry, archive, npm upstream, `[origins]`): it goes
+    through the upstream proxy when one is configured for its URL. Requests to peers leave it False."""
     headers = dict(headers or {})
     origin_host = urlsplit(url).netloc
     for _ in range(max_redirects + 1):
-        resp = await _open(method, url, headers, connect_timeout, ssl_ctx, body)
+        resp = await _open(method, url, headers, connect_timeout, ssl_ctx, body, origin)
         location = resp.headers.get("Location")
         if resp.code in (301, 302, 303, 307, 308) and location:
             resp.close()

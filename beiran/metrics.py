@@ -37,12 +37,18 @@ class Metrics:
         self.http_seconds = Histogram("beiran_http_request_seconds", "Time to answer an HTTP request (streamed "
                                       "bodies included), by plugin", ["plugin"], registry=r,
                                       buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300))
+        self.peer_entries = Gauge("beiran_peer_entries", "Blobs announced by peers, held in memory",
+                                  registry=r)
+        self.connections_refused = Counter("beiran_connections_refused",
+                                           "TCP connections closed at accept: over a connection cap",
+                                           registry=r)
 
     def bind(self, ctx: DaemonContext) -> None:
         self.registry.register(PluginEvents(ctx))
         self.store_blobs.set_function(lambda: len(ctx.store.entries))
         self.store_bytes.set_function(ctx.store.total_size)
         self.peers_online.set_function(lambda: len(ctx.peers.online()))
+        self.peer_entries.set_function(ctx.availability.peer_entries)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -114,8 +114,7 @@ class OfflineAnswers:
         if not base:
             return None
         timeout = self.ctx.config.offline.timeout
-        # the signature covers the path; the query is signed by the auth layer where it supports it
-        headers = self.ctx.auth.headers("GET", path.split("?", 1)[0])
+        headers = self.ctx.auth.headers("GET", path)  # the signature covers the path and its query
 
         async def get() -> bytes | None:
             async with stream_request(base + path, headers, connect_timeout=timeout, max_redirects=0) as resp:

@@ -6,7 +6,7 @@ any of them on the plugin (status "error" with the text) and carries on with the
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -44,6 +44,12 @@ class BasePlugin:
 
     async def start(self) -> None:
         """Open listeners, start background tasks. Raise to report an error."""
+
+    async def reconfigure(self, config: dict[str, Any]) -> bool:
+        """A changed `[plugins.<name>]` on reload (SIGHUP): apply it and return True, or return False
+        when it takes a restart (the default). Raise a BeiranError to refuse it; the running
+        settings are kept either way."""
+        return False
 
     async def stop(self) -> None:
         """Undo start(); must not raise."""
@@ -86,11 +92,15 @@ class BaseDiscoveryPlugin(BasePlugin):
 
     kind: ClassVar[str] = "discovery"
 
-    async def advertise(self, service_type: str, port: int, properties: dict[str, str]) -> bool:
+    async def advertise(self, service_type: str, port: int, properties: dict[str, str],
+                        only: Callable[[str], bool] | None = None) -> bool:
         """Announce an extra service (e.g. the apt proxy) when the mechanism supports it.
 
-        Returns True when the service is (or will be, once the plugin is up) announced, False when
-        this mechanism cannot announce services (DNS, static)."""
+        `only` restricts the announced addresses to those it accepts (see `beiran.advertising`: a
+        listener is announced only where it listens and admits the clients); it is asked again
+        whenever the node's addresses change, and when it accepts none the service is not announced
+        (or is withdrawn). Returns True when the service is (or will be, once the plugin is up)
+        handled, False when this mechanism cannot announce services (DNS, static)."""
         return False
 
 

@@ -62,3 +62,25 @@ ensure_tools() {
     quiet python3 -m venv "$TOOLS_VENV"
     quiet "$TOOLS_VENV/bin/python" -m pip install --quiet --disable-pip-version-check 'nox>=2024.10' uv
 }
+
+# stale_dists DIST...: the distributions (beiran, beiran-docker, ...) whose wheel in dist/ is missing
+# or older than one of its sources (the rule noxfile.py uses), as nox names them (core, docker, ...).
+stale_dists() {
+    local d name pat wheel srcs out=()
+    for d in "$@"; do
+        name=${d#beiran}; name=${name#-}; name=${name:-core}
+        if [ "$name" = core ]; then
+            pat="beiran-[0-9]*.whl"
+            srcs=("$BEIRAN_ROOT/beiran" "$BEIRAN_ROOT/pyproject.toml" "$BEIRAN_ROOT/README.md")
+        else
+            pat="beiran_$name-[0-9]*.whl"
+            srcs=("$BEIRAN_ROOT/beiran_plugins/$name")
+        fi
+        wheel=$(compgen -G "$BEIRAN_ROOT/dist/$pat" | head -n1 || true)
+        if [ -z "$wheel" ] || [ -n "$(find "${srcs[@]}" -type f \( -name '*.py' -o -name '*.proto' -o -name '*.json' \
+            -o -name '*.toml' -o -name '*.md' \) -not -path '*/__pycache__/*' -newer "$wheel" -print -quit)" ]; then
+            out+=("$name")
+        fi
+    done
+    echo "${out[*]}"
+}

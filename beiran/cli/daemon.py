@@ -32,4 +32,4 @@ def daemon(ctx: click.Context, config_file: str | None, listen: str | None, data
         config = load_config(config_file, overrides=overrides)
     except BeiranError as exc:
         raise CLIError(exc.message) from None
-    sys.exit(serve(config))
+    sys.exit(serve(config, lambda: load_config(config_file, overrides=overrides)))

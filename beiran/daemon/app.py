@@ -7,11 +7,12 @@ import socket
 from typing import Any
 
 import tornado.web
-from tornado.httpserver import HTTPServer
 
 from beiran.context import DaemonContext
 from beiran.daemon import core_api
 from beiran.handlers import NotFoundHandler
+from beiran.listener import GuardedHTTPServer
+from beiran.peer.connection import MAX_MESSAGE
 from beiran.peer.serving import BlobHandler
 from beiran.peer.websocket import PeerSocketHandler
 from beiran.store import api as store_api
@@ -28,7 +29,7 @@ def make_app(ctx: DaemonContext) -> tornado.web.Application:
     routes += ctx.plugins.all_routes()
     return tornado.web.Application(
         routes, ctx=ctx, default_handler_class=NotFoundHandler, compress_response=False,
-        websocket_max_message_size=16 << 20, log_function=_log_request)
+        websocket_max_message_size=MAX_MESSAGE, log_function=_log_request)
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:
@@ -48,7 +49,7 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
                                          1000.0 * handler.request.request_time())
 
 
-class PlainHTTPServer(HTTPServer):
+class PlainHTTPServer(GuardedHTTPServer):
     """The TCP listener: a connection that opens with a TLS handshake is closed at once.
 
     Clients told a mirror is "insecure" (skopeo, podman, docker) try https first and fall back to

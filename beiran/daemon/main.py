@@ -10,8 +10,9 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from beiran.config import Config, parse_hostport
 from beiran.errors import BeiranError
@@ -20,6 +21,11 @@ if TYPE_CHECKING:
     from beiran.context import DaemonContext
 
 log = logging.getLogger("beiran.daemon")
+#: files the daemon makes are 0640 and directories 0750 whatever umask it inherits: the store holds
+#: private layers, the database k8s grants
+UMASK = 0o027
+#: seconds peers and plugins get to stop at SIGTERM before the daemon closes its store and exits anyway
+SHUTDOWN_GRACE = 1.5
 
 
 def setup_logging(level: str) -> None:
@@ -39,7 +45,7 @@ class DataDirLock:
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -67,15 +73,30 @@ def bind_unix(path: Path) -> socket.socket:
     return bind_unix_socket(str(path), mode=0o660)
 
 
-async def run(config: Config) -> int:
-    from tornado.httpserver import HTTPServer
+def private_data_dir(path: Path) -> None:
+    """Make the data dir (0750) or take other users' access away from an existing one."""
+    path.mkdir(mode=0o750, parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o7777
+    if mode & 0o007:
+        try:
+            path.chmod(mode & ~0o007)
+            log.info("data dir %s was open to every user (%o): now %o", path, mode, mode & ~0o007)
+        except OSError as exc:
+            log.warning("data dir %s is open to every user (%o) and cannot be changed: %s", path, mode, exc)
+
+
+async def run(config: Config, reload_config: Callable[[], Config] | None = None) -> int:
     from tornado.netutil import bind_sockets
 
+    from beiran import proxies
     from beiran.context import DaemonContext
+    from beiran.daemon import notify
     from beiran.daemon.app import PlainHTTPServer, make_app
+    from beiran.daemon.reload import reload_loop
     from beiran.fetch.fetcher import Fetcher
     from beiran.fetch.origins import local_source_keys
     from beiran.identity import NodeIdentity, advertised_addresses, load_or_create_uuid
+    from beiran.listener import GuardedHTTPServer
     from beiran.metrics import Metrics
     from beiran.models import CORE_MODELS
     from beiran.models.base import create_and_migrate, open_database
@@ -86,11 +107,16 @@ async def run(config: Config) -> int:
     from beiran.preheat import Preheater
     from beiran.store.blobstore import BlobStore
 
-    stop = asyncio.Event()
+    stop, hup = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    loop.add_signal_handler(signal.SIGHUP, hup.set)  # a reload, handled once the daemon is up
+    if _early_hup:
+        hup.set()
+    os.umask(UMASK)
+    private_data_dir(config.data_dir)
+    proxies.configure(config.proxy)
     lock = DataDirLock(config.data_dir)
     lock.acquire()
     ctx = DaemonContext(config=config)
@@ -121,7 +147,7 @@ async def run(config: Config) -> int:
                 await ctx.run_db(create_and_migrate, rec.models)
             except Exception as exc:  # noqa: BLE001
                 ctx.plugins.fail(rec, "schema", exc)
-    ctx.availability = Availability()
+    ctx.availability = Availability(config.limits.peer_max_blobs, config.limits.peer_max_blobs_total)
     ctx.store = BlobStore(ctx, config.data_dir / "blobs")
     await ctx.store.open()
     ctx.peers = PeerManager(ctx, ctx.availability)
@@ -135,26 +161,40 @@ async def run(config: Config) -> int:
     app = make_app(ctx)
     # plugins start before the listeners accept, so a node that answers /info is fully up
     await ctx.plugins.start_all()
-    tcp_server = PlainHTTPServer(app, max_body_size=64 << 20, idle_connection_timeout=300)
+    tcp_server = PlainHTTPServer(app, max_body_size=64 << 20, limits=config.limits,
+                                 on_refused=lambda ip: ctx.metrics.connections_refused.inc())
     tcp_server.add_sockets(tcp_socks)
-    unix_server = HTTPServer(app, max_body_size=64 << 20)
+    unix_server = GuardedHTTPServer(app, max_body_size=64 << 20, per_address=False)
     unix_server.add_socket(unix_sock)
     await ctx.peers.start()
     log.info("beiran %s node %s listening on %s (peers reach it at %s) and %s; plugins: %s",
              ctx.identity.version, node_uuid, config.listen, url, config.socket_path,
              ", ".join(f"{r.name}[{r.status}]" for r in ctx.plugins.records.values()) or "none")
+    if proxies.policy().describe() != "none":
+        log.info("origin requests use the upstream proxy: %s", proxies.policy().describe())
+    notify.ready(f"listening on {config.listen}")
+    reloads = asyncio.ensure_future(reload_loop(ctx, reload_config or _no_reload, hup))
     await stop.wait()
     log.info("shutting down")
+    notify.stopping()
+    reloads.cancel()
     tcp_server.stop()
     unix_server.stop()
-    await ctx.peers.stop()
-    await asyncio.sleep(0.05)  # let goodbye messages leave
-    await ctx.plugins.stop_all()
+    try:
+        await asyncio.wait_for(_stop_services(ctx), SHUTDOWN_GRACE)
+    except TimeoutError:
+        log.warning("peers and plugins did not stop within %.1fs; exiting anyway", SHUTDOWN_GRACE)
     await ctx.store.close()
     config.socket_path.unlink(missing_ok=True)
     ctx.db_executor.shutdown(wait=True)
     db.close()
     return 0
+
+
+async def _stop_services(ctx: DaemonContext) -> None:
+    await ctx.peers.stop()
+    await asyncio.sleep(0.05)  # let goodbye messages leave
+    await ctx.plugins.stop_all()
 
 
 def _wire_availability(ctx: DaemonContext) -> None:
@@ -174,15 +214,33 @@ def _wire_availability(ctx: DaemonContext) -> None:
     ctx.bus.on(events.BLOB_PROGRESS, progress)
 
 
-def serve(config: Config) -> int:
+_early_hup: list[int] = []
+
+
+def _no_reload() -> Config:
+    raise BeiranError("this daemon was started without a way to re-read its config")
+
+
+def serve(config: Config, reload_config: Callable[[], Config] | None = None) -> NoReturn:
+    """Run the daemon; `reload_config` re-reads the config as at start-up (file, environment and
+    flags) on SIGHUP."""
     setup_logging(config.log_level)
+    signal.signal(signal.SIGHUP, lambda signum, _frame: _early_hup.append(signum))  # until the loop's own
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     try:
-        return asyncio.run(run(config))
+        code = loop.run_until_complete(run(config, reload_config))
     except BeiranError as exc:
         log.error("%s", exc.message)
-        return 1
+        code = 1
     except KeyboardInterrupt:
-        return 0
+        code = 0
+    # The store and database are closed. Exit now: a worker thread blocked on a stalled peer or a
+    # slow DNS answer would otherwise hold the interpreter's exit (it joins them) for its timeout.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ async def http_origin(url: str, offset: int, headers: dict[str, str] | None = No
     hdrs = dict(headers or {})
     if offset:
         hdrs["Range"] = f"bytes={offset}-"
-    cm = stream_request(url, hdrs, ssl_ctx=ssl_ctx)
+    cm = stream_request(url, hdrs, ssl_ctx=ssl_ctx, origin=True)
     resp = await cm.__aenter__()
     if resp.code == 404:
         await cm.__aexit__(None, None, None)

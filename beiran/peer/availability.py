@@ -2,13 +2,36 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from beiran.store.digest import ALGORITHMS
+
 COMPLETE, PARTIAL = "c", "p"
 LOG_LIMIT = 100_000
+DEFAULT_PEER_MAX_BLOBS = 250_000
+DEFAULT_PEER_MAX_BLOBS_TOTAL = 2_000_000
+MAX_BLOB_SIZE = 1 << 50  # a claimed size beyond this (1 PiB) is nonsense
+#: the wire check of a digest: the same shapes `parse_digest` accepts, in one regex call
+DIGEST_RE = re.compile("|".join(f"{alg}:[0-9a-f]{{{n}}}" for alg, n in ALGORITHMS.items()))
+
+
+class HoldingsError(ValueError):
+    """A peer's announcement is malformed or over its cap: the connection is dropped."""
+
+
+def check_entry(digest: object, size: object) -> int | None:
+    """Validate one announced (digest, size); returns the size."""
+    if not isinstance(digest, str) or not DIGEST_RE.fullmatch(digest):
+        raise HoldingsError(f"not a digest: {str(digest)[:80]!r}")
+    if size is None:
+        return None
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_BLOB_SIZE:
+        raise HoldingsError(f"bad size for {digest[:19]}")
+    return size
 
 
 @dataclass
@@ -20,7 +43,10 @@ class PeerHoldings:
 
 
 class Availability:
-    def __init__(self) -> None:
+    def __init__(self, peer_max_blobs: int = DEFAULT_PEER_MAX_BLOBS,
+                 peer_max_blobs_total: int = DEFAULT_PEER_MAX_BLOBS_TOTAL) -> None:
+        self.peer_max_blobs = peer_max_blobs
+        self.peer_max_blobs_total = peer_max_blobs_total
         self.epoch = uuid.uuid4().hex  # new per run: a restarted node re-announces everything
         self.seq = 0
         self.local: dict[str, tuple[str, int | None]] = {}
@@ -61,12 +87,14 @@ class Availability:
         return self.peers.setdefault(node, PeerHoldings())
 
     def apply_snapshot(self, node: str, epoch: str, seq: int, entries: list, first: bool) -> None:
+        """Entries were checked with `check_entry`; raises HoldingsError past the cap."""
         p = self.peer(node)
         if first:
             p.blobs = {}
         p.epoch, p.seq = epoch, seq
         for d, s, n in entries:
             p.blobs[d] = (s, n)
+        self._check_cap(node, p)
 
     def apply_ops(self, node: str, ops: list, seq: int) -> None:
         p = self.peer(node)
@@ -76,6 +104,20 @@ class Availability:
             else:
                 p.blobs[op[1]] = (COMPLETE if op[0] == "+" else PARTIAL, op[2])
         p.seq = seq
+        self._check_cap(node, p)
+
+    def _check_cap(self, node: str, p: PeerHoldings) -> None:
+        """Per peer, and over all peers (many peers, e.g. many UUIDs from one host, add up)."""
+        if len(p.blobs) > self.peer_max_blobs:
+            self.forget(node)
+            raise HoldingsError(f"announced more than limits.peer_max_blobs = {self.peer_max_blobs} blobs")
+        if self.peer_entries() > self.peer_max_blobs_total:
+            self.forget(node)
+            raise HoldingsError(f"announcements of all peers exceed limits.peer_max_blobs_total = "
+                                f"{self.peer_max_blobs_total}")
+
+    def peer_entries(self) -> int:
+        return sum(len(p.blobs) for p in self.peers.values())
 
     def set_online(self, node: str, online: bool) -> None:
         self.peer(node).online = online

@@ -16,14 +16,18 @@ from typing import TYPE_CHECKING, Any
 
 from beiran.errors import BeiranError, UpstreamError
 from beiran.models.node import NodeStatus
-from beiran.tasks import spawn
+from beiran.peer.availability import COMPLETE, PARTIAL, check_entry
 
 if TYPE_CHECKING:
     from beiran.peer.manager import PeerManager
 
 log = logging.getLogger("beiran.peer")
-BATCH = 5000
-MAX_MESSAGE = 16 << 20
+BATCH = 5000  # entries per snap / ops per delta message (~0.5 MB)
+MAX_MESSAGE = 4 << 20  # a peer message larger than this closes the connection
+MAX_INBOUND_RPC = 32  # calls a peer may have running here at once
+MAX_EPOCH = 64
+#: close codes: 1002 protocol error, 4002 duplicate connection (the other one of the pair stays)
+PROTOCOL_ERROR, DUPLICATE = 1002, 4002
 
 
 class ProtocolError(Exception):
@@ -33,14 +37,20 @@ class ProtocolError(Exception):
 class PeerConnection:
     def __init__(self, manager: PeerManager, send: Callable[[str], Awaitable[None] | None],
                  close: Callable[[int, str], None], *, outbound: bool, url: str | None = None,
-                 nonce: str = "") -> None:
+                 nonce: str = "", remote_ip: str = "", proved_uuid: str | None = None) -> None:
         self.manager = manager
         self.ctx = manager.ctx
         self._send, self._close = send, close
         self.outbound = outbound
         self.url = url
         self.nonce = nonce
+        self.remote_ip = remote_ip  # inbound: the socket's peer address (fetches go there)
+        self.proved_uuid = proved_uuid  # inbound: the UUID its signed upgrade request named
         self.uuid: str | None = None
+        #: this connection replaced one that was already synced (a duplicate): the node never
+        #: went offline, so its holdings stay usable and nothing is announced again
+        self.inherits = False
+        self.close_code: int | None = None
         self.info: dict[str, Any] = {}
         self.status = NodeStatus.CONNECTING
         self.synced = False
@@ -50,6 +60,7 @@ class PeerConnection:
         self._ids = itertools.count(1)
         self._calls: dict[int, asyncio.Future] = {}
         self._tasks: list[asyncio.Task] = []
+        self._answering: set[asyncio.Task] = set()
         self.counts: dict[str, int] = {}
 
     @property
@@ -76,27 +87,32 @@ class PeerConnection:
 
     # -- incoming ------------------------------------------------------------------------------
     def on_message(self, raw: str | bytes) -> None:
+        if self.closed.done():
+            return  # frames still buffered after the close: nothing from this peer counts any more
         self.last_rx = time.monotonic()
         if self.status == NodeStatus.LOST:
             self._set_status(NodeStatus.ONLINE if self.synced else NodeStatus.SYNCING)
         try:
-            if len(raw) > MAX_MESSAGE:
-                raise ProtocolError("message too large")
-            msg = json.loads(raw)
-            if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
-                raise ProtocolError("message must be an object with a type")
+            msg = decode(raw)
             kind = msg["t"]
-            self.counts[kind] = self.counts.get(kind, 0) + 1
-            self.ctx.metrics.peer_messages.labels(kind if kind in _HANDLERS else "other").inc()
             handler = _HANDLERS.get(kind)
+            self.ctx.metrics.peer_messages.labels(kind if handler else "other").inc()
             if handler is None:
                 raise ProtocolError(f"unknown message type {kind[:20]!r}")
+            self.counts[kind] = self.counts.get(kind, 0) + 1
             if kind != "hello" and self.uuid is None:
                 raise ProtocolError("first message must be hello")
             handler(self, msg)
-        except (ValueError, ProtocolError, KeyError, TypeError, IndexError) as exc:
-            log.warning("peer %s sent a bad message (%s); closing", self.uuid or self.url or "?", exc)
-            self.shutdown(f"protocol error: {exc}", code=1002)
+        except Exception as exc:  # noqa: BLE001 - whatever a peer sends, the answer is a clean close
+            if self.closed.done():
+                return
+            log.warning("peer %s sent a bad message (%s: %s); closing", self.who, type(exc).__name__,
+                        str(exc)[:200])
+            self.shutdown(f"protocol error: {type(exc).__name__}", code=PROTOCOL_ERROR)
+
+    @property
+    def who(self) -> str:
+        return (self.uuid or "")[:8] or self.url or self.remote_ip or "?"
 
     def _on_hello(self, msg: dict[str, Any]) -> None:
         if self.uuid is not None:
@@ -106,15 +122,20 @@ class PeerConnection:
             self.manager.note_self(self.url)
             self.shutdown("connected to myself", code=4000)
             return
-        if self.outbound and not self.ctx.auth.check_hello_proof(self.nonce, msg.get("proof")):
+        if self.outbound and not self.ctx.auth.check_hello_proof(self.nonce, node, msg.get("proof")):
             self.shutdown("peer could not prove the cluster token", code=4001)
+            return
+        if not self.outbound and self.ctx.auth.enabled and node != self.proved_uuid:
+            # the signed upgrade request named another node: a captured header cannot be reused
+            # to join as someone else
+            self.shutdown("hello names another node than the signed request", code=4001)
             return
         self.uuid = node
         self.info = {k: msg.get(k) for k in ("url", "hostname", "version", "os_type", "architecture",
                                               "addresses", "port", "plugins")}
         if not self.manager.register(self):
             return
-        self._set_status(NodeStatus.SYNCING)
+        self._set_status(NodeStatus.ONLINE if self.inherits else NodeStatus.SYNCING)
         held = self.manager.avail.peers.get(node)
         known = held.epoch == msg.get("epoch") if held else False
         self.send({"t": "sync_req", "epoch": msg.get("epoch") if known else None,
@@ -124,8 +145,7 @@ class PeerConnection:
         avail = self.manager.avail
         ops = avail.ops_since(int(msg.get("seq") or 0)) if msg.get("epoch") == avail.epoch else None
         if ops is not None:
-            self.send({"t": "delta", "epoch": avail.epoch, "from": int(msg["seq"]), "seq": avail.seq,
-                       "ops": ops, "sync": True})
+            self.send_deltas(int(msg["seq"]), ops, sync=True)
             return
         entries = avail.snapshot()
         batches = [entries[i:i + BATCH] for i in range(0, len(entries), BATCH)] or [[]]
@@ -133,11 +153,26 @@ class PeerConnection:
             self.send({"t": "snap", "epoch": avail.epoch, "seq": avail.seq, "entries": batch,
                        "first": i == 0, "last": i == len(batches) - 1})
 
+    def send_deltas(self, start: int, ops: list, sync: bool = False) -> None:
+        """Ops from seq `start` on, in messages of BATCH ops (each op advances the seq by one)."""
+        avail = self.manager.avail
+        chunks = [ops[i:i + BATCH] for i in range(0, len(ops), BATCH)] or [[]]
+        for i, chunk in enumerate(chunks):
+            last = i == len(chunks) - 1
+            self.send({"t": "delta", "epoch": avail.epoch, "from": start, "seq": start + len(chunk),
+                       "ops": chunk, **({"sync": True} if sync and last else {})})
+            start += len(chunk)
+
     def _on_snap(self, msg: dict[str, Any]) -> None:
-        entries = [(str(d), str(s), None if n is None else int(n)) for d, s, n in msg["entries"]]
-        if any(s not in ("c", "p") for _, s, _ in entries):
-            raise ProtocolError("bad entry state")
-        self.manager.avail.apply_snapshot(self.uuid, str(msg["epoch"]), int(msg["seq"]), entries,
+        raw = msg["entries"]
+        if not isinstance(raw, list) or len(raw) > BATCH:
+            raise ProtocolError(f"snap entries must be a list of at most {BATCH}")
+        entries = []
+        for d, s, n in raw:
+            if s not in (COMPLETE, PARTIAL):
+                raise ProtocolError("bad entry state")
+            entries.append((d, s, check_entry(d, n)))
+        self.manager.avail.apply_snapshot(self.uuid, _epoch(msg["epoch"]), _seq(msg["seq"]), entries,
                                           bool(msg.get("first")))
         if msg.get("last"):
             self._synced()
@@ -145,18 +180,21 @@ class PeerConnection:
     def _on_delta(self, msg: dict[str, Any]) -> None:
         avail = self.manager.avail
         held = avail.peer(self.uuid)
-        start, seq = int(msg["from"]), int(msg["seq"])
+        start, seq = _seq(msg["from"]), _seq(msg["seq"])
         if msg.get("epoch") != held.epoch and not msg.get("sync"):
             self.send({"t": "sync_req", "epoch": None, "seq": 0})
             return
         if start > held.seq and not msg.get("sync"):
             self.send({"t": "sync_req", "epoch": held.epoch, "seq": held.seq})  # a gap: catch up
             return
-        held.epoch = str(msg["epoch"])
         ops = msg["ops"]
+        if not isinstance(ops, list) or len(ops) > BATCH:
+            raise ProtocolError(f"delta ops must be a list of at most {BATCH}")
         for op in ops:
-            if op[0] not in ("+", "-", "p") or not isinstance(op[1], str):
+            if not isinstance(op, list) or op[0] not in ("+", "-", "p"):
                 raise ProtocolError("bad delta op")
+            check_entry(op[1], None if op[0] == "-" else op[2])
+        held.epoch = _epoch(msg["epoch"])
         avail.apply_ops(self.uuid, ops, seq)
         if msg.get("sync"):
             self._synced()
@@ -168,7 +206,10 @@ class PeerConnection:
             self.synced = True
             self.manager.avail.set_online(self.uuid, True)
             self._set_status(NodeStatus.ONLINE)
-            self.manager.on_online(self)
+            if self.inherits:
+                self.manager.on_resynced(self)
+            else:
+                self.manager.on_online(self)
 
     def _on_ping(self, msg: dict[str, Any]) -> None:
         self.send({"t": "pong"})
@@ -180,8 +221,15 @@ class PeerConnection:
         self.shutdown("peer is shutting down", code=1001, notify=False)
 
     def _on_rpc(self, msg: dict[str, Any]) -> None:
-        call_id = int(msg["id"])
-        spawn(self._answer(call_id, str(msg["m"]), msg.get("p") or {}), "answering a peer's rpc")
+        call_id = _seq(msg["id"])
+        if len(self._answering) >= MAX_INBOUND_RPC:
+            self.send({"t": "rpc_error", "id": call_id, "e": {
+                "error": "busy", "status": 429,
+                "message": f"more than {MAX_INBOUND_RPC} calls at once from one peer"}})
+            return
+        task = asyncio.ensure_future(self._answer(call_id, str(msg["m"]), msg.get("p") or {}))
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
 
     async def _answer(self, call_id: int, method: str, params: dict[str, Any]) -> None:
         from beiran.peer import protocol
@@ -234,8 +282,12 @@ class PeerConnection:
     async def _heartbeat(self) -> None:
         interval = self.ctx.config.heartbeat_interval
         timeout = self.ctx.config.heartbeat_timeout
+        opened = time.monotonic()
         while not self.closed.done():
             await asyncio.sleep(interval)
+            if self.uuid is None and time.monotonic() - opened > timeout:
+                self.shutdown("no hello", code=PROTOCOL_ERROR)  # holding a socket is not joining
+                return
             silent = time.monotonic() - self.last_rx
             if silent > timeout:
                 log.warning("peer %s: no heartbeat for %.0fs; dropping", self.uuid, silent)
@@ -255,10 +307,12 @@ class PeerConnection:
         if self.closed.done():
             return
         self.close_reason = reason
+        if self.close_code is None:
+            self.close_code = code
         if notify and code in (1000, 1001):
             self.send({"t": "bye"})
         self.closed.set_result(reason)
-        for t in self._tasks:
+        for t in [*self._tasks, *self._answering]:
             t.cancel()
         for fut in self._calls.values():
             if not fut.done():
@@ -269,8 +323,32 @@ class PeerConnection:
             pass
         self.manager.unregister(self)
 
-    def on_transport_closed(self) -> None:
-        self.shutdown("connection closed", notify=False)
+    def on_transport_closed(self, code: int | None = None) -> None:
+        self.close_code = code
+        reason = "duplicate connection (closed by the peer)" if code == DUPLICATE else "connection closed"
+        self.shutdown(reason, notify=False)
+
+
+def decode(raw: str | bytes) -> dict[str, Any]:
+    """One peer message: a JSON object with a string type, within the size cap."""
+    if len(raw) > MAX_MESSAGE:
+        raise ProtocolError("message too large")
+    msg = json.loads(raw)
+    if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
+        raise ProtocolError("message must be an object with a type")
+    return msg
+
+
+def _seq(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 62:
+        raise ProtocolError("sequence numbers and ids are non-negative integers")
+    return value
+
+
+def _epoch(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > MAX_EPOCH:
+        raise ProtocolError("epoch must be a short string")
+    return value
 
 
 _HANDLERS: dict[str, Callable[[PeerConnection, dict], None]] = {

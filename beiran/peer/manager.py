@@ -19,14 +19,16 @@ from beiran.errors import BadRequest, UpstreamError
 from beiran.models.base import dict_rows
 from beiran.models.node import Node, NodeStatus
 from beiran.peer.availability import Availability
-from beiran.peer.connection import PeerConnection
-from beiran.tasks import spawn
+from beiran.peer.connection import DUPLICATE, PROTOCOL_ERROR, PeerConnection
+from beiran.peer.policy import OPERATOR_NAMED, PeerPolicy, fetch_url
 
 if TYPE_CHECKING:
     from beiran.context import DaemonContext
 
 log = logging.getLogger("beiran.peer")
 PUSH_DELAY = 0.05
+#: a connection closed as a duplicate leaves its node online this long for the other one to take over
+DUPLICATE_GRACE = 5.0
 
 
 @dataclass
@@ -49,6 +51,13 @@ class PeerManager:
         self._pending_from = 0
         self._push_handle: asyncio.TimerHandle | None = None
         self._closing = False
+        self.policy = PeerPolicy(ctx.config)
+        self.addresses: dict[str, str] = {}  # node -> where its blobs are fetched (see policy.py)
+        #: nodes between a duplicate's close and its twin's hello: (timer, the node was online)
+        self._grace: dict[str, tuple[asyncio.TimerHandle, bool]] = {}
+        self._forget: dict[str, asyncio.TimerHandle] = {}
+        self._refused_logged: set[str] = set()
+        self._tasks: set[asyncio.Future] = set()
 
     # -- targets ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -102,6 +111,13 @@ class PeerManager:
 
         delay = 0.25
         while not self._closing:
+            if not target.found_by & OPERATOR_NAMED and not await self.policy.allows_url(target.url):
+                if target.url not in self._refused_logged:
+                    self._refused_logged.add(target.url)
+                    log.warning("not dialing %s (found by %s): outside peer_cidrs", target.url,
+                                ", ".join(sorted(target.found_by)))
+                await asyncio.sleep(10.0)  # a name may resolve differently later
+                continue
             if target.uuid and target.uuid in self.conns:  # connected the other way: stand by
                 await asyncio.shield(self.conns[target.uuid].closed)
                 continue
@@ -128,34 +144,95 @@ class PeerManager:
     def register(self, conn: PeerConnection) -> bool:
         """Keep one connection per pair: the one dialed by the smaller UUID wins."""
         node = conn.uuid or ""
+        address = conn.url if conn.outbound else fetch_url(conn.remote_ip, conn.info.get("port"))
+        if not address:
+            conn.shutdown("no usable address (hello without a port)", code=PROTOCOL_ERROR)
+            return False
         existing = self.conns.get(node)
         if existing is not None and existing is not conn and not existing.closed.done():
             preferred = min(self.ctx.identity.uuid, node)
             if existing.dialer == preferred or conn.dialer != preferred:
-                conn.shutdown("duplicate connection", code=4002, notify=False)
+                log.debug("peer %s: duplicate connection; keeping the one dialed by %s", node[:8],
+                          preferred[:8])
+                conn.shutdown("duplicate connection", code=DUPLICATE, notify=False)
                 return False
-            existing.shutdown("duplicate connection", code=4002, notify=False)
+            log.debug("peer %s: duplicate connection; keeping the one dialed by %s", node[:8],
+                      preferred[:8])
+            conn.inherits = existing.synced or existing.inherits
+            self.conns[node] = conn  # first, so the old one's unregister sees it was replaced
+            existing.shutdown("duplicate connection", code=DUPLICATE, notify=False)
+        grace = self._grace.pop(node, None)
+        if grace is not None:
+            grace[0].cancel()
+            conn.inherits = conn.inherits or grace[1]
         self.conns[node] = conn
+        self.addresses[node] = address
         if conn.outbound and conn.url in self.targets:
             self.targets[conn.url].uuid = node
             for via in self.targets[conn.url].found_by:
                 self._add_found_by(node, via)
         elif not conn.outbound and not self.found_by.get(node):
             self._add_found_by(node, "inbound")
-        spawn(self._save_node(conn, NodeStatus.SYNCING), "saving a node")
+        self._spawn(self._save_node(conn, NodeStatus.ONLINE if conn.inherits else NodeStatus.SYNCING))
         return True
 
     def unregister(self, conn: PeerConnection) -> None:
-        if conn.uuid and self.conns.get(conn.uuid) is conn:
-            del self.conns[conn.uuid]
-            self.avail.set_online(conn.uuid, False)
-            log.info("peer %s (%s) offline: %s", conn.uuid[:8], conn.info.get("url"), conn.close_reason)
-            spawn(self._save_node(conn, NodeStatus.OFFLINE), "saving a node")
-            self.ctx.bus.emit(events.NODE_OFFLINE, uuid=conn.uuid)
+        node = conn.uuid
+        if not node:
+            return
+        if conn.close_code == PROTOCOL_ERROR:
+            self.avail.forget(node)  # a peer that broke the protocol: none of its claims are kept
+        if self.conns.get(node) is not conn:
+            return  # a duplicate that lost, or one already replaced: its twin carries the node
+        del self.conns[node]
+        if conn.close_code == DUPLICATE:
+            # the peer dropped this one of a pair: the other connection is on its way; until it
+            # registers (or the grace ends) the node stays online and its holdings usable
+            loop = asyncio.get_running_loop()
+            self._grace[node] = (loop.call_later(DUPLICATE_GRACE, self._gone, node, conn),
+                                 conn.synced or conn.inherits)
+            return
+        self._gone(node, conn)
+
+    def _gone(self, node: str, conn: PeerConnection) -> None:
+        self._grace.pop(node, None)
+        if node in self.conns:
+            return
+        self.avail.set_online(node, False)
+        self.addresses.pop(node, None)
+        self._spawn(self._save_node(conn, NodeStatus.OFFLINE))
+        if conn.synced or conn.inherits:
+            log.info("peer %s (%s) offline: %s", node[:8], conn.url or conn.remote_ip, conn.close_reason)
+            self.ctx.bus.emit(events.NODE_OFFLINE, uuid=node)
+        else:  # it never came online: nothing to announce
+            log.debug("peer %s (%s) closed before it synced: %s", node[:8], conn.url or conn.remote_ip,
+                      conn.close_reason)
+        old = self._forget.pop(node, None)
+        if old is not None:
+            old.cancel()
+        if node in self.avail.peers:
+            delay = self.ctx.config.limits.peer_forget_after
+            self._forget[node] = asyncio.get_running_loop().call_later(delay, self._forget_if_gone, node)
+
+    def _forget_if_gone(self, node: str) -> None:
+        """A peer gone for good: its holdings (possibly large) are dropped; a return resyncs."""
+        self._forget.pop(node, None)
+        if node not in self.conns and node not in self._grace:
+            self.avail.forget(node)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def on_online(self, conn: PeerConnection) -> None:
-        log.info("peer %s (%s) online", conn.uuid[:8], conn.info.get("url"))
+        log.info("peer %s (%s) online", conn.uuid[:8], self.addresses.get(conn.uuid or ""))
         self.ctx.bus.emit(events.NODE_ONLINE, uuid=conn.uuid, info=conn.info)
+        self.ctx.bus.emit(events.AVAILABILITY_CHANGED, uuid=conn.uuid, ops=None)
+
+    def on_resynced(self, conn: PeerConnection) -> None:
+        """A replacement connection finished its sync: nothing changed for anyone but the holdings."""
+        log.debug("peer %s: replacement connection synced", (conn.uuid or "")[:8])
         self.ctx.bus.emit(events.AVAILABILITY_CHANGED, uuid=conn.uuid, ops=None)
 
     def availability_changed(self, node: str, ops: list) -> None:
@@ -163,7 +240,7 @@ class PeerManager:
 
     def node_status(self, node: str, status: NodeStatus, conn: PeerConnection) -> None:
         if self.conns.get(node) is conn:
-            spawn(self._save_node(conn, status), "saving a node")
+            self._spawn(self._save_node(conn, status))
 
     def _add_found_by(self, node: str, via: str) -> None:
         have = self.found_by.setdefault(node, set())
@@ -176,7 +253,7 @@ class PeerManager:
         info, node = conn.info, conn.uuid
         found = sorted(self.found_by.get(node, set()))
         values = {"hostname": str(info.get("hostname") or "")[:255],
-                  "url": str(info.get("url") or conn.url or "")[:255],
+                  "url": str(self.addresses.get(node or "") or conn.url or "")[:255],
                   "addresses": list(info.get("addresses") or [])[:16], "port": int(info.get("port") or 0),
                   "os_type": str(info.get("os_type") or "")[:64],
                   "architecture": str(info.get("architecture") or "")[:64],
@@ -193,19 +270,18 @@ class PeerManager:
             log.warning("cannot save node %s: %s", node, exc)
 
     def online(self) -> list[str]:
-        return [u for u, c in self.conns.items() if c.synced and not c.closed.done()]
+        """Synced nodes, with those whose duplicate connection is being replaced right now."""
+        live = [u for u, c in self.conns.items() if (c.synced or c.inherits) and not c.closed.done()]
+        return live + [u for u, (_, was) in self._grace.items() if was and u not in self.conns]
 
     def conn(self, node: str) -> PeerConnection | None:
         c = self.conns.get(node)
         return c if c is not None and not c.closed.done() else None
 
     def url_of(self, node: str) -> str | None:
-        """Where to fetch from: the URL we dialed (proven reachable) before the one the node
-        reports for itself, which is a guess when it listens on 0.0.0.0."""
-        c = self.conns.get(node)
-        if c is None:
-            return None
-        return (c.url if c.outbound else None) or c.info.get("url")
+        """Where to fetch from: the URL this node dialed, or the inbound connection's remote
+        address with the peer's port; never an address the peer claims (see policy.py)."""
+        return self.addresses.get(node)
 
     # -- local holdings -> deltas ------------------------------------------------------------
     def local_change(self, op: str, digest: str, size: int | None) -> None:
@@ -224,11 +300,9 @@ class PeerManager:
         ops, self._pending_ops = self._pending_ops, []
         if not ops:
             return
-        msg = {"t": "delta", "epoch": self.avail.epoch, "from": self._pending_from,
-               "seq": self.avail.seq, "ops": ops}
         for c in list(self.conns.values()):
             if c.uuid and not c.closed.done():
-                c.send(msg)
+                c.send_deltas(self._pending_from, ops)
 
     # -- probe ---------------------------------------------------------------------------------
     async def probe(self, address: str, via: str = "probe", timeout: float = 5.0) -> dict[str, Any]:
@@ -237,7 +311,7 @@ class PeerManager:
             url = normalize_peer_url(address)
         except Exception as exc:  # noqa: BLE001
             raise BadRequest(f"address {address!r}: {exc}") from None
-        info = await self.fetch_info(url, timeout)
+        info = await self.fetch_info(url, timeout, named=via in OPERATOR_NAMED)
         node = str(info.get("uuid", ""))
         if node == self.ctx.identity.uuid:
             raise BadRequest(f"{url} is this node")
@@ -248,7 +322,11 @@ class PeerManager:
         info["status"] = "online" if node in self.online() else "connecting"
         return info
 
-    async def fetch_info(self, url: str, timeout: float = 5.0) -> dict[str, Any]:
+    async def fetch_info(self, url: str, timeout: float = 5.0, named: bool = False) -> dict[str, Any]:
+        """GET /info of a would-be peer: discovery probes with it, so unless the operator named the
+        address (`named`) it must be in peer_cidrs before anything is sent there."""
+        if not named and not await self.policy.allows_url(url):
+            raise UpstreamError(f"{url} is outside peer_cidrs: not contacted")
         req = HTTPRequest(url + "/info", connect_timeout=timeout, request_timeout=timeout,
                           headers=self.ctx.auth.headers("GET", "/info"))
         try:
@@ -267,5 +345,7 @@ class PeerManager:
         for t in self.targets.values():
             if t.task:
                 t.task.cancel()
+        for handle in [*(g[0] for g in self._grace.values()), *self._forget.values()]:
+            handle.cancel()
         for c in list(self.conns.values()):
             c.shutdown("daemon shutting down", code=1001)

@@ -16,12 +16,18 @@ Configuration (`[plugins.apt]`):
     max_index_size = "1G"
     upstream_timeout = 20
     peer_index_fallback = true      # upstream unreachable and no copy here: ask peers for theirs
-    advertise = true                # _apt_proxy._tcp through loaded discovery plugins
+    advertise = true                # _apt_proxy._tcp through loaded discovery plugins (see below)
 
 Index files pass through byte for byte (If-Modified-Since honoured, last good copy kept on disk);
 a .deb that a verified index describes is a core fetch of its SHA256 (peers first, origin once per
 cluster); anything else passes through, unshared. apt pipelines up to 10 requests per connection:
 the .debs waiting behind the one being sent are fetched meanwhile (`pipeline.py`).
+
+How hosts find it: `GET /` answers apt-cacher-ng's `406 Usage Information` (`usage.py`), which is
+what Debian's `auto-apt-proxy` probes for on 127.0.0.1:3142 and on the default gateway's port 3142.
+`_apt_proxy._tcp` (mDNS, for squid-deb-proxy-client) is announced only on this node's addresses the
+proxy listens on and whose clients `client_cidrs` admits (`beiran.advertising`); a proxy on
+loopback is not announced at all.
 """
 
 __version__ = "0.1.0"

@@ -29,6 +29,12 @@ def cli() -> None:
       Acquire::http::Proxy "http://127.0.0.1:3142";
     HTTPS sources go through the mirror path instead:
       deb http://127.0.0.1:3142/https/deb.example.org/debian bookworm main
+
+    \b
+    Debian's auto-apt-proxy finds the proxy on 127.0.0.1:3142 and on the
+    default gateway's port 3142. It is announced over mDNS as _apt_proxy._tcp
+    (squid-deb-proxy-client) only where other hosts can use it: on addresses it
+    listens on that client_cidrs admit; never when it listens on loopback.
     """
 
 

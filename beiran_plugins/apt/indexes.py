@@ -156,7 +156,7 @@ class IndexService:
     async def _download(self, url: str, tmp: Path, ims: str | None) -> tuple[int, str, dict[str, str]]:
         cfg = self.plugin.cfg
         headers = {"If-Modified-Since": ims} if ims else {}
-        async with stream_request(url, headers, ssl_ctx=self.plugin.ssl_ctx,
+        async with stream_request(url, headers, ssl_ctx=self.plugin.ssl_ctx, origin=True,
                                   connect_timeout=min(cfg.upstream_timeout, 10.0)) as resp:
             if resp.code != 200:
                 return resp.code, resp.reason, dict(resp.headers)
@@ -199,8 +199,9 @@ class IndexService:
             tmp = self.cache.tmp_path()
             path = "/apt/index"
             try:
-                async with stream_request(f"{base}{path}?url={quote(url, safe='')}",
-                                          self.ctx.auth.headers("GET", path), connect_timeout=5.0) as resp:
+                target_path = f"{path}?url={quote(url, safe='')}"
+                async with stream_request(base + target_path, self.ctx.auth.headers("GET", target_path),
+                                          connect_timeout=5.0) as resp:
                     if resp.code != 200:
                         continue
                     data = await resp.read_all(self.plugin.cfg.max_index_size, idle_timeout=10.0)

@@ -50,9 +50,9 @@ class AptPlugin(BasePackagePlugin):
         self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
-        from tornado.httpserver import HTTPServer
         from tornado.netutil import bind_sockets
 
+        from beiran.listener import GuardedHTTPServer
         from beiran_plugins.apt.proxy import make_app
 
         self.ssl_ctx = ssl.create_default_context()
@@ -70,7 +70,7 @@ class AptPlugin(BasePackagePlugin):
             socks = bind_sockets(port, address=None if host in ("0.0.0.0", "") else host)
         except OSError as exc:
             raise PluginError(f"apt proxy cannot listen on {self.cfg.listen}: {exc.strerror}") from None
-        self.server = HTTPServer(make_app(self), idle_connection_timeout=120, max_body_size=1 << 16)
+        self.server = GuardedHTTPServer(make_app(self), limits=self.ctx.config.limits, max_body_size=1 << 16)
         self.server.add_sockets(socks)
         self.port = socks[0].getsockname()[1]
         log.info("apt proxy listening on %s:%d (%d keyrings)", host, self.port, len(self.keyrings))
@@ -95,7 +95,18 @@ class AptPlugin(BasePackagePlugin):
         return task
 
     async def _advertise(self) -> None:
-        """Announce `_apt_proxy._tcp` through every discovery plugin once it is running."""
+        """Announce `_apt_proxy._tcp` through every discovery plugin once it is running, only on
+        the addresses where the proxy listens and admits the clients (`beiran.advertising`): a
+        host that trusts the announcement must find a proxy that serves it."""
+        from beiran.advertising import client_addresses
+
+        host = self.cfg.host
+        bound = ["0.0.0.0", "::"] if host in ("0.0.0.0", "") else [host]  # as start() binds them
+        only = await self.ctx.run_blocking(client_addresses, bound, self.ctx.config.client_networks())
+        if isinstance(only, str):
+            log.info("apt: proxy not advertised as %s: %s (set [plugins.apt] listen to a LAN address "
+                     "and client_cidrs to admit the LAN to share it)", SERVICE_TYPE, only)
+            return
         props = {"beiran": self.ctx.identity.uuid, "version": __version__}
         for plugin in self.ctx.plugins.discovery_plugins():
             for _ in range(300):
@@ -105,7 +116,7 @@ class AptPlugin(BasePackagePlugin):
             if plugin.status != PluginStatus.READY:
                 continue
             try:
-                if await plugin.advertise(SERVICE_TYPE, self.port, props):
+                if await plugin.advertise(SERVICE_TYPE, self.port, props, only=only):
                     log.info("apt: proxy advertised as %s via %s", SERVICE_TYPE, plugin.name)
             except Exception as exc:  # noqa: BLE001 - discovery is a nicety, never fatal
                 log.warning("apt: %s could not advertise the proxy: %s", plugin.name, exc)

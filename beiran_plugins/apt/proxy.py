@@ -16,6 +16,7 @@ from beiran.errors import BeiranError, NotFound, UpstreamError, VerificationErro
 from beiran.handlers import check_client_address, http_connection
 from beiran.httpstream import stream_request
 from beiran.peer.serving import parse_range
+from beiran_plugins.apt import usage
 from beiran_plugins.apt.archive import Blob
 from beiran_plugins.apt.indexes import CachedIndex, not_modified
 from beiran_plugins.apt.pipeline import waiting_uris
@@ -86,6 +87,11 @@ class ProxyHandler(tornado.web.RequestHandler):
             self.set_header("Content-Type", "application/json")
             self.finish(json.dumps({"beiran": "apt-proxy", "uuid": self.ctx.identity.uuid}))
             return
+        if uri == "/":  # a detector's probe or a browser (apt always names a file)
+            self.set_status(usage.STATUS, reason=usage.REASON)
+            self.set_header("Content-Type", "text/html; charset=utf-8")
+            self.finish(usage.usage_page(self.ctx.identity.uuid, self.plugin.port))
+            return
         target = parse_request(uri, self.plugin.cfg.allow_hosts)
         kind = target.kind
         self.plugin.stats[f"requests_{kind.value}"] += 1
@@ -146,7 +152,7 @@ class ProxyHandler(tornado.web.RequestHandler):
     async def _passthrough(self, target: Target) -> None:
         """A file no trusted index describes: straight from the upstream, not stored, not shared."""
         self.plugin.stats["passthrough"] += 1
-        async with stream_request(target.url, {}, ssl_ctx=self.plugin.ssl_ctx,
+        async with stream_request(target.url, {}, ssl_ctx=self.plugin.ssl_ctx, origin=True,
                                   connect_timeout=min(self.plugin.cfg.upstream_timeout, 10.0)) as resp:
             if resp.code in (404, 410):
                 raise NotFound(f"{target.url}: the upstream has no such file ({resp.code})")

@@ -77,6 +77,20 @@ class DNSPlugin(BaseDiscoveryPlugin):
                 await self._task
         self.targets.stop()
 
+    async def reconfigure(self, config: dict[str, Any]) -> bool:
+        """On reload: new names, nameservers and timings apply at once (a lookup right away); targets
+        that no remaining name lists are dropped by that refresh."""
+        settings = Settings.parse(config)  # a bad section raises: the running one is kept
+        self.config, self.settings = config, settings
+        self.names = {n.label: st if (st := self.names.get(n.label)) and st.name == n else NameState(n)
+                      for n in settings.names}
+        self.resolver = make_resolver(settings)
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._run())
+        else:
+            self.refresh_now()
+        return True
+
     def refresh_now(self) -> None:
         self._wake.set()
 

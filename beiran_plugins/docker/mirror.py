@@ -156,7 +156,7 @@ class Mirror:
         url = self.ctx.peers.url_of(node)
         if not url:
             return None
-        req = HTTPRequest(url + path, headers=self.ctx.auth.headers("GET", path.split("?")[0]),
+        req = HTTPRequest(url + path, headers=self.ctx.auth.headers("GET", path),
                           connect_timeout=PEER_TAG_TIMEOUT, request_timeout=PEER_TAG_TIMEOUT)
         try:
             resp = await AsyncHTTPClient().fetch(req, raise_error=False)

@@ -156,7 +156,7 @@ class Upstream:
                 headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
             url = realm + ("&" if "?" in realm else "?") + urlencode(query)
         try:
-            async with stream_request(url, headers, method=method, body=form, ssl_ctx=ep.ssl_ctx,
+            async with stream_request(url, headers, method=method, body=form, ssl_ctx=ep.ssl_ctx, origin=True,
                                       connect_timeout=self.timeout) as resp:
                 body = await resp.read_all(1 << 20, idle_timeout=self.timeout)
         except UpstreamError as exc:
@@ -191,7 +191,7 @@ class Upstream:
             auth = self._auth_header(ep, repository)
             if auth:
                 hdrs["Authorization"] = auth
-            cm = stream_request(ep.url + path, hdrs, method=method, ssl_ctx=ep.ssl_ctx,
+            cm = stream_request(ep.url + path, hdrs, method=method, ssl_ctx=ep.ssl_ctx, origin=True,
                                 connect_timeout=self.timeout)
             try:
                 resp = await cm.__aenter__()

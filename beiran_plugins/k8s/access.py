@@ -111,7 +111,7 @@ class AccessPolicy:
         url = self.ctx.peers.url_of(node)
         if not url:
             return "no address"
-        headers = {"Content-Type": "application/json", **self.ctx.auth.headers("POST", GRANT_PATH)}
+        headers = {"Content-Type": "application/json", **self.ctx.auth.headers("POST", GRANT_PATH, body)}
         req = HTTPRequest(url + GRANT_PATH, method="POST", body=body, headers=headers,
                           connect_timeout=GRANT_TIMEOUT, request_timeout=GRANT_TIMEOUT)
         try:

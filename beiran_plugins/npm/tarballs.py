@@ -160,7 +160,7 @@ async def _passthrough(handler: BaseHandler, plugin: NPMPlugin, url: str, sha1: 
         return
     up = plugin.upstream
     async with stream_request(url, up.headers_for(url), ssl_ctx=up.ssl_ctx if up.is_upstream(url) else None,
-                              connect_timeout=min(up.timeout, 10.0)) as resp:
+                              connect_timeout=min(up.timeout, 10.0), origin=True) as resp:
         if resp.code == 404:
             raise NotFound(f"{what}: tarball not found at the upstream")
         if resp.code != 200:

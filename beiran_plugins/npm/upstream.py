@@ -95,7 +95,7 @@ class Upstream:
 
     async def _get_packument(self, name: str, headers: dict[str, str]) -> Fetched:
         url = self.packument_url(name)
-        async with stream_request(url, headers, ssl_ctx=self.ssl_ctx,
+        async with stream_request(url, headers, ssl_ctx=self.ssl_ctx, origin=True,
                                   connect_timeout=min(self.timeout, 10.0)) as resp:
             if resp.code == 304:
                 return Fetched(304, None, resp.headers.get("ETag"), resp.headers.get("Last-Modified"))
@@ -120,7 +120,7 @@ class Upstream:
         hdrs = {k: v for k, v in headers.items() if k.lower() in FORWARD_HEADERS}
 
         async def go() -> tuple[int, dict[str, str], bytes]:
-            async with stream_request(url, hdrs, method=method, ssl_ctx=self.ssl_ctx, body=body,
+            async with stream_request(url, hdrs, method=method, ssl_ctx=self.ssl_ctx, body=body, origin=True,
                                       connect_timeout=min(self.timeout, 10.0)) as resp:
                 data = await resp.read_all(64 << 20, idle_timeout=self.timeout)
                 out = {k: v for k, v in resp.headers.get_all() if k.lower() in RETURN_HEADERS}

@@ -46,7 +46,12 @@ def status(as_json: bool) -> None:
     click.echo(f"mDNS on   {', '.join(net.get('interfaces') or []) or '-'} ({net.get('ip_version', '-')})")
     click.echo(f"announce  {', '.join(net.get('announce') or []) or '-'}")
     for ann in data.get("announced") or []:
-        state = "announced" if ann["registered"] else f"NOT announced: {ann.get('error') or 'pending'}"
+        if ann.get("withheld"):
+            state = "not announced: none of this node's addresses may carry it"
+        elif ann["registered"]:
+            state = f"announced on {', '.join(ann.get('addresses') or [])}"
+        else:
+            state = f"NOT announced: {ann.get('error') or 'pending'}"
         click.echo(f"service   {ann['type']} port {ann['port']}: {state}")
     click.echo("")
     now = time.time()

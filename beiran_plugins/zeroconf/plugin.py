@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from zeroconf import IPVersion, NonUniqueNameException
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
@@ -24,6 +25,14 @@ from beiran_plugins.zeroconf.txt import build_txt
 log = logging.getLogger("beiran.zeroconf")
 
 
+class Wanted(NamedTuple):
+    """A service this node announces: its port, TXT and which of the node's addresses it may use."""
+
+    port: int
+    txt: dict[str, str]
+    only: Callable[[str], bool] | None = None
+
+
 class ZeroconfPlugin(BaseDiscoveryPlugin):
     """Zeroconf discovery: peers found over mDNS."""
 
@@ -36,8 +45,9 @@ class ZeroconfPlugin(BaseDiscoveryPlugin):
         self.selection: Selection | None = None
         self.aiozc: AsyncZeroconf | None = None
         self.browser: Browser | None = None
-        self.wanted: dict[str, tuple[int, dict[str, str]]] = {}  # service type -> (port, TXT)
+        self.wanted: dict[str, Wanted] = {}  # by service type
         self.registered: dict[str, AsyncServiceInfo] = {}
+        self.withheld: set[str] = set()  # wanted, but `only` accepts none of the node's addresses
         self.failures: dict[str, str] = {}
         self._dirty: set[str] = set()  # service types to (re-)announce
         self._wake = asyncio.Event()
@@ -55,6 +65,15 @@ class ZeroconfPlugin(BaseDiscoveryPlugin):
     def server(self) -> str:
         return f"beiran-{self.ctx.identity.uuid}.local."
 
+    def server_for(self, type_: str) -> str:
+        """The host name a service's address records hang on. A service restricted to some of the
+        node's addresses gets a host name of its own (`beiran-UUID-apt-proxy.local.`): address
+        records belong to host names, so sharing the node's would hand browsers every address."""
+        if self.wanted[type_].only is None:
+            return self.server
+        label = type_.split(".", 1)[0].lstrip("_").replace("_", "-")[:16].strip("-") or "svc"
+        return f"beiran-{self.ctx.identity.uuid}-{label}.local."
+
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
         sel = await self.ctx.run_blocking(select, self.settings.interfaces, self.ctx.config.listen_host)
@@ -64,8 +83,8 @@ class ZeroconfPlugin(BaseDiscoveryPlugin):
             log.warning("zeroconf: %s", problem)
         self.aiozc, self.selection = self._open(sel), sel
         ident = self.ctx.identity
-        self.wanted[SERVICE_TYPE] = (ident.port, build_txt(ident.uuid, ident.version, ident.port,
-                                                           self.settings.cluster, ident.plugins))
+        self.wanted[SERVICE_TYPE] = Wanted(ident.port, build_txt(ident.uuid, ident.version, ident.port,
+                                                                 self.settings.cluster, ident.plugins))
         self.browser = Browser(self, SERVICE_TYPE)
         self.browser.start(self.aiozc.zeroconf)
         self._mark(*self.wanted)  # ours, and any advertised by plugins that started before this one
@@ -96,9 +115,11 @@ class ZeroconfPlugin(BaseDiscoveryPlugin):
             self.aiozc = None
 
     # -- announcing ------------------------------------------------------------------------------
-    async def advertise(self, service_type: str, port: int, properties: dict[str, str]) -> bool:
+    async def advertise(self, service_type: str, port: int, properties: dict[str, str],
+                        only: Callable[[str], bool] | None = None) -> bool:
         """Announce another service of this node (e.g. `_apt_proxy._tcp` by the apt plugin), under
-        the node's UUID; calling it again updates it. Returns at once (True): the announcement takes
+        the node's UUID, with the announced addresses `only` accepts (none: not announced, or
+        withdrawn); calling it again updates it. Returns at once (True): the announcement takes
         ~2 s of probing and is made once mDNS is up, even when called before this plugin started."""
         try:
             type_ = checked_service_type(service_type)
@@ -106,7 +127,7 @@ class ZeroconfPlugin(BaseDiscoveryPlugin):
             raise BadRequest(str(exc)) from None
         if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
             raise BadRequest(f"advertise {type_}: bad port {port!r}")
-        self.wanted[type_] = (port, {str(k): str(v) for k, v in (properties or {}).items()})
+        self.wanted[type_] = Wanted(port, {str(k): str(v) for k, v in (properties or {}).items()}, only)
         self._mark(type_)
         return True
 
@@ -122,12 +143,24 @@ class ZeroconfPlugin(BaseDiscoveryPlugin):
             while self._dirty:
                 await self._register(self._dirty.pop())
 
+    def addresses_for(self, type_: str) -> list[str]:
+        """The node's announced addresses that this service may be announced on."""
+        if self.selection is None:
+            return []
+        only = self.wanted[type_].only
+        return [a for a in self.selection.announce if only is None or only(a)]
+
     async def _register(self, type_: str) -> bool:
-        """Register, or re-announce with the current addresses when already registered."""
+        """Register, or re-announce with the current addresses when already registered; withdraw
+        a service none of whose addresses may be announced any more."""
         assert self.aiozc is not None and self.selection is not None
-        port, props = self.wanted[type_]
+        port, props, _ = self.wanted[type_]
+        addresses = self.addresses_for(type_)
         info = AsyncServiceInfo(type_, f"{self.instance}.{type_}", port=port, properties=props,
-                                server=self.server, parsed_addresses=list(self.selection.announce))
+                                server=self.server_for(type_), parsed_addresses=addresses)
+        if not addresses:
+            return await self._withhold(type_, info)
+        self.withheld.discard(type_)
         try:
             if type_ in self.registered:
                 await (await self.aiozc.async_update_service(info))
@@ -143,6 +176,20 @@ class ZeroconfPlugin(BaseDiscoveryPlugin):
         except Exception as exc:  # noqa: BLE001 - announcing fails alone; browsing goes on
             self.failures[type_] = f"{type(exc).__name__}: {exc}"
             log.error("zeroconf: announcing %s failed: %s", info.name, exc)
+        return False
+
+    async def _withhold(self, type_: str, info: AsyncServiceInfo) -> bool:
+        assert self.aiozc is not None
+        if type_ not in self.withheld:
+            log.info("zeroconf: not announcing %s: none of %s may carry it", info.name,
+                     ", ".join(self.selection.announce) if self.selection else "the node's addresses")
+        self.withheld.add(type_)
+        old = self.registered.pop(type_, None)
+        if old is not None:
+            try:  # goodbye packets: browsers drop it now rather than when its records expire
+                await (await self.aiozc.async_unregister_service(old))
+            except Exception as exc:  # noqa: BLE001 - its records expire on their own
+                log.warning("zeroconf: withdrawing %s failed: %s", info.name, exc)
         return False
 
     async def _watch_addresses(self) -> None:
@@ -168,16 +215,18 @@ class ZeroconfPlugin(BaseDiscoveryPlugin):
     # -- status ----------------------------------------------------------------------------------
     def status_info(self) -> dict[str, Any]:
         seen = self.browser.seen.values() if self.browser else []
-        return {"announced": sorted(self.registered), "services_seen": len(seen),
+        return {"announced": sorted(self.registered), "withheld": sorted(self.withheld),
+                "services_seen": len(seen),
                 "peers": sum(1 for s in seen if s.state == "peer")}
 
     def report(self) -> dict[str, Any]:
         return {
             "instance": self.instance, "server": self.server, "cluster": self.settings.cluster,
             "network": self.selection.describe() if self.selection else None,
-            "announced": [{"type": t, "name": f"{self.instance}.{t}", "port": p, "txt": props,
-                           "registered": t in self.registered, "error": self.failures.get(t)}
-                          for t, (p, props) in sorted(self.wanted.items())],
+            "announced": [{"type": t, "name": f"{self.instance}.{t}", "port": w.port, "txt": w.txt,
+                           "registered": t in self.registered, "withheld": t in self.withheld,
+                           "addresses": self.addresses_for(t), "error": self.failures.get(t)}
+                          for t, w in sorted(self.wanted.items())],
             "services": self.browser.status() if self.browser else [],
         }
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 PLUGINS = ["apt", "dns", "docker", "k8s", "npm", "zeroconf"]
-CORE_COMMANDS = {"blobs", "config", "daemon", "node", "plugins", "stats"}
+CORE_COMMANDS = {"blobs", "config", "daemon", "node", "plugins", "stats", "ui"}
 WHEEL_NAME = re.compile(r"^(?P<dist>[A-Za-z0-9_.]+)-(?P<version>[^-]+)-.*\.whl$")
 
 

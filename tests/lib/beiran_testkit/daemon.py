@@ -148,7 +148,9 @@ class Daemon:
     def start(self, wait: bool = True) -> Daemon:
         cfg = self.dir / "config.toml"
         write_toml(cfg, self.config)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BEIRAN_")}
+        # no BEIRAN_* setting or proxy of the shell running the tests: only what the test sets
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BEIRAN_")
+               and k.lower() not in ("http_proxy", "https_proxy", "no_proxy", "all_proxy")}
         if self.config.get("testing"):  # a tampering or throttled node, on purpose
             env["BEIRAN_TESTING_HOOKS"] = "1"
         env.update(self.env)

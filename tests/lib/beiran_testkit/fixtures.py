@@ -13,8 +13,9 @@ import pytest
 from beiran_testkit.daemon import Daemon, next_subnet, wait_until
 from beiran_testkit.dnsserver import Dnsmasq, dnsmasq_missing
 from beiran_testkit.origin import Origin
+from beiran_testkit.tinyproxy import Tinyproxy, tinyproxy_missing
 
-__all__ = ["Cluster", "cluster", "dnsmasq", "origin", "random_blob"]
+__all__ = ["Cluster", "cluster", "dnsmasq", "origin", "random_blob", "tinyproxy"]
 
 
 def random_blob(size: int, seed: int = 0) -> tuple[bytes, str]:
@@ -98,3 +99,14 @@ def dnsmasq(tmp_path: Path) -> Iterator[Dnsmasq]:
     server = Dnsmasq(tmp_path / "dnsmasq")
     yield server
     server.stop()
+
+
+@pytest.fixture
+def tinyproxy(tmp_path: Path) -> Iterator[Tinyproxy]:
+    """Debian's tinyproxy as the site's forward proxy, started (its log tells what went through it)."""
+    reason = tinyproxy_missing()
+    if reason:
+        pytest.fail(reason)
+    proxy = Tinyproxy(tmp_path / "tinyproxy").start()
+    yield proxy
+    proxy.stop()

@@ -120,3 +120,27 @@ def test_failing_dns_and_bad_targets_are_logged_once_and_the_daemon_stays_up(clu
     for node in (a, timed_out, broken):
         assert node.api("GET", "/ping")["pong"] is True
     assert a.tracebacks("beiran_plugins/dns/") == timed_out.tracebacks("beiran_plugins/dns/") == []
+
+
+def test_reload_applies_new_names_live_and_refuses_a_bad_section(cluster, dnsmasq):
+    """`systemctl reload` (SIGHUP) with a changed [plugins.dns]: the plugin applies it live."""
+    from beiran_testkit.daemon import write_toml
+
+    b = cluster.add(peers=None)
+    dnsmasq.set_records(srv={SRV: [("n1.beiran.test", b.port)]}, hosts={"n1.beiran.test": [b.ip]})
+    a = cluster.add(dns_config(dnsmasq, [], interval=30), peers=None)
+    assert b.uuid not in a.online_peers()
+
+    def reload(section: dict[str, Any]) -> None:
+        a.config["plugins"] = {**a.config["plugins"], "dns": section}
+        write_toml(a.dir / "config.toml", a.config)
+        a.proc.send_signal(signal.SIGHUP)
+
+    reload(dns_config(dnsmasq, [SRV], interval=30)["plugins"]["dns"])
+    wait_until(lambda: b.uuid in a.online_peers() and "dns" in a.entry(b)["found_by"], 15,
+               what="the reloaded name's target found")
+    assert "plugins.dns" in a.log().split("reloaded")[-1]
+    reload({"names": ["no spaces allowed"], "nameservers": [dnsmasq.address]})
+    wait_until(lambda: "running settings are kept" in a.log(), 10, what="the bad section refused")
+    assert a.alive
+    assert a.api("GET", "/dns/status")["names"][0]["name"] == SRV and b.uuid in a.online_peers()

@@ -193,3 +193,17 @@ def test_an_unloadable_ca_file_is_a_config_error_not_a_500_per_request(cluster, 
     assert status != 500 and status >= 400, (status, body[:300])
     assert "Uncaught exception" not in node.log()
     assert node.alive and node.api("GET", "/blobs")["blobs"] == []
+
+
+def test_https_registry_through_the_site_proxy_connect_tunnel(cluster, https_registry, tinyproxy, tmp_path):
+    """Behind a corporate proxy (Debian's tinyproxy): TLS to the registry inside a CONNECT tunnel,
+    verified end to end against the registry's CA; the proxy sees only the tunnels."""
+    reg = https_registry
+    node = cluster.add({**_config(reg, reg.ca), "proxy": {"https": tinyproxy.url}}, peers=None)
+    code, err, out = _skopeo_via(reg, tmp_path, "proxied", mirror_of(node))
+    assert code == 0, f"{err}\n{node.log()[-3000:]}"
+    assert (out / "manifest.json").read_bytes() == reg.img.manifest_bytes
+    for blob in reg.img.blobs:
+        assert (out / blob.digest.split(":")[1]).read_bytes() == reg.layout.path_of(blob.digest).read_bytes()
+    requests = tinyproxy.requests()
+    assert requests and set(requests) == {f"CONNECT {reg.name} HTTP/1.1"}, requests

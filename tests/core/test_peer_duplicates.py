@@ -1,0 +1,72 @@
+"""Issue 18 item 9: two nodes that dial each other at once keep one connection of the pair without
+ever marking the other node offline (no "offline: duplicate connection", then "online"), and a
+normal start is quiet at INFO."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from beiran_testkit.daemon import Daemon, wait_until
+from beiran_testkit.fixtures import random_blob
+
+pytestmark = pytest.mark.cluster
+
+
+def _info_lines(node: Daemon) -> list[str]:
+    return [x for x in node.log().splitlines() if " INFO " in x]
+
+
+def test_duplicate_connections_never_mark_the_node_offline(cluster):
+    """a (the smaller UUID) dials b and backs off while b is down; b starts and dials a; then a's
+    retry connects too: both nodes replace b's connection with a's, the pair's winner. Neither
+    may mark the other offline, and a must never lose sight of b's blob meanwhile."""
+    a = cluster.add(peers=[f"http://{cluster.ip(1)}:8888"], start=False)
+    b = cluster.add(peers=[a.url], start=False)
+    a.data_dir.mkdir(parents=True, exist_ok=True)
+    b.data_dir.mkdir(parents=True, exist_ok=True)
+    (a.data_dir / "node-uuid").write_text("00000000-0000-4000-8000-00000000000a\n")
+    (b.data_dir / "node-uuid").write_text("ffffffff-0000-4000-8000-00000000000b\n")
+    data, digest = random_blob(4096, 51)
+    hexd = digest.split(":")[1]
+    (b.data_dir / "blobs" / "sha256" / hexd[:2]).mkdir(parents=True)
+    (b.data_dir / "blobs" / "sha256" / hexd[:2] / hexd).write_bytes(data)  # adopted at start
+    a.start()
+    time.sleep(1.0)  # a's dials to b fail and back off
+    b.start()
+
+    def a_sees_b_hold_it() -> bool:
+        return any(x["digest"] == digest and b.uuid in x["nodes"] for x in a.api("GET", "/blobs?all=true")["blobs"])
+    wait_until(a_sees_b_hold_it, 15, interval=0.01, what="a to learn b holds the blob")
+    gaps = 0
+    deadline = time.monotonic() + 15
+    replaced_at = None
+    while time.monotonic() < deadline:
+        if not a_sees_b_hold_it():
+            gaps += 1
+        if replaced_at is None and "duplicate connection" in a.log() + b.log():
+            replaced_at = time.monotonic()
+        if replaced_at is not None and time.monotonic() - replaced_at > 1.5:
+            break
+        time.sleep(0.01)
+    logs = a.log() + b.log()
+    print(f"\nreplaced: {replaced_at is not None}; polls without b's blob on a: {gaps}")
+    assert replaced_at is not None, "the duplicate connection never happened"
+    assert "offline" not in logs, [x for x in logs.splitlines() if "offline" in x]
+    assert gaps == 0, f"a lost sight of b's blob {gaps} times"
+    assert a.fetch(digest, len(data))["sources"] == {"peer": len(data)}
+
+
+def test_a_normal_start_is_quiet_at_info(cluster):
+    n1, n2 = cluster.start(2)
+    data, digest = random_blob(4096, 52)
+    n1.add_blob(data)
+    wait_until(lambda: n2.fetch(digest, len(data)).get("sources") == {"peer": len(data)}, 15,
+               what="n2 to fetch from n1")
+    time.sleep(1.0)
+    for node in (n1, n2):
+        lines = _info_lines(node)
+        # the start-up line and one "online" per peer; nothing per connection attempt or request
+        assert len(lines) <= 3, lines
+        assert sum("online" in x for x in lines) == 1, lines
