@@ -50,7 +50,7 @@ class Availability:
         self.epoch = uuid.uuid4().hex  # new per run: a restarted node re-announces everything
         self.seq = 0
         self.local: dict[str, tuple[str, int | None]] = {}
-        self._log: deque[tuple[int, list]] = deque(maxlen=LOG_LIMIT)
+        self._log: deque[tuple[int, list[Any]]] = deque(maxlen=LOG_LIMIT)
         self.peers: dict[str, PeerHoldings] = {}
 
     # -- local ---------------------------------------------------------------------------------
@@ -86,7 +86,7 @@ class Availability:
     def peer(self, node: str) -> PeerHoldings:
         return self.peers.setdefault(node, PeerHoldings())
 
-    def apply_snapshot(self, node: str, epoch: str, seq: int, entries: list, first: bool) -> None:
+    def apply_snapshot(self, node: str, epoch: str, seq: int, entries: list[Any], first: bool) -> None:
         """Entries were checked with `check_entry`; raises HoldingsError past the cap."""
         p = self.peer(node)
         if first:
@@ -96,7 +96,7 @@ class Availability:
             p.blobs[d] = (s, n)
         self._check_cap(node, p)
 
-    def apply_ops(self, node: str, ops: list, seq: int) -> None:
+    def apply_ops(self, node: str, ops: list[Any], seq: int) -> None:
         p = self.peer(node)
         for op in ops:
             if op[0] == "-":
