@@ -27,7 +27,7 @@ T = TypeVar("T")
 
 class Service(Generic[T]):
     """A service on the context: typed as the service itself (never Optional), set once while the
-    daemon is built in order (`beiran.daemon.main.run`), and read only after that. A
+    daemon is built in order (`beiran.daemon.main.build_services`), and read only after that. A
     read before it is set is a wiring bug and says which service; setting it twice is refused."""
 
     def __set_name__(self, owner: type, name: str) -> None:

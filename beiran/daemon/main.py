@@ -18,6 +18,8 @@ from beiran.config import Config, parse_hostport
 from beiran.errors import BeiranError
 
 if TYPE_CHECKING:
+    import peewee
+
     from beiran.context import DaemonContext
 
 log = logging.getLogger("beiran.daemon")
@@ -89,23 +91,10 @@ async def run(config: Config, reload_config: Callable[[], Config] | None = None)
     from tornado.netutil import bind_sockets
 
     from beiran import proxies
-    from beiran.context import DaemonContext
     from beiran.daemon import notify
     from beiran.daemon.app import PlainHTTPServer, make_app
     from beiran.daemon.reload import reload_loop
-    from beiran.fetch.fetcher import Fetcher
-    from beiran.fetch.origins import local_source_keys
-    from beiran.identity import NodeIdentity, advertised_addresses, load_or_create_uuid
     from beiran.listener import GuardedHTTPServer
-    from beiran.metrics import Metrics
-    from beiran.models import CORE_MODELS
-    from beiran.models.base import create_and_migrate, open_database
-    from beiran.peer.auth import PeerAuth
-    from beiran.peer.availability import Availability
-    from beiran.peer.manager import PeerManager
-    from beiran.plugin_loader import PluginManager
-    from beiran.preheat import Preheater
-    from beiran.store.blobstore import BlobStore
 
     stop, hup = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -119,13 +108,66 @@ async def run(config: Config, reload_config: Callable[[], Config] | None = None)
     proxies.configure(config.proxy)
     lock = DataDirLock(config.data_dir)
     lock.acquire()
-    ctx = DaemonContext(config=config)
     host, port = config.listen_host, config.listen_port
     try:
         tcp_socks = bind_sockets(port, address=None if host in ("0.0.0.0", "") else host)
     except OSError as exc:
         raise BeiranError(f"cannot listen on {config.listen}: {exc.strerror}") from None
     unix_sock = bind_unix(config.socket_path)
+    ctx, db = await build_services(config)
+    app = make_app(ctx)
+    # plugins start before the listeners accept, so a node that answers /info is fully up
+    await ctx.plugins.start_all()
+    tcp_server = PlainHTTPServer(app, max_body_size=64 << 20, limits=config.limits,
+                                 on_refused=lambda ip: ctx.metrics.connections_refused.inc())
+    tcp_server.add_sockets(tcp_socks)
+    unix_server = GuardedHTTPServer(app, max_body_size=64 << 20, per_address=False)
+    unix_server.add_socket(unix_sock)
+    await ctx.peers.start()
+    log.info("beiran %s node %s listening on %s (peers reach it at %s) and %s; plugins: %s",
+             ctx.identity.version, ctx.identity.uuid, config.listen, ctx.identity.url, config.socket_path,
+             ", ".join(f"{r.name}[{r.status}]" for r in ctx.plugins.records.values()) or "none")
+    if proxies.policy().describe() != "none":
+        log.info("origin requests use the upstream proxy: %s", proxies.policy().describe())
+    notify.ready(f"listening on {config.listen}")
+    reloads = asyncio.ensure_future(reload_loop(ctx, reload_config or _no_reload, hup))
+    await stop.wait()
+    log.info("shutting down")
+    notify.stopping()
+    reloads.cancel()
+    tcp_server.stop()
+    unix_server.stop()
+    try:
+        await asyncio.wait_for(_stop_services(ctx), SHUTDOWN_GRACE)
+    except TimeoutError:
+        log.warning("peers and plugins did not stop within %.1fs; exiting anyway", SHUTDOWN_GRACE)
+    await ctx.store.close()
+    config.socket_path.unlink(missing_ok=True)
+    ctx.db_executor.shutdown(wait=True)
+    db.close()
+    return 0
+
+
+async def build_services(config: Config) -> tuple[DaemonContext, peewee.SqliteDatabase]:
+    """The context with its services built in the order they need each other (identity, auth,
+    metrics, plugins imported and their tables, availability, store, peers, fetcher, preheater),
+    then the plugins' init. Each `ctx.<service>` is set here, once; nothing reads one earlier."""
+    from beiran.context import DaemonContext
+    from beiran.fetch.fetcher import Fetcher
+    from beiran.fetch.origins import local_source_keys
+    from beiran.identity import NodeIdentity, advertised_addresses, load_or_create_uuid
+    from beiran.metrics import Metrics
+    from beiran.models import CORE_MODELS
+    from beiran.models.base import create_and_migrate, open_database
+    from beiran.peer.auth import PeerAuth
+    from beiran.peer.availability import Availability
+    from beiran.peer.manager import PeerManager
+    from beiran.plugin_loader import PluginManager
+    from beiran.preheat import Preheater
+    from beiran.store.blobstore import BlobStore
+
+    ctx = DaemonContext(config=config)
+    host, port = config.listen_host, config.listen_port
     node_uuid = load_or_create_uuid(config.data_dir)
     addresses = advertised_addresses(host)
     if config.advertise:
@@ -158,37 +200,7 @@ async def run(config: Config, reload_config: Callable[[], Config] | None = None)
     await ctx.plugins.init_all()
     ctx.identity.plugins = local_source_keys(ctx) + [
         p for p in ctx.plugins.enabled_names() if p not in local_source_keys(ctx)]
-    app = make_app(ctx)
-    # plugins start before the listeners accept, so a node that answers /info is fully up
-    await ctx.plugins.start_all()
-    tcp_server = PlainHTTPServer(app, max_body_size=64 << 20, limits=config.limits,
-                                 on_refused=lambda ip: ctx.metrics.connections_refused.inc())
-    tcp_server.add_sockets(tcp_socks)
-    unix_server = GuardedHTTPServer(app, max_body_size=64 << 20, per_address=False)
-    unix_server.add_socket(unix_sock)
-    await ctx.peers.start()
-    log.info("beiran %s node %s listening on %s (peers reach it at %s) and %s; plugins: %s",
-             ctx.identity.version, node_uuid, config.listen, url, config.socket_path,
-             ", ".join(f"{r.name}[{r.status}]" for r in ctx.plugins.records.values()) or "none")
-    if proxies.policy().describe() != "none":
-        log.info("origin requests use the upstream proxy: %s", proxies.policy().describe())
-    notify.ready(f"listening on {config.listen}")
-    reloads = asyncio.ensure_future(reload_loop(ctx, reload_config or _no_reload, hup))
-    await stop.wait()
-    log.info("shutting down")
-    notify.stopping()
-    reloads.cancel()
-    tcp_server.stop()
-    unix_server.stop()
-    try:
-        await asyncio.wait_for(_stop_services(ctx), SHUTDOWN_GRACE)
-    except TimeoutError:
-        log.warning("peers and plugins did not stop within %.1fs; exiting anyway", SHUTDOWN_GRACE)
-    await ctx.store.close()
-    config.socket_path.unlink(missing_ok=True)
-    ctx.db_executor.shutdown(wait=True)
-    db.close()
-    return 0
+    return ctx, db
 
 
 async def _stop_services(ctx: DaemonContext) -> None:
