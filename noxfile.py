@@ -133,7 +133,8 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", *targets, *session.posargs)
 
 
-#: typeshed stubs for dependencies that ship no types of their own (the type checker's only)
+#: typeshed stubs for dependencies that ship no types of their own (the type checker's only;
+#: peewee ships its own, and types-peewee would replace them with older ones: see pyproject.toml)
 TYPE_STUBS = ["types-docker", "types-grpcio", "types-protobuf"]
 
 
