@@ -3,6 +3,7 @@
     nox                      # everything (what scripts/test and CI run)
     nox -s build             # the seven wheels into dist/
     nox -s lint
+    nox -s typecheck         # mypy: strict on beiran/, checked on beiran_plugins/ (config: pyproject.toml)
     nox -s "tests(npm)"      # core wheel + beiran-npm wheel only: tests/core (not slow) + tests/plugins/npm
     nox -t tests             # every test session
     nox -s "tests(dns)" -- -k heartbeat -x     # extra arguments go to pytest
@@ -13,6 +14,11 @@ Each test session installs wheels from dist/ (never the source tree) into a fres
 pytest from a scratch directory, so `beiran_plugins` holds exactly the plugins that session
 installed. The apt session runs on Debian's /usr/bin/python3 with system site packages, where
 python3-apt (`apt_pkg`) lives.
+
+`typecheck` runs mypy over the source tree (not the wheels) in a venv holding the run-time
+dependencies of the core and of every plugin (read from their pyproject.toml files) plus the
+typeshed stubs of those that ship none. Which modules are strict and which are relaxed "to tighten"
+is in `[tool.mypy]` of pyproject.toml, so `mypy` run by hand checks the same.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import os
 import shutil
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 import nox
@@ -38,7 +45,7 @@ DEBIAN_PYTHON = "/usr/bin/python3"
 SOURCE_SUFFIXES = {".py", ".proto", ".json", ".toml", ".html", ".js", ".css"}
 
 nox.options.default_venv_backend = "uv|virtualenv"
-nox.options.sessions = ["lint", "build", "tests", "tests(apt)", "tests(integration)"]
+nox.options.sessions = ["lint", "typecheck", "build", "tests", "tests(apt)", "tests(integration)"]
 nox.options.reuse_venv = "no"
 _LOCK_FD: int | None = None
 
@@ -124,6 +131,29 @@ def lint(session: nox.Session) -> None:
                 if p.is_file() and not p.suffix and p.read_bytes()[:64].startswith(b"#!")
                 and b"python" in p.read_bytes().split(b"\n", 1)[0]]
     session.run("ruff", "check", *targets, *session.posargs)
+
+
+#: typeshed stubs for dependencies that ship no types of their own (the type checker's only;
+#: peewee ships its own, and types-peewee would replace them with older ones: see pyproject.toml)
+TYPE_STUBS = ["types-docker", "types-grpcio", "types-protobuf"]
+
+
+def _runtime_dependencies() -> list[str]:
+    """What the core's and every plugin's wheel needs at run time, minus the beiran wheels
+    themselves (mypy reads those from the source tree)."""
+    deps: list[str] = []
+    for dist in ["core", *PLUGINS]:
+        project = tomllib.loads((_project_dir(dist) / "pyproject.toml").read_text())["project"]
+        deps += [d for d in project.get("dependencies", []) if not d.lower().startswith("beiran")]
+    return sorted(set(deps))
+
+
+@nox.session(python=DEBIAN_PYTHON, venv_params=["--system-site-packages"])
+def typecheck(session: nox.Session) -> None:
+    """mypy over beiran/ (strict) and beiran_plugins/ (checked); Debian's Python, whose system
+    site packages hold python3-apt and its stubs."""
+    session.install("mypy>=1.13", *TYPE_STUBS, *_runtime_dependencies())
+    session.run("mypy", *session.posargs, env=_clean_env())
 
 
 @nox.session

@@ -11,11 +11,14 @@ import re
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from beiran.errors import ConfigError
 from beiran.proxies import ProxyConfig, masked
 from beiran.proxies import resolve as resolve_proxy
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 DEFAULT_CONFIG_FILE = Path("/etc/beiran/config.toml")
 ENV_PREFIX = "BEIRAN_"
@@ -265,7 +268,10 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _build_section(cls: type, data: dict[str, Any], where: str, origin: str = "config") -> Any:
+_Section = TypeVar("_Section", bound="DataclassInstance")
+
+
+def _build_section(cls: type[_Section], data: dict[str, Any], where: str, origin: str = "config") -> _Section:
     known = {f.name: f for f in fields(cls) if f.name != "source_file"}
     kwargs = {}
     for key, value in data.items():
@@ -288,7 +294,7 @@ def _build_section(cls: type, data: dict[str, Any], where: str, origin: str = "c
     return obj
 
 
-def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] | None = None,
+def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None,
                 overrides: dict[str, Any] | None = None, strict_env: bool = True) -> Config:
     """Build the effective config. `overrides` are command-line flags (None values ignored).
     `strict_env=False` skips BEIRAN_* variables that name no setting instead of refusing them."""
@@ -309,6 +315,8 @@ def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] |
             raise ConfigError(f"config file {source}: {exc}") from exc
     data = _merge(file_data, _env_overrides(environ, strict_env))
     data = _merge(data, {k: v for k, v in (overrides or {}).items() if v not in (None, (), [])})
+    if isinstance(data.get("peers"), str):  # `peers = "a, b"` in the file, as in BEIRAN_PEERS
+        data["peers"] = _parse_env_value("peers", data["peers"])
     try:
         # env variables and flags are checked already: an unknown key here is the file's
         origin = f"config file {source}" if source else "config"
@@ -330,8 +338,6 @@ def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] |
     cfg.data_dir = Path(cfg.data_dir).expanduser()
     cfg.run_dir = Path(cfg.run_dir).expanduser() if cfg.run_dir else _default_run_dir(cfg.data_dir)
     cfg.socket = Path(cfg.socket).expanduser() if cfg.socket else None
-    if isinstance(cfg.peers, str):
-        cfg.peers = [p.strip() for p in cfg.peers.split(",") if p.strip()]
     cfg.peers = [normalize_peer_url(p) for p in cfg.peers]
     parse_hostport(cfg.listen)
     if cfg.advertise:

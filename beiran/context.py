@@ -6,8 +6,7 @@ import asyncio
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from beiran.config import Config
 from beiran.events import EventBus
@@ -26,27 +25,57 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-@dataclass
+class Service(Generic[T]):
+    """A service on the context: typed as the service itself (never Optional), set once while the
+    daemon is built in order (`beiran.daemon.main.build_services`), and read only after that. A
+    read before it is set is a wiring bug and says which service; setting it twice is refused."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> Service[T]: ...
+    @overload
+    def __get__(self, obj: object, owner: type) -> T: ...
+    def __get__(self, obj: object | None, owner: type) -> Service[T] | T:
+        if obj is None:
+            return self
+        try:
+            value: T = obj.__dict__[self.name]
+        except KeyError:
+            raise RuntimeError(f"ctx.{self.name} is used before the daemon built it") from None
+        return value
+
+    def __set__(self, obj: object, value: T) -> None:
+        if self.name in obj.__dict__:
+            raise RuntimeError(f"ctx.{self.name} is set once, when the daemon is built")
+        obj.__dict__[self.name] = value
+
+
 class DaemonContext:
-    config: Config
-    bus: EventBus = field(default_factory=EventBus)
-    identity: NodeIdentity = None  # type: ignore[assignment]
-    plugins: PluginManager = None  # type: ignore[assignment]
-    store: BlobStore = None  # type: ignore[assignment]
-    availability: Availability = None  # type: ignore[assignment]
-    peers: PeerManager = None  # type: ignore[assignment]
-    fetcher: Fetcher = None  # type: ignore[assignment]
-    metrics: Metrics = None  # type: ignore[assignment]
-    auth: PeerAuth = None  # type: ignore[assignment]
-    preheater: Preheater = None  # type: ignore[assignment]
-    db_executor: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="beiran-db"))
-    io_executor: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(8, thread_name_prefix="beiran-io"))
-    #: blocking downloads from peers. Kept apart from io_executor (which serves blobs): receives
-    #: wait on other nodes' serving, so sharing one pool lets busy nodes starve each other.
-    receive_executor: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(32, thread_name_prefix="beiran-recv"))
+    """What plugins and handlers reach core services through. `config`, the event bus and the
+    executors exist from the start; each `Service` is set once by the daemon's builder, in the
+    order they depend on each other (identity, auth, metrics, plugins, availability, store, peers,
+    fetcher, preheater)."""
+
+    identity: Service[NodeIdentity] = Service()
+    auth: Service[PeerAuth] = Service()
+    metrics: Service[Metrics] = Service()
+    plugins: Service[PluginManager] = Service()
+    availability: Service[Availability] = Service()
+    store: Service[BlobStore] = Service()
+    peers: Service[PeerManager] = Service()
+    fetcher: Service[Fetcher] = Service()
+    preheater: Service[Preheater] = Service()
+
+    def __init__(self, config: Config, bus: EventBus | None = None) -> None:
+        self.config = config
+        self.bus = bus or EventBus()
+        self.db_executor = ThreadPoolExecutor(1, thread_name_prefix="beiran-db")
+        self.io_executor = ThreadPoolExecutor(8, thread_name_prefix="beiran-io")
+        #: blocking downloads from peers. Kept apart from io_executor (which serves blobs): receives
+        #: wait on other nodes' serving, so sharing one pool lets busy nodes starve each other.
+        self.receive_executor = ThreadPoolExecutor(32, thread_name_prefix="beiran-recv")
 
     async def run_db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a database call on the single database thread (sqlite writes are serial anyway)."""

@@ -92,14 +92,16 @@ class UpstreamError(BeiranError):
     status, code = 502, "upstream_error"
 
 
+class ResponseTooLarge(UpstreamError):
+    """An upstream answer longer than the reader's limit (it is not read past that)."""
+
+    code = "response_too_large"
+
+
 class VerificationError(UpstreamError):
     """Bytes did not match their digest or announced size."""
 
     code = "digest_mismatch"
-
-
-class Unavailable(BeiranError):
-    status, code = 503, "unavailable"
 
 
 class StorageFull(BeiranError):

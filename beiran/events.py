@@ -15,7 +15,6 @@ Handler = Callable[..., Awaitable[None] | None]
 # Event names used by core; plugins may add their own ("<plugin>.<event>").
 NODE_ONLINE = "node.online"
 NODE_OFFLINE = "node.offline"
-NODE_DISCOVERED = "node.discovered"
 BLOB_ADDED = "blob.added"
 BLOB_REMOVED = "blob.removed"
 BLOB_PROGRESS = "blob.progress"
@@ -26,7 +25,7 @@ FETCH_PROGRESS = "fetch.progress"
 class EventBus:
     def __init__(self) -> None:
         self._handlers: dict[str, list[Handler]] = defaultdict(list)
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
 
     def on(self, event: str, handler: Handler) -> Callable[[], None]:
         """Subscribe; returns a function that unsubscribes."""
@@ -45,7 +44,7 @@ class EventBus:
             except Exception:
                 log.exception("event handler for %s failed", event)
 
-    def _done(self, task: asyncio.Task) -> None:
+    def _done(self, task: asyncio.Future[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception():
             log.error("event handler failed: %s", task.exception())

@@ -12,9 +12,11 @@ import json
 import logging
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import tornado.web
+from tornado.http1connection import HTTP1Connection
+from tornado.httputil import HTTPServerRequest
 
 from beiran.errors import BeiranError, Forbidden, InvalidJSON, PayloadTooLarge, UnknownCommand
 
@@ -26,10 +28,17 @@ log = logging.getLogger("beiran.http")
 DEFAULT_MAX_JSON_BODY = 1 << 20
 
 
-def rpc_command(fn: Callable | None = None, *, admin: bool = True) -> Callable:
+_Command = TypeVar("_Command", bound=Callable[..., Any])
+
+
+@overload
+def rpc_command(fn: _Command) -> _Command: ...
+@overload
+def rpc_command(fn: None = None, *, admin: bool = True) -> Callable[[_Command], _Command]: ...
+def rpc_command(fn: _Command | None = None, *, admin: bool = True) -> Any:
     """Mark a handler method as an RPC command (`POST ...?cmd=<name>`). Admin by default."""
-    def mark(f: Callable) -> Callable:
-        f._rpc_admin = admin  # type: ignore[attr-defined]
+    def mark(f: _Command) -> _Command:
+        f._rpc_admin = admin  # type: ignore[attr-defined]  # a function attribute: the mark itself
         return f
     return mark(fn) if fn is not None else mark
 
@@ -46,14 +55,17 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def initialize(self, plugin: Any = None, **kwargs: Any) -> None:
         self.plugin = plugin
-        self.options = kwargs
 
     @property
     def ctx(self) -> DaemonContext:
-        return self.application.settings["ctx"]
+        ctx: DaemonContext = self.application.settings["ctx"]
+        return ctx
+
+    def http_connection(self) -> HTTP1Connection:
+        return http_connection(self.request)
 
     def is_unix_socket(self) -> bool:
-        return getattr(self.request.connection.context, "address_family", None) == socket.AF_UNIX
+        return getattr(self.http_connection().context, "address_family", None) == socket.AF_UNIX
 
     def prepare(self) -> None:
         method = self.request.method or ""
@@ -121,10 +133,18 @@ class BaseHandler(tornado.web.RequestHandler):
         self.finish(json.dumps(data, default=str))
 
 
-def check_client_address(config: Config, remote_ip: str) -> None:
+def http_connection(request: HTTPServerRequest) -> HTTP1Connection:
+    """The connection a request came on (Tornado types it as the abstract interface)."""
+    conn = request.connection
+    if not isinstance(conn, HTTP1Connection):
+        raise TypeError(f"{type(conn).__name__} is not an HTTP/1 connection")
+    return conn
+
+
+def check_client_address(config: Config, remote_ip: str | None) -> None:
     """Package clients only from `client_cidrs`; also used by plugins with listeners of their own."""
     try:
-        addr = ipaddress.ip_address(remote_ip)
+        addr = ipaddress.ip_address(remote_ip or "")
     except ValueError:
         raise Forbidden("client address not allowed") from None
     if not any(addr in net for net in config.client_networks()):
@@ -191,7 +211,7 @@ class RPCEndpoint(JSONEndpoint):
     """`POST /path?cmd=NAME`: dispatches to methods marked with `@rpc_command`."""
 
     @classmethod
-    def commands(cls) -> dict[str, Callable]:
+    def commands(cls) -> dict[str, Callable[..., Any]]:
         return {name: getattr(cls, name) for name in dir(cls)
                 if hasattr(getattr(cls, name, None), "_rpc_admin")}
 
@@ -203,7 +223,7 @@ class RPCEndpoint(JSONEndpoint):
         if not cmd or cmd not in commands:
             raise UnknownCommand(f"unknown cmd {cmd!r}; available: {', '.join(sorted(commands))}")
         method = commands[cmd]
-        if method._rpc_admin and not self.is_unix_socket():
+        if getattr(method, "_rpc_admin", True) and not self.is_unix_socket():
             raise Forbidden("admin operations are accepted only on the local unix socket")
         result = await method(self, *args)
         if not self._finished:

@@ -22,11 +22,10 @@ from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpclient import TCPClient
 
 from beiran import proxies
-from beiran.errors import UpstreamError
+from beiran.errors import ResponseTooLarge, UpstreamError
 
 BUFFER_LIMIT = 4 << 20
 READ_CHUNK = 1 << 20
-_EOF = object()
 
 
 class StreamResponse(httputil.HTTPMessageDelegate):
@@ -36,22 +35,24 @@ class StreamResponse(httputil.HTTPMessageDelegate):
         self.reason = ""
         self.headers = httputil.HTTPHeaders()
         self._headers_seen = asyncio.get_running_loop().create_future()
-        self._buf: deque = deque()
+        self._buf: deque[bytes | UpstreamError | None] = deque()  # None: the end of the body
         self._buf_bytes = 0
         self._space = asyncio.Event()
         self._space.set()
         self._more = asyncio.Event()
         self._conn: HTTP1Connection | None = None
-        self._task: asyncio.Future | None = None
+        self._task: asyncio.Future[bool] | None = None
 
     # delegate side (Tornado calls these)
-    def headers_received(self, start_line: httputil.ResponseStartLine,  # type: ignore[override]
+    def headers_received(self, start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
                          headers: httputil.HTTPHeaders) -> None:
+        if not isinstance(start_line, httputil.ResponseStartLine):  # a client connection gets responses
+            raise TypeError(f"{self.url}: got a request line on a client connection")
         self.code, self.reason, self.headers = start_line.code, start_line.reason, headers
         if not self._headers_seen.done():
             self._headers_seen.set_result(None)
 
-    async def data_received(self, chunk: bytes) -> None:  # type: ignore[override]
+    async def data_received(self, chunk: bytes) -> None:
         self._buf.append(chunk)
         self._buf_bytes += len(chunk)
         self._more.set()
@@ -60,7 +61,7 @@ class StreamResponse(httputil.HTTPMessageDelegate):
             await self._space.wait()
 
     def finish(self) -> None:
-        self._buf.append(_EOF)
+        self._buf.append(None)
         self._more.set()
 
     def on_connection_close(self) -> None:
@@ -79,7 +80,7 @@ class StreamResponse(httputil.HTTPMessageDelegate):
                 except TimeoutError:
                     raise UpstreamError(f"{self.url}: no data for {idle_timeout:.0f}s") from None
             item = self._buf.popleft()
-            if item is _EOF:
+            if item is None:
                 return
             if isinstance(item, Exception):
                 raise item
@@ -93,7 +94,7 @@ class StreamResponse(httputil.HTTPMessageDelegate):
         async for chunk in self.chunks(idle_timeout):
             n += len(chunk)
             if n > limit:
-                raise UpstreamError(f"{self.url}: response larger than {limit} bytes")
+                raise ResponseTooLarge(f"{self.url}: response larger than {limit} bytes")
             out.append(chunk)
         return b"".join(out)
 

@@ -8,6 +8,7 @@ import socket
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from beiran import __version__
 
@@ -39,7 +40,7 @@ class NodeIdentity:
     plugins: list[str] = field(default_factory=list)
     started: float = 0.0
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"uuid": self.uuid, "url": self.url, "port": self.port, "addresses": self.addresses,
                 "hostname": self.hostname, "version": self.version, "os_type": self.os_type,
                 "architecture": self.architecture, "plugins": self.plugins}
@@ -52,7 +53,7 @@ def advertised_addresses(listen_host: str) -> list[str]:
     addrs: list[str] = []
     try:
         for info in socket.getaddrinfo(socket.gethostname(), None):
-            addr = info[4][0]
+            addr = str(info[4][0])
             if addr not in addrs and not addr.startswith("127.") and addr != "::1":
                 addrs.append(addr)
     except OSError:

@@ -58,7 +58,7 @@ class Preheater:
     def __init__(self, ctx: DaemonContext) -> None:
         self.ctx = ctx
         self.outcomes: OrderedDict[str, Outcome] = OrderedDict()
-        self.tasks: set[asyncio.Task] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
         self._sem = asyncio.Semaphore(PARALLEL)
 
     def start(self, items: list[Item]) -> None:
@@ -213,10 +213,13 @@ async def run(ctx: DaemonContext, items: list[Item], nodes: list[str], emit: Emi
         live = [n for n in nodes if n not in errors]
         answers = dict(zip(live, await asyncio.gather(*(ask(n, "progress", digests=digests) for n in live),
                                                       return_exceptions=True), strict=True))
+        replies: dict[str, dict[str, Any]] = {}
         for node, ans in answers.items():
             if isinstance(ans, BaseException):
-                errors[node] = getattr(ans, "message", None) or str(ans)
-        rows = [_node_row(n, None if n in errors else answers.get(n), errors.get(n, "")) for n in nodes]
+                errors[node] = (ans.message if isinstance(ans, BeiranError) else "") or str(ans)
+            else:
+                replies[node] = ans
+        rows = [_node_row(n, None if n in errors else replies.get(n), errors.get(n, "")) for n in nodes]
         await emit({"event": "progress", "nodes": rows})
         if all(r["state"] != "downloading" for r in rows):
             break

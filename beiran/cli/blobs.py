@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Any
 
 import click
 
@@ -57,7 +58,7 @@ def fetch(digest: str, output: str | None, size: int | None, source: str | None,
     from beiran.cli.progress import Progress
 
     c = client(timeout=600)
-    final: dict = {}
+    final: dict[str, Any] = {}
     label = digest[:19]
     with Progress(enabled=not no_progress) as progress:
         progress.add("fetch", f"{label} fetch")

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from beiran.cli.errors import CLIError, DaemonNotRunning
+from beiran.cli.errors import CLIError, DaemonError, DaemonNotRunning
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -75,8 +75,10 @@ def default_sockets() -> list[tuple[str, str]]:
     cwd = [(str(p), "quick-start daemon") for p in by_cwd]
     tried = [configured, *venv] if cfg.source_file or where != "default socket" else [*venv, configured]
     tried += cwd
-    seen: set[str] = set()
-    return [t for t in tried if not (t[0] in seen or seen.add(t[0]))]
+    unique: dict[str, tuple[str, str]] = {}
+    for path, why in tried:
+        unique.setdefault(path, (path, why))  # the first reason given for a path wins
+    return list(unique.values())
 
 
 def _why_not(path: str, exc: OSError | None) -> str:
@@ -149,12 +151,14 @@ class DaemonClient:
         if resp.status < 400:
             return
         payload = resp.read()
+        code = ""
         try:
             err = json.loads(payload)
             message = err.get("message") or err.get("error") or payload.decode()
+            code = str(err.get("error") or "")
         except (ValueError, AttributeError):
             message = payload.decode(errors="replace").strip() or resp.reason
-        raise CLIError(f"{message} (HTTP {resp.status})")
+        raise DaemonError(f"{message} (HTTP {resp.status})", resp.status, code)
 
     def request(self, method: str, path: str, body: Any = None, raw: Any = None,
                 headers: dict[str, str] | None = None) -> Any:

@@ -33,14 +33,15 @@ class BeiranCLI(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in CORE_COMMANDS:
             modname, attr = CORE_COMMANDS[name].split(":")
-            return getattr(importlib.import_module(modname), attr)
+            command: click.Command = getattr(importlib.import_module(modname), attr)
+            return command
         from beiran.plugin_loader import NAMESPACE, plugin_names
 
         if name not in plugin_names():
             return None
         try:
             module = importlib.import_module(f"{NAMESPACE}.{name}.cli")
-            group = module.cli
+            group: click.Command = module.cli
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the CLI
             return _broken(name, exc)
         if group.name != name:

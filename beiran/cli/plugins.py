@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from beiran.cli.errors import CLIError
+from beiran.cli.errors import CLIError, DaemonNotRunning
 from beiran.cli.main import client
 from beiran.cli.output import emit_json, json_option, table
 
 
-def installed_plugins() -> list[dict]:
+def installed_plugins() -> list[dict[str, Any]]:
     """Installed plugins without a daemon: names and distributions (imports no plugin code)."""
     from beiran.plugin_loader import plugin_distributions, plugin_names
 
@@ -25,9 +27,7 @@ def plugins(as_json: bool) -> None:
     """Installed plugins: kind, distribution, version, status (from the daemon when it runs)."""
     try:
         rows = client(timeout=10).get("/status")["plugins"]
-    except CLIError as exc:
-        if "not running" not in exc.message:
-            raise
+    except DaemonNotRunning:
         rows = installed_plugins()
     if as_json:
         emit_json(rows)

@@ -16,11 +16,12 @@ from beiran.peer.connection import MAX_MESSAGE
 from beiran.peer.serving import BlobHandler
 from beiran.peer.websocket import PeerSocketHandler
 from beiran.store import api as store_api
+from beiran.tasks import spawn
 from beiran.ui import handlers as ui_handlers
 
 
 def make_app(ctx: DaemonContext) -> tornado.web.Application:
-    routes: list = []
+    routes: list[Any] = []
     routes += core_api.ROUTES
     routes += store_api.ROUTES
     routes += ui_handlers.ROUTES
@@ -56,14 +57,14 @@ class PlainHTTPServer(GuardedHTTPServer):
     """
 
     def handle_stream(self, stream: Any, address: Any) -> None:
-        asyncio.ensure_future(self._sniff(stream, address))
+        spawn(self._sniff(stream, address), "TLS sniffing a new connection")
 
     async def _sniff(self, stream: Any, address: Any) -> None:
         loop = asyncio.get_running_loop()
         sock = stream.socket
         fd = sock.fileno()
         ready = loop.create_future()
-        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+        loop.add_reader(fd, lambda: None if ready.done() else ready.set_result(None))
         try:
             await asyncio.wait_for(ready, 2.0)
         except TimeoutError:

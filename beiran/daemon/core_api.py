@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from beiran import __version__
 from beiran.errors import BadRequest
@@ -52,7 +53,7 @@ class NodesHandler(RPCEndpoint):
         self.write_json({"nodes": [self_row, *sorted(nodes, key=lambda n: n["url"])]})
 
     @rpc_command
-    async def probe(self) -> dict:
+    async def probe(self) -> dict[str, Any]:
         body = self.json_object()
         address = body.get("address")
         if not isinstance(address, str) or not address:

@@ -12,10 +12,15 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from beiran.config import Config, parse_hostport
 from beiran.errors import BeiranError
+
+if TYPE_CHECKING:
+    import peewee
+
+    from beiran.context import DaemonContext
 
 log = logging.getLogger("beiran.daemon")
 #: files the daemon makes are 0640 and directories 0750 whatever umask it inherits: the store holds
@@ -86,23 +91,10 @@ async def run(config: Config, reload_config: Callable[[], Config] | None = None)
     from tornado.netutil import bind_sockets
 
     from beiran import proxies
-    from beiran.context import DaemonContext
     from beiran.daemon import notify
     from beiran.daemon.app import PlainHTTPServer, make_app
     from beiran.daemon.reload import reload_loop
-    from beiran.fetch.fetcher import Fetcher
-    from beiran.fetch.origins import local_source_keys
-    from beiran.identity import NodeIdentity, advertised_addresses, load_or_create_uuid
     from beiran.listener import GuardedHTTPServer
-    from beiran.metrics import Metrics
-    from beiran.models import CORE_MODELS
-    from beiran.models.base import create_and_migrate, open_database
-    from beiran.peer.auth import PeerAuth
-    from beiran.peer.availability import Availability
-    from beiran.peer.manager import PeerManager
-    from beiran.plugin_loader import PluginManager
-    from beiran.preheat import Preheater
-    from beiran.store.blobstore import BlobStore
 
     stop, hup = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -116,45 +108,13 @@ async def run(config: Config, reload_config: Callable[[], Config] | None = None)
     proxies.configure(config.proxy)
     lock = DataDirLock(config.data_dir)
     lock.acquire()
-    ctx = DaemonContext(config=config)
     host, port = config.listen_host, config.listen_port
     try:
         tcp_socks = bind_sockets(port, address=None if host in ("0.0.0.0", "") else host)
     except OSError as exc:
         raise BeiranError(f"cannot listen on {config.listen}: {exc.strerror}") from None
     unix_sock = bind_unix(config.socket_path)
-    node_uuid = load_or_create_uuid(config.data_dir)
-    addresses = advertised_addresses(host)
-    if config.advertise:
-        adv_host, port = parse_hostport(config.advertise, port)
-        addresses = [adv_host, *(a for a in addresses if a != adv_host)]
-    url_host = addresses[0]
-    url = f"http://[{url_host}]:{port}" if ":" in url_host else f"http://{url_host}:{port}"
-    ctx.identity = NodeIdentity(uuid=node_uuid, url=url, port=port, addresses=addresses,
-                                started=time.time())
-    ctx.auth = PeerAuth(config.cluster_token, node_uuid)
-    ctx.metrics = Metrics()
-    db = open_database(config.data_dir / "beiran.db")
-    ctx.plugins = PluginManager(ctx)
-    ctx.plugins.import_all()
-    await ctx.run_db(create_and_migrate, CORE_MODELS)
-    for rec in ctx.plugins.records.values():
-        if rec.models and not rec.error:
-            try:
-                await ctx.run_db(create_and_migrate, rec.models)
-            except Exception as exc:  # noqa: BLE001
-                ctx.plugins._fail(rec, "schema", exc)
-    ctx.availability = Availability(config.limits.peer_max_blobs, config.limits.peer_max_blobs_total)
-    ctx.store = BlobStore(ctx, config.data_dir / "blobs")
-    await ctx.store.open()
-    ctx.peers = PeerManager(ctx, ctx.availability)
-    ctx.fetcher = Fetcher(ctx)
-    ctx.preheater = Preheater(ctx)
-    ctx.metrics.bind(ctx)
-    _wire_availability(ctx)
-    await ctx.plugins.init_all()
-    ctx.identity.plugins = local_source_keys(ctx) + [
-        p for p in ctx.plugins.enabled_names() if p not in local_source_keys(ctx)]
+    ctx, db = await build_services(config)
     app = make_app(ctx)
     # plugins start before the listeners accept, so a node that answers /info is fully up
     await ctx.plugins.start_all()
@@ -165,7 +125,7 @@ async def run(config: Config, reload_config: Callable[[], Config] | None = None)
     unix_server.add_socket(unix_sock)
     await ctx.peers.start()
     log.info("beiran %s node %s listening on %s (peers reach it at %s) and %s; plugins: %s",
-             ctx.identity.version, node_uuid, config.listen, url, config.socket_path,
+             ctx.identity.version, ctx.identity.uuid, config.listen, ctx.identity.url, config.socket_path,
              ", ".join(f"{r.name}[{r.status}]" for r in ctx.plugins.records.values()) or "none")
     if proxies.policy().describe() != "none":
         log.info("origin requests use the upstream proxy: %s", proxies.policy().describe())
@@ -188,13 +148,68 @@ async def run(config: Config, reload_config: Callable[[], Config] | None = None)
     return 0
 
 
-async def _stop_services(ctx: Any) -> None:
+async def build_services(config: Config) -> tuple[DaemonContext, peewee.SqliteDatabase]:
+    """The context with its services built in the order they need each other (identity, auth,
+    metrics, plugins imported and their tables, availability, store, peers, fetcher, preheater),
+    then the plugins' init. Each `ctx.<service>` is set here, once; nothing reads one earlier."""
+    from beiran.context import DaemonContext
+    from beiran.fetch.fetcher import Fetcher
+    from beiran.fetch.origins import local_source_keys
+    from beiran.identity import NodeIdentity, advertised_addresses, load_or_create_uuid
+    from beiran.metrics import Metrics
+    from beiran.models import CORE_MODELS
+    from beiran.models.base import create_and_migrate, open_database
+    from beiran.peer.auth import PeerAuth
+    from beiran.peer.availability import Availability
+    from beiran.peer.manager import PeerManager
+    from beiran.plugin_loader import PluginManager
+    from beiran.preheat import Preheater
+    from beiran.store.blobstore import BlobStore
+
+    ctx = DaemonContext(config=config)
+    host, port = config.listen_host, config.listen_port
+    node_uuid = load_or_create_uuid(config.data_dir)
+    addresses = advertised_addresses(host)
+    if config.advertise:
+        adv_host, port = parse_hostport(config.advertise, port)
+        addresses = [adv_host, *(a for a in addresses if a != adv_host)]
+    url_host = addresses[0]
+    url = f"http://[{url_host}]:{port}" if ":" in url_host else f"http://{url_host}:{port}"
+    ctx.identity = NodeIdentity(uuid=node_uuid, url=url, port=port, addresses=addresses,
+                                started=time.time())
+    ctx.auth = PeerAuth(config.cluster_token, node_uuid)
+    ctx.metrics = Metrics()
+    db = open_database(config.data_dir / "beiran.db")
+    ctx.plugins = PluginManager(ctx)
+    ctx.plugins.import_all()
+    await ctx.run_db(create_and_migrate, CORE_MODELS)
+    for rec in ctx.plugins.records.values():
+        if rec.models and not rec.error:
+            try:
+                await ctx.run_db(create_and_migrate, rec.models)
+            except Exception as exc:  # noqa: BLE001
+                ctx.plugins.fail(rec, "schema", exc)
+    ctx.availability = Availability(config.limits.peer_max_blobs, config.limits.peer_max_blobs_total)
+    ctx.store = BlobStore(ctx, config.data_dir / "blobs")
+    await ctx.store.open()
+    ctx.peers = PeerManager(ctx, ctx.availability)
+    ctx.fetcher = Fetcher(ctx)
+    ctx.preheater = Preheater(ctx)
+    ctx.metrics.bind(ctx)
+    _wire_availability(ctx)
+    await ctx.plugins.init_all()
+    ctx.identity.plugins = local_source_keys(ctx) + [
+        p for p in ctx.plugins.enabled_names() if p not in local_source_keys(ctx)]
+    return ctx, db
+
+
+async def _stop_services(ctx: DaemonContext) -> None:
     await ctx.peers.stop()
     await asyncio.sleep(0.05)  # let goodbye messages leave
     await ctx.plugins.stop_all()
 
 
-def _wire_availability(ctx: Any) -> None:
+def _wire_availability(ctx: DaemonContext) -> None:
     """Local store changes become availability deltas for peers."""
     from beiran import events
 

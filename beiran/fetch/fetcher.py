@@ -57,8 +57,8 @@ class FetchJob:
     size: int | None
     source: dict[str, Any] | None
     writer: BlobWriter | None = None
-    done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-    bytes_from: Counter = field(default_factory=Counter)  # local / peer / origin
+    done: asyncio.Future[BlobEntry] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    bytes_from: Counter[str] = field(default_factory=Counter)  # local / peer / origin
     contributors: set[str] = field(default_factory=set)  # peers whose bytes are in the writer
     bad: set[str] = field(default_factory=set)  # peers skipped for this blob
     started: float = field(default_factory=time.monotonic)
@@ -83,9 +83,22 @@ class FetchJob:
             return
         waiter = asyncio.ensure_future(self.ready.wait())
         try:
-            await asyncio.wait([waiter, self.done], return_when=asyncio.FIRST_COMPLETED)
+            either: list[asyncio.Future[Any]] = [waiter, self.done]
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
+
+    def live_writer(self) -> BlobWriter:
+        """The writer, for the steps of a download that run only while the job has one."""
+        if self.writer is None:
+            raise RuntimeError(f"fetch of {self.digest[:19]} has no writer now")
+        return self.writer
+
+    def error(self) -> BaseException | None:
+        """What the fetch ended with: None while it runs or when it succeeded."""
+        if not self.done.done():
+            return None
+        return asyncio.CancelledError() if self.done.cancelled() else self.done.exception()
 
     @property
     def failed(self) -> bool:
@@ -211,7 +224,7 @@ class Fetcher:
         for _ in range(MAX_RESTARTS):
             try:
                 await self._fill(job)
-                return await self.ctx.store.commit(job.writer)
+                return await self.ctx.store.commit(job.live_writer())
             except VerificationError as exc:
                 self.ctx.metrics.verify_failures.inc()
                 if job.writer is not None and self.ctx.store.writing(job.digest) is job.writer:
@@ -242,8 +255,7 @@ class Fetcher:
         return complete, partial
 
     async def _fill(self, job: FetchJob) -> None:
-        writer = job.writer
-        assert writer is not None
+        writer = job.live_writer()
         failed: set[str] = set()
         delegated = False
         cfg = self.ctx.config.fetch
@@ -258,7 +270,7 @@ class Fetcher:
                 writer.seek(writer.available)
                 failed |= used
                 continue
-            node = (complete or partial or [None])[0]
+            node = next(iter(complete or partial), None)
             if node is not None:
                 if await self._try_peer(job, node, failed):
                     return
@@ -289,7 +301,7 @@ class Fetcher:
         return None if found == self.ctx.identity.uuid else found
 
     async def _try_peer(self, job: FetchJob, node: str, failed: set[str]) -> bool:
-        writer = job.writer
+        writer = job.live_writer()
         try:
             job.contributors.add(node)
             await self.peers.stream_into(job, node, writer.position)
@@ -312,7 +324,7 @@ class Fetcher:
         try:
             answer = await call_fetch(conn, job.digest, job.size, job.source)
             if job.size is None and isinstance(answer, dict) and answer.get("size"):
-                job.size = job.writer.size = int(answer["size"])
+                job.size = job.live_writer().size = int(answer["size"])
         except NotFound as exc:
             # the origin itself has no such blob: that is the answer, not a fault of the owner
             log.info("owner %s: %s not found at the origin (%s)", owner[:8], job.digest[:19], exc.message)
@@ -353,7 +365,7 @@ class Fetcher:
         raise last
 
     async def _from_origin(self, job: FetchJob) -> None:
-        writer = job.writer
+        writer = job.live_writer()
         offset = writer.position
         self.ctx.metrics.fetch_requests.labels("origin").inc()
         stream = await self._open_origin(job, offset)

@@ -5,6 +5,7 @@ upstreams (never a URL a peer could make this node request). Core resolves one k
 from __future__ import annotations
 
 import posixpath
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -54,7 +55,7 @@ def stream_from_response(resp: Any, cm: Any, offset: int, idle_timeout: float = 
     length = resp.headers.get("Content-Length") or ""
     size = int(length) + (offset if resp.code == 206 else 0) if length.isdigit() else None
 
-    async def chunks():
+    async def chunks() -> AsyncIterator[bytes]:
         nonlocal skip
         try:
             async for chunk in resp.chunks(idle_timeout):

@@ -35,7 +35,7 @@ class PeerSource:
 
     async def stream_into(self, job: FetchJob, node: str, offset: int) -> None:
         """Feed the job's writer from `node`, from `offset` to the end."""
-        writer = job.writer
+        writer = job.live_writer()
         url, headers = self._url(node, job.digest)
         if offset:
             headers["Range"] = f"bytes={offset}-"
@@ -59,8 +59,10 @@ class PeerSource:
         Each step releases the GIL, so a node receives at close to hashing speed without the event
         loop touching every packet; the loop is told once per buffer (progress, growing readers).
         """
-        writer = job.writer
+        writer = job.live_writer()
         parts = urlsplit(url)
+        if not parts.hostname:
+            raise UpstreamError(f"peer {node[:8]} has no usable address ({url!r})")
         conn = http.client.HTTPConnection(parts.hostname, parts.port or 80,
                                           timeout=self.ctx.config.fetch.peer_timeout)
         try:
@@ -97,7 +99,7 @@ class PeerSource:
 
     async def _receive_async(self, job: FetchJob, node: str, url: str, headers: dict[str, str],
                              offset: int) -> None:
-        writer = job.writer
+        writer = job.live_writer()
         async with stream_request(url, headers) as resp:
             if resp.code not in (200, 206):
                 raise UpstreamError(f"peer {node[:8]} answered {resp.code} for {job.digest[:19]}")
@@ -139,7 +141,7 @@ class PeerSource:
                     return
 
         await asyncio.gather(*(worker(n) for n in nodes))
-        await job.writer.flush()
+        await job.live_writer().flush()
         failed |= bad
         return bad
 
@@ -157,11 +159,11 @@ class PeerSource:
                 buf.append(chunk)
                 buf_len += len(chunk)
                 if buf_len >= PIECE_FLUSH:
-                    await job.writer.write_at(pos, b"".join(buf))
+                    await job.live_writer().write_at(pos, b"".join(buf))
                     self.ctx.fetcher.account(job, "peer", buf_len)
                     pos, buf, buf_len = pos + buf_len, [], 0
         if buf_len:
-            await job.writer.write_at(pos, b"".join(buf))
+            await job.live_writer().write_at(pos, b"".join(buf))
             self.ctx.fetcher.account(job, "peer", buf_len)
             pos += buf_len
         if pos != end:

@@ -7,7 +7,7 @@ import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import peewee
 from playhouse.migrate import SqliteMigrator, migrate
@@ -31,6 +31,17 @@ class JSONField(peewee.TextField):
 
     def python_value(self, value: str | None) -> Any:
         return None if value is None else json.loads(value)
+
+
+def dict_rows(query: peewee.BaseQuery) -> list[dict[str, Any]]:
+    """A query's rows as dicts. peewee's own stubs type `.dicts()` rows as model instances, so the
+    conversion is written (and cast) once, here."""
+    return cast("list[dict[str, Any]]", list(query.dicts()))
+
+
+def tuple_rows(query: peewee.BaseQuery) -> list[tuple[Any, ...]]:
+    """A query's rows as tuples (see `dict_rows`)."""
+    return cast("list[tuple[Any, ...]]", list(query.tuples()))
 
 
 def open_database(path: Path) -> peewee.SqliteDatabase:

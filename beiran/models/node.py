@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from enum import StrEnum
+from typing import Any
 
 import peewee
 
@@ -38,7 +39,7 @@ class Node(BaseModel):
     last_seen = peewee.FloatField(default=time.time)
     first_seen = peewee.FloatField(default=time.time)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "uuid": self.uuid, "hostname": self.hostname, "url": self.url,
             "addresses": self.addresses or [], "port": self.port, "os_type": self.os_type,

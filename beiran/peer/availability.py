@@ -50,17 +50,17 @@ class Availability:
         self.epoch = uuid.uuid4().hex  # new per run: a restarted node re-announces everything
         self.seq = 0
         self.local: dict[str, tuple[str, int | None]] = {}
-        self._log: deque[tuple[int, list]] = deque(maxlen=LOG_LIMIT)
+        self._log: deque[tuple[int, list[Any]]] = deque(maxlen=LOG_LIMIT)
         self.peers: dict[str, PeerHoldings] = {}
 
     # -- local ---------------------------------------------------------------------------------
-    def local_change(self, op: str, digest: str, size: int | None) -> list:
+    def local_change(self, op: str, digest: str, size: int | None) -> list[Any]:
         """Record a change of this node's holdings; returns the op for delta pushes."""
         if op == "-":
             if digest not in self.local:
                 return []
             del self.local[digest]
-            entry = ["-", digest]
+            entry: list[Any] = ["-", digest]
         else:
             state = COMPLETE if op == "+" else PARTIAL
             if self.local.get(digest, (None,))[0] == COMPLETE and state == PARTIAL:
@@ -71,10 +71,10 @@ class Availability:
         self._log.append((self.seq, entry))
         return entry
 
-    def snapshot(self) -> list[list]:
+    def snapshot(self) -> list[list[Any]]:
         return [[d, s, n] for d, (s, n) in self.local.items()]
 
-    def ops_since(self, seq: int) -> list[list] | None:
+    def ops_since(self, seq: int) -> list[list[Any]] | None:
         """Changes after `seq`, or None when the log no longer reaches back that far."""
         if seq == self.seq:
             return []
@@ -86,7 +86,7 @@ class Availability:
     def peer(self, node: str) -> PeerHoldings:
         return self.peers.setdefault(node, PeerHoldings())
 
-    def apply_snapshot(self, node: str, epoch: str, seq: int, entries: list, first: bool) -> None:
+    def apply_snapshot(self, node: str, epoch: str, seq: int, entries: list[Any], first: bool) -> None:
         """Entries were checked with `check_entry`; raises HoldingsError past the cap."""
         p = self.peer(node)
         if first:
@@ -96,7 +96,7 @@ class Availability:
             p.blobs[d] = (s, n)
         self._check_cap(node, p)
 
-    def apply_ops(self, node: str, ops: list, seq: int) -> None:
+    def apply_ops(self, node: str, ops: list[Any], seq: int) -> None:
         p = self.peer(node)
         for op in ops:
             if op[0] == "-":
@@ -127,7 +127,8 @@ class Availability:
 
     def holders(self, digest: str) -> tuple[list[str], list[str]]:
         """(online nodes holding it complete, online nodes downloading it)."""
-        complete, partial = [], []
+        complete: list[str] = []
+        partial: list[str] = []
         for node, p in self.peers.items():
             if not p.online:
                 continue

@@ -58,15 +58,22 @@ class PeerConnection:
         self.close_reason = ""
         self.last_rx = time.monotonic()
         self._ids = itertools.count(1)
-        self._calls: dict[int, asyncio.Future] = {}
-        self._tasks: list[asyncio.Task] = []
-        self._answering: set[asyncio.Task] = set()
+        self._calls: dict[int, asyncio.Future[Any]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._answering: set[asyncio.Task[None]] = set()
         self.counts: dict[str, int] = {}
 
     @property
     def dialer(self) -> str:
         """UUID of the node that opened this connection (for duplicate tie-breaks)."""
         return self.ctx.identity.uuid if self.outbound else (self.uuid or "")
+
+    @property
+    def node(self) -> str:
+        """The peer's UUID, for what runs after its hello (no other message is handled before)."""
+        if self.uuid is None:
+            raise ProtocolError("message before hello")
+        return self.uuid
 
     def start(self) -> None:
         self._tasks.append(asyncio.ensure_future(self._heartbeat()))
@@ -137,9 +144,9 @@ class PeerConnection:
             return
         self._set_status(NodeStatus.ONLINE if self.inherits else NodeStatus.SYNCING)
         held = self.manager.avail.peers.get(node)
-        known = held.epoch == msg.get("epoch") if held else False
+        known = held is not None and held.epoch == msg.get("epoch")
         self.send({"t": "sync_req", "epoch": msg.get("epoch") if known else None,
-                   "seq": held.seq if known else 0})
+                   "seq": held.seq if held is not None and known else 0})
 
     def _on_sync_req(self, msg: dict[str, Any]) -> None:
         avail = self.manager.avail
@@ -153,7 +160,7 @@ class PeerConnection:
             self.send({"t": "snap", "epoch": avail.epoch, "seq": avail.seq, "entries": batch,
                        "first": i == 0, "last": i == len(batches) - 1})
 
-    def send_deltas(self, start: int, ops: list, sync: bool = False) -> None:
+    def send_deltas(self, start: int, ops: list[Any], sync: bool = False) -> None:
         """Ops from seq `start` on, in messages of BATCH ops (each op advances the seq by one)."""
         avail = self.manager.avail
         chunks = [ops[i:i + BATCH] for i in range(0, len(ops), BATCH)] or [[]]
@@ -172,14 +179,14 @@ class PeerConnection:
             if s not in (COMPLETE, PARTIAL):
                 raise ProtocolError("bad entry state")
             entries.append((d, s, check_entry(d, n)))
-        self.manager.avail.apply_snapshot(self.uuid, _epoch(msg["epoch"]), _seq(msg["seq"]), entries,
+        self.manager.avail.apply_snapshot(self.node, _epoch(msg["epoch"]), _seq(msg["seq"]), entries,
                                           bool(msg.get("first")))
         if msg.get("last"):
             self._synced()
 
     def _on_delta(self, msg: dict[str, Any]) -> None:
         avail = self.manager.avail
-        held = avail.peer(self.uuid)
+        held = avail.peer(self.node)
         start, seq = _seq(msg["from"]), _seq(msg["seq"])
         if msg.get("epoch") != held.epoch and not msg.get("sync"):
             self.send({"t": "sync_req", "epoch": None, "seq": 0})
@@ -195,16 +202,16 @@ class PeerConnection:
                 raise ProtocolError("bad delta op")
             check_entry(op[1], None if op[0] == "-" else op[2])
         held.epoch = _epoch(msg["epoch"])
-        avail.apply_ops(self.uuid, ops, seq)
+        avail.apply_ops(self.node, ops, seq)
         if msg.get("sync"):
             self._synced()
         elif ops:
-            self.manager.availability_changed(self.uuid, ops)
+            self.manager.availability_changed(self.node, ops)
 
     def _synced(self) -> None:
         if not self.synced:
             self.synced = True
-            self.manager.avail.set_online(self.uuid, True)
+            self.manager.avail.set_online(self.node, True)
             self._set_status(NodeStatus.ONLINE)
             if self.inherits:
                 self.manager.on_resynced(self)
@@ -351,7 +358,7 @@ def _epoch(value: Any) -> str:
     return value
 
 
-_HANDLERS: dict[str, Callable[[PeerConnection, dict], None]] = {
+_HANDLERS: dict[str, Callable[[PeerConnection, dict[str, Any]], None]] = {
     "hello": PeerConnection._on_hello, "sync_req": PeerConnection._on_sync_req,
     "snap": PeerConnection._on_snap, "delta": PeerConnection._on_delta,
     "ping": PeerConnection._on_ping, "pong": PeerConnection._on_pong, "bye": PeerConnection._on_bye,

@@ -16,6 +16,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from beiran import events
 from beiran.config import normalize_peer_url
 from beiran.errors import BadRequest, UpstreamError
+from beiran.models.base import dict_rows
 from beiran.models.node import Node, NodeStatus
 from beiran.peer.availability import Availability
 from beiran.peer.connection import DUPLICATE, PROTOCOL_ERROR, PeerConnection
@@ -35,7 +36,7 @@ class PeerTarget:
     url: str
     found_by: set[str] = field(default_factory=set)
     uuid: str | None = None
-    task: asyncio.Task | None = None
+    task: asyncio.Task[None] | None = None
     is_self: bool = False
 
 
@@ -46,7 +47,7 @@ class PeerManager:
         self.targets: dict[str, PeerTarget] = {}
         self.conns: dict[str, PeerConnection] = {}
         self.found_by: dict[str, set[str]] = {}  # node uuid -> how it was found
-        self._pending_ops: list[list] = []
+        self._pending_ops: list[list[Any]] = []
         self._pending_from = 0
         self._push_handle: asyncio.TimerHandle | None = None
         self._closing = False
@@ -56,11 +57,11 @@ class PeerManager:
         self._grace: dict[str, tuple[asyncio.TimerHandle, bool]] = {}
         self._forget: dict[str, asyncio.TimerHandle] = {}
         self._refused_logged: set[str] = set()
-        self._tasks: set[asyncio.Future] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
 
     # -- targets ---------------------------------------------------------------------------------
     async def start(self) -> None:
-        rows = await self.ctx.run_db(lambda: list(Node.select().dicts()))
+        rows = await self.ctx.run_db(lambda: dict_rows(Node.select()))
         for r in rows:
             # discovery plugins start before this and may have found (and connected) nodes already:
             # what they recorded this run wins over the last run's record
@@ -225,7 +226,7 @@ class PeerManager:
         task.add_done_callback(self._tasks.discard)
 
     def on_online(self, conn: PeerConnection) -> None:
-        log.info("peer %s (%s) online", conn.uuid[:8], self.addresses.get(conn.uuid or ""))
+        log.info("peer %s (%s) online", conn.node[:8], self.addresses.get(conn.node))
         self.ctx.bus.emit(events.NODE_ONLINE, uuid=conn.uuid, info=conn.info)
         self.ctx.bus.emit(events.AVAILABILITY_CHANGED, uuid=conn.uuid, ops=None)
 
@@ -234,7 +235,7 @@ class PeerManager:
         log.debug("peer %s: replacement connection synced", (conn.uuid or "")[:8])
         self.ctx.bus.emit(events.AVAILABILITY_CHANGED, uuid=conn.uuid, ops=None)
 
-    def availability_changed(self, node: str, ops: list) -> None:
+    def availability_changed(self, node: str, ops: list[Any]) -> None:
         self.ctx.bus.emit(events.AVAILABILITY_CHANGED, uuid=node, ops=ops)
 
     def node_status(self, node: str, status: NodeStatus, conn: PeerConnection) -> None:
@@ -249,7 +250,7 @@ class PeerManager:
                 have.discard("inbound")
 
     async def _save_node(self, conn: PeerConnection, status: NodeStatus) -> None:
-        info, node = conn.info, conn.uuid
+        info, node = conn.info, conn.node
         found = sorted(self.found_by.get(node, set()))
         values = {"hostname": str(info.get("hostname") or "")[:255],
                   "url": str(self.addresses.get(node or "") or conn.url or "")[:255],

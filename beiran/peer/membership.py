@@ -77,10 +77,20 @@ class Member:
 
 class _Suspicion:
     __slots__ = ("confirmers", "handle", "k", "max", "min", "start")
+    confirmers: set[str]
+    handle: TimerHandle | None
+    k: int
+    max: float
+    min: float
+    start: float
 
 
 class _Probe:
     __slots__ = ("expected_nacks", "nacks", "target", "timers")
+    expected_nacks: int
+    nacks: int
+    target: str
+    timers: list[TimerHandle]
 
 
 class Membership:

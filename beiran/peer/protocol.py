@@ -76,7 +76,8 @@ async def _fetch_for(conn: PeerConnection, digest: str, size: int | None,
     if not job.done.done():
         answered = asyncio.ensure_future(job.answered.wait())
         try:
-            await asyncio.wait([answered, job.done], timeout=ANSWER_WAIT, return_when=asyncio.FIRST_COMPLETED)
+            waiters: list[asyncio.Future[Any]] = [answered, job.done]
+            await asyncio.wait(waiters, timeout=ANSWER_WAIT, return_when=asyncio.FIRST_COMPLETED)
         finally:
             answered.cancel()
     if job.failed:

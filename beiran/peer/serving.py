@@ -96,7 +96,7 @@ class BlobHandler(BaseHandler):
             except Exception as exc:  # noqa: BLE001 - headers are gone; all we can do is cut the body
                 log.info("serving %s stopped at byte %d: %s", d.short, start + sent, exc)
                 self.ctx.metrics.served_bytes.inc(sent)
-                self.request.connection.close()
+                self.http_connection().close()
                 return
             self.ctx.metrics.served_bytes.inc(sent)
             self.finish()

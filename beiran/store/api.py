@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import tornado.web
@@ -81,13 +82,13 @@ class BlobUploadHandler(BaseHandler):
         self.algorithm = self.get_query_argument("algorithm", "sha256")
         if self.algorithm not in ALGORITHMS:
             raise BadRequest(f"algorithm must be one of {', '.join(ALGORITHMS)}")
-        self.request.connection.set_max_body_size(1 << 62)
-        self._queue: asyncio.Queue = asyncio.Queue(maxsize=8)
+        self.http_connection().set_max_body_size(1 << 62)
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=8)
         length = self.request.headers.get("Content-Length")
         size = int(length) if length and length.isdigit() else None
         self._task = asyncio.ensure_future(self.ctx.store.add_stream(self._chunks(), self.algorithm, size))
 
-    async def _chunks(self):
+    async def _chunks(self) -> AsyncIterator[bytes]:
         while (chunk := await self._queue.get()) is not None:
             yield chunk
 

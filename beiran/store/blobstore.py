@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from beiran import events
 from beiran.errors import BlobNotFound, Conflict, Forbidden, StorageFull, UpstreamError
+from beiran.models.base import dict_rows
 from beiran.models.blob import Blob, BlobRef
 from beiran.store.digest import Digest, parse_digest
 from beiran.store.restricted import Restrictions
@@ -78,8 +79,8 @@ class BlobStore(Retention, Restrictions):
         if self.tmp_dir.exists():
             shutil.rmtree(self.tmp_dir, ignore_errors=True)  # leftovers of a crash
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        rows, refs = await self.ctx.run_db(lambda: (list(Blob.select().dicts()),
-                                                   list(BlobRef.select().dicts())))
+        rows, refs = await self.ctx.run_db(lambda: (dict_rows(Blob.select()),
+                                                   dict_rows(BlobRef.select())))
         for r in rows:
             self.entries[r["digest"]] = BlobEntry(r["digest"], r["size"], r["state"], r["path"],
                                                   r["media_type"], r["last_access"], r["created"])
@@ -355,11 +356,8 @@ class BlobStore(Retention, Restrictions):
     async def read(self, target: BlobEntry | BlobWriter, start: int = 0, end: int | None = None,
                    chunk_size: int = READ_CHUNK, timeout: float = 60.0) -> AsyncIterator[bytes]:
         """Bytes [start, end) of a blob; for a growing blob, waits for them to arrive."""
-        if isinstance(target, BlobEntry):
-            path, total = self.file_of(target), target.size
-        else:
-            path, total = str(target.tmp_path), target.size
-        end = total if end is None else end
+        path = self.file_of(target) if isinstance(target, BlobEntry) else str(target.tmp_path)
+        end = target.size if end is None else end
         try:
             fd = await self.ctx.run_blocking(os.open, path, os.O_RDONLY)
         except FileNotFoundError:
@@ -372,7 +370,7 @@ class BlobStore(Retention, Restrictions):
             if entry is None:
                 # the download failed and its temp file is gone: say so, typed, not the path
                 raise UpstreamError(f"blob {target.digest.short}: the download failed at its source") from None
-            target, path, total = entry, self.file_of(entry), entry.size
+            target, path = entry, self.file_of(entry)
             end = entry.size if end is None else min(end, entry.size)
             fd = await self.ctx.run_blocking(os.open, path, os.O_RDONLY)
         try:
@@ -385,7 +383,7 @@ class BlobStore(Retention, Restrictions):
                         await target.wait_for_growth(pos, timeout)
                     limit = target.available
                 else:
-                    limit = total
+                    limit = target.size
                 want = min(chunk_size, (end if end is not None else limit) - pos, limit - pos)
                 if want <= 0:
                     continue

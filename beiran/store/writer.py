@@ -11,8 +11,9 @@ import errno
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from beiran.errors import BeiranError, StorageFull, UpstreamError, VerificationError
 from beiran.store.digest import Digest
@@ -23,7 +24,7 @@ FLUSH_BYTES = 1 << 20
 
 class BlobWriter:
     def __init__(self, digest: Digest, size: int | None, tmp_path: Path,
-                 run_io: Callable, on_grow: Callable[[BlobWriter], None] | None = None) -> None:
+                 run_io: Callable[..., Awaitable[Any]], on_grow: Callable[[BlobWriter], None] | None = None) -> None:
         self.digest = digest
         self.size = size
         self.tmp_path = tmp_path
@@ -37,7 +38,7 @@ class BlobWriter:
         self._buf: list[bytes] = []
         self._buf_len = 0
         self._pos = 0  # next offset for sequential feed()
-        self._inflight: asyncio.Future | None = None
+        self._inflight: asyncio.Future[None] | None = None
         self._grown = asyncio.Event()
         self.done = asyncio.get_running_loop().create_future()
         #: set once every byte is in and matches the digest (before the fsync and rename of commit):
@@ -74,7 +75,7 @@ class BlobWriter:
             self._on_grow(self)
 
     # -- writing (thread side) -----------------------------------------------------------------
-    def _write_at_sync(self, offset: int, data: bytes) -> None:
+    def _write_at_sync(self, offset: int, data: bytes | memoryview) -> None:
         view = memoryview(data)
         written = 0
         try:
@@ -164,12 +165,6 @@ class BlobWriter:
     @property
     def position(self) -> int:
         return self._pos + self._buf_len
-
-    def reset(self) -> None:
-        """Start over (the bytes failed verification); readers of the old bytes fail."""
-        os.ftruncate(self._fd, 0)
-        self._hasher = self.digest.hasher()
-        self._hashed, self._pos, self._pieces = 0, 0, {}
 
     async def finish(self, fsync: bool = True) -> str:
         """Verify digest and size. Returns the temp path, ready to rename; raises on mismatch."""

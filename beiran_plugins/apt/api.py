@@ -11,6 +11,7 @@ from typing import Any
 
 from beiran.errors import BadRequest, NotFound
 from beiran.handlers import BaseHandler, JSONEndpoint, RPCEndpoint, rpc_command
+from beiran.models.base import dict_rows
 from beiran.store.digest import parse_digest
 from beiran_plugins.apt.archive import Blob
 from beiran_plugins.apt.models import AptDeb, AptPackage, AptRelease, AptSource
@@ -28,7 +29,7 @@ class PackagesHandler(RPCEndpoint):
 
     async def get(self) -> None:
         store = self.ctx.store
-        rows = await self.ctx.run_db(lambda: list(AptDeb.select().dicts()))
+        rows = await self.ctx.run_db(lambda: dict_rows(AptDeb.select()))
         me = self.ctx.identity.uuid
         out = {r["digest"]: {**r, "nodes": [me]} for r in rows if store.has(r["digest"])}
         if _truthy(self.get_query_argument("all", "false")):
@@ -45,7 +46,7 @@ class PackagesHandler(RPCEndpoint):
                 found: dict[str, dict[str, Any]] = {}
                 for i in range(0, len(unknown), 400):
                     q = AptPackage.select().where(AptPackage.sha256.in_(unknown[i:i + 400]))
-                    for p in q.dicts():
+                    for p in dict_rows(q):
                         found[p["sha256"]] = p
                 return found
             meta = await self.ctx.run_db(names)
@@ -89,7 +90,7 @@ class SourcesHandler(JSONEndpoint):
     async def get(self) -> None:
         def rows() -> list[dict[str, Any]]:
             out = []
-            for s in AptSource.select().order_by(AptSource.key).dicts():
+            for s in dict_rows(AptSource.select().order_by(AptSource.key)):
                 s["packages"] = AptPackage.select().where(AptPackage.base == s["key"]).count()
                 s["releases"] = [{"url": r.url, "trust": r.trust, "signer": r.signer, "fetched": r.fetched,
                                   "by_hash": r.by_hash, "files": len(r.entries or {})}

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from beiran.errors import BadRequest
+from beiran.models.base import dict_rows
 from beiran_plugins.apt import trust
 from beiran_plugins.apt.models import AptDeb, AptPackage, AptRelease, AptSource
 from beiran_plugins.apt.urls import Kind, Target, clean_path
@@ -83,7 +84,7 @@ class Archive:
     async def load(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         bases, rels = await self.ctx.run_db(lambda: (
-            [s.key for s in AptSource.select(AptSource.key)], list(AptRelease.select().dicts())))
+            [s.key for s in AptSource.select(AptSource.key)], dict_rows(AptRelease.select())))
         self.bases = set(bases)
         self.releases = {r["url"]: r for r in rels}
 
@@ -233,8 +234,8 @@ class Archive:
         if found is None:
             return None
         base, rel = found
-        rows = await self.ctx.run_db(lambda: list(AptPackage.select().where(
-            (AptPackage.base == base) & (AptPackage.path == rel)).dicts()))
+        rows = await self.ctx.run_db(lambda: dict_rows(AptPackage.select().where(
+            (AptPackage.base == base) & (AptPackage.path == rel))))
         blob = None
         if rows:
             r = rows[0]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from beiran.models.base import dict_rows
 from beiran.ui.panel import PanelHandler
 from beiran_plugins.apt.models import AptDeb
 
 
 class DebsPanel(PanelHandler):
     async def table(self) -> dict[str, Any]:
-        debs = await self.ctx.run_db(lambda: list(AptDeb.select().order_by(AptDeb.package).dicts()))
+        debs = await self.ctx.run_db(lambda: dict_rows(AptDeb.select().order_by(AptDeb.package)))
         rows = [[d["package"] or d["filename"], d["version"], d["arch"], d["size"], self.holders([d["digest"]])]
                 for d in debs if self.ctx.store.has(d["digest"])]
         return {"columns": ["Package", "Version", "Arch", "Size", "Held by"],

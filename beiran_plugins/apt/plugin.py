@@ -108,7 +108,7 @@ class AptPlugin(BasePackagePlugin):
                      "and client_cidrs to admit the LAN to share it)", SERVICE_TYPE, only)
             return
         props = {"beiran": self.ctx.identity.uuid, "version": __version__}
-        for plugin in self.ctx.plugins.of_kind("discovery"):
+        for plugin in self.ctx.plugins.discovery_plugins():
             for _ in range(300):
                 if plugin.status in (PluginStatus.READY, PluginStatus.ERROR, PluginStatus.STOPPED):
                     break
@@ -116,7 +116,7 @@ class AptPlugin(BasePackagePlugin):
             if plugin.status != PluginStatus.READY:
                 continue
             try:
-                if await plugin.advertise(SERVICE_TYPE, self.port, props, only=only):  # type: ignore[attr-defined]
+                if await plugin.advertise(SERVICE_TYPE, self.port, props, only=only):
                     log.info("apt: proxy advertised as %s via %s", SERVICE_TYPE, plugin.name)
             except Exception as exc:  # noqa: BLE001 - discovery is a nicety, never fatal
                 log.warning("apt: %s could not advertise the proxy: %s", plugin.name, exc)
@@ -126,7 +126,7 @@ class AptPlugin(BasePackagePlugin):
         base, path = params.get("base"), params.get("path")
         if not isinstance(base, str) or not base.endswith("/") or len(base) > 1024:
             raise BadRequest("apt source needs the archive base URL key it was seen under")
-        return {"base": base, "path": safe_relpath(path)}  # type: ignore[arg-type]
+        return {"base": base, "path": safe_relpath(path)}
 
     async def open_origin(self, params: dict[str, Any], digest: str, offset: int, *,
                           from_peer: bool) -> OriginStream:
@@ -174,3 +174,6 @@ class AptPlugin(BasePackagePlugin):
             info.update({"archives": len(self.archive.bases), "keyrings": len(self.keyrings),
                          "counters": dict(self.stats + self.archive.stats)})
         return info
+
+
+PLUGIN = AptPlugin

@@ -13,7 +13,7 @@ import tornado.web
 from tornado.iostream import StreamClosedError
 
 from beiran.errors import BeiranError, NotFound, UpstreamError, VerificationError
-from beiran.handlers import check_client_address
+from beiran.handlers import check_client_address, http_connection
 from beiran.httpstream import stream_request
 from beiran.peer.serving import parse_range
 from beiran_plugins.apt import usage
@@ -168,7 +168,7 @@ class ProxyHandler(tornado.web.RequestHandler):
                     await self.flush()
             except (BeiranError, StreamClosedError) as exc:
                 log.info("apt: pass-through of %s stopped: %s", target.url, exc)
-                self.request.connection.close()
+                http_connection(self.request).close()
                 return
         self.finish()
 
@@ -215,11 +215,10 @@ class ProxyHandler(tornado.web.RequestHandler):
             except (BeiranError, TimeoutError, OSError) as exc:
                 if sent:  # apt has part of it: cut, so it retries instead of keeping bad bytes
                     log.warning("apt: %s cut after %d bytes: %s", target.url, sent, exc)
-                    self.request.connection.close()
+                    http_connection(self.request).close()
                     return
-                failed = job.done.done() and not job.done.cancelled() and job.done.exception() is not None
-                if failed:
-                    raise job.done.exception() from None
+                if (error := job.error()) is not None and not isinstance(error, asyncio.CancelledError):
+                    raise error from None
                 if attempt == 1 and isinstance(exc, VerificationError) and self.ctx.store.has(blob.digest):
                     # a bad source was replaced while we read it, and nothing has left yet: again,
                     # from the verified copy

@@ -21,12 +21,16 @@ _HASH_FIELDS = {"SHA256": "sha256", "SHA512": "sha512"}
 GPGV_TIMEOUT = 60
 
 
+_apt_pkg_ready = False
+
+
 def apt_pkg() -> Any:
+    global _apt_pkg_ready
     import apt_pkg as mod
 
-    if not getattr(apt_pkg, "_ready", False):
+    if not _apt_pkg_ready:
         mod.init_config()
-        apt_pkg._ready = True  # type: ignore[attr-defined]
+        _apt_pkg_ready = True
     return mod
 
 

@@ -157,7 +157,7 @@ def parse_url(url: str) -> Target:
     return parse_request(url)
 
 
-def safe_relpath(path: str) -> str:
+def safe_relpath(path: object) -> str:
     """A path relative to an archive base, as peers send it in a fetch source."""
     if not isinstance(path, str) or not path or len(path) > 1024 or path.startswith("/"):
         raise BadRequest("apt source path must be a relative path")

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from beiran.cli.errors import CLIError
+from beiran.cli.errors import CLIError, DaemonError
 from beiran.cli.main import client
 from beiran.cli.output import emit_json, human_age, json_option, table
 
@@ -25,8 +25,8 @@ def cli() -> None:
 def _get(path: str) -> Any:
     try:
         return client().get(path)
-    except CLIError as exc:
-        if "HTTP 404" in str(exc.message) and "no route" in str(exc.message):
+    except DaemonError as exc:
+        if exc.status == 404 and exc.code == "not_found":  # no /dns/ route: the plugin is not loaded
             raise CLIError("the dns plugin is not running on this daemon (see `beiran plugins`)") from None
         raise
 

@@ -99,7 +99,7 @@ async def lookup(resolver: dns.asyncresolver.Resolver, name: Name) -> Result:
     for rrset in answer.response.additional:  # the server often sends the targets' addresses along
         if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
             extra.setdefault(rrset.name.to_text().lower(), []).extend(r.address for r in rrset)
-    ttl: int | None = answer.rrset.ttl
+    ttl = answer.rrset.ttl
     records = sorted(answer.rrset, key=lambda r: (r.priority, -r.weight))[:MAX_TARGETS]
     endpoints: list[tuple[str, int]] = []
     for rec in records:

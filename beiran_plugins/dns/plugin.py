@@ -160,3 +160,6 @@ class DNSPlugin(BaseDiscoveryPlugin):
         return {"nameservers": [f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip, port in s.nameservers]
                 or "system", "interval": s.interval, "next_refresh": self.next_refresh,
                 "names": [st.to_dict() for st in self.names.values()], "targets": self.targets.status()}
+
+
+PLUGIN = DNSPlugin

@@ -163,7 +163,7 @@ class ImageHandler(JSONEndpoint):
                 await self.flush()
         except Exception as exc:  # noqa: BLE001 - headers are gone: cut the body so the client sees it
             log.warning("docker save of %s stopped: %s", ref, exc)
-            self.request.connection.close()
+            self.http_connection().close()
             return
         self.finish()
 

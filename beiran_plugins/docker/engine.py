@@ -92,7 +92,7 @@ class Engine:
         while not self._stop.is_set():
             client = None
             try:
-                client = self._client(timeout=None)  # type: ignore[arg-type]
+                client = self._client(timeout=None)  # type: ignore[arg-type]  # docker-py gives requests None: no timeout
                 self._stream = client.events(decode=True, filters={"type": "image"})
                 self._schedule_refresh()
                 for event in self._stream:

@@ -8,6 +8,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from beiran.errors import BeiranError, Conflict, NotFound
+from beiran.models.base import dict_rows
 from beiran_plugins.docker import archive
 from beiran_plugins.docker.models import DockerImage, DockerManifest
 from beiran_plugins.docker.reference import DOCKER_HUB, Reference
@@ -32,9 +33,9 @@ def repo_tag(row: dict[str, Any]) -> str | None:
 
 
 def _rows() -> list[dict[str, Any]]:
-    manifests = {m["digest"]: m for m in DockerManifest.select().where(DockerManifest.kind == "image").dicts()}
+    manifests = {m["digest"]: m for m in dict_rows(DockerManifest.select().where(DockerManifest.kind == "image"))}
     out = []
-    for img in DockerImage.select().order_by(DockerImage.pulled.desc()).dicts():
+    for img in dict_rows(DockerImage.select().order_by(DockerImage.pulled.desc())):
         m = manifests.get(img["digest"])
         if m is None:
             continue

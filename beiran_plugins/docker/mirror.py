@@ -13,7 +13,9 @@ from urllib.parse import urlencode
 
 from beiran import offline
 from beiran.errors import BadRequest, BeiranError, NotFound
+from beiran.models.base import dict_rows
 from beiran.store.digest import digest_bytes, parse_digest
+from beiran.tasks import spawn
 from beiran_plugins.docker.errors import DigestMismatch, ManifestInvalid, RegistryUnavailable
 from beiran_plugins.docker.manifest import (
     MAX_MANIFEST,
@@ -55,7 +57,7 @@ class Mirror:
         self.offline = offline.OfflineAnswers(self.ctx, "docker")
 
     async def load(self) -> None:
-        rows = await self.ctx.run_db(lambda: list(DockerManifest.select().dicts()))
+        rows = await self.ctx.run_db(lambda: dict_rows(DockerManifest.select()))
         for r in rows:
             self._remember(r["digest"], r["media_type"], r["size"], r["registry"], r["repository"],
                            [r["config"], *(r["layers"] or [])] if r["config"] else r["layers"] or [])
@@ -264,18 +266,19 @@ class Mirror:
             if not self.ctx.availability.holders(d)[0]:
                 continue
             self._prefetching.add(d)
-            task = asyncio.ensure_future(self._prefetch_one(d, blob.size, source))
-            task.add_done_callback(lambda _t, d=d: self._prefetching.discard(d))
+            spawn(self._prefetch_one(d, blob.size, source), f"docker prefetch of {d[:19]}")
 
     async def _prefetch_one(self, digest: str, size: int | None, source: dict[str, Any]) -> None:
-        async with self._prefetch_slots:
-            if self.ctx.store.has(digest):
-                return
-            try:
+        try:
+            async with self._prefetch_slots:
+                if self.ctx.store.has(digest):
+                    return
                 await self.ctx.fetcher.fetch(digest, size, source)
                 self.prefetched += 1
-            except BeiranError as exc:
-                log.debug("prefetch of %s failed: %s", digest[:19], exc.message)
+        except BeiranError as exc:
+            log.debug("prefetch of %s failed: %s", digest[:19], exc.message)
+        finally:
+            self._prefetching.discard(digest)
 
     def descriptor_size(self, digest: str) -> int | None:
         entry = self.ctx.store.get(digest)

@@ -48,6 +48,7 @@ class DockerManifest(BaseModel):
 class DockerImage(BaseModel):
     """An image this node holds: pulled with `beiran docker pull`, or pulled through the mirror."""
 
+    id = peewee.AutoField()  # what peewee adds by itself, named so that queries on it are typed
     registry = peewee.CharField(max_length=255)
     repository = peewee.CharField(max_length=255)
     tag = peewee.CharField(max_length=128, default="")

@@ -163,3 +163,6 @@ class DockerPlugin(BasePackagePlugin):
         except Exception as exc:  # noqa: BLE001 - the SDK raises many types; the pull itself succeeded
             return {"loaded": False, "engine": f"loading into the Docker engine failed: {str(exc)[:300]}"}
         return {"loaded": True, "engine": f"loaded into the Docker engine as {', '.join(loaded)}"}
+
+
+PLUGIN = DockerPlugin

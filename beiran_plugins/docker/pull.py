@@ -126,6 +126,8 @@ async def _check_platform(plugin: DockerPlugin, ref: Reference, parsed: ParsedMa
     from beiran_plugins.docker.images import platform_of_config
 
     config = parsed.config
+    if config is None:  # an index: the platform is picked from its entries, nothing to check here
+        return
     source = plugin.mirror.source(ref.registry, ref.repository, "blob")
     job = await plugin.ctx.fetcher.start(config.digest, config.size, source)
     await asyncio.shield(job.done)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from beiran.errors import BeiranError, ConfigError, UpstreamError
+from beiran.errors import BeiranError, ConfigError, ResponseTooLarge, UpstreamError
 from beiran.fetch.origins import stream_from_response
 from beiran.httpstream import StreamResponse, stream_request
 from beiran.plugin import OriginStream
@@ -302,10 +302,10 @@ class Upstream:
                                       f"{MAX_MANIFEST}")
             try:
                 data = await resp.read_all(MAX_MANIFEST, idle_timeout=self.timeout)
+            except ResponseTooLarge:
+                raise ManifestInvalid(f"manifest {_image(repository, reference)} exceeds {MAX_MANIFEST} "
+                                      "bytes") from None
             except UpstreamError as exc:
-                if "larger than" in exc.message:
-                    raise ManifestInvalid(f"manifest {_image(repository, reference)} exceeds {MAX_MANIFEST} bytes") \
-                        from None
                 raise RegistryUnavailable(exc.message) from None
             return (data, resp.headers.get("Content-Type", "").split(";")[0].strip(),
                     resp.headers.get("Docker-Content-Digest"))

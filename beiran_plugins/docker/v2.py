@@ -61,7 +61,7 @@ class OCIHandler(BaseHandler):
         this machine's own runtime (loopback), never to other clients in client_cidrs."""
         if not self.ctx.store.access_policies or self.is_unix_socket():
             return
-        if not ipaddress.ip_address(self.request.remote_ip).is_loopback:
+        if not ipaddress.ip_address(self.request.remote_ip or "").is_loopback:
             self.ctx.store.check_access(digest, None)
 
     def target(self, name: str) -> tuple[str, str]:
@@ -219,7 +219,7 @@ async def serve_blob(handler: BaseHandler, digest: str, source: dict[str, Any] |
             return
         except Exception as exc:  # noqa: BLE001 - headers are gone: all we can do is cut the body
             log.info("serving blob %s stopped at byte %d: %s", digest[:19], start + sent, exc)
-            handler.request.connection.close()
+            handler.http_connection().close()
             return
     handler.finish(held)
 

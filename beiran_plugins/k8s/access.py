@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from beiran.models.base import dict_rows
 from beiran_plugins.k8s.models import K8sImage, K8sPrivateBlob
 
 if TYPE_CHECKING:
@@ -29,9 +30,9 @@ class AccessPolicy:
     async def load(self) -> None:
         """Read restrictions before the daemon serves its first blob."""
         def db() -> tuple[list[dict], list[dict]]:
-            return (list(K8sImage.select(K8sImage.blobs, K8sImage.digest, K8sImage.index_digest)
-                         .where(K8sImage.private == False).dicts()),  # noqa: E712 - peewee expression
-                    list(K8sPrivateBlob.select().dicts()))
+            return (dict_rows(K8sImage.select(K8sImage.blobs, K8sImage.digest, K8sImage.index_digest)
+                              .where(K8sImage.private == False)),  # noqa: E712 - peewee expression
+                    dict_rows(K8sPrivateBlob.select()))
         public, private = await self.ctx.run_db(db)
         for row in public:
             digests = [b["digest"] for b in row["blobs"] or []] + [row["digest"], row["index_digest"]]

@@ -73,14 +73,15 @@ class ContainerdConfigHandler(BaseHandler):
     local_only = True
 
     def get(self) -> None:
+        from beiran_plugins.docker.plugin import DockerPlugin
         from beiran_plugins.docker.reference import validate_registry
         from beiran_plugins.k8s.containerd import plan
 
         plugin = self.plugin
         registries: dict[str, str] = {}
-        docker = self.ctx.plugins.get("docker")
-        upstream = getattr(docker, "upstream", None)
-        for name, ep in (getattr(upstream, "endpoints", None) or {}).items():
+        docker = self.ctx.plugins.get_as("docker", DockerPlugin)
+        upstream = docker.upstream if docker is not None else None
+        for name, ep in (upstream.endpoints if upstream is not None else {}).items():
             registries[name] = ep.url
         extra = [*plugin.registries, *self.get_query_arguments("registry")]
         for name in extra:

@@ -14,10 +14,12 @@ Config (`[plugins.k8s]`):
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from beiran.errors import ConfigError
+from beiran.models.base import dict_rows
 from beiran.plugin import BaseInterfacePlugin
 from beiran_plugins.k8s import __version__
 from beiran_plugins.k8s.containerd import DEFAULT_HOSTS_DIR
@@ -102,7 +104,7 @@ class K8sPlugin(BaseInterfacePlugin):
         return await self.runtime.probe() if self.runtime is not None else None
 
     # -- used by the handlers ----------------------------------------------------------------------
-    async def record_for(self, image_id: str, repo_digests: list[str] = ()) -> dict[str, Any] | None:
+    async def record_for(self, image_id: str, repo_digests: Sequence[str] = ()) -> dict[str, Any] | None:
         """The newest K8sImage row for a runtime image (by ID, else by manifest digest)."""
         from beiran_plugins.k8s.models import K8sImage
 
@@ -110,8 +112,8 @@ class K8sPlugin(BaseInterfacePlugin):
 
         def db() -> dict[str, Any] | None:
             q = K8sImage.select().where((K8sImage.image_id == image_id) | (K8sImage.digest.in_(digests or [""])))
-            row = q.order_by(K8sImage.pulled.desc()).dicts().first()
-            return row
+            rows = dict_rows(q.order_by(K8sImage.pulled.desc()).limit(1))
+            return rows[0] if rows else None
         return await self.ctx.run_db(db)
 
     async def beiran_info(self, image: Any) -> dict[str, Any]:
@@ -136,7 +138,10 @@ class K8sPlugin(BaseInterfacePlugin):
         access restrictions stay too, as long as the rows that carry them)."""
         from beiran_plugins.k8s.models import K8sImage
 
-        rows = await self.ctx.run_db(lambda: list(K8sImage.select().where(
-            (K8sImage.image == image) | (K8sImage.image_id == image)).dicts()))
+        rows = await self.ctx.run_db(lambda: dict_rows(K8sImage.select().where(
+            (K8sImage.image == image) | (K8sImage.image_id == image))))
         for row in rows:
             await self.ctx.store.unpin("k8s", row["image"])
+
+
+PLUGIN = K8sPlugin

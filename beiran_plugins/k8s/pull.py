@@ -24,6 +24,7 @@ import binascii
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,7 @@ from beiran_plugins.k8s.proto import api_pb2 as pb
 from beiran_plugins.k8s.status import CRIError, from_beiran
 
 if TYPE_CHECKING:
+    from beiran_plugins.docker.plugin import DockerPlugin
     from beiran_plugins.k8s.plugin import K8sPlugin
 
 log = logging.getLogger("beiran.k8s")
@@ -91,9 +93,11 @@ class Puller:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     @property
-    def docker(self) -> Any:
-        docker = self.ctx.plugins.get("docker")
-        if docker is None or not hasattr(docker, "upstream"):
+    def docker(self) -> DockerPlugin:
+        from beiran_plugins.docker.plugin import DockerPlugin
+
+        docker = self.ctx.plugins.get_as("docker", DockerPlugin)
+        if docker is None:
             raise CRIError(grpc.StatusCode.FAILED_PRECONDITION,
                            "the docker plugin is not running on this node; Beiran's CRI pulls go through it")
         return docker
@@ -117,8 +121,8 @@ class Puller:
             try:
                 resp = await self.plugin.runtime.pull_image(req)
             except BaseException:
-                if fetching.done() and not fetching.cancelled() and fetching.exception() is not None:
-                    raise fetching.exception() from None  # the fetch's error says more than the runtime's
+                if fetching.done() and not fetching.cancelled() and (error := fetching.exception()) is not None:
+                    raise error from None  # the fetch's error says more than the runtime's
                 fetching.cancel()
                 raise
             try:
@@ -142,7 +146,7 @@ class Puller:
         if ep.token_realms:
             section["token_realms"] = list(ep.token_realms)  # where credentials may go, as configured
         if not anonymous:
-            given = creds or {"username": ep.username, "password": ep.password,
+            given: Mapping[str, str | None] = creds or {"username": ep.username, "password": ep.password,
                               "identity_token": ep.identity_token, "registry_token": ep.registry_token}
             section.update({k: v for k, v in given.items() if v})
         return Upstream({"upstream_timeout": base.timeout, "registries": {registry: section}})
@@ -168,7 +172,7 @@ class Puller:
             raise self._registry_error(ref, exc, creds) from None
         blobs = [{"digest": b.digest, "size": b.size, "media_type": b.media_type} for b in parsed.blobs]
         resolved = Resolved(ref, digest, data, parsed.media_type, blobs, index, upstream=up)
-        resolved.private = await self._is_private(ref, resolved.index[0] if index else digest, creds)
+        resolved.private = await self._is_private(ref, index[0] if index else digest, creds)
         return resolved
 
     @staticmethod

@@ -234,7 +234,7 @@ class PeerPackumentHandler(NpmHandler):
 
     def _check_peer_address(self) -> None:
         try:
-            remote = ipaddress.ip_address(self.request.remote_ip)
+            remote = ipaddress.ip_address(self.request.remote_ip or "")
         except ValueError:
             raise Forbidden("not a cluster member") from None
         if any(remote in net for net in self.ctx.config.client_networks()):

@@ -4,6 +4,7 @@ use, and when the upstream cannot answer, the last good copy (this node's, else 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -17,6 +18,7 @@ from urllib.parse import quote
 
 from beiran import offline
 from beiran.errors import BeiranError, NotFound, UpstreamError
+from beiran.models.base import dict_rows, tuple_rows
 from beiran_plugins.npm.metadata import (
     ABBREVIATED,
     MalformedPackument,
@@ -93,8 +95,8 @@ class PackumentCache:
         if key in self.mem:
             self.mem.move_to_end(key)
             return self.mem[key]
-        rows = await self.ctx.run_db(lambda: list(NpmPackument.select().where(
-            (NpmPackument.name == name) & (NpmPackument.kind == kind)).dicts()))
+        rows = await self.ctx.run_db(lambda: dict_rows(NpmPackument.select().where(
+            (NpmPackument.name == name) & (NpmPackument.kind == kind))))
         if not rows:
             return None
         row = rows[0]
@@ -149,9 +151,13 @@ class PackumentCache:
         if fut is None:
             fut = asyncio.ensure_future(self._refresh(name, kind, current))
             self.inflight[key] = fut
-            fut.add_done_callback(lambda f, key=key: self.inflight.pop(key, None))
-            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+            fut.add_done_callback(functools.partial(self._refreshed, key))
         return await asyncio.shield(fut)
+
+    def _refreshed(self, key: tuple[str, str], fut: asyncio.Future[Packument]) -> None:
+        self.inflight.pop(key, None)
+        if not fut.cancelled():
+            fut.exception()  # retrieved here: the callers that awaited it have it already
 
     async def any_with_version(self, name: str, version: str | None = None,
                                file: str | None = None) -> tuple[Packument, str]:
@@ -265,8 +271,7 @@ class PackumentCache:
         """sha512 digest -> (name, version) over every stored packument."""
         if self._digest_index is not None:
             return self._digest_index
-        rows = await self.ctx.run_db(lambda: list(NpmPackument.select(NpmPackument.name, NpmPackument.kind)
-                                                  .tuples()))
+        rows = await self.ctx.run_db(lambda: tuple_rows(NpmPackument.select(NpmPackument.name, NpmPackument.kind)))
 
         def build() -> dict[str, tuple[str, str]]:
             index: dict[str, tuple[str, str]] = {}

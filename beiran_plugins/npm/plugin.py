@@ -47,8 +47,9 @@ class NPMPlugin(BasePackagePlugin):
 
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
-        self.upstream: Upstream = None  # type: ignore[assignment]
-        self.packuments: PackumentCache = None  # type: ignore[assignment]
+        # built by init() from the plugin's settings; nothing reads them before it ran
+        self.upstream: Upstream
+        self.packuments: PackumentCache
         self.writes = "refuse"
         self.allow_uppercase = False
         self.hold = 4 << 20
@@ -170,3 +171,6 @@ class NPMPlugin(BasePackagePlugin):
         host = f"[{host}]" if ":" in host else host
         return {"registry": f"http://{host}:{cfg.listen_port}/npm/", "upstream": self.upstream.url,
                 "writes": self.writes, "metadata_ttl": self.packuments.ttl}
+
+
+PLUGIN = NPMPlugin

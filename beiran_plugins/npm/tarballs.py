@@ -63,8 +63,8 @@ async def serve_tarball(handler: BaseHandler, plugin: NPMPlugin, name: str, file
             # nothing was sent yet: the fetcher may be retrying other sources; its final word decides
             if not job.done.done():
                 await asyncio.shield(job.done)
-            if job.failed:
-                raise job.done.exception() from None
+            if (error := job.error()) is not None:
+                raise error from None
     await _serve_local(handler, plugin, d)
     plugin.count("tarballs_local")
     await plugin.pin(d, name, version)
@@ -88,7 +88,7 @@ async def _serve_local(handler: BaseHandler, plugin: NPMPlugin, digest: str) -> 
 def abort(handler: BaseHandler) -> None:
     """End a response whose headers are gone: close the connection so the client sees it cut
     (a clean end of a chunked body would look complete), and tell Tornado it is over."""
-    handler.request.connection.close()
+    handler.http_connection().close()
     handler._finished = True
 
 
@@ -115,7 +115,7 @@ async def relay(handler: BaseHandler, chunks: AsyncIterator[bytes], hold: int) -
             if not chunk:
                 continue
             if streaming:
-                handler.write(last)
+                handler.write(last or b"")
                 last = chunk
                 await handler.flush()
                 continue

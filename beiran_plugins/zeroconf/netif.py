@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import ifaddr
@@ -40,6 +41,16 @@ def _ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
+def _is_v4(addr: str) -> bool:
+    ip = _ip(addr)
+    return ip is not None and ip.version == 4
+
+
+def _is_loopback(addr: str) -> bool:
+    ip = _ip(addr)
+    return ip is not None and ip.is_loopback
+
+
 def _adapter_ips(adapter: ifaddr.Adapter) -> list[tuple[str, int | None]]:
     """(address, interface index) of one adapter."""
     return [(ip.ip[0] if isinstance(ip.ip, tuple) else ip.ip, adapter.index) for ip in adapter.ips]
@@ -54,7 +65,7 @@ def _resolve_host(host: str) -> str:
     if _ip(host) is not None:
         return host
     try:
-        return socket.getaddrinfo(host, None)[0][4][0]
+        return str(socket.getaddrinfo(host, None)[0][4][0])
     except (OSError, IndexError):
         raise ConfigError(f"zeroconf: cannot resolve the listen host {host!r}") from None
 
@@ -79,16 +90,16 @@ def select(configured: list[str], listen_host: str) -> Selection:
                 problems.append(f"no interface or address {entry!r}")
     elif wildcard:
         everything = [ip for a in adapters for ip in _adapter_ips(a)]
-        picked = [p for p in everything if not _ip(p[0]).is_loopback]  # type: ignore[union-attr]
+        picked = [p for p in everything if not _is_loopback(p[0])]
         if not picked:  # a machine with loopback only still finds its own neighbours
-            picked = [p for p in everything if _ip(p[0]).version == 4]  # type: ignore[union-attr]
+            picked = [p for p in everything if _is_v4(p[0])]
     else:
         host = _resolve_host(listen_host)
         picked = [(host, _index_of(adapters, host))]
     interfaces: list[str | int] = []
     v4_joined: set[int] = set()  # multicast is joined once per interface, whatever its addresses
     for addr, index in picked:
-        if _ip(addr).version == 4:  # type: ignore[union-attr]
+        if _is_v4(addr):
             if index is not None and index in v4_joined:
                 continue
             if index is not None:
@@ -111,7 +122,7 @@ def select(configured: list[str], listen_host: str) -> Selection:
     return Selection(tuple(interfaces), tuple(announce), version, tuple(problems))
 
 
-def _index_of(adapters: list[ifaddr.Adapter], addr: str) -> int | None:
+def _index_of(adapters: Iterable[ifaddr.Adapter], addr: str) -> int | None:
     """The index of the interface holding `addr` (None for e.g. 127.x addresses nobody holds)."""
     ip = _ip(addr)
     for adapter in adapters:
@@ -122,4 +133,4 @@ def _index_of(adapters: list[ifaddr.Adapter], addr: str) -> int | None:
 
 
 def packed(addresses: tuple[str, ...]) -> list[bytes]:
-    return [_ip(a).packed for a in addresses if _ip(a) is not None]  # type: ignore[union-attr]
+    return [ip.packed for a in addresses if (ip := _ip(a)) is not None]

@@ -229,3 +229,6 @@ class ZeroconfPlugin(BaseDiscoveryPlugin):
                           for t, w in sorted(self.wanted.items())],
             "services": self.browser.status() if self.browser else [],
         }
+
+
+PLUGIN = ZeroconfPlugin

@@ -58,7 +58,7 @@ def parse(props: dict[bytes, bytes | None], srv_port: int | None, addresses: lis
     try:
         node = str(uuidlib.UUID(raw_uuid or ""))
     except ValueError:
-        raise MalformedService(f"TXT uuid {raw_uuid[:40]!r} is not a UUID") from None
+        raise MalformedService(f"TXT uuid {(raw_uuid or '')[:40]!r} is not a UUID") from None
     port_text = _text(props, "port", required=False)
     port = srv_port
     if port_text is not None:

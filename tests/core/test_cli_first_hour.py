@@ -156,7 +156,7 @@ def test_plugin_tables_say_yes_and_no(cluster, tmp_path):
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text('__version__ = "1.0"\n')
     (pkg / "plugin.py").write_text("from beiran.plugin import BaseInterfacePlugin\n\n"
-                                   "class Hello(BaseInterfacePlugin):\n    pass\n")
+                                   "class Hello(BaseInterfacePlugin):\n    pass\n\nPLUGIN = Hello\n")
     extra = str(tmp_path / "extra")
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), extra]))}
     node = cluster.add(peers=None, env=env)

@@ -74,7 +74,8 @@ def _broken_plugins(tmp: Path) -> str:
     for name, body in {
         "kaboom": ("from beiran.plugin import BaseInterfacePlugin\n\n"
                    "class Kaboom(BaseInterfacePlugin):\n"
-                   "    async def start(self):\n        raise RuntimeError('cannot start on purpose')\n"),
+                   "    async def start(self):\n        raise RuntimeError('cannot start on purpose')\n\n"
+                   "PLUGIN = Kaboom\n"),
         "noimport": "import this_module_does_not_exist_anywhere\n",
     }.items():
         pkg = tmp / "beiran_plugins" / name

@@ -26,6 +26,9 @@ class FakeDiscovery(BaseDiscoveryPlugin):
         with open(self.ctx.config.data_dir / "advertised.jsonl", "a") as fh:
             fh.write(json.dumps([service_type, port, properties]) + "\\n")
         return True
+
+
+PLUGIN = FakeDiscovery
 '''
 
 

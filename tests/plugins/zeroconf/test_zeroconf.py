@@ -31,6 +31,9 @@ class Advertiser(BaseInterfacePlugin):
         for plugin in self.ctx.plugins.of_kind("discovery"):
             done = await plugin.advertise("_zc_test._tcp", 3142, {"path": "/", "node": self.ctx.identity.uuid})
             assert done == (plugin.name == "zeroconf"), (plugin.name, done)
+
+
+PLUGIN = Advertiser
 '''
 
 
