@@ -1,13 +1,12 @@
 """Base request handlers for core and plugins.
 
 Errors are raised as typed `BeiranError`s (or Tornado's HTTPError) anywhere in a handler and
-rendered once, in `write_error`, as one JSON body shape. Admin operations are accepted only on the
-unix socket; package-client routes only from the configured CIDRs.
+rendered once, in `write_error`, as one JSON body shape. Who may call a route is declared on the
+handler (`access`, see `beiran.access`) and checked once, in `prepare`.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import socket
@@ -16,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import tornado.web
 
-from beiran.errors import BeiranError, Forbidden, InvalidJSON, PayloadTooLarge, UnknownCommand
+from beiran.access import Access, admit
+from beiran.errors import BeiranError, Forbidden, InvalidJSON, InvalidRange, PayloadTooLarge, UnknownCommand
 
 if TYPE_CHECKING:
-    from beiran.config import Config
     from beiran.context import DaemonContext
 
 log = logging.getLogger("beiran.http")
@@ -35,14 +34,18 @@ def rpc_command(fn: Callable | None = None, *, admin: bool = True) -> Callable:
 
 
 class BaseHandler(tornado.web.RequestHandler):
-    #: every method of this handler is admin-only (unix socket)
-    local_only: bool = False
-    #: only these HTTP methods are admin-only
-    admin_methods: frozenset[str] = frozenset()
-    #: package clients (registry/npm clients): only from `client_cidrs` (or the unix socket)
-    clients_only: bool = False
-    #: peers must prove the cluster token (when one is set)
-    peer_auth: bool = False
+    #: who may call this route besides the unix socket; a handler that says nothing is admin-only
+    access: Access = Access.ADMIN
+    #: per HTTP method, where it differs (e.g. {"DELETE": Access.ADMIN})
+    method_access: dict[str, Access] = {}
+    #: how prepare() let this request in
+    admitted: Access | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        legacy = {"local_only", "peer_auth", "clients_only", "admin_methods"} & set(vars(cls))
+        if legacy:
+            raise TypeError(f"{cls.__name__}: declare `access` instead of {', '.join(sorted(legacy))}")
 
     def initialize(self, plugin: Any = None, **kwargs: Any) -> None:
         self.plugin = plugin
@@ -56,16 +59,7 @@ class BaseHandler(tornado.web.RequestHandler):
         return getattr(self.request.connection.context, "address_family", None) == socket.AF_UNIX
 
     def prepare(self) -> None:
-        method = self.request.method or ""
-        if (self.local_only or method in self.admin_methods) and not self.is_unix_socket():
-            raise Forbidden("admin operations are accepted only on the local unix socket")
-        if self.clients_only and not self.is_unix_socket():
-            self.check_client_cidr()
-        if self.peer_auth and not self.is_unix_socket() and self.ctx.auth is not None:
-            self.ctx.auth.check_request(self.request)
-
-    def check_client_cidr(self) -> None:
-        check_client_address(self.ctx.config, self.request.remote_ip)
+        self.admitted = admit(self, self.method_access.get(self.request.method or "", self.access))
 
     def set_default_headers(self) -> None:
         self.set_header("Server", "beiran")
@@ -90,6 +84,8 @@ class BaseHandler(tornado.web.RequestHandler):
                 self.set_header("WWW-Authenticate", 'Beiran realm="cluster"')
         body = self.error_body(status_code, exc)
         self.clear_header("Content-Range")
+        if isinstance(exc, InvalidRange) and exc.details.get("size") is not None:
+            self.set_header("Content-Range", f"bytes */{exc.details['size']}")
         if self.request.method == "HEAD":
             self.finish()
             return
@@ -111,16 +107,6 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(data, default=str))
-
-
-def check_client_address(config: Config, remote_ip: str) -> None:
-    """Package clients only from `client_cidrs`; also used by plugins with listeners of their own."""
-    try:
-        addr = ipaddress.ip_address(remote_ip)
-    except ValueError:
-        raise Forbidden("client address not allowed") from None
-    if not any(addr in net for net in config.client_networks()):
-        raise Forbidden(f"client {addr} is not in client_cidrs")
 
 
 def _code_for(status: int) -> str:
@@ -201,6 +187,8 @@ class RPCEndpoint(JSONEndpoint):
 
 class NotFoundHandler(BaseHandler):
     """Unknown routes get the same JSON error shape as everything else."""
+
+    access = Access.PUBLIC
 
     def prepare(self) -> None:
         from beiran.errors import NotFound

@@ -5,22 +5,29 @@ from __future__ import annotations
 import time
 
 from beiran import __version__
+from beiran.access import Access
 from beiran.errors import BadRequest
 from beiran.handlers import BaseHandler, JSONEndpoint, RPCEndpoint, rpc_command
 from beiran.models.node import Node
 
 
 class InfoHandler(JSONEndpoint):
+    access = Access.PUBLIC
+
     async def get(self) -> None:
         self.write_json(self.ctx.identity.to_dict())
 
 
 class PingHandler(BaseHandler):
+    access = Access.PUBLIC
+
     def get(self) -> None:
         self.write_json({"pong": True, "uuid": self.ctx.identity.uuid})
 
 
 class StatusHandler(JSONEndpoint):
+    access = Access.PUBLIC
+
     async def get(self) -> None:
         ident = self.ctx.identity
         self.write_json({"status": "ready", "uuid": ident.uuid, "version": __version__,
@@ -33,6 +40,8 @@ class StatusHandler(JSONEndpoint):
 
 class NodesHandler(RPCEndpoint):
     """GET lists known nodes; `POST ?cmd=probe` (admin) probes an address and connects it."""
+
+    access = Access.PUBLIC
 
     async def get(self) -> None:
         show_all = self.get_query_argument("all", "false").lower() in ("1", "true", "yes")
@@ -61,6 +70,8 @@ class NodesHandler(RPCEndpoint):
 
 
 class NodeHandler(JSONEndpoint):
+    access = Access.PUBLIC
+
     async def get(self, node: str) -> None:
         from beiran.errors import NotFound
 
@@ -78,13 +89,13 @@ class NodeHandler(JSONEndpoint):
 
 
 class ConfigHandler(JSONEndpoint):
-    local_only = True
-
     def get(self) -> None:
         self.write_json(self.ctx.config.to_public_dict())
 
 
 class MetricsHandler(BaseHandler):
+    access = Access.PUBLIC
+
     def get(self) -> None:
         from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -93,6 +104,8 @@ class MetricsHandler(BaseHandler):
 
 
 class StatsHandler(JSONEndpoint):
+    access = Access.PUBLIC
+
     def get(self) -> None:
         peers = {c.uuid: c.counts for c in self.ctx.peers.conns.values() if c.uuid}
         self.write_json({"metrics": self.ctx.metrics.snapshot(), "store": self.ctx.store.stats(),

@@ -209,6 +209,7 @@ class Fetcher:
                     return
                 writer.seek(writer.available)
                 failed |= used
+                writer.untrusted |= bool(used)
                 continue
             node = (complete or partial or [None])[0]
             if node is not None:
@@ -246,6 +247,7 @@ class Fetcher:
             return True
         except (BeiranError, OSError) as exc:
             failed.add(node)
+            writer.untrusted = True
             self.ctx.metrics.peer_failures.inc()
             log.info("peer %s failed for %s at byte %d: %s; trying the next source", node[:8],
                      job.digest[:19], writer.position, exc)

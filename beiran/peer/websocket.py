@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import tornado.websocket
 from tornado.httpclient import HTTPRequest
 
+from beiran.access import Access
 from beiran.handlers import BaseHandler
 from beiran.peer.connection import MAX_MESSAGE, PeerConnection
 
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
 
 
 class PeerSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
-    peer_auth = True
+    access = Access.PEER
 
     def initialize(self, plugin: Any = None, **kwargs: Any) -> None:
         BaseHandler.initialize(self, plugin, **kwargs)

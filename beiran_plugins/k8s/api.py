@@ -6,6 +6,7 @@ from typing import Any
 
 import grpc
 
+from beiran.access import Access
 from beiran.errors import BadRequest, BeiranError, Forbidden
 from beiran.handlers import BaseHandler, JSONEndpoint
 
@@ -19,8 +20,6 @@ def _http_error(exc: Any) -> BeiranError:
 
 class ImagesHandler(BaseHandler):
     """`GET /k8s/images[?all=true]`: the runtime's images; with all, which nodes hold each one's blobs."""
-
-    local_only = True
 
     async def get(self) -> None:
         from beiran_plugins.k8s.proto import api_pb2 as pb
@@ -66,8 +65,6 @@ class ImagesHandler(BaseHandler):
 class ContainerdConfigHandler(BaseHandler):
     """`GET /k8s/containerd-config[?dir=..&registry=..]`: the hosts.toml files for this node's mirror."""
 
-    local_only = True
-
     def get(self) -> None:
         from beiran_plugins.docker.reference import validate_registry
         from beiran_plugins.k8s.containerd import plan
@@ -101,7 +98,7 @@ class GrantsHandler(JSONEndpoint):
     told apart, so grants (and with them private-blob sharing) need `cluster_token`.
     """
 
-    peer_auth = True
+    access = Access.PEER
 
     async def post(self) -> None:
         from beiran_plugins.docker.reference import validate_registry, validate_repository
