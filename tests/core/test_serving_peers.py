@@ -85,9 +85,9 @@ def test_bytes_of_a_failed_source_are_not_served_to_peers_before_they_verify(clu
     n1.kill()  # the source fails part-way; its bytes stay in n2's download
     wait_until(lambda: n2.metrics().get("beiran_fetch_bytes_total{source=origin}", 0) > 0, 20,
                what="n2 to go on from the origin")
-    status, headers, body, _ = _peer_get(n2, digest)
+    status, _, body, _ = _peer_get(n2, digest)
     assert status == 404 and data[:4096] not in body
     t.join(60)
     assert "error" not in result, result
-    status, headers, body, complete = _peer_get(n2, digest)
+    status, _, body, complete = _peer_get(n2, digest)
     assert status == 200 and complete and body == data
