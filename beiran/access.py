@@ -71,9 +71,12 @@ def host_allowed(config: Config, host: str | None) -> bool:
     passes: browsers always send one."""
     if not host:
         return True
-    name = host[1:].partition("]")[0] if host.startswith("[") else host.rpartition(":")[0] or host
-    if host.count(":") > 1 and not host.startswith("["):
-        name = host  # a bare IPv6 literal
+    if host.startswith("["):
+        name, bracket, _ = host[1:].partition("]")
+        if not bracket:
+            return False
+    else:
+        name = host if host.count(":") > 1 else host.rpartition(":")[0] or host
     if _ip(name) is not None:
         return True
     name = name.rstrip(".").lower()
