@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from tornado.iostream import StreamClosedError
 
 from beiran.access import check_blob_access
-from beiran.errors import BlobNotFound, InvalidRange, UpstreamError
+from beiran.errors import BeiranError, BlobNotFound, InvalidRange, UpstreamError
 from beiran.store.blobstore import BlobEntry
 from beiran.store.writer import BlobWriter
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("beiran.serve")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 SENDFILE_MIN = 1 << 20
-CHUNK = 4 << 20
+CHUNK = 1 << 20
 Target = BlobEntry | BlobWriter
 
 
@@ -113,6 +113,11 @@ async def _serve(handler: BaseHandler, store: BlobStore, target: Target, head: b
     if to_peer and writer is not None and writer.untrusted:
         raise BlobNotFound(f"blob {writer.digest.short} holds bytes of a failed source: not served "
                            "to peers before it verified")
+    if writer is not None and writer.size is None and not head:
+        try:  # the source's first answer tells the size (for Content-Length and Range)
+            await writer.wait_for_growth(0, handler.ctx.config.fetch.peer_timeout)
+        except BeiranError as exc:
+            raise _Unsent(exc) from exc
     size = target.size
     rng = None
     if ranges != "off":
