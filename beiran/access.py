@@ -102,7 +102,7 @@ def check_blob_access(handler: BaseHandler, *digests: str) -> None:
     TCP: a package client on this machine (its own runtime) may have them; anyone else only as the
     policies decide for the node its cluster-token proof names."""
     store = handler.ctx.store
-    admitted = getattr(handler, "admitted", Access.ADMIN)
+    admitted = handler.admitted  # None: not through prepare(), so nobody is known
     if admitted == Access.ADMIN or not store.access_policies:
         return
     remote = _ip(handler.request.remote_ip)
