@@ -134,6 +134,7 @@ class Config:
     cluster_token: str | None = None
     client_cidrs: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     peer_cidrs: list[str] = field(default_factory=lambda: list(DEFAULT_PEER_CIDRS))
+    client_hosts: list[str] = field(default_factory=list)  # names clients use in Host, see beiran.access
     heartbeat_interval: float = 2.0
     heartbeat_timeout: float = 6.0
     origins: dict[str, str] = field(default_factory=dict)

@@ -1,13 +1,12 @@
 """Base request handlers for core and plugins.
 
 Errors are raised as typed `BeiranError`s (or Tornado's HTTPError) anywhere in a handler and
-rendered once, in `write_error`, as one JSON body shape. Admin operations are accepted only on the
-unix socket; package-client routes only from the configured CIDRs.
+rendered once, in `write_error`, as one JSON body shape. Who may call a route is declared on the
+handler (`access`, see `beiran.access`) and checked once, in `prepare`.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import socket
@@ -18,10 +17,10 @@ import tornado.web
 from tornado.http1connection import HTTP1Connection
 from tornado.httputil import HTTPServerRequest
 
-from beiran.errors import BeiranError, Forbidden, InvalidJSON, PayloadTooLarge, UnknownCommand
+from beiran.access import Access, admit
+from beiran.errors import BeiranError, Forbidden, InvalidJSON, InvalidRange, PayloadTooLarge, UnknownCommand
 
 if TYPE_CHECKING:
-    from beiran.config import Config
     from beiran.context import DaemonContext
 
 log = logging.getLogger("beiran.http")
@@ -44,14 +43,18 @@ def rpc_command(fn: _Command | None = None, *, admin: bool = True) -> Any:
 
 
 class BaseHandler(tornado.web.RequestHandler):
-    #: every method of this handler is admin-only (unix socket)
-    local_only: bool = False
-    #: only these HTTP methods are admin-only
-    admin_methods: frozenset[str] = frozenset()
-    #: package clients (registry/npm clients): only from `client_cidrs` (or the unix socket)
-    clients_only: bool = False
-    #: peers must prove the cluster token (when one is set)
-    peer_auth: bool = False
+    #: who may call this route besides the unix socket; a handler that says nothing is admin-only
+    access: Access = Access.ADMIN
+    #: per HTTP method, where it differs (e.g. {"DELETE": Access.ADMIN})
+    method_access: dict[str, Access] = {}
+    #: how prepare() let this request in
+    admitted: Access | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        legacy = {"local_only", "peer_auth", "clients_only", "admin_methods"} & set(vars(cls))
+        if legacy:
+            raise TypeError(f"{cls.__name__}: declare `access` instead of {', '.join(sorted(legacy))}")
 
     def initialize(self, plugin: Any = None, **kwargs: Any) -> None:
         self.plugin = plugin
@@ -68,24 +71,7 @@ class BaseHandler(tornado.web.RequestHandler):
         return getattr(self.http_connection().context, "address_family", None) == socket.AF_UNIX
 
     def prepare(self) -> None:
-        method = self.request.method or ""
-        if (self.local_only or method in self.admin_methods) and not self.is_unix_socket():
-            raise Forbidden("admin operations are accepted only on the local unix socket")
-        if self.clients_only and not self.is_unix_socket():
-            self.check_client_cidr()
-        if self.peer_auth and not self.is_unix_socket():
-            self.check_peer()
-
-    def check_peer(self) -> None:
-        """Peer routes: only from `peer_cidrs`, and with a valid, unused cluster token proof."""
-        peers = getattr(self.ctx, "peers", None)
-        if peers is not None and not peers.policy.allows_ip(self.request.remote_ip or ""):
-            raise Forbidden(f"{self.request.remote_ip} is not in peer_cidrs")
-        if self.ctx.auth is not None:
-            self.ctx.auth.check_request(self.request)
-
-    def check_client_cidr(self) -> None:
-        check_client_address(self.ctx.config, self.request.remote_ip)
+        self.admitted = admit(self, self.method_access.get(self.request.method or "", self.access))
 
     def set_default_headers(self) -> None:
         self.set_header("Server", "beiran")
@@ -110,6 +96,8 @@ class BaseHandler(tornado.web.RequestHandler):
                 self.set_header("WWW-Authenticate", 'Beiran realm="cluster"')
         body = self.error_body(status_code, exc)
         self.clear_header("Content-Range")
+        if isinstance(exc, InvalidRange) and exc.details.get("size") is not None:
+            self.set_header("Content-Range", f"bytes */{exc.details['size']}")
         if self.request.method == "HEAD":
             self.finish()
             return
@@ -139,16 +127,6 @@ def http_connection(request: HTTPServerRequest) -> HTTP1Connection:
     if not isinstance(conn, HTTP1Connection):
         raise TypeError(f"{type(conn).__name__} is not an HTTP/1 connection")
     return conn
-
-
-def check_client_address(config: Config, remote_ip: str | None) -> None:
-    """Package clients only from `client_cidrs`; also used by plugins with listeners of their own."""
-    try:
-        addr = ipaddress.ip_address(remote_ip or "")
-    except ValueError:
-        raise Forbidden("client address not allowed") from None
-    if not any(addr in net for net in config.client_networks()):
-        raise Forbidden(f"client {addr} is not in client_cidrs")
 
 
 def _code_for(status: int) -> str:
@@ -187,7 +165,7 @@ class JSONEndpoint(BaseHandler):
             raise PayloadTooLarge(f"request body of {self._body_len} bytes exceeds the limit of "
                                   f"{self.max_body_size}")
         body = b"".join(self._body_chunks)
-        if self.peer_auth and not self.is_unix_socket() and self.ctx.auth is not None:
+        if self.admitted == Access.PEER:
             self.ctx.auth.check_body(self.request, body)  # streamed: checked once it is all here
         return body
 
@@ -232,6 +210,8 @@ class RPCEndpoint(JSONEndpoint):
 
 class NotFoundHandler(BaseHandler):
     """Unknown routes get the same JSON error shape as everything else."""
+
+    access = Access.PUBLIC
 
     def prepare(self) -> None:
         from beiran.errors import NotFound

@@ -6,22 +6,29 @@ import time
 from typing import Any
 
 from beiran import __version__
+from beiran.access import Access
 from beiran.errors import BadRequest
 from beiran.handlers import BaseHandler, JSONEndpoint, RPCEndpoint, rpc_command
 from beiran.models.node import Node
 
 
 class InfoHandler(JSONEndpoint):
+    access = Access.PUBLIC
+
     async def get(self) -> None:
         self.write_json(self.ctx.identity.to_dict())
 
 
 class PingHandler(BaseHandler):
+    access = Access.PUBLIC
+
     def get(self) -> None:
         self.write_json({"pong": True, "uuid": self.ctx.identity.uuid})
 
 
 class StatusHandler(JSONEndpoint):
+    access = Access.PUBLIC
+
     async def get(self) -> None:
         ident = self.ctx.identity
         self.write_json({"status": "ready", "uuid": ident.uuid, "version": __version__,
@@ -34,6 +41,8 @@ class StatusHandler(JSONEndpoint):
 
 class NodesHandler(RPCEndpoint):
     """GET lists known nodes; `POST ?cmd=probe` (admin) probes an address and connects it."""
+
+    access = Access.PUBLIC
 
     async def get(self) -> None:
         show_all = self.get_query_argument("all", "false").lower() in ("1", "true", "yes")
@@ -62,6 +71,8 @@ class NodesHandler(RPCEndpoint):
 
 
 class NodeHandler(JSONEndpoint):
+    access = Access.PUBLIC
+
     async def get(self, node: str) -> None:
         import uuid
 
@@ -85,13 +96,13 @@ class NodeHandler(JSONEndpoint):
 
 
 class ConfigHandler(JSONEndpoint):
-    local_only = True
-
     def get(self) -> None:
         self.write_json(self.ctx.config.to_public_dict())
 
 
 class MetricsHandler(BaseHandler):
+    access = Access.PUBLIC
+
     def get(self) -> None:
         from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -102,6 +113,8 @@ class MetricsHandler(BaseHandler):
 class StatsHandler(JSONEndpoint):
     """Counters for anyone; the data path and disk figures only on the admin socket (over TCP they
     would tell a peer where the data lives and how much disk a cache-filling attack needs)."""
+
+    access = Access.PUBLIC
 
     def get(self) -> None:
         peers = {c.uuid: c.counts for c in self.ctx.peers.conns.values() if c.uuid}

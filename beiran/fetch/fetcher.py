@@ -269,6 +269,7 @@ class Fetcher:
                     return
                 writer.seek(writer.available)
                 failed |= used
+                writer.untrusted |= bool(used)
                 continue
             node = next(iter(complete or partial), None)
             if node is not None:
@@ -300,18 +301,25 @@ class Fetcher:
         found = placement.owner(job.digest, nodes)
         return None if found == self.ctx.identity.uuid else found
 
-    async def _try_peer(self, job: FetchJob, node: str, failed: set[str]) -> bool:
+    async def _try_peer(self, job: FetchJob, node: str, failed: set[str], partial: bool | None = None) -> bool:
         writer = job.live_writer()
+        if partial is None:
+            partial = node in self.ctx.availability.holders(job.digest)[1]
+        start = writer.position
         try:
             job.contributors.add(node)
-            await self.peers.stream_into(job, node, writer.position)
+            await self.peers.stream_into(job, node, start)
             return True
         except (BeiranError, OSError) as exc:
+            await writer.flush()
+            if partial and writer.available > start:  # a copy still downloading ends short when
+                # its own download failed: what it sent is suspect, start over without it
+                raise VerificationError(f"peer {node[:8]} ended its unverified copy short: {exc}") from None
             failed.add(node)
+            writer.untrusted |= writer.available > start  # peers get none of it before it verified
             self.ctx.metrics.peer_failures.inc()
             log.info("peer %s failed for %s at byte %d: %s; trying the next source", node[:8],
                      job.digest[:19], writer.position, exc)
-            await writer.flush()
             writer.seek(writer.available)
             return False
 
@@ -334,7 +342,8 @@ class Fetcher:
                      job.digest[:19], exc.message)
             failed.add(owner)
             return False
-        return await self._try_peer(job, owner, failed)
+        return await self._try_peer(job, owner, failed, partial=not (isinstance(answer, dict)
+                                                                     and answer.get("state") == "complete"))
 
     async def _open_origin(self, job: FetchJob, offset: int) -> OriginStream:
         """The local opener first (it carries the credentials its caller holds), then the source;

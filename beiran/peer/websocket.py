@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import tornado.websocket
 from tornado.httpclient import HTTPRequest
 
+from beiran.access import Access
 from beiran.handlers import BaseHandler
 from beiran.peer.auth import HEADER, parse_auth_header, requesting_peer
 from beiran.peer.connection import MAX_MESSAGE, PeerConnection
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
 
 class PeerSocketHandler(tornado.websocket.WebSocketHandler, BaseHandler):
-    peer_auth = True
+    access = Access.PEER
 
     def initialize(self, plugin: Any = None, **kwargs: Any) -> None:
         BaseHandler.initialize(self, plugin, **kwargs)

@@ -15,8 +15,6 @@ from beiran.store.digest import ALGORITHMS, parse_digest
 
 
 class BlobsHandler(RPCEndpoint):
-    local_only = True
-
     async def get(self) -> None:
         blobs = self.ctx.store.list()
         if self.get_query_argument("all", "false").lower() in ("1", "true", "yes"):
@@ -65,8 +63,6 @@ class BlobsHandler(RPCEndpoint):
 
 
 class BlobStatsHandler(BaseHandler):
-    local_only = True
-
     def get(self) -> None:
         self.write_json(self.ctx.store.stats())
 
@@ -74,8 +70,6 @@ class BlobStatsHandler(BaseHandler):
 @tornado.web.stream_request_body
 class BlobUploadHandler(BaseHandler):
     """`PUT /blobs/upload?algorithm=sha256`: store the body, answer its digest."""
-
-    local_only = True
 
     def prepare(self) -> None:
         super().prepare()

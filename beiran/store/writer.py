@@ -46,6 +46,8 @@ class BlobWriter:
         self.verified = asyncio.get_running_loop().create_future()
         self.error: BaseException | None = None
         self.source = ""  # where the bytes are coming from right now (for progress)
+        #: bytes of a source that failed are in the file: peers get none of it before it verified
+        self.untrusted = False
 
     # -- state seen by readers -----------------------------------------------------------------
     @property

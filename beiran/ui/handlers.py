@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 
+from beiran.access import Access
 from beiran.handlers import BaseHandler
 from beiran.ui import state
 
@@ -16,7 +17,7 @@ _CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 's
 
 
 class UIBase(BaseHandler):
-    clients_only = True
+    access = Access.CLIENT
 
     def set_default_headers(self) -> None:
         super().set_default_headers()

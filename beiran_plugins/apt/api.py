@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from beiran.access import Access
 from beiran.errors import BadRequest, NotFound
 from beiran.handlers import BaseHandler, JSONEndpoint, RPCEndpoint, rpc_command
 from beiran.models.base import dict_rows
@@ -24,8 +25,6 @@ def _truthy(value: str) -> bool:
 
 class PackagesHandler(RPCEndpoint):
     """GET: the .debs in this node's store (`?all=1`: and the cluster's, with their holders)."""
-
-    local_only = True
 
     async def get(self) -> None:
         store = self.ctx.store
@@ -85,8 +84,6 @@ class PackagesHandler(RPCEndpoint):
 
 
 class SourcesHandler(JSONEndpoint):
-    local_only = True
-
     async def get(self) -> None:
         def rows() -> list[dict[str, Any]]:
             out = []
@@ -106,7 +103,7 @@ class SourcesHandler(JSONEndpoint):
 class PeerIndexHandler(BaseHandler):
     """`GET /apt/index?url=U`: this node's cached copy of an index file, for a peer cut off from U."""
 
-    peer_auth = True
+    access = Access.PEER
 
     async def get(self) -> None:
         url = self.get_query_argument("url", "")

@@ -69,7 +69,7 @@ def proxy_answers(url: str, timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as s:
             s.settimeout(timeout)
-            s.sendall(b"GET /_beiran/ping HTTP/1.0\r\nHost: beiran\r\n\r\n")
+            s.sendall(f"GET /_beiran/ping HTTP/1.0\r\nHost: {hostport}\r\n\r\n".encode())
             data = b""
             while len(data) < 4096 and (chunk := s.recv(4096)):
                 data += chunk

@@ -62,7 +62,7 @@ class IndexCache:
         h = hashlib.sha256(url.encode()).hexdigest()
         return self.root / h[:2] / h, self.root / h[:2] / (h + ".json")
 
-    def tmp_path(self) -> Path:
+    def scratch_file(self) -> Path:
         return self.tmp / uuid.uuid4().hex
 
     async def get(self, url: str) -> CachedIndex | None:
@@ -128,7 +128,7 @@ class IndexService:
     async def _get(self, target: Target) -> CachedIndex:
         url = target.url
         cached = await self.cache.get(url)
-        tmp = self.cache.tmp_path()
+        tmp = self.cache.scratch_file()
         try:
             try:
                 code, reason, headers = await self._download(url, tmp, cached.last_modified if cached else None)
@@ -196,7 +196,7 @@ class IndexService:
             conn, base = self.ctx.peers.conn(node), self.ctx.peers.url_of(node)
             if conn is None or not base or "apt" not in (conn.info.get("plugins") or []):
                 continue
-            tmp = self.cache.tmp_path()
+            tmp = self.cache.scratch_file()
             path = "/apt/index"
             try:
                 target_path = f"{path}?url={quote(url, safe='')}"

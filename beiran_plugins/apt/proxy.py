@@ -4,7 +4,6 @@ that is the text apt prints ("E: Failed to fetch ... 403 <reason>")."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from typing import TYPE_CHECKING, Any
@@ -12,10 +11,11 @@ from typing import TYPE_CHECKING, Any
 import tornado.web
 from tornado.iostream import StreamClosedError
 
-from beiran.errors import BeiranError, NotFound, UpstreamError, VerificationError
-from beiran.handlers import check_client_address, http_connection
+from beiran.access import Access
+from beiran.errors import BeiranError, NotFound, UpstreamError
+from beiran.handlers import BaseHandler
 from beiran.httpstream import stream_request
-from beiran.peer.serving import parse_range
+from beiran.serve import serve_blob
 from beiran_plugins.apt import usage
 from beiran_plugins.apt.archive import Blob
 from beiran_plugins.apt.indexes import CachedIndex, not_modified
@@ -34,19 +34,14 @@ class MethodNotAllowed(BeiranError):
     status, code = 405, "method_not_allowed"
 
 
-class ProxyHandler(tornado.web.RequestHandler):
+class ProxyHandler(BaseHandler):
     SUPPORTED_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT")
-
-    def initialize(self, plugin: AptPlugin) -> None:
-        self.plugin = plugin
-        self.ctx = plugin.ctx
+    access = Access.CLIENT
+    plugin: AptPlugin
 
     def set_default_headers(self) -> None:
         self.set_header("Server", "beiran-apt")
         self.set_header("Via", "1.1 beiran")
-
-    def prepare(self) -> None:
-        check_client_address(self.ctx.config, self.request.remote_ip)
 
     # -- errors ----------------------------------------------------------------------------------
     def write_error(self, status_code: int, **kwargs: Any) -> None:
@@ -168,85 +163,29 @@ class ProxyHandler(tornado.web.RequestHandler):
                     await self.flush()
             except (BeiranError, StreamClosedError) as exc:
                 log.info("apt: pass-through of %s stopped: %s", target.url, exc)
-                http_connection(self.request).close()
+                self.http_connection().close()
                 return
         self.finish()
 
     async def _blob(self, target: Target, blob: Blob, by_hash: bool = False) -> None:
-        """Stream a content-addressed file from the cluster. The last chunk is held back until the
-        core has verified the whole blob, so apt never completes a download of bad bytes."""
-        fetcher = self.ctx.fetcher
-        job = await fetcher.start(blob.digest, blob.size, blob.source)
+        """A content-addressed file from the cluster, served by the core: apt never completes a
+        download of bad bytes, and has the file only once its pool files are known (by-hash index)
+        or it is pinned and listed (.deb). A Range resumes only from a complete, verified local copy
+        and only when no If-Range could disagree (apt's partial file may hold bytes of an earlier,
+        failed attempt)."""
+        job = await self.ctx.fetcher.start(blob.digest, blob.size, blob.source)
         after = self.plugin.after_fetch(target, blob, job, by_hash)
         ext = "." + target.name.rsplit(".", 1)[-1]
         self.set_header("Content-Type", DEB_TYPES.get(ext, "application/octet-stream"))
         self.set_header("X-Beiran-Digest", blob.digest)
-        rng = self._range(blob)
-        if rng is not None:
-            start, end = rng
-            self.set_status(206)
-            self.set_header("Content-Range", f"bytes {start}-{end - 1}/{blob.size}")
-            self.set_header("Content-Length", str(end - start))
-            async for chunk in fetcher.stream(blob.digest, blob.size, blob.source, start, end):
-                self.write(chunk)
-                await self.flush()
-            self.finish()
-            return
-        self.set_header("Content-Length", str(blob.size))
-        for attempt in (1, 2):
-            pending, sent = b"", 0
-            try:
-                # The core verifies the blob as it arrives, and the stream ends only once the whole
-                # of it has (raising when the bytes streamed failed): holding back the last chunk
-                # until then is what keeps apt from completing a download of bad bytes.
-                async for chunk in fetcher.stream(blob.digest, blob.size, blob.source):
-                    if pending:
-                        self.write(pending)
-                        await self.flush()
-                        sent += len(pending)
-                    pending = chunk
-                if sent + len(pending) != blob.size:
-                    raise VerificationError(f"{target.name}: {sent + len(pending)} bytes, not {blob.size}")
-                # by the time apt has the file, its pool files are known (by-hash index) or it is
-                # pinned and listed (.deb)
-                await asyncio.wait_for(asyncio.shield(after), 30)
-            except StreamClosedError:
-                return
-            except (BeiranError, TimeoutError, OSError) as exc:
-                if sent:  # apt has part of it: cut, so it retries instead of keeping bad bytes
-                    log.warning("apt: %s cut after %d bytes: %s", target.url, sent, exc)
-                    http_connection(self.request).close()
-                    return
-                if (error := job.error()) is not None and not isinstance(error, asyncio.CancelledError):
-                    raise error from None
-                if attempt == 1 and isinstance(exc, VerificationError) and self.ctx.store.has(blob.digest):
-                    # a bad source was replaced while we read it, and nothing has left yet: again,
-                    # from the verified copy
-                    log.info("apt: %s; serving the verified copy instead", exc.message)
-                    continue
-                raise
-            self.write(pending)
-            self.finish()
-            return
-
-    def _range(self, blob: Blob) -> tuple[int, int] | None:
-        """Resume only from a complete, verified local copy, and only when no If-Range could
-        disagree (apt's partial file may hold bytes of an earlier, failed attempt)."""
-        header = self.request.headers.get("Range")
-        if not header or self.request.headers.get("If-Range") or not self.ctx.store.has(blob.digest):
-            return None
-        try:
-            rng = parse_range(header, blob.size)
-        except BeiranError:
-            return None
-        if rng is None or rng[1] is None:
-            return None
-        return rng[0], rng[1]
+        resume = not self.request.headers.get("If-Range") and self.ctx.store.has(blob.digest)
+        await serve_blob(self, blob.digest, size=blob.size, source=blob.source, ranges="lenient" if resume else "off",
+                         before_end=after)
 
 
 def make_app(plugin: AptPlugin) -> tornado.web.Application:
     return tornado.web.Application([(r".*", ProxyHandler, {"plugin": plugin})], compress_response=False,
-                                   log_function=_log_request)
+                                   log_function=_log_request, ctx=plugin.ctx)
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:

@@ -12,16 +12,12 @@ from beiran_plugins.dns.targets import endpoint_url
 class StatusHandler(BaseHandler):
     """Each configured name with its last answer, and each target with what became of it."""
 
-    local_only = True
-
     def get(self) -> None:
         self.write_json(self.plugin.report())
 
 
 class LookupHandler(BaseHandler):
     """`GET /dns/lookup?name=NAME`: look a name up now, with this daemon's nameservers."""
-
-    local_only = True
 
     async def get(self) -> None:
         raw = self.get_query_argument("name", "")
@@ -39,8 +35,6 @@ class LookupHandler(BaseHandler):
 
 class RefreshHandler(BaseHandler):
     """`POST /dns/refresh`: look the configured names up now instead of at the next interval."""
-
-    local_only = True
 
     def post(self) -> None:
         self.plugin.refresh_now()

@@ -9,6 +9,7 @@ import json
 import logging
 from typing import Any
 
+from beiran.access import Access, check_blob_access
 from beiran.errors import BadRequest, BeiranError, NotFound
 from beiran.handlers import JSONEndpoint, RPCEndpoint, rpc_command
 from beiran.store.digest import parse_digest
@@ -33,21 +34,10 @@ def _node(handler: JSONEndpoint) -> str | None:
     return node
 
 
-def _check_access(handler: JSONEndpoint, digests: list[str]) -> None:
-    """The store's access policies (e.g. the k8s plugin's private images) apply to blobs sent over TCP."""
-    store = handler.ctx.store
-    if handler.is_unix_socket() or not getattr(store, "access_policies", None):
-        return
-    auth = handler.ctx.auth
-    peer = auth.uuid_of(handler.request) if auth is not None and hasattr(auth, "uuid_of") else None
-    for d in digests:
-        store.check_access(d, peer)
-
-
 class TagsHandler(JSONEndpoint):
     """`GET /docker/tags?registry=&repository=&tag=`: this node's last known tag -> digest (for peers)."""
 
-    peer_auth = True
+    access = Access.PEER
 
     async def get(self) -> None:
         registry = validate_registry(self.get_query_argument("registry", ""))
@@ -60,7 +50,7 @@ class TagsHandler(JSONEndpoint):
 
 
 class ImagesHandler(RPCEndpoint):
-    peer_auth = True
+    access = Access.PEER
 
     async def get(self) -> None:
         node = _node(self)
@@ -122,7 +112,7 @@ class ImagesHandler(RPCEndpoint):
 
 
 class ImageInfoHandler(JSONEndpoint):
-    peer_auth = True
+    access = Access.PEER
 
     async def get(self, ref: str) -> None:
         self.write_json(await images.info(self.plugin, self.plugin.parse_ref(ref)))
@@ -131,8 +121,7 @@ class ImageInfoHandler(JSONEndpoint):
 class ImageHandler(JSONEndpoint):
     """GET: the image as a `docker save` archive (streamed); DELETE (admin): rmi."""
 
-    peer_auth = True
-    admin_methods = frozenset({"DELETE"})
+    access, method_access = Access.PEER, {"DELETE": Access.ADMIN}
 
     async def get(self, text: str) -> None:
         ref = self.plugin.parse_ref(text)
@@ -147,7 +136,7 @@ class ImageHandler(JSONEndpoint):
                    "config": parsed.config.to_dict() if parsed.config else None,
                    "layers": [d.to_dict() for d in parsed.layers]}
         members = images.members(row, tags)
-        _check_access(self, [m.digest for m in members if m.digest])
+        check_blob_access(self, *(m.digest for m in members if m.digest))
         source = self.plugin.mirror.source(ref.registry, ref.repository, "blob")
         self.set_header("Content-Type", "application/x-tar")
         self.set_header("Content-Length", str(archive.archive_size(members)))
@@ -172,7 +161,7 @@ class ImageHandler(JSONEndpoint):
 
 
 class LayersHandler(JSONEndpoint):
-    peer_auth = True
+    access = Access.PEER
 
     async def get(self) -> None:
         node = _node(self)
@@ -185,15 +174,13 @@ class LayersHandler(JSONEndpoint):
 class LayerHandler(JSONEndpoint):
     """GET/HEAD: the layer bytes, verified, with registry-style headers; DELETE (admin): drop it."""
 
-    peer_auth = True
-    admin_methods = frozenset({"DELETE"})
+    access, method_access = Access.PEER, {"DELETE": Access.ADMIN}
 
     async def head(self, digest: str) -> None:
         await self.get(digest, head=True)
 
     async def get(self, digest: str, head: bool = False) -> None:
         d = str(parse_digest(digest))
-        _check_access(self, [d])
         origin = self.plugin.mirror.blob_repo.get(d)
         source = self.plugin.mirror.source(origin[0], origin[1], "blob") if origin else None
         await serve_blob(self, d, source, head)

@@ -24,8 +24,6 @@ def _http_error(exc: Any, runtime: Any = None) -> BeiranError:
 class ImagesHandler(BaseHandler):
     """`GET /k8s/images[?all=true]`: the runtime's images; with all, which nodes hold each one's blobs."""
 
-    local_only = True
-
     async def get(self) -> None:
         from beiran_plugins.k8s.proto import api_pb2 as pb
         from beiran_plugins.k8s.status import CRIError
@@ -69,8 +67,6 @@ class ImagesHandler(BaseHandler):
 
 class ContainerdConfigHandler(BaseHandler):
     """`GET /k8s/containerd-config[?dir=..&registry=..]`: the hosts.toml files for this node's mirror."""
-
-    local_only = True
 
     def get(self) -> None:
         from beiran_plugins.docker.plugin import DockerPlugin

@@ -10,14 +10,14 @@ Admin (unix socket): `/npm/-/beiran/{info,packages,warm}`. Peers: `/npm/-/beiran
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import re
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from beiran import offline
-from beiran.errors import BadRequest, BeiranError, Forbidden, NotFound
+from beiran.access import Access
+from beiran.errors import BadRequest, BeiranError, NotFound
 from beiran.handlers import BaseHandler, JSONEndpoint
 from beiran_plugins.npm import tarballs, warm
 from beiran_plugins.npm.metadata import ABBREVIATED, resolve_ref, rewrite, rewrite_version
@@ -43,7 +43,7 @@ class NpmHandler(BaseHandler):
 
 
 class RegistryHandler(NpmHandler):
-    clients_only = True
+    access = Access.CLIENT
 
     def base_url(self) -> str:
         host = self.request.host or ""
@@ -137,15 +137,11 @@ class RegistryHandler(NpmHandler):
 
 
 class InfoHandler(NpmHandler):
-    local_only = True
-
     def get(self) -> None:
         self.write_json(self.plugin.info())
 
 
 class PackagesHandler(NpmHandler):
-    local_only = True
-
     async def get(self) -> None:
         cluster = self.get_query_argument("all", "false").lower() in ("1", "true", "yes")
         self.write_json({"packages": await self.plugin.packages(cluster)})
@@ -155,7 +151,6 @@ class WarmHandler(JSONEndpoint, NpmHandler):
     """`POST /npm/-/beiran/warm` {"packages": [spec...], "deps": bool} or {"lockfile": [entries]}:
     NDJSON progress lines, the last one the summary."""
 
-    local_only = True
     max_body_size = 64 << 20
 
     async def post(self) -> None:
@@ -181,8 +176,6 @@ class WarmHandler(JSONEndpoint, NpmHandler):
 class PreheatHandler(JSONEndpoint, NpmHandler):
     """`POST /npm/-/beiran/preheat` {"packages": [spec...], "deps": bool, "nodes": "all" | [uuid]}:
     the chosen nodes fetch the tarballs now; NDJSON per-node progress, the last line the summary."""
-
-    local_only = True
 
     async def post(self) -> None:
         from beiran import preheat
@@ -214,15 +207,12 @@ class PreheatHandler(JSONEndpoint, NpmHandler):
 
 
 class PeerPackumentHandler(NpmHandler):
-    """A peer asks for a stored packument while its upstream is unreachable. Only cluster members
-    (the cluster token when one is set, else a connected peer's address) and the npm clients that
-    could read it through /npm/ anyway (`client_cidrs`)."""
+    """A peer asks for a stored packument while its upstream is unreachable; the npm clients that
+    could read it through /npm/ anyway may too."""
 
-    peer_auth = True
+    access = Access.PEER | Access.CLIENT
 
     async def get(self, kind: str, quoted: str) -> None:
-        if not self.ctx.auth.enabled and not self.is_unix_socket():
-            self._check_peer_address()
         name = validate_name(unquote(quoted), self.plugin.allow_uppercase)
         got = await self.plugin.packuments.for_peer(name, kind)
         if got is None:
@@ -231,22 +221,6 @@ class PeerPackumentHandler(NpmHandler):
         self.set_header("Content-Type", "application/json")
         self.set_header("X-Beiran-Fetched", str(fetched))
         self.finish(body)
-
-    def _check_peer_address(self) -> None:
-        try:
-            remote = ipaddress.ip_address(self.request.remote_ip or "")
-        except ValueError:
-            raise Forbidden("not a cluster member") from None
-        if any(remote in net for net in self.ctx.config.client_networks()):
-            return
-        for node in self.ctx.peers.online():
-            url = self.ctx.peers.url_of(node) or ""
-            try:
-                if ipaddress.ip_address(urlsplit(url).hostname or "") == remote:
-                    return
-            except ValueError:
-                continue
-        raise Forbidden("packuments are shared with connected peers only")
 
 
 ROUTES = [

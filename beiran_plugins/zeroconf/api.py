@@ -8,8 +8,6 @@ from beiran.handlers import BaseHandler
 class StatusHandler(BaseHandler):
     """What this node announces and every `_beiran._tcp` service it has heard, with its state."""
 
-    local_only = True
-
     def get(self) -> None:
         self.write_json(self.plugin.report())
 

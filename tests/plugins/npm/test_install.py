@@ -97,14 +97,14 @@ def test_scoped_packages_dist_tags_abbreviated_metadata_and_versions(cluster, up
         assert doc["versions"]["1.0.0"]["dist"]["tarball"] == f"{node.url}/npm/{SCOPED}/-/scoped-1.0.0.tgz"
     # full packument: versions, dist-tags, every tarball rewritten to the Host the client used
     status, headers, body = node.tcp("GET", f"/npm/{ALPHA}", headers={"Accept": "application/json",
-                                                                     "Host": "localhost.test:1234"})
+                                                                     "Host": "npm.localhost:1234"})
     doc = json.loads(body)
     assert headers["Content-Type"].startswith("application/json")
     assert doc["dist-tags"] == {"latest": "2.0.0", "next": "3.0.0-beta.1"}
     assert sorted(doc["versions"]) == ["1.0.0", "1.1.0", "1.2.0", "2.0.0", "3.0.0-beta.1"]
     assert "time" in doc
     for v, m in doc["versions"].items():
-        assert m["dist"]["tarball"] == f"http://localhost.test:1234/npm/{ALPHA}/-/{ALPHA}-{v}.tgz"
+        assert m["dist"]["tarball"] == f"http://npm.localhost:1234/npm/{ALPHA}/-/{ALPHA}-{v}.tgz"
         assert m["dist"]["integrity"] == registry.pub(ALPHA, v).integrity
     # one version, by number and by tag
     assert json.loads(node.tcp("GET", f"/npm/{ALPHA}/1.1.0")[2])["version"] == "1.1.0"

@@ -1,0 +1,328 @@
+"""Serving a blob to an HTTP client: the one place that decides which bytes may leave the node.
+
+A blob is served complete (from the store, with sendfile(2) where it can) or while it is still
+downloading. A download's last `hold` bytes wait for its verification, so a body that fails
+verification always arrives short: no package client or peer ever receives a complete body that
+has not verified. A failure before the first byte leaves is still a proper error answer (or, when
+the download goes on from another source, the verified copy); after it, the body is cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import socket
+import struct
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable
+from typing import TYPE_CHECKING, Any
+
+from tornado.iostream import StreamClosedError
+
+from beiran.access import check_blob_access
+from beiran.errors import BeiranError, BlobNotFound, InvalidRange, UpstreamError
+from beiran.store.blobstore import BlobEntry
+from beiran.store.writer import BlobWriter
+
+if TYPE_CHECKING:
+    from beiran.handlers import BaseHandler
+    from beiran.store.blobstore import BlobStore
+
+log = logging.getLogger("beiran.serve")
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+SENDFILE_MIN = 1 << 20
+CHUNK = 1 << 20
+Target = BlobEntry | BlobWriter
+
+
+def parse_range(header: str | None, size: int | None) -> tuple[int, int | None] | None:
+    """One `bytes=a-b` range -> (start, end_exclusive); None for no header; InvalidRange if bad."""
+    if not header:
+        return None
+    m = _RANGE.match(header.strip())
+    if not m or (not m.group(1) and not m.group(2)):
+        raise InvalidRange(f"unsupported Range {header[:60]!r} (one bytes=a-b range only)")
+    a, b = m.group(1), m.group(2)
+    if not a:  # suffix range: last b bytes
+        if size is None:
+            raise InvalidRange("suffix range on a blob of unknown size")
+        if int(b) == 0:
+            raise InvalidRange("empty suffix range")
+        return max(0, size - int(b)), size
+    start = int(a)
+    end = int(b) + 1 if b else size
+    if end is not None and size is not None:
+        end = min(end, size)
+    if (size is not None and start >= size) or (end is not None and end <= start):
+        raise InvalidRange(f"range {header[:60]!r} is outside the blob ({size} bytes)")
+    return start, end
+
+
+class _Unsent(Exception):
+    """The body failed before any byte left: the answer can still be an error or another copy."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+async def serve_blob(handler: BaseHandler, digest: str, *, size: int | None = None,
+                     source: dict[str, Any] | None = None, fetch: bool = True, head: bool = False,
+                     ranges: str = "strict", hold: int = 1, end_short: bool = False,
+                     before_end: Awaitable[Any] | None = None, to_peer: bool = False) -> None:
+    """Answer `handler` with the blob; the caller has set only its own format's headers.
+
+    fetch: start (or join) the download when the blob is not here (`size`, `source` as for
+      `Fetcher.start`); else only a stored or downloading blob is served.
+    ranges: "strict" (one range, 416 when unsatisfiable), "lenient" (a bad range gets the whole
+      body) or "off".
+    hold: bytes of a download held until it verified (a body no larger is sent only verified).
+    end_short: a failed body ends as a clean short chunked body instead of a cut connection (npm
+      retries a bad integrity by itself, never a reset); no Content-Length is sent for downloads.
+    before_end: awaited before the last bytes go (apt: the file is recorded in its index).
+    to_peer: the peer protocol: `X-Beiran-State`, no unverified bytes of a failed source, and
+      the test suite's tampering switches.
+    """
+    ctx = handler.ctx
+    store = ctx.store
+    check_blob_access(handler, digest)
+    job = await ctx.fetcher.start(digest, size, source) if fetch and not store.has(digest) else None
+    for _ in range(3):
+        try:
+            async with store.use(digest) as target:
+                await _serve(handler, store, target, head, ranges, hold, end_short, before_end, to_peer)
+                return
+        except _Unsent as exc:
+            cause: BaseException = exc.cause
+        except BlobNotFound as exc:
+            cause = exc
+        if job is None:
+            raise cause
+        # nothing has left yet and the download may go on from another source: its end decides
+        await asyncio.shield(job.done)  # raises the download's own error
+        if not store.has(digest):
+            raise cause
+    raise UpstreamError(f"blob {digest[:19]}: the download kept changing while it was served")
+
+
+async def _serve(handler: BaseHandler, store: BlobStore, target: Target, head: bool, ranges: str,
+                 hold: int, end_short: bool, before_end: Awaitable[Any] | None, to_peer: bool) -> None:
+    writer = target if isinstance(target, BlobWriter) else None
+    if to_peer and writer is not None and writer.untrusted:
+        raise BlobNotFound(f"blob {writer.digest.short} holds bytes of a failed source: not served "
+                           "to peers before it verified")
+    if writer is not None and writer.size is None and not head:
+        try:  # the source's first answer tells the size (for Content-Length and Range)
+            await writer.wait_for_growth(0, handler.ctx.config.fetch.peer_timeout)
+        except BeiranError as exc:
+            raise _Unsent(exc) from exc
+    size = target.size
+    rng = None
+    if ranges != "off":
+        handler.set_header("Accept-Ranges", "bytes")
+        try:
+            rng = parse_range(handler.request.headers.get("Range"), size)
+        except InvalidRange as exc:
+            if ranges == "strict":
+                exc.details["size"] = size  # for the answer's `Content-Range: bytes */SIZE`
+                raise
+    start, end = rng if rng else (0, size)
+    if rng:
+        handler.set_status(206)
+        handler.set_header("Content-Range", f"bytes {start}-{(end or 0) - 1}/{size if size is not None else '*'}")
+    length_known = end is not None and not (end_short and writer is not None)
+    if length_known:
+        handler.set_header("Content-Length", str((end or 0) - start))
+    if to_peer:
+        handler.set_header("X-Beiran-State", "downloading" if writer is not None else "complete")
+    if head:
+        handler.finish()
+        return
+    ctx = handler.ctx
+    testing = ctx.config.testing if to_peer else {}
+    if to_peer:
+        ctx.metrics.served_requests.inc()
+    if (end is not None and end - start >= SENDFILE_MIN and length_known and not testing
+            and not handler.is_unix_socket()):
+        sent = await _sendfile(handler, store, target, start, end, hold, before_end)
+    else:
+        timeout = ctx.config.fetch.peer_timeout
+        try:
+            sent = await relay(handler, _checked(store, target, start, end, timeout, before_end),
+                               hold if writer is not None else 0, end_short and not length_known, testing)
+        except Exception as exc:
+            raise _Unsent(exc) from exc
+    if to_peer:
+        ctx.metrics.served_bytes.inc(sent)
+
+
+async def relay(handler: BaseHandler, chunks: AsyncIterator[bytes], hold: int = 0, end_short: bool = False,
+                testing: dict[str, Any] | None = None) -> int:
+    """Send `chunks` through Tornado, less the last `hold` bytes, which go once the iterator ended
+    without raising (it raises when the bytes failed verification). Raises only while nothing has
+    left (the answer can still be an error); after that a failure cuts the body, or with
+    `end_short` ends it cleanly without the held bytes. Returns the bytes sent."""
+    testing = testing or {}
+    held: deque[bytes] = deque()
+    held_len = sent = 0
+    rate = testing.get("serve_rate")  # tests only: bytes per second
+    try:
+        async for chunk in chunks:
+            if testing.get("corrupt_serving") and sent + held_len == 0 and chunk:
+                chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
+            held.append(chunk)
+            held_len += len(chunk)
+            out = 0
+            while held and held_len - len(held[0]) >= hold:
+                c = held.popleft()
+                held_len -= len(c)
+                handler.write(c)
+                out += len(c)
+            if out:
+                sent += out
+                await handler.flush()
+                if rate:
+                    await asyncio.sleep(out / rate)
+    except StreamClosedError:
+        return sent  # the client went away
+    except Exception as exc:
+        if not sent:
+            raise
+        log.warning("%s failed after streaming started, at byte %d (%s); the body ends short",
+                    handler.request.path[:120], sent, exc)
+        if end_short:
+            handler.finish()  # a clean end without the held bytes: the client's own check fails
+        else:
+            handler.http_connection().close()  # the client sees the body cut
+        return sent
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    handler.finish(b"".join(held))
+    return sent + held_len
+
+
+async def _checked(store: BlobStore, target: Target, start: int, end: int | None, timeout: float,
+                   before_end: Awaitable[Any] | None) -> AsyncIterator[bytes]:
+    """The blob's bytes; ends only once a download verified (and `before_end` is done)."""
+    async for chunk in store.read(target, start, end, chunk_size=CHUNK, timeout=timeout):
+        yield chunk
+    if isinstance(target, BlobWriter):
+        await verified(target, timeout * 2)
+    if before_end is not None:
+        await asyncio.wait_for(asyncio.shield(before_end), 30)
+
+
+async def verified(writer: BlobWriter, timeout: float) -> None:
+    """Until the writer's bytes matched their digest; raises if the download failed instead."""
+    await asyncio.wait([writer.verified, writer.done], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    v = writer.verified
+    if v.done() and not v.cancelled() and v.exception() is None:
+        return
+    if writer.failed:
+        raise writer.error or UpstreamError(f"blob {writer.digest.short}: download failed")
+    raise UpstreamError(f"blob {writer.digest.short}: not verified after {timeout:.0f}s")
+
+
+async def _sendfile(handler: BaseHandler, store: BlobStore, target: Target, start: int, end: int,
+                    hold: int, before_end: Awaitable[Any] | None) -> int:
+    """Headers through Tornado, then the body with sendfile(2) off the event loop; for a download,
+    what has arrived as it arrives, and the held tail once the blob verified."""
+    ctx = handler.ctx
+    loop = asyncio.get_running_loop()
+    timeout = ctx.config.fetch.peer_timeout
+    writer = target if isinstance(target, BlobWriter) else None
+    try:
+        if writer is not None and writer.available <= start:
+            await writer.wait_for_growth(start, timeout)  # a dead source is an answer, not a cut
+        fd = await ctx.run_blocking(_open, store, target)
+    except Exception as exc:
+        raise _Unsent(exc) from exc
+    pos = start
+    try:
+        sock = await detach_socket(handler, timeout)
+    except StreamClosedError:
+        os.close(fd)
+        return 0
+
+    def send(upto: int) -> int:
+        n = sendfile_range(sock, fd, pos, upto - pos, timeout)
+        if n < upto - pos:
+            raise UpstreamError(f"blob {target.digest}: file ended at byte {pos + n}")
+        return n
+
+    try:
+        if writer is None:
+            pos += await loop.run_in_executor(ctx.io_executor, send, end)
+            return pos - start
+        last = max(start, end - max(hold, 1))
+        while pos < last:
+            if writer.available <= pos:
+                if writer.done.done():
+                    raise UpstreamError(f"blob {writer.digest.short} ended at byte {writer.available}")
+                await writer.wait_for_growth(pos, timeout)
+            upto = min(writer.available, last)
+            if upto > pos:
+                pos += await loop.run_in_executor(ctx.io_executor, send, upto)
+        await verified(writer, timeout * 2)
+        if before_end is not None:
+            await asyncio.wait_for(asyncio.shield(before_end), 30)
+        pos += await loop.run_in_executor(ctx.io_executor, send, end)
+    except Exception as exc:  # noqa: BLE001 - headers are gone: closing the socket cuts the body
+        log.warning("%s failed after streaming started, at byte %d (%s); the body ends short",
+                    handler.request.path[:120], pos, exc)
+    finally:
+        sock.close()
+        os.close(fd)
+    return pos - start
+
+
+def _open(store: BlobStore, target: Target) -> int:
+    """The blob's file; a download committed meanwhile has moved from its temp file to the store."""
+    if isinstance(target, BlobEntry):
+        return os.open(store.file_of(target), os.O_RDONLY)
+    try:
+        return os.open(target.tmp_path, os.O_RDONLY)
+    except FileNotFoundError:
+        return os.open(store.path_for(target.digest), os.O_RDONLY)
+
+
+async def detach_socket(handler: BaseHandler, timeout: float) -> socket.socket:
+    """Send the headers, then take the connection's socket from Tornado for sendfile(2).
+
+    The socket is made blocking (sendfile then moves a range in a few large calls; a socket with a
+    Python timeout loops select/sendfile per socket buffer), SO_SNDTIMEO still bounds a stalled
+    client, and it is corked like nginx's tcp_nopush. Closing it flushes and ends the response."""
+    await handler.flush()
+    stream = handler.detach()
+    try:
+        fd = os.dup(stream.socket.fileno())
+    finally:
+        stream.close()
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(True)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                    struct.pack("ll", int(timeout), int((timeout % 1) * 1e6)))
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+    except (OSError, AttributeError):
+        pass
+    return sock
+
+
+def sendfile_range(sock: socket.socket, fileno: int, offset: int, count: int, timeout: float) -> int:
+    """Blocking: send `count` bytes of a file from `offset`; returns what was sent."""
+    done = 0
+    while done < count:
+        try:
+            n = os.sendfile(sock.fileno(), fileno, offset + done, count - done)
+        except BlockingIOError:
+            raise TimeoutError(f"client took no data for {timeout:.0f}s") from None
+        if n == 0:
+            break
+        done += n
+    return done
