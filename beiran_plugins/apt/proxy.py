@@ -124,6 +124,8 @@ class ProxyHandler(tornado.web.RequestHandler):
         if entry.stale:
             self.set_header("Warning", '110 beiran "upstream unreachable: serving the last good copy"')
         if not_modified(entry, self.request.headers.get("If-Modified-Since")):
+            if target.kind == Kind.RELEASE:  # apt will say `Hit` and ask for no index file
+                self.plugin.archive.catch_up(target)
             self.set_status(304)
             self.finish()
             return
