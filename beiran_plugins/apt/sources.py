@@ -46,9 +46,9 @@ class SourceEntry:
             if uri is None:
                 continue
             for suite in self.suites:
-                if suite.endswith("/"):
-                    path = uri.rstrip("/") + "/" + suite.strip("/")
-                    out.append(path.rstrip("/") + "/")
+                if suite.endswith("/"):  # flat: the suite is a path below the URI ("./" is the URI)
+                    segs = [s for s in suite.split("/") if s not in ("", ".")]
+                    out.append("/".join([uri.rstrip("/"), *segs]) + "/")
                 else:
                     out.append(f"{uri.rstrip('/')}/dists/{suite}/")
         return out
