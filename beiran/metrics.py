@@ -22,6 +22,8 @@ class Metrics:
         self.served_bytes = Counter("beiran_served_bytes", "Blob bytes served to peers", registry=r)
         self.served_requests = Counter("beiran_served_requests", "Blob requests served to peers",
                                        registry=r)
+        self.peer_connections = Counter("beiran_peer_connections", "Blob requests to peers, by whether their "
+                                        "connection was new or kept alive", ["connection"], registry=r)
         self.peer_messages = Counter("beiran_peer_messages", "Peer protocol messages received", ["type"],
                                      registry=r)
         self.store_blobs = Gauge("beiran_store_blobs", "Blobs in the local store", registry=r)

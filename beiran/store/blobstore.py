@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from beiran import events
 from beiran.errors import BlobNotFound, Conflict, Forbidden, StorageFull, UpstreamError
 from beiran.models.blob import Blob, BlobRef
+from beiran.store.dbbatch import WriteBatcher
 from beiran.store.digest import Digest, parse_digest
 from beiran.store.retention import Retention
 from beiran.store.writer import BlobWriter
@@ -59,6 +60,8 @@ class BlobStore(Retention):
         self._bg: asyncio.Task | None = None
         #: checks run before a blob is served to a peer (see add_access_policy)
         self.access_policies: list[Callable[[str, str | None], str | None]] = []
+        #: index rows and pins, one transaction per batch (plugins' per-blob rows may join it)
+        self.db_batch = WriteBatcher(ctx.run_db, lambda: Blob._meta.database)
 
     # -- paths -----------------------------------------------------------------------------------
     def path_for(self, digest: Digest | str) -> Path:
@@ -150,6 +153,7 @@ class BlobStore(Retention):
             self._bg.cancel()
         for w in list(self.writers.values()):
             w.fail(UpstreamError("daemon shutting down"))
+        await self.db_batch.flush()
         await self._flush_access()
 
     # -- queries ---------------------------------------------------------------------------------
@@ -227,7 +231,7 @@ class BlobStore(Retention):
             os.replace(tmp, final)
             now = time.time()
             entry = BlobEntry(digest, writer.available, "complete", None, media_type, now, now)
-            await self.ctx.run_db(self._db_add, entry)
+            await self.db_batch.write(lambda: self._db_add(entry))
         except BaseException as exc:
             writer.fail(exc)
             self.writers.pop(digest, None)
@@ -282,7 +286,7 @@ class BlobStore(Retention):
         os.replace(tmp, final)
         now = time.time()
         entry = BlobEntry(digest, total, "complete", None, "", now, now)
-        await self.ctx.run_db(self._db_add, entry)
+        await self.db_batch.write(lambda: self._db_add(entry))
         self.entries[digest] = entry
         self.ctx.bus.emit(events.BLOB_ADDED, digest=digest, size=total)
         return entry
@@ -307,7 +311,7 @@ class BlobStore(Retention):
             return None
         now = time.time()
         entry = BlobEntry(digest, size, "external", path, media_type, now, now)
-        await self.ctx.run_db(self._db_add, entry)
+        await self.db_batch.write(lambda: self._db_add(entry))
         self.entries[digest] = entry
         self.ctx.bus.emit(events.BLOB_ADDED, digest=digest, size=size)
         return entry
@@ -392,6 +396,7 @@ class BlobStore(Retention):
         if entry.state == "complete":
             await self.ctx.run_blocking(lambda: self.path_for(d).unlink(missing_ok=True))
         self.pins.pop(digest, None)
+        await self.db_batch.flush()  # a queued insert of this blob must not land after the delete
         await self.ctx.run_db(lambda: (Blob.delete().where(Blob.digest == digest).execute(),
                                        BlobRef.delete().where(BlobRef.digest == digest).execute()))
         self.ctx.bus.emit(events.BLOB_REMOVED, digest=digest, size=entry.size)

@@ -18,6 +18,7 @@ from beiran.store.digest import parse_digest
 if TYPE_CHECKING:
     from beiran.context import DaemonContext
     from beiran.store.blobstore import BlobEntry
+    from beiran.store.dbbatch import WriteBatcher
     from beiran.store.writer import BlobWriter
 
 log = logging.getLogger("beiran.store.blobstore")
@@ -31,6 +32,7 @@ class Retention:
     pins: dict[str, set[tuple[str, str]]]
     _in_use: Counter[str]
     _dirty_access: set[str]
+    db_batch: WriteBatcher
 
     if TYPE_CHECKING:  # provided by BlobStore
         def total_size(self) -> int: ...
@@ -40,8 +42,8 @@ class Retention:
     async def pin(self, digest: str, owner: str, ref: str) -> None:
         parse_digest(digest)
         self.pins.setdefault(digest, set()).add((owner, ref))
-        await self.ctx.run_db(lambda: BlobRef.insert(digest=digest, owner=owner, ref=ref)
-                              .on_conflict_ignore().execute())
+        await self.db_batch.write(lambda: BlobRef.insert(digest=digest, owner=owner, ref=ref)
+                                  .on_conflict_ignore().execute())
 
     async def unpin(self, owner: str, ref: str, digest: str | None = None) -> None:
         for d, holders in list(self.pins.items()):
@@ -56,7 +58,7 @@ class Retention:
             if digest is not None:
                 q = q.where(BlobRef.digest == digest)
             q.execute()
-        await self.ctx.run_db(db)
+        await self.db_batch.write(db)
 
     def evictable(self) -> list[BlobEntry]:
         return sorted((e for e in self.entries.values()

@@ -375,10 +375,10 @@ class Archive:
         ref = f"{blob.package}_{blob.version}_{blob.arch}" if blob.package else blob.path.rsplit("/", 1)[-1]
         if ("apt", ref) in self.ctx.store.pins.get(blob.digest, set()):
             return
-        await self.ctx.store.pin(blob.digest, "apt", ref)
 
         def db() -> None:
             AptDeb.insert(digest=blob.digest, package=blob.package, version=blob.version, arch=blob.arch,
                           size=blob.size, filename=blob.path.rsplit("/", 1)[-1], via=via,
                           added=time.time()).on_conflict_ignore().execute()
-        await self.ctx.run_db(db)
+        # both in one metadata transaction
+        await asyncio.gather(self.ctx.store.pin(blob.digest, "apt", ref), self.ctx.store.db_batch.write(db))
