@@ -29,6 +29,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 READ_CHUNK = 1 << 20
+#: a stored blob up to READ_CHUNK + this is read in one piece
+SMALL_TAIL = 256 << 10
+
+
+def _read_range(path: str, offset: int, size: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        parts, pos = [], offset
+        while pos < offset + size:
+            data = os.pread(fd, offset + size - pos, pos)
+            if not data:
+                break
+            parts.append(data)
+            pos += len(data)
+        return b"".join(parts) if len(parts) != 1 else parts[0]
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -346,6 +363,14 @@ class BlobStore(Retention):
         else:
             path, total = str(target.tmp_path), target.size
         end = total if end is None else end
+        if isinstance(target, BlobEntry) and end is not None and end - start <= chunk_size + SMALL_TAIL:
+            # a small stored blob (most .debs and tarballs): open, read, close in one thread hop
+            data = await self.ctx.run_blocking(_read_range, path, start, end - start)
+            if len(data) != end - start:
+                raise UpstreamError(f"blob {target.digest}: unexpected end of file")
+            if data:
+                yield data
+            return
         try:
             fd = await self.ctx.run_blocking(os.open, path, os.O_RDONLY)
         except FileNotFoundError:
