@@ -84,6 +84,7 @@ class Archive:
         self.trust_states: dict[str, str] = {}  # base -> trust (for /metrics)
         self.learned_indexes: set[str] = set()  # sha256 of index files whose pool files are known
         self._catching_up: dict[str, asyncio.Task] = {}  # release dir -> learn_missing_indexes
+        self._recording: dict[str, asyncio.Task] = {}  # digest -> record_deb's writes under way
 
     async def load(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -371,11 +372,19 @@ class Archive:
             raise BadRequest(f"apt: {path} is {rows[0][:12]} in this node's index, not {digest[:19]}")
 
     async def record_deb(self, blob: Blob, via: str = "proxy") -> None:
-        """Pin a stored .deb for apt and list it (once: the first way it came in is kept)."""
+        """Pin a stored .deb for apt and list it (once: the first way it came in is kept). A second
+        caller while the first one's writes are under way waits for them."""
         ref = f"{blob.package}_{blob.version}_{blob.arch}" if blob.package else blob.path.rsplit("/", 1)[-1]
-        if ("apt", ref) in self.ctx.store.pins.get(blob.digest, set()):
-            return
+        task = self._recording.get(blob.digest)
+        if task is None:
+            if ("apt", ref) in self.ctx.store.pins.get(blob.digest, set()):
+                return
+            task = asyncio.ensure_future(self._record(blob, ref, via))
+            self._recording[blob.digest] = task
+            task.add_done_callback(lambda _: self._recording.pop(blob.digest, None))
+        await asyncio.shield(task)
 
+    async def _record(self, blob: Blob, ref: str, via: str) -> None:
         def db() -> None:
             AptDeb.insert(digest=blob.digest, package=blob.package, version=blob.version, arch=blob.arch,
                           size=blob.size, filename=blob.path.rsplit("/", 1)[-1], via=via,

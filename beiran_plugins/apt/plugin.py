@@ -160,6 +160,8 @@ class AptPlugin(BasePackagePlugin):
             self.stats["prefetched"] += 1
             try:
                 await self.ctx.fetcher.fetch(blob.digest, blob.size, blob.source)
+                # pinned and listed now, so the request for it need not wait for these writes
+                await self.archive.record_deb(blob)
             except Exception as exc:  # noqa: BLE001 - the request for it will report the failure
                 log.debug("apt: prefetch of %s failed: %s", target.url, exc)
         return self._spawn(run())
