@@ -23,8 +23,8 @@ log = logging.getLogger("beiran.fetch")
 PIECE_FLUSH = 1 << 20
 #: bytes hashed and written in one go (and reported to readers and progress)
 RECEIVE_BATCH = 1 << 20
-#: one socket read: small, so a slow peer's bytes are seen as they come
-READ_SIZE = 256 << 10
+#: one socket read at most (a read returns what has arrived: a slow peer's bytes are seen as they come)
+READ_SIZE = 1 << 20
 #: ...and a batch that is not full is still written out after this long
 FLUSH_SECONDS = 0.05
 
