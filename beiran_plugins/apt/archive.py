@@ -22,7 +22,7 @@ from beiran_plugins.apt.trust import BAD_SIGNATURE, KEY_MISSING
 from beiran_plugins.apt.urls import Kind, Target, clean_path, parse_url
 
 if TYPE_CHECKING:
-    from beiran_plugins.apt.plugin import AptPlugin
+    from beiran_plugins.apt.plugin import AptPlugin, KeyChoice
 
 log = logging.getLogger("beiran.apt")
 BATCH = 400
@@ -159,7 +159,7 @@ class Archive:
         await self._save_source(base, target.mode, trust_state, v.signer, None)
         log.info("apt: %s %s (%d index files)", release_dir, trust_state, len(info.entries))
 
-    async def _rejected(self, target: Target, base: str, v: trust.Verification, keys: Any) -> None:
+    async def _rejected(self, target: Target, base: str, v: trust.Verification, keys: KeyChoice) -> None:
         """A Release that did not verify: a key that is not installed (said with its id and where
         it was looked for) is told apart from a signature that is bad."""
         reason = v.reason or BAD_SIGNATURE
