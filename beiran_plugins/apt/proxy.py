@@ -47,6 +47,11 @@ class ProxyHandler(tornado.web.RequestHandler):
     def prepare(self) -> None:
         check_client_address(self.ctx.config, self.request.remote_ip)
 
+    def compute_etag(self) -> str | None:
+        """None: Tornado's ETag is a SHA-1 of the body still buffered at finish(), here each whole
+        .deb (held back until verified): a second hash per file that apt never asks for."""
+        return None
+
     # -- errors ----------------------------------------------------------------------------------
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
