@@ -25,6 +25,8 @@ class Metrics:
                                        registry=r)
         self.peer_refused = Counter("beiran_peer_requests_refused",
                                     "Peer requests refused by a cap (fetches, bytes)", ["cap"], registry=r)
+        self.peer_connections = Counter("beiran_peer_connections", "Blob requests to peers, by whether their "
+                                        "connection was new or kept alive", ["connection"], registry=r)
         self.peer_messages = Counter("beiran_peer_messages", "Peer protocol messages received", ["type"],
                                      registry=r)
         self.offline_answers = Counter("beiran_offline_answers", "Metadata answered (or refused) while an "

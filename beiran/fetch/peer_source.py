@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import http.client
 import logging
+import time
 from collections import deque
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from beiran.errors import BeiranError, UpstreamError, VerificationError
+from beiran.fetch.peer_pool import PeerConnectionPool
 from beiran.httpstream import stream_request
 
 if TYPE_CHECKING:
@@ -19,12 +21,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("beiran.fetch")
 PIECE_FLUSH = 1 << 20
-RECEIVE_BUFFER = 4 << 20
+#: bytes hashed and written in one go (and reported to readers and progress)
+RECEIVE_BATCH = 1 << 20
+#: one socket read at most (a read returns what has arrived: a slow peer's bytes are seen as they come)
+READ_SIZE = 1 << 20
+#: ...and a batch that is not full is still written out after this long
+FLUSH_SECONDS = 0.05
 
 
 class PeerSource:
     def __init__(self, ctx: DaemonContext) -> None:
         self.ctx = ctx
+        self.pool = PeerConnectionPool()
 
     def _url(self, node: str, digest: str) -> tuple[str, dict[str, str]]:
         base = self.ctx.peers.url_of(node)
@@ -54,20 +62,21 @@ class PeerSource:
 
     def _receive_sync(self, job: FetchJob, node: str, url: str, headers: dict[str, str], offset: int,
                       loop: asyncio.AbstractEventLoop) -> int:
-        """The whole transfer on one I/O thread: socket readinto a large buffer, hash, pwrite.
+        """The whole transfer on one I/O thread, on a kept-alive connection: small socket reads
+        into a batch buffer, hashed and pwritten a batch at a time.
 
         Each step releases the GIL, so a node receives at close to hashing speed without the event
-        loop touching every packet; the loop is told once per buffer (progress, growing readers).
+        loop touching every packet; the loop is told once per batch (progress, growing readers).
         """
         writer = job.live_writer()
         parts = urlsplit(url)
         if not parts.hostname:
             raise UpstreamError(f"peer {node[:8]} has no usable address ({url!r})")
-        conn = http.client.HTTPConnection(parts.hostname, parts.port or 80,
-                                          timeout=self.ctx.config.fetch.peer_timeout)
+        host, port = parts.hostname or "", parts.port or 80
+        conn: http.client.HTTPConnection | None = None
+        keep = False
         try:
-            conn.request("GET", parts.path, headers=headers)
-            resp = conn.getresponse()
+            conn, resp = self._request_sync(host, port, parts.path, headers)
             if resp.status not in (200, 206):
                 raise UpstreamError(f"peer {node[:8]} answered {resp.status} for {job.digest[:19]}")
             if offset and resp.status != 206:
@@ -75,23 +84,70 @@ class PeerSource:
             length = resp.getheader("Content-Length")
             if job.size is None and length and length.isdigit():
                 job.size = writer.size = int(length) + offset
-            left = (writer.size - offset) if writer.size is not None else RECEIVE_BUFFER
-            buf = memoryview(bytearray(max(1, min(left, RECEIVE_BUFFER))))  # small blobs: small buffer
-            pos = offset
-            while True:
-                n = resp.readinto(buf)
-                if not n:
-                    break
-                if writer.size is not None and pos + n > writer.size:
-                    raise VerificationError(f"peer {node[:8]} sent more than the blob's {writer.size} bytes")
-                writer.write_at_blocking(pos, buf[:n])
-                pos += n
-                loop.call_soon_threadsafe(self._received, job, writer, n)
+            pos = self._read_body(resp, job, node, offset, loop)
+            keep = resp.isclosed() and not resp.will_close
             return pos
         except (OSError, http.client.HTTPException) as exc:
             raise UpstreamError(f"peer {node[:8]}: {exc or type(exc).__name__}") from None
         finally:
-            conn.close()
+            if conn is not None:
+                if keep:
+                    self.pool.put(host, port, conn)
+                else:
+                    conn.close()
+
+    def _request_sync(self, host: str, port: int, path: str, headers: dict[str, str]
+                      ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """Send the GET on a pooled connection; one the peer closed while it was idle (it fails
+        before any byte of a response) is replaced by a fresh one, once."""
+        timeout = self.ctx.config.fetch.peer_timeout
+        while True:
+            conn, reused = self.pool.get(host, port, timeout)
+            self.ctx.metrics.peer_connections.labels("reused" if reused else "new").inc()
+            try:
+                conn.request("GET", path, headers=headers)
+                return conn, conn.getresponse()
+            except (ConnectionError, http.client.BadStatusLine):
+                conn.close()
+                if not reused:
+                    raise
+            except BaseException:
+                conn.close()
+                raise
+
+    def _read_body(self, resp: http.client.HTTPResponse, job: FetchJob, node: str, offset: int,
+                   loop: asyncio.AbstractEventLoop) -> int:
+        writer = job.live_writer()
+        remaining = resp.length  # None: chunked or until close
+        direct = remaining is not None and not resp.chunked and resp.fp is not None
+        batch = memoryview(bytearray(max(1, min(RECEIVE_BATCH, remaining if remaining is not None
+                                                 else RECEIVE_BATCH))))  # small blobs: small buffer
+        pos, filled, last = offset, 0, time.monotonic()
+        while True:
+            want = min(READ_SIZE, len(batch) - filled, remaining if remaining is not None else READ_SIZE)
+            if want <= 0 and remaining == 0:
+                n = 0
+            elif direct:  # straight into the batch, at most one recv (readinto would wait to fill it)
+                n = resp.fp.readinto1(batch[filled:filled + want])
+            else:
+                data = resp.read1(want)
+                n = len(data)
+                batch[filled:filled + n] = data
+            filled += n
+            if remaining is not None:
+                remaining -= n
+            if filled and (not n or filled == len(batch) or time.monotonic() - last >= FLUSH_SECONDS):
+                if writer.size is not None and pos + filled > writer.size:
+                    raise VerificationError(f"peer {node[:8]} sent more than the blob's {writer.size} bytes")
+                writer.write_at_blocking(pos, batch[:filled])
+                pos += filled
+                loop.call_soon_threadsafe(self._received, job, writer, filled)
+                filled, last = 0, time.monotonic()
+            if not n:
+                break
+        if direct and remaining == 0:
+            resp.close()  # read to its end by hand: the connection may carry the next request
+        return pos
 
     def _received(self, job: FetchJob, writer: BlobWriter, n: int) -> None:
         writer.notify_growth()

@@ -20,6 +20,7 @@ from beiran import events
 from beiran.errors import BlobNotFound, Conflict, Forbidden, StorageFull, UpstreamError
 from beiran.models.base import dict_rows
 from beiran.models.blob import Blob, BlobRef
+from beiran.store.dbbatch import WriteBatcher
 from beiran.store.digest import Digest, parse_digest
 from beiran.store.restricted import Restrictions
 from beiran.store.retention import Retention
@@ -30,6 +31,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 READ_CHUNK = 1 << 20
+#: a stored blob up to READ_CHUNK + this is read in one piece
+SMALL_TAIL = 256 << 10
+
+
+def _read_range(path: str, offset: int, size: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        parts, pos = [], offset
+        while pos < offset + size:
+            data = os.pread(fd, offset + size - pos, pos)
+            if not data:
+                break
+            parts.append(data)
+            pos += len(data)
+        return b"".join(parts) if len(parts) != 1 else parts[0]
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -65,6 +83,8 @@ class BlobStore(Retention, Restrictions):
         self.restricted: set[str] = set()
         #: checks run before a blob is served to a peer (see add_access_policy)
         self.access_policies: list[Callable[[str, str | None], str | None]] = [self.restricted_policy]
+        #: index rows and pins, one transaction per batch (plugins' per-blob rows may join it)
+        self.db_batch = WriteBatcher(ctx.run_db, lambda: Blob._meta.database)
 
     # -- paths -----------------------------------------------------------------------------------
     def path_for(self, digest: Digest | str) -> Path:
@@ -157,6 +177,7 @@ class BlobStore(Retention, Restrictions):
             self._bg.cancel()
         for w in list(self.writers.values()):
             w.fail(UpstreamError("daemon shutting down"))
+        await self.db_batch.flush()
         await self._flush_access()
 
     # -- queries ---------------------------------------------------------------------------------
@@ -243,7 +264,7 @@ class BlobStore(Retention, Restrictions):
             os.replace(tmp, final)
             now = time.time()
             entry = BlobEntry(digest, writer.available, "complete", None, media_type, now, now)
-            await self.ctx.run_db(self._db_add, entry)
+            await self.db_batch.write(lambda: self._db_add(entry))
         except BaseException as exc:
             writer.fail(exc)
             self.writers.pop(digest, None)
@@ -301,7 +322,7 @@ class BlobStore(Retention, Restrictions):
         os.replace(tmp, final)
         now = time.time()
         entry = BlobEntry(digest, total, "complete", None, "", now, now)
-        await self.ctx.run_db(self._db_add, entry)
+        await self.db_batch.write(lambda: self._db_add(entry))
         self.entries[digest] = entry
         self.ctx.bus.emit(events.BLOB_ADDED, digest=digest, size=total)
         return entry
@@ -326,7 +347,7 @@ class BlobStore(Retention, Restrictions):
             return None
         now = time.time()
         entry = BlobEntry(digest, size, "external", path, media_type, now, now)
-        await self.ctx.run_db(self._db_add, entry)
+        await self.db_batch.write(lambda: self._db_add(entry))
         self.entries[digest] = entry
         self.ctx.bus.emit(events.BLOB_ADDED, digest=digest, size=size)
         return entry
@@ -358,6 +379,14 @@ class BlobStore(Retention, Restrictions):
         """Bytes [start, end) of a blob; for a growing blob, waits for them to arrive."""
         path = self.file_of(target) if isinstance(target, BlobEntry) else str(target.tmp_path)
         end = target.size if end is None else end
+        if isinstance(target, BlobEntry) and end is not None and end - start <= chunk_size + SMALL_TAIL:
+            # a small stored blob (most .debs and tarballs): open, read, close in one thread hop
+            data = await self.ctx.run_blocking(_read_range, path, start, end - start)
+            if len(data) != end - start:
+                raise UpstreamError(f"blob {target.digest}: unexpected end of file")
+            if data:
+                yield data
+            return
         try:
             fd = await self.ctx.run_blocking(os.open, path, os.O_RDONLY)
         except FileNotFoundError:
@@ -409,6 +438,7 @@ class BlobStore(Retention, Restrictions):
         if entry.state == "complete":
             await self.ctx.run_blocking(lambda: self.path_for(d).unlink(missing_ok=True))
         self.pins.pop(digest, None)
+        await self.db_batch.flush()  # a queued insert of this blob must not land after the delete
         await self.ctx.run_db(lambda: (Blob.delete().where(Blob.digest == digest).execute(),
                                        BlobRef.delete().where(BlobRef.digest == digest).execute()))
         self.ctx.bus.emit(events.BLOB_REMOVED, digest=digest, size=entry.size)

@@ -18,6 +18,7 @@ from beiran.store.digest import parse_digest
 if TYPE_CHECKING:
     from beiran.context import DaemonContext
     from beiran.store.blobstore import BlobEntry
+    from beiran.store.dbbatch import WriteBatcher
     from beiran.store.writer import BlobWriter
 
 log = logging.getLogger("beiran.store.blobstore")
@@ -32,6 +33,7 @@ class Retention:
     pins: dict[str, set[tuple[str, str]]]
     _in_use: Counter[str]
     _dirty_access: set[str]
+    db_batch: WriteBatcher
 
     if TYPE_CHECKING:  # provided by BlobStore
         def total_size(self) -> int: ...
@@ -41,8 +43,8 @@ class Retention:
     async def pin(self, digest: str, owner: str, ref: str) -> None:
         parse_digest(digest)
         self.pins.setdefault(digest, set()).add((owner, ref))
-        await self.ctx.run_db(lambda: BlobRef.insert(digest=digest, owner=owner, ref=ref)
-                              .on_conflict_ignore().execute())
+        await self.db_batch.write(lambda: BlobRef.insert(digest=digest, owner=owner, ref=ref)
+                                  .on_conflict_ignore().execute())
 
     async def unpin(self, owner: str, ref: str, digest: str | None = None) -> None:
         for d, holders in list(self.pins.items()):
@@ -57,7 +59,7 @@ class Retention:
             if digest is not None:
                 q = q.where(BlobRef.digest == digest)
             q.execute()
-        await self.ctx.run_db(db)
+        await self.db_batch.write(db)
 
     def evictable(self) -> list[BlobEntry]:
         return sorted((e for e in self.entries.values()
@@ -78,6 +80,8 @@ class Retention:
             if size > cap:
                 raise StorageFull(f"blob of {size} bytes is larger than store.max_size ({cap})")
             excess = self.total_size() + pending + size - cap
+            # sorting every blob is paid only when something must go (not once per small blob)
+            could_free = sum(e.size for e in self.evictable()) if excess > 0 else 0
             if excess > could_free:
                 if not evict:
                     raise StorageFull(f"no room for {size} claimed bytes under store.max_size ({cap}) "
@@ -88,6 +92,7 @@ class Retention:
         free = (await self.ctx.run_blocking(shutil.disk_usage, self.root)).free
         short = size + reserve + pending - free
         if short > 0:
+            could_free = sum(e.size for e in self.evictable())
             if short > could_free:
                 raise StorageFull(f"not enough disk space for {size} bytes in {self.root} "
                                   f"({free} free, {reserve} kept in reserve)")

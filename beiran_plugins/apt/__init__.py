@@ -8,8 +8,10 @@ Using it (stock apt, unchanged):
 
 Configuration (`[plugins.apt]`):
 
-    listen = "127.0.0.1:3142"       # the proxy's own listener (clients: the daemon's client_cidrs)
-    keyrings = []                   # default: /etc/apt/trusted.gpg(.d) and /usr/share/keyrings/*.gpg
+    listen = "127.0.0.1:3142"       # the proxy's own listener (apt-cacher-ng's port too: move one of them)
+    apt_dir = "/etc/apt"            # sources.list(.d) (for signed-by), trusted.gpg(.d), keyrings/
+    keyring_dirs = []               # default: <apt_dir>/keyrings and /usr/share/keyrings
+    keyrings = []                   # set: these files only, instead of every default place
     trusted_sources = []            # URL prefixes whose indexes count unsigned, like [trusted=yes]
     ca_file = ""                    # extra CA for https:// upstreams (private mirrors, tests)
     allow_hosts = []                # fnmatch patterns of upstream hosts; empty: any

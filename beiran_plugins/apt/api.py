@@ -100,6 +100,16 @@ class SourcesHandler(JSONEndpoint):
                          "counters": dict(self.plugin.stats + self.plugin.archive.stats)})
 
 
+class ProxyAddressHandler(JSONEndpoint):
+    """`GET /apt/proxy`: the proxy's address as this daemon bound it (for `beiran apt configure`
+    and `proxy-detect`, which must point apt at the running daemon, not at a config file)."""
+
+    local_only = True
+
+    async def get(self) -> None:
+        self.write_json(self.plugin.proxy_address())
+
+
 class PeerIndexHandler(BaseHandler):
     """`GET /apt/index?url=U`: this node's cached copy of an index file, for a peer cut off from U."""
 
@@ -131,6 +141,7 @@ ROUTES = [
     (r"/apt/packages", PackagesHandler),
     (r"/apt/sources", SourcesHandler),
     (r"/apt/index", PeerIndexHandler),
+    (r"/apt/proxy", ProxyAddressHandler),
 ]
 
 #: console panels (the page at /ui/ fetches and renders them)

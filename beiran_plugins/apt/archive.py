@@ -7,6 +7,7 @@ indexes come pool path -> SHA256 + size, which turn .deb requests into cluster f
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter, OrderedDict
@@ -17,11 +18,12 @@ from typing import TYPE_CHECKING, Any
 from beiran.errors import BadRequest
 from beiran.models.base import dict_rows
 from beiran_plugins.apt import trust
-from beiran_plugins.apt.models import AptDeb, AptPackage, AptRelease, AptSource
-from beiran_plugins.apt.urls import Kind, Target, clean_path
+from beiran_plugins.apt.models import AptDeb, AptLearnedIndex, AptPackage, AptRelease, AptSource
+from beiran_plugins.apt.trust import BAD_SIGNATURE, KEY_MISSING
+from beiran_plugins.apt.urls import Kind, Target, clean_path, parse_url
 
 if TYPE_CHECKING:
-    from beiran_plugins.apt.plugin import AptPlugin
+    from beiran_plugins.apt.plugin import AptPlugin, KeyChoice
 
 log = logging.getLogger("beiran.apt")
 BATCH = 400
@@ -80,13 +82,20 @@ class Archive:
         self.learned: dict[str, str] = {}  # index URL -> sha256 of the copy learned from
         self.stats: Counter[str] = Counter()
         self._lookups: OrderedDict[str, Blob | None] = OrderedDict()  # pool URL -> package(), LRU
+        self.trust_states: dict[str, str] = {}  # base -> trust (for /metrics)
+        self.learned_indexes: set[str] = set()  # sha256 of index files whose pool files are known
+        self._catching_up: dict[str, asyncio.Task] = {}  # release dir -> learn_missing_indexes
+        self._recording: dict[str, asyncio.Task] = {}  # digest -> record_deb's writes under way
 
     async def load(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        bases, rels = await self.ctx.run_db(lambda: (
-            [s.key for s in AptSource.select(AptSource.key)], dict_rows(AptRelease.select())))
-        self.bases = set(bases)
+        sources, rels, learned = await self.ctx.run_db(lambda: (
+            [(s.key, s.trust) for s in AptSource.select(AptSource.key, AptSource.trust)],
+            dict_rows(AptRelease.select()), [r.sha256 for r in AptLearnedIndex.select(AptLearnedIndex.sha256)]))
+        self.bases = {k for k, _ in sources}
+        self.trust_states = dict(sources)
         self.releases = {r["url"]: r for r in rels}
+        self.learned_indexes = set(learned)
 
     # -- trust -----------------------------------------------------------------------------------
     def trusted_prefix(self, url: str) -> bool:
@@ -115,7 +124,8 @@ class Archive:
 
     async def _learn_release(self, target: Target, path: Path, from_peer: bool) -> None:
         release_dir, base = release_dirs(target)
-        keyrings, work = self.plugin.keyrings, self.workdir
+        keys = await self.ctx.run_blocking(self.plugin.keys_for, release_dir)
+        keyrings, work = keys.keyrings, self.workdir
         trusted_src = self.trusted_prefix(target.url) and not from_peer
         if target.name == "InRelease":
             v = await self.ctx.run_blocking(trust.verify_clearsigned, path, keyrings, work)
@@ -129,6 +139,10 @@ class Archive:
         else:  # plain Release: counts once its Release.gpg verifies, or under trusted_sources
             v = trust.Verification(False, error="waiting for Release.gpg")
             data_path = path
+        if v.ok and not trust.signer_allowed(v, keys.fingerprints):
+            wanted = ", ".join(keys.fingerprints)
+            v = trust.Verification(False, error=f"signed by key {v.signer}, not by {wanted} ({keys.where})",
+                                   reason=KEY_MISSING, missing_key=keys.fingerprints[0].rstrip("!"))
         if v.ok:
             text, trust_state = v.text or "", "signed"
             self.stats["releases_verified"] += 1
@@ -136,9 +150,7 @@ class Archive:
             text, trust_state = await self.ctx.run_blocking(trust.unsigned_text, data_path), "trusted_sources"
         else:
             if target.name != "Release":
-                self.stats["releases_rejected"] += 1
-                log.warning("apt: %s did not verify (%s): its hashes are not used", target.url, v.error)
-                await self._save_source(base, target.mode, "bad_signature", None, f"signature: {v.error}")
+                await self._rejected(target, base, v, keys)
             return
         info = await self.ctx.run_blocking(trust.parse_release, text)
         row = {"url": release_dir, "base": base, "trusted": True, "trust": trust_state, "signer": v.signer,
@@ -148,17 +160,35 @@ class Archive:
         await self._save_source(base, target.mode, trust_state, v.signer, None)
         log.info("apt: %s %s (%d index files)", release_dir, trust_state, len(info.entries))
 
+    async def _rejected(self, target: Target, base: str, v: trust.Verification, keys: KeyChoice) -> None:
+        """A Release that did not verify: a key that is not installed (said with its id and where
+        it was looked for) is told apart from a signature that is bad."""
+        reason = v.reason or BAD_SIGNATURE
+        self.stats["releases_rejected"] += 1
+        self.stats[f"releases_{reason}"] += 1
+        if reason == KEY_MISSING:
+            error = f"{v.error}: looked in {', '.join(keys.places) or '(no keyrings)'} ({keys.where})"
+            log.warning("apt: %s: %s; its hashes are not used until that key is installed", target.url, error)
+            await self._save_source(base, target.mode, KEY_MISSING, None, error, v.missing_key, keys.places)
+        else:
+            log.warning("apt: %s has a bad signature (%s): its hashes are not used", target.url, v.error)
+            await self._save_source(base, target.mode, BAD_SIGNATURE, None, f"bad signature: {v.error}")
+
     async def _save_source(self, base: str, mode: str, trust_state: str, signer: str | None,
-                           error: str | None) -> None:
+                           error: str | None, missing_key: str | None = None,
+                           looked_in: list[str] | None = None) -> None:
         now = time.time()
         self.bases.add(base)
+        self.trust_states[base] = trust_state
 
         def db() -> None:
             AptSource.insert(key=base, mode=mode, created=now, last_refresh=now, trust=trust_state,
-                             signer=signer, last_error=error).on_conflict(
+                             signer=signer, last_error=error, missing_key=missing_key,
+                             looked_in=looked_in).on_conflict(
                 conflict_target=[AptSource.key],
                 update={AptSource.mode: mode, AptSource.last_refresh: now, AptSource.trust: trust_state,
-                        AptSource.signer: signer, AptSource.last_error: error}).execute()
+                        AptSource.signer: signer, AptSource.last_error: error,
+                        AptSource.missing_key: missing_key, AptSource.looked_in: looked_in}).execute()
         await self.ctx.run_db(db)
 
     async def refreshed(self, target: Target) -> None:
@@ -207,7 +237,9 @@ class Archive:
             with AptPackage._meta.database.atomic():
                 for i in range(0, len(clean), BATCH):
                     AptPackage.insert_many(clean[i:i + BATCH]).on_conflict_replace().execute()
+                AptLearnedIndex.insert(sha256=sha256, url=url, learned=time.time()).on_conflict_replace().execute()
         await self.ctx.run_db(db)
+        self.learned_indexes.add(sha256)
         self._lookups.clear()  # answers (and misses) given before this index are out of date
         self.stats["indexes_used"] += 1
         log.info("apt: %s: %d files known", url, len(clean))
@@ -223,6 +255,60 @@ class Archive:
             log.warning("apt: could not use %s: %s", target.url, exc)
             self.stats["index_errors"] += 1
 
+    # -- indexes apt did not ask for -------------------------------------------------------------
+    def catch_up(self, target: Target) -> None:
+        """apt was just told its copy of this Release is current (`Hit`), so it will not ask for
+        the index files: learn the ones this node does not know yet itself (from the cluster by
+        hash, else the upstream), verified against the Release as always."""
+        release_dir, _ = release_dirs(target)
+        rel = self.releases.get(release_dir)
+        if rel is None or not rel["trusted"] or release_dir in self._catching_up:
+            return
+        missing = [(name, e) for name, e in self._wanted_indexes(rel) if e.get("sha256") not in self.learned_indexes]
+        if not missing:
+            return
+        task = self.plugin._spawn(self._learn_missing(rel, missing))
+        self._catching_up[release_dir] = task
+        task.add_done_callback(lambda _: self._catching_up.pop(release_dir, None))
+
+    def _wanted_indexes(self, rel: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """One Packages file per directory (xz, else gz, else plain) for this machine's apt
+        architectures: what apt itself would have fetched."""
+        if not hasattr(self, "_archs"):
+            self._archs = {*trust.apt_pkg().get_architectures(), "all"}
+        best: dict[str, tuple[int, str, dict[str, Any]]] = {}
+        for name, entry in (rel.get("entries") or {}).items():
+            directory, _, fname = name.rpartition("/")
+            rank = {"Packages.xz": 0, "Packages.gz": 1, "Packages": 2}.get(fname)
+            last = directory.rsplit("/", 1)[-1]
+            if rank is None or not entry.get("sha256") or (
+                    last.startswith("binary-") and last[len("binary-"):] not in self._archs):
+                continue
+            if directory not in best or rank < best[directory][0]:
+                best[directory] = (rank, name, entry)
+        return [(name, entry) for _, name, entry in best.values()]
+
+    async def _learn_missing(self, rel: dict[str, Any], missing: list[tuple[str, dict[str, Any]]]) -> None:
+        for name, entry in missing:
+            directory = name.rpartition("/")[0]
+            try:
+                if rel["by_hash"]:
+                    target = parse_url(f"{rel['url']}{directory + '/' if directory else ''}by-hash/SHA256/"
+                                       f"{entry['sha256']}")
+                    blob = self.by_hash(target)
+                    if blob is None:
+                        continue
+                    stored = await self.ctx.fetcher.fetch(blob.digest, blob.size, blob.source)
+                    await self.ctx.store.unpin("apt", f"index:{target.url}")
+                    await self.ctx.store.pin(blob.digest, "apt", f"index:{target.url}")
+                    await self.learn_by_hash(target, blob, Path(self.ctx.store.file_of(stored)))
+                else:
+                    await self.plugin.indexes.get(parse_url(rel["url"] + name))
+                self.stats["indexes_caught_up"] += 1
+                log.info("apt: learned %s%s, which apt already had", rel["url"], name)
+            except Exception as exc:  # noqa: BLE001 - apt's own next update will try again
+                log.warning("apt: could not learn %s%s: %s", rel["url"], name, exc)
+
     # -- lookups -------------------------------------------------------------------------------
     async def package(self, target: Target) -> Blob | None:
         """The trusted description of a pool file, or None (then it is passed through). Recent
@@ -236,6 +322,11 @@ class Archive:
         base, rel = found
         rows = await self.ctx.run_db(lambda: dict_rows(AptPackage.select().where(
             (AptPackage.base == base) & (AptPackage.path == rel))))
+        pending = [t for rdir, t in self._catching_up.items() if self.releases.get(rdir, {}).get("base") == base]
+        if not rows and pending:  # apt asks right after a `Hit` update: the index is on its way
+            await asyncio.wait(pending, timeout=self.plugin.cfg.upstream_timeout)
+            rows = await self.ctx.run_db(lambda: dict_rows(AptPackage.select().where(
+                (AptPackage.base == base) & (AptPackage.path == rel))))
         blob = None
         if rows:
             r = rows[0]
@@ -282,14 +373,22 @@ class Archive:
             raise BadRequest(f"apt: {path} is {rows[0][:12]} in this node's index, not {digest[:19]}")
 
     async def record_deb(self, blob: Blob, via: str = "proxy") -> None:
-        """Pin a stored .deb for apt and list it (once: the first way it came in is kept)."""
+        """Pin a stored .deb for apt and list it (once: the first way it came in is kept). A second
+        caller while the first one's writes are under way waits for them."""
         ref = f"{blob.package}_{blob.version}_{blob.arch}" if blob.package else blob.path.rsplit("/", 1)[-1]
-        if ("apt", ref) in self.ctx.store.pins.get(blob.digest, set()):
-            return
-        await self.ctx.store.pin(blob.digest, "apt", ref)
+        task = self._recording.get(blob.digest)
+        if task is None:
+            if ("apt", ref) in self.ctx.store.pins.get(blob.digest, set()):
+                return
+            task = asyncio.ensure_future(self._record(blob, ref, via))
+            self._recording[blob.digest] = task
+            task.add_done_callback(lambda _: self._recording.pop(blob.digest, None))
+        await asyncio.shield(task)
 
+    async def _record(self, blob: Blob, ref: str, via: str) -> None:
         def db() -> None:
             AptDeb.insert(digest=blob.digest, package=blob.package, version=blob.version, arch=blob.arch,
                           size=blob.size, filename=blob.path.rsplit("/", 1)[-1], via=via,
                           added=time.time()).on_conflict_ignore().execute()
-        await self.ctx.run_db(db)
+        # both in one metadata transaction
+        await asyncio.gather(self.ctx.store.pin(blob.digest, "apt", ref), self.ctx.store.db_batch.write(db))

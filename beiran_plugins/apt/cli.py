@@ -78,21 +78,49 @@ def proxy_answers(url: str, timeout: float = 0.5) -> bool:
         return False
 
 
+def daemon_proxy_url(socket_path: str | None, timeout: float = 2.0) -> tuple[str | None, str]:
+    """(the running daemon's proxy URL, "") or (None, why the daemon could not say)."""
+    from beiran.cli.client import DaemonClient
+
+    try:
+        return str(DaemonClient(socket_path, timeout=timeout).get("/apt/proxy")["url"]), ""
+    except CLIError as exc:
+        return None, str(exc)
+    except (KeyError, TypeError):
+        return None, "the daemon's answer had no proxy address"
+
+
+def find_proxy(listen: str | None, socket_path: str | None) -> tuple[str, str]:
+    """(proxy URL, note). The running daemon's address first; the config file's only when no daemon
+    answers, and the note then says so (apt pointed at a config nobody runs bypasses Beiran)."""
+    if listen:
+        return proxy_url(listen), ""
+    url, why = daemon_proxy_url(socket_path)
+    if url:
+        return url, ""
+    url = proxy_url()
+    return url, f"note: no running daemon said where its apt proxy is ({why}); using {url} from the config file"
+
+
 @cli.command("proxy-detect")
 @click.argument("uri", required=False)
-@click.option("--listen", help="The proxy address (default: [plugins.apt] listen of the config).")
-def proxy_detect(uri: str | None, listen: str | None) -> None:
+@click.option("--listen", help="The proxy address (default: ask the running daemon, else the config file).")
+@click.pass_context
+def proxy_detect(ctx: click.Context, uri: str | None, listen: str | None) -> None:
     """Print the local proxy URL if it answers, else DIRECT (for Acquire::http::Proxy-Auto-Detect)."""
-    click.echo(_detect(uri, listen))
+    click.echo(_detect(uri, listen, (ctx.find_root().obj or {}).get("socket"), verbose=True))
 
 
-def _detect(uri: str | None, listen: str | None = None) -> str:
+def _detect(uri: str | None, listen: str | None = None, socket_path: str | None = None,
+            verbose: bool = False) -> str:
     if uri and not uri.startswith("http://"):
         return "DIRECT"
     try:
-        url = proxy_url(listen)
+        url, note = find_proxy(listen, socket_path)
     except Exception:  # noqa: BLE001 - a broken config must not break apt: go direct
         return "DIRECT"
+    if note and verbose:
+        click.echo(note, err=True)
     return url if proxy_answers(url) else "DIRECT"
 
 
@@ -104,10 +132,14 @@ def proxy_detect_main() -> None:
 @cli.command("configure")
 @click.option("--write", is_flag=True, help=f"Write the snippet to {CONF_PATH} instead of printing it.")
 @click.option("--path", "path", default=CONF_PATH, show_default=True, help="Where --write puts it.")
-def configure(write: bool, path: str) -> None:
-    """Print (or write) the apt configuration that sends downloads through Beiran."""
+@click.pass_context
+def configure(ctx: click.Context, write: bool, path: str) -> None:
+    """Print (or write) the apt configuration that sends downloads through Beiran (the running
+    daemon's proxy address; the config file's when no daemon runs)."""
     detect = shutil.which(DETECT_COMMAND) or str(Path(sys.executable).parent / DETECT_COMMAND)
-    url = proxy_url()
+    url, note = find_proxy(None, (ctx.find_root().obj or {}).get("socket"))
+    if note:
+        click.echo(note, err=True)
     text = (f"// Beiran apt proxy (`beiran apt configure`): apt asks {DETECT_COMMAND} per connection,\n"
             f"// which answers {url} while the proxy runs and DIRECT otherwise.\n"
             f'Acquire::http::Proxy-Auto-Detect "{detect}";\n'
@@ -160,7 +192,8 @@ def sources(as_json: bool) -> None:
     for r in rows:
         age = now - r["last_refresh"] if r.get("last_refresh") else None
         r["refreshed"] = "never" if age is None else f"{int(age)}s ago" if age < 120 else f"{int(age // 60)}m ago"
-        r["trust_h"] = r["trust"] + (f" ({r['signer'][-16:]})" if r.get("signer") else "")
+        r["trust_h"] = r["trust"] + (f" ({r['signer'][-16:]})" if r.get("signer") else
+                                     f" (key {r['missing_key'][-16:]})" if r.get("missing_key") else "")
     table(rows, [("key", "ARCHIVE"), ("mode", "MODE"), ("trust_h", "TRUST"), ("packages", "FILES"),
                  ("refreshed", "REFRESHED"), ("last_error", "PROBLEM")], empty="(no archives seen yet)")
 

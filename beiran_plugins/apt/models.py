@@ -21,6 +21,8 @@ class AptSource(BaseModel):
     trust = peewee.CharField(default="unverified")  # signed | trusted_sources | unverified | bad_signature
     signer = peewee.CharField(null=True)
     last_error = peewee.CharField(null=True)
+    missing_key = peewee.CharField(null=True)  # trust key_missing: the key id gpgv could not find
+    looked_in = JSONField(null=True)  # ...and the keyrings it was looked for in
 
 
 class AptRelease(BaseModel):
@@ -64,4 +66,13 @@ class AptDeb(BaseModel):
     added = peewee.FloatField(default=time.time)
 
 
-MODELS = [AptSource, AptRelease, AptPackage, AptDeb]
+class AptLearnedIndex(BaseModel):
+    """An index file (by its SHA256) whose pool files are in AptPackage: after a restart, or when
+    apt answers `Hit` and never asks for it, the node knows whether it still has to learn it."""
+
+    sha256 = peewee.CharField(primary_key=True, max_length=64)
+    url = peewee.CharField(max_length=1024)
+    learned = peewee.FloatField(default=time.time)
+
+
+MODELS = [AptSource, AptRelease, AptPackage, AptDeb, AptLearnedIndex]

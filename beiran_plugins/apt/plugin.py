@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import ssl
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,8 +16,10 @@ from beiran.fetch.origins import http_origin
 from beiran.plugin import BasePackagePlugin, OriginStream, PluginStatus
 from beiran_plugins.apt import __version__, trust
 from beiran_plugins.apt.archive import Archive, Blob
-from beiran_plugins.apt.config import AptConfig, parse_config
+from beiran_plugins.apt.config import DEFAULT_LISTEN, AptConfig, parse_config
 from beiran_plugins.apt.indexes import IndexService
+from beiran_plugins.apt.metrics import AptCollector
+from beiran_plugins.apt.sources import Sources, key_block_file
 from beiran_plugins.apt.urls import Target, safe_relpath
 
 if TYPE_CHECKING:
@@ -25,6 +29,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("beiran.apt")
 SERVICE_TYPE = "_apt_proxy._tcp.local."
+
+
+@dataclass
+class KeyChoice:
+    """The keys one Release is checked with, as apt would pick them for its source."""
+
+    keyrings: list[str]  # ready for gpgv
+    places: list[str]  # where they were looked for (files, or directories ending in /)
+    fingerprints: list[str]  # signed-by fingerprints the signer must match (empty: any key)
+    where: str  # "signed-by in FILE" or "default keyrings"
 
 
 class AptPlugin(BasePackagePlugin):
@@ -61,7 +75,9 @@ class AptPlugin(BasePackagePlugin):
         self.keyrings = await self.ctx.run_blocking(trust.prepare_keyrings, self.cfg.keyring_files(),
                                                     self.root / "keyrings")
         if not self.keyrings:
-            log.warning("apt: no keyrings found: no Release can verify, so only trusted_sources are shared")
+            log.warning("apt: no keyrings found in %s: only sources whose signed-by names a key, and "
+                        "trusted_sources, are shared", ", ".join(self.cfg.keyring_places()))
+        self.sources = Sources(self.cfg.apt_dir, self.cfg.port)
         self.archive = Archive(self)
         await self.archive.load()
         self.indexes = IndexService(self)
@@ -69,17 +85,28 @@ class AptPlugin(BasePackagePlugin):
         try:
             socks = bind_sockets(port, address=None if host in ("0.0.0.0", "") else host)
         except OSError as exc:
-            raise PluginError(f"apt proxy cannot listen on {self.cfg.listen}: {exc.strerror}") from None
+            raise PluginError(listen_error(self.cfg.listen, exc)) from None
         self.server = GuardedHTTPServer(make_app(self), limits=self.ctx.config.limits, max_body_size=1 << 16)
         self.server.add_sockets(socks)
         self.port = socks[0].getsockname()[1]
         log.info("apt proxy listening on %s:%d (%d keyrings)", host, self.port, len(self.keyrings))
+        self._collector: AptCollector | None = AptCollector(self)
+        try:
+            self.ctx.metrics.registry.register(self._collector)
+        except ValueError:  # already there (a restarted plugin)
+            pass
         if self.cfg.advertise:
             self._spawn(self._advertise())
 
     async def stop(self) -> None:
         for t in list(self._tasks):
             t.cancel()
+        if (collector := getattr(self, "_collector", None)) is not None:
+            try:
+                self.ctx.metrics.registry.unregister(collector)
+            except KeyError:
+                pass
+            self._collector = None
         if self.server is not None:
             self.server.stop()
             try:
@@ -145,6 +172,8 @@ class AptPlugin(BasePackagePlugin):
             self.stats["prefetched"] += 1
             try:
                 await self.ctx.fetcher.fetch(blob.digest, blob.size, blob.source)
+                # pinned and listed now, so the request for it need not wait for these writes
+                await self.archive.record_deb(blob)
             except Exception as exc:  # noqa: BLE001 - the request for it will report the failure
                 log.debug("apt: prefetch of %s failed: %s", target.url, exc)
         return self._spawn(run())
@@ -168,12 +197,52 @@ class AptPlugin(BasePackagePlugin):
     def counters(self) -> dict[str, int]:
         return dict(self.stats + self.archive.stats) if hasattr(self, "archive") else dict(self.stats)
 
+    # -- trust -----------------------------------------------------------------------------------
+    def keys_for(self, release_dir: str) -> KeyChoice:
+        """Blocking. A source this machine's apt names with `signed-by`: exactly those keys (files,
+        an embedded key, and/or fingerprints out of apt's default keyrings), as apt checks it.
+        Any other archive: every keyring apt could be told to use here (`keyring_files`)."""
+        _, signed = self.sources.signed_by(release_dir)
+        work = self.root / "keyrings"
+        if signed is not None and (signed.files or signed.key_block):
+            files = list(signed.files) or [key_block_file(signed.key_block or "", work)]
+            return KeyChoice(trust.prepare_keyrings(files, work), files, list(signed.fingerprints),
+                             f"signed-by in {signed.where}")
+        if signed is not None and signed.fingerprints:
+            places = self.cfg.keyring_places()[:2] if not self.cfg.keyrings else list(self.cfg.keyrings)
+            return KeyChoice(trust.prepare_keyrings(self.cfg.apt_default_keyrings(), work), places,
+                             list(signed.fingerprints), f"signed-by in {signed.where}")
+        return KeyChoice(trust.prepare_keyrings(self.cfg.keyring_files(), work), self.cfg.keyring_places(), [],
+                         "default keyrings")
+
+    def proxy_address(self) -> dict[str, Any]:
+        """What `beiran apt configure` / `proxy-detect` point apt at: the listener as bound."""
+        host = self.cfg.host
+        port = getattr(self, "port", None) or self.cfg.port
+        if host in ("0.0.0.0", "", "::"):
+            host = "127.0.0.1"
+        shown = f"[{host}]" if ":" in host else host
+        return {"listen": self.cfg.listen, "url": f"http://{shown}:{port}", "running": self.server is not None}
+
     def status_info(self) -> dict[str, Any]:
         info: dict[str, Any] = {"listen": self.cfg.listen}
         if hasattr(self, "archive"):
             info.update({"archives": len(self.archive.bases), "keyrings": len(self.keyrings),
                          "counters": dict(self.stats + self.archive.stats)})
         return info
+
+
+def listen_error(listen: str, exc: OSError) -> str:
+    """The proxy cannot bind: say what to change (3142 is apt-cacher-ng's port too)."""
+    message = f"apt proxy cannot listen on {listen}: {exc.strerror or exc}"
+    if exc.errno == errno.EADDRINUSE:
+        host = listen.rsplit(":", 1)[0] or "127.0.0.1"
+        message += (f" (another program holds it{', e.g. apt-cacher-ng' if listen.endswith(':3142') else ''}): "
+                    f'set another address with [plugins.apt] listen = "{host}:3143" '
+                    f"(or BEIRAN_PLUGINS__APT__LISTEN) and point apt at it with `beiran apt configure`")
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        message += f' (no such local address): set [plugins.apt] listen = "{DEFAULT_LISTEN}" or an address of this host'
+    return message
 
 
 PLUGIN = AptPlugin

@@ -43,6 +43,11 @@ class ProxyHandler(BaseHandler):
         self.set_header("Server", "beiran-apt")
         self.set_header("Via", "1.1 beiran")
 
+    def compute_etag(self) -> str | None:
+        """None: Tornado's ETag is a SHA-1 of the body still buffered at finish(), here each whole
+        .deb (held back until verified): a second hash per file that apt never asks for."""
+        return None
+
     # -- errors ----------------------------------------------------------------------------------
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -125,6 +130,8 @@ class ProxyHandler(BaseHandler):
         if entry.stale:
             self.set_header("Warning", '110 beiran "upstream unreachable: serving the last good copy"')
         if not_modified(entry, self.request.headers.get("If-Modified-Since")):
+            if target.kind == Kind.RELEASE:  # apt will say `Hit` and ask for no index file
+                self.plugin.archive.catch_up(target)
             self.set_status(304)
             self.finish()
             return

@@ -34,12 +34,19 @@ def apt_pkg() -> Any:
     return mod
 
 
+#: why a Release did not verify, as `beiran apt sources`, the log and /metrics tell it
+KEY_MISSING, BAD_SIGNATURE = "key_missing", "bad_signature"
+
+
 @dataclass
 class Verification:
     ok: bool
-    signer: str | None = None
+    signer: str | None = None  # fingerprint of the signing key
     error: str | None = None
     text: str | None = None  # the signed content (what the Release fields are read from)
+    reason: str | None = None  # KEY_MISSING | BAD_SIGNATURE when not ok
+    missing_key: str | None = None  # the key id (or fingerprint) gpgv had no key for
+    primary: str | None = None  # fingerprint of the signer's primary key (a subkey signed)
 
 
 @dataclass
@@ -81,11 +88,13 @@ def prepare_keyrings(files: list[str], workdir: Path) -> list[str]:
     return ready
 
 
-def _gpgv(args: list[str], keyrings: list[str], workdir: Path) -> tuple[bool, str | None, str]:
-    if not keyrings:
-        return False, None, "no keyrings to check the signature against"
+def _gpgv(args: list[str], keyrings: list[str], workdir: Path) -> Verification:
     home = workdir / "gpghome"
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not keyrings:  # still run gpgv: its NO_PUBKEY names the key that is missing
+        empty = home / "empty.gpg"
+        empty.touch()
+        keyrings = [str(empty)]
     cmd = ["gpgv", "--homedir", str(home), "--status-fd", "1"]
     for k in keyrings:
         cmd += ["--keyring", k]
@@ -93,17 +102,42 @@ def _gpgv(args: list[str], keyrings: list[str], workdir: Path) -> tuple[bool, st
         proc = subprocess.run(cmd + args, capture_output=True, text=True, timeout=GPGV_TIMEOUT,
                               stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return False, None, f"gpgv could not run: {exc}"
-    status = proc.stdout.splitlines()
-    valid = [ln.split()[2] for ln in status if ln.startswith("[GNUPG:] VALIDSIG ")]
-    bad = [ln for ln in status if ln.split()[1:2] and ln.split()[1] in (
-        "BADSIG", "EXPKEYSIG", "REVKEYSIG", "EXPSIG", "ERRSIG", "NO_PUBKEY")]
-    if proc.returncode == 0 and valid and not bad:
-        return True, valid[0], ""
+        return Verification(False, error=f"gpgv could not run: {exc}", reason=BAD_SIGNATURE)
+    return classify_status(proc.returncode, proc.stdout, proc.stderr)
+
+
+def classify_status(returncode: int, status_text: str, stderr: str) -> Verification:
+    """gpgv's --status-fd lines -> signed, key missing (NO_PUBKEY / ERRSIG rc 9: the key id is
+    named) or a bad signature (BADSIG, expired or revoked key, any other error)."""
+    status = [ln.split() for ln in status_text.splitlines() if ln.startswith("[GNUPG:] ")]
+    valid = [f for f in status if f[1] == "VALIDSIG" and len(f) > 2]
+    bad = [f for f in status if f[1] in ("BADSIG", "EXPKEYSIG", "REVKEYSIG", "EXPSIG")
+           or (f[1] == "ERRSIG" and f[7:8] != ["9"])]
+    missing = [f for f in status if f[1] == "NO_PUBKEY" or (f[1] == "ERRSIG" and f[7:8] == ["9"])]
+    if returncode == 0 and valid and not bad and not missing:
+        v = valid[0]
+        return Verification(True, v[2], primary=v[11] if len(v) > 11 else v[2])
     if bad:
-        return False, None, bad[0].split(" ", 1)[1]
-    lines = proc.stderr.strip().splitlines()
-    return False, None, lines[-1] if lines else "no valid signature"
+        return Verification(False, error=" ".join(bad[0][1:4]), reason=BAD_SIGNATURE)
+    if missing:
+        # ERRSIG carries the issuer fingerprint (field 8) when the signature has one: the better id
+        errsig = [f for f in missing if f[1] == "ERRSIG"]
+        key = errsig[0][8] if errsig and len(errsig[0]) > 8 and errsig[0][8] != "-" else missing[0][2]
+        return Verification(False, error=f"key {key} not found", reason=KEY_MISSING, missing_key=key)
+    lines = stderr.strip().splitlines()
+    return Verification(False, error=lines[-1] if lines else "no valid signature", reason=BAD_SIGNATURE)
+
+
+def signer_allowed(v: Verification, fingerprints: list[str]) -> bool:
+    """`signed-by` fingerprints: the signing key, or (without a trailing `!`) its primary key."""
+    if not fingerprints:
+        return True
+    for fp in fingerprints:
+        exact = fp.endswith("!")
+        fp = fp.rstrip("!").upper()
+        if (v.signer or "").upper() == fp or (not exact and (v.primary or "").upper() == fp):
+            return True
+    return False
 
 
 def verify_clearsigned(path: Path, keyrings: list[str], workdir: Path) -> Verification:
@@ -112,20 +146,20 @@ def verify_clearsigned(path: Path, keyrings: list[str], workdir: Path) -> Verifi
     os.close(fd)
     try:
         os.unlink(out)
-        ok, signer, error = _gpgv(["--output", out, str(path)], keyrings, workdir)
-        if not ok:
-            return Verification(False, error=error)
-        return Verification(True, signer, text=Path(out).read_text(errors="replace"))
+        v = _gpgv(["--output", out, str(path)], keyrings, workdir)
+        if v.ok:
+            v.text = Path(out).read_text(errors="replace")
+        return v
     finally:
         if os.path.exists(out):
             os.unlink(out)
 
 
 def verify_detached(data: Path, sig: Path, keyrings: list[str], workdir: Path) -> Verification:
-    ok, signer, error = _gpgv([str(sig), str(data)], keyrings, workdir)
-    if not ok:
-        return Verification(False, error=error)
-    return Verification(True, signer, text=data.read_text(errors="replace"))
+    v = _gpgv([str(sig), str(data)], keyrings, workdir)
+    if v.ok:
+        v.text = data.read_text(errors="replace")
+    return v
 
 
 def unsigned_text(path: Path) -> str:

@@ -180,3 +180,41 @@ def test_full_disk_fails_the_one_write_and_store_stays_consistent(tmp_path):
         asyncio.run(go())
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_metadata_writes_of_concurrent_blobs_share_transactions_and_survive_a_restart(tmp_path):
+    """Rows and pins of many small blobs committed at once go to the database in a few
+    transactions (not one per blob); a failing write fails alone; all of it is there after a
+    restart; a removal after a queued insert is not undone by it."""
+    from beiran.models.blob import Blob, BlobRef
+
+    async def go():
+        store = await make_store(tmp_path)
+        blobs = [f"small blob {i}".encode() * 50 for i in range(40)]
+
+        async def add(data: bytes) -> None:
+            await write(store, data)
+            await store.pin(sha(data), "test", f"ref-{len(data)}-{data[:14]!r}")
+        await asyncio.gather(*(add(b) for b in blobs))
+        assert store.db_batch.writes == 80 and store.db_batch.batches < 40, (
+            store.db_batch.writes, store.db_batch.batches)
+
+        def boom() -> None:
+            raise ValueError("this write fails")
+        results = await asyncio.gather(store.db_batch.write(boom), write(store, b"after the failure"),
+                                       return_exceptions=True)
+        assert isinstance(results[0], ValueError) and results[1] is None
+        await write(store, b"removed at once")
+        await store.remove(sha(b"removed at once"))
+        await store.close()
+        rows = await store.ctx.run_db(lambda: ({r.digest for r in Blob.select()},
+                                               {(r.digest, r.owner) for r in BlobRef.select()}))
+        want = {sha(b) for b in blobs}
+        assert want | {sha(b"after the failure")} == rows[0]
+        assert {(d, "test") for d in want} == rows[1]
+
+        again = await make_store(tmp_path)
+        assert want <= set(again.entries) and all(again.pins.get(d) == {("test", f"ref-{len(b)}-{b[:14]!r}")}
+                                                   for d, b in zip((sha(b) for b in blobs), blobs, strict=True))
+        await again.close()
+    asyncio.run(go())

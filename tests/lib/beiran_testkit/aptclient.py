@@ -21,7 +21,9 @@ OTHER_PLUGINS = ["docker", "npm", "dns", "zeroconf", "k8s"]
 
 class AptClient:
     def __init__(self, root: Path, sources: list[str], proxy: str | None = None,
-                 options: dict[str, str] | None = None) -> None:
+                 options: dict[str, str] | None = None, sources_parts: Path | None = None) -> None:
+        """`sources_parts`: a sources.list.d of `.list`/`.sources` files apt reads too (the one a
+        test's daemon reads as its `apt_dir`'s)."""
         self.root = root
         etc, self.state, self.cache, log = root / "etc", root / "state", root / "cache", root / "log"
         for d in (etc / "apt.conf.d", etc / "trusted.gpg.d", etc / "preferences.d", self.state / "lists/partial",
@@ -33,7 +35,7 @@ class AptClient:
             "Dir::Etc::main": "/dev/null",
             "Dir::Etc::parts": str(etc / "apt.conf.d"),
             "Dir::Etc::sourcelist": str(etc / "sources.list"),
-            "Dir::Etc::sourceparts": "-",
+            "Dir::Etc::sourceparts": str(sources_parts) if sources_parts else "-",
             "Dir::Etc::trusted": str(etc / "trusted.gpg"),
             "Dir::Etc::trustedparts": str(etc / "trusted.gpg.d"),
             "Dir::Etc::preferences": str(etc / "preferences"),

@@ -91,3 +91,43 @@ def test_proxy_detect_drives_apt_and_falls_back_to_direct(cluster, repo, server,
     client.update()  # the daemon is gone: apt goes direct and still works
     client.download("hello")
     assert client.debs() == repo.expected("hello", "libhello")
+
+
+@pytest.mark.cluster
+def test_configure_and_proxy_detect_print_the_running_daemons_proxy(cluster, repo, server, tmp_path):
+    (node,) = add_nodes(cluster, 1, repo)
+    stale = tmp_path / "stale.toml"  # a config file that is not what the daemon runs with
+    stale.write_text('[plugins.apt]\nlisten = "127.0.0.1:9"\n')
+    env = {"BEIRAN_CONFIG": str(stale)}
+    assert proxy_of(node) != "http://127.0.0.1:3142"
+    detect = beiran(node, "apt", "proxy-detect", f"{server.url}/debian/dists/stable/InRelease", env=env)
+    assert detect.stdout.strip() == proxy_of(node), detect
+    configure = beiran(node, "apt", "configure", env=env)
+    assert f"answers {proxy_of(node)} while" in configure.stdout and "127.0.0.1:9" not in configure.stdout
+    assert configure.stderr == ""
+
+    node.stop()  # no daemon: the config file's address, and the CLI says where it came from
+    configure = beiran(node, "apt", "configure", env=env)
+    assert "http://127.0.0.1:9" in configure.stdout
+    assert "no running daemon" in configure.stderr and "config file" in configure.stderr
+
+
+@pytest.mark.cluster
+def test_a_taken_port_says_how_to_move_the_proxy(cluster, tmp_path):
+    import socket
+
+    from beiran_testkit.aptclient import apt_config
+
+    ip = cluster.ip(len(cluster.nodes))
+    holder = socket.socket()
+    holder.bind((ip, 3142))  # what apt-cacher-ng would hold
+    holder.listen()
+    try:
+        node = cluster.add(apt_config(ip), start=True)
+        (apt,) = [p for p in node.api("GET", "/status")["plugins"] if p["name"] == "apt"]
+        assert apt["status"] == "error", apt
+        assert "[plugins.apt] listen = " in apt["error"] and f"{ip}:3142" in apt["error"], apt
+        assert "apt-cacher-ng" in apt["error"]
+        assert "[plugins.apt] listen = " in beiran(node, "plugins").stdout + node.log()
+    finally:
+        holder.close()

@@ -1,0 +1,66 @@
+"""Metadata writes in batches: every write queued while the database thread is busy goes into the
+next transaction, one per batch instead of one per blob. Many small blobs arriving at once (apt's
+pipelined .debs, npm tarballs) otherwise pay a sqlite commit, and a hop to the one database thread,
+each for the blob row, its pin and its plugin's row."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+#: writes in one transaction at most (a long batch would hold the database thread)
+MAX_BATCH = 256
+
+
+class WriteBatcher:
+    def __init__(self, run_db: Callable[..., Awaitable[Any]], database: Callable[[], Any]) -> None:
+        self._run_db = run_db
+        self._database = database  # the peewee database, looked up when a batch runs
+        self._pending: list[tuple[Callable[[], Any], asyncio.Future]] = []
+        self._task: asyncio.Task | None = None
+        self.batches = 0
+        self.writes = 0
+
+    async def write(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` (blocking peewee calls) in the next batch's transaction; returns its result,
+        raises its exception (a failing write rolls back only itself, through a savepoint)."""
+        fut = asyncio.get_running_loop().create_future()
+        self._pending.append((fn, fut))
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._drain())
+        return await asyncio.shield(fut)
+
+    async def flush(self) -> None:
+        """Wait until every write queued so far is done."""
+        while self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            try:
+                results = await self._run_db(self._run_batch, [fn for fn, _ in batch])
+            except BaseException as exc:  # noqa: BLE001 - the whole transaction failed: tell everyone
+                results = [exc] * len(batch)
+            self.batches += 1
+            self.writes += len(batch)
+            for (_, fut), result in zip(batch, results, strict=True):
+                if fut.done():
+                    continue
+                if isinstance(result, BaseException):
+                    fut.set_exception(result)
+                else:
+                    fut.set_result(result)
+
+    def _run_batch(self, fns: list[Callable[[], Any]]) -> list[Any]:
+        db = self._database()
+        results: list[Any] = []
+        with db.atomic():
+            for fn in fns:
+                try:
+                    with db.atomic():  # a savepoint: one bad write does not undo the others
+                        results.append(fn())
+                except Exception as exc:  # noqa: BLE001 - handed to that write's caller
+                    results.append(exc)
+        return results
