@@ -98,6 +98,13 @@ class ResponseTooLarge(UpstreamError):
     code = "response_too_large"
 
 
+class PeerLacksBlob(UpstreamError):
+    """A peer answered 404: it no longer holds the blob (evicted, or it never had it complete). Not a
+    fault of the peer: the fetcher moves on without counting a failure or logging at INFO."""
+
+    code = "peer_lacks_blob"
+
+
 class VerificationError(UpstreamError):
     """Bytes did not match their digest or announced size."""
 

@@ -30,6 +30,7 @@ from beiran.errors import (
     Conflict,
     Forbidden,
     NotFound,
+    PeerLacksBlob,
     UpstreamError,
     VerificationError,
 )
@@ -317,9 +318,12 @@ class Fetcher:
                 raise VerificationError(f"peer {node[:8]} ended its unverified copy short: {exc}") from None
             failed.add(node)
             writer.untrusted |= writer.available > start  # peers get none of it before it verified
-            self.ctx.metrics.peer_failures.inc()
-            log.info("peer %s failed for %s at byte %d: %s; trying the next source", node[:8],
-                     job.digest[:19], writer.position, exc)
+            if isinstance(exc, PeerLacksBlob):  # it dropped its copy: no fault, no news for operators
+                log.debug("%s; trying the next source", exc.message)
+            else:
+                self.ctx.metrics.peer_failures.inc()
+                log.info("peer %s failed for %s at byte %d: %s; trying the next source", node[:8],
+                         job.digest[:19], writer.position, exc)
             writer.seek(writer.available)
             return False
 

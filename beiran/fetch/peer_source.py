@@ -10,7 +10,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from beiran.errors import BeiranError, UpstreamError, VerificationError
+from beiran.errors import BeiranError, PeerLacksBlob, UpstreamError, VerificationError
 from beiran.fetch.peer_pool import PeerConnectionPool
 from beiran.httpstream import stream_request
 
@@ -77,6 +77,8 @@ class PeerSource:
         keep = False
         try:
             conn, resp = self._request_sync(host, port, parts.path, headers)
+            if resp.status == 404:
+                raise PeerLacksBlob(f"peer {node[:8]} does not have {job.digest[:19]}")
             if resp.status not in (200, 206):
                 raise UpstreamError(f"peer {node[:8]} answered {resp.status} for {job.digest[:19]}")
             if offset and resp.status != 206:

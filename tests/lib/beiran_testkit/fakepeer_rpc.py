@@ -16,12 +16,15 @@ from tornado.websocket import websocket_connect
 
 class FakePeer:
     def __init__(self, daemon_url: str, token: str | None = None, node_uuid: str | None = None,
-                 url: str | None = None, plugins: list[str] | None = None) -> None:
+                 url: str | None = None, plugins: list[str] | None = None, port: int = 8888,
+                 holdings: list[list] | None = None) -> None:
         self.daemon_url = daemon_url.rstrip("/")
         self.token = token
         self.uuid = node_uuid or str(uuidlib.uuid4())
         self.url = url
         self.plugins = plugins or []
+        self.port = port  # the port it claims: the node fetches from its socket address at this port
+        self.holdings = holdings or []  # [[digest, "c" | "p", size], ...] it announces
         self.hello: dict[str, Any] = {}
         self.ws: Any = None
         self._ids = 0
@@ -46,7 +49,7 @@ class FakePeer:
         self.hello = json.loads(await asyncio.wait_for(self.ws.read_message(), timeout))
         self.send({"t": "hello", "uuid": self.uuid, "url": self.url, "hostname": "attacker",
                    "version": "0", "os_type": "linux", "architecture": "x86_64", "addresses": [],
-                   "port": 8888, "plugins": self.plugins, "epoch": "e" + self.uuid[:8], "seq": 0, "proof": None})
+                   "port": self.port, "plugins": self.plugins, "epoch": "e" + self.uuid[:8], "seq": 0, "proof": None})
         self.send({"t": "sync_req", "epoch": None, "seq": 0})
         self._reader = asyncio.ensure_future(self._read())
         await asyncio.wait_for(self.synced.wait(), timeout)
@@ -69,7 +72,7 @@ class FakePeer:
             if kind == "ping":
                 self.send({"t": "pong"})
             elif kind == "sync_req":
-                self.send({"t": "snap", "epoch": "e" + self.uuid[:8], "seq": 0, "entries": [],
+                self.send({"t": "snap", "epoch": "e" + self.uuid[:8], "seq": 0, "entries": self.holdings,
                            "first": True, "last": True})
             elif kind in ("snap", "delta") and (msg.get("last") or msg.get("sync")):
                 self.synced.set()
