@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.cluster]
 
 
 class _NotHere(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         self.send_response(404)
         self.send_header("Content-Length", "0")
         self.end_headers()
