@@ -75,25 +75,26 @@ class Retention:
         cap = self.ctx.config.store.max_size
         reserve = self.ctx.config.store.reserve_free
         pending = sum((w.size or 0) - w.available for d, w in self.writers.items() if d not in self.unreserved)
-        could_free = sum(e.size for e in self.evictable()) if evict else 0
+
+        def freeable() -> int:
+            # sorting every blob is paid only when something must go (not once per small blob)
+            return sum(e.size for e in self.evictable()) if evict else 0
+
         if cap is not None:
             if size > cap:
                 raise StorageFull(f"blob of {size} bytes is larger than store.max_size ({cap})")
             excess = self.total_size() + pending + size - cap
-            # sorting every blob is paid only when something must go (not once per small blob)
-            could_free = sum(e.size for e in self.evictable()) if excess > 0 else 0
-            if excess > could_free:
+            if excess > 0 and excess > freeable():
                 if not evict:
                     raise StorageFull(f"no room for {size} claimed bytes under store.max_size ({cap}) "
                                       "without evicting, and a peer's claim evicts nothing")
                 raise StorageFull(f"store.max_size ({cap} bytes) reached: the rest is pinned or in use")
             if excess > 0:
-                could_free -= await self._evict(excess)
+                await self._evict(excess)
         free = (await self.ctx.run_blocking(shutil.disk_usage, self.root)).free
         short = size + reserve + pending - free
         if short > 0:
-            could_free = sum(e.size for e in self.evictable())
-            if short > could_free:
+            if short > freeable():
                 raise StorageFull(f"not enough disk space for {size} bytes in {self.root} "
                                   f"({free} free, {reserve} kept in reserve)")
             await self._evict(short)

@@ -19,8 +19,11 @@ from beiran.config import load_config
 from beiran.context import DaemonContext
 from beiran.handlers import BaseHandler
 from beiran.peer.auth import PeerAuth
+from beiran.peer.availability import Availability
+from beiran.peer.manager import PeerManager
 
 TOKEN = "s3cret"
+ME, N2, OTHER, GRANTED = (f"00000000-0000-4000-8000-00000000000{i}" for i in range(1, 5))  # node UUIDs
 
 
 class _Store:
@@ -34,7 +37,7 @@ class _Store:
         from beiran.errors import Forbidden
 
         self.asked.append((digest, peer))
-        if peer != "granted":
+        if peer != GRANTED:
             raise Forbidden("private")
 
 
@@ -58,8 +61,9 @@ class AccessTest(AsyncHTTPTestCase):
         cfg = load_config(environ={}, overrides={"data_dir": tempfile.mkdtemp(prefix="beiran-access-")})
         cfg.client_hosts = ["mirror.example"]
         self.ctx = DaemonContext(config=cfg)
-        self.ctx.auth = PeerAuth(TOKEN, "me")
+        self.ctx.auth = PeerAuth(TOKEN, ME)
         self.ctx.store = self.store = _Store()  # type: ignore[assignment]
+        self.ctx.peers = PeerManager(self.ctx, Availability())  # its peer_cidrs policy (nothing dialed)
         return Application([
             (r"/admin", _route(Access.ADMIN)),
             (r"/peer", _route(Access.PEER, DELETE=Access.ADMIN)),
@@ -73,7 +77,7 @@ class AccessTest(AsyncHTTPTestCase):
     def code(self, path: str, method: str = "GET", **headers: str) -> int:
         return self.fetch(path, method=method, headers=headers).code
 
-    def signed(self, path: str, uuid: str = "n2", method: str = "GET") -> dict[str, str]:
+    def signed(self, path: str, uuid: str = N2, method: str = "GET") -> dict[str, str]:
         return PeerAuth(TOKEN, uuid).headers(method, path)
 
     def test_each_kind_of_route_over_tcp(self):
@@ -83,7 +87,7 @@ class AccessTest(AsyncHTTPTestCase):
         assert self.code("/client") == 200
         assert self.code("/peer") == 401  # a cluster token is set: no proof, no answer
         assert self.code("/peer", **self.signed("/peer")) == 200
-        assert self.code("/peer", **PeerAuth("wrong", "n2").headers("GET", "/peer")) == 401
+        assert self.code("/peer", **PeerAuth("wrong", N2).headers("GET", "/peer")) == 401
         assert self.code("/peer", method="DELETE", **self.signed("/peer", method="DELETE")) == 403
         assert self.code("/either") == 200  # a package client may read it without a proof
 
@@ -108,12 +112,12 @@ class AccessTest(AsyncHTTPTestCase):
             assert reply.startswith(b"HTTP/1.1 " + status), (target, reply[:100])
 
     def test_private_blobs_go_to_this_machines_clients_and_proven_peers_only(self):
-        assert self.code("/peer", **self.signed("/peer", "other")) == 200  # no policies: open
+        assert self.code("/peer", **self.signed("/peer", OTHER)) == 200  # no policies: open
         self.store.access_policies.append(object())
         assert self.code("/client") == 200 and self.store.asked == []  # the node's own runtime
-        assert self.code("/peer", **self.signed("/peer", "other")) == 403
-        assert self.code("/peer", **self.signed("/peer", "granted")) == 200
-        assert [p for _, p in self.store.asked] == ["other", "granted"]
+        assert self.code("/peer", **self.signed("/peer", OTHER)) == 403
+        assert self.code("/peer", **self.signed("/peer", GRANTED)) == 200
+        assert [p for _, p in self.store.asked] == [OTHER, GRANTED]
         assert self.code("/public") == 403  # no proof of who asks: the policies decide, with None
 
     @gen_test

@@ -81,7 +81,7 @@ class ServeTest(AsyncHTTPTestCase):
         shutil.rmtree(self._tmp, ignore_errors=True)
 
     async def stored(self, data: bytes) -> str:
-        w = await self.store.begin_write(sha(data), len(data))
+        w = await self.store.begin_write(sha(data), len(data), reserve=True)
         await w.write_at(0, data)
         await self.store.commit(w)
         return sha(data)
@@ -143,7 +143,7 @@ class ServeTest(AsyncHTTPTestCase):
     # -- downloads -----------------------------------------------------------------------------
     async def _download_then(self, data: bytes, digest: str, path_query: str):
         """Serve a download: every byte arrives, and only then is it verified (or not)."""
-        w = await self.store.begin_write(digest, len(data))
+        w = await self.store.begin_write(digest, len(data), reserve=True)
         fut, got = self.streaming(f"/b/{digest}{path_query}")
         third = len(data) // 3
         await w.write_at(0, data[:third])
@@ -184,7 +184,7 @@ class ServeTest(AsyncHTTPTestCase):
     async def test_source_failing_mid_stream_cuts_the_body(self):
         data = blob(LARGE, 6)
         d = sha(data)
-        w = await self.store.begin_write(d, len(data))
+        w = await self.store.begin_write(d, len(data), reserve=True)
         fut, got = self.streaming(f"/b/{d}")
         await w.write_at(0, data[:SENDFILE_MIN])
         await self.until(lambda: len(got) == SENDFILE_MIN, "the first MiB")
@@ -195,7 +195,7 @@ class ServeTest(AsyncHTTPTestCase):
     async def test_small_download_held_whole_fails_as_an_error_not_a_body(self):
         data = blob(SMALL, 7)
         d = sha(data)
-        w = await self.store.begin_write(d, len(data))
+        w = await self.store.begin_write(d, len(data), reserve=True)
         fut, got = self.streaming(f"/b/{d}?hold={2 * SMALL}&short=1")
         await w.write_at(0, data[:-1] + b"!")
         await asyncio.sleep(0.1)
@@ -224,7 +224,7 @@ class ServeTest(AsyncHTTPTestCase):
     async def test_download_of_unknown_size_verifies_and_completes(self):
         data = blob(SMALL, 9)
         d = sha(data)
-        w = await self.store.begin_write(d, None)
+        w = await self.store.begin_write(d, None, reserve=True)
         fut, got = self.streaming(f"/b/{d}")
         await w.write_at(0, data)
         await asyncio.sleep(0.1)
@@ -237,7 +237,7 @@ class ServeTest(AsyncHTTPTestCase):
     async def test_peers_get_downloading_state_and_nothing_of_a_failed_source(self):
         data = blob(SMALL, 10)
         d = sha(data)
-        w = await self.store.begin_write(d, len(data))
+        w = await self.store.begin_write(d, len(data), reserve=True)
         await w.write_at(0, data[:1000])
         r = await self.http_client.fetch(self.get_url(f"/b/{d}?peer=1"), method="HEAD", raise_error=False)
         assert r.code == 200 and r.headers["X-Beiran-State"] == "downloading"
@@ -254,7 +254,7 @@ class ServeTest(AsyncHTTPTestCase):
         for size in (SMALL * 8, LARGE):
             data = blob(size, 11)
             d = sha(data)
-            w = await self.store.begin_write(d, len(data))
+            w = await self.store.begin_write(d, len(data), reserve=True)
             await w.write_at(0, data[: size // 2])
             sock = socket.create_connection(("127.0.0.1", self.get_http_port()))
             sock.sendall(f"GET /b/{d} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
