@@ -41,7 +41,7 @@ def test_readme_hosts_toml_and_registries_conf_send_pulls_through_beiran(cluster
     assert {b.digest for b in test_images.img.blobs} <= stored, "containerd pulled through Beiran"
 
     conf = tmp_path / "registries.conf"
-    conf.write_text(_block("toml", "[[registry.mirror]]").replace("127.0.0.1:8888", me))
+    conf.write_text(_block("toml", "location = \"127.0.0.1:8888\"\n").replace("127.0.0.1:8888", me))
     res = skopeo_copy("docker://docker.io/test/zstd:v1", f"dir:{tmp_path / 'out'}", conf)
     assert res.returncode == 0, res.stderr  # there is no Docker Hub here: only the mirror can answer
     assert (tmp_path / "out" / "manifest.json").read_bytes() == test_images.zstd.manifest_bytes
