@@ -102,9 +102,7 @@ class SourcesHandler(JSONEndpoint):
 
 class ProxyAddressHandler(JSONEndpoint):
     """`GET /apt/proxy`: the proxy's address as this daemon bound it (for `beiran apt configure`
-    and `proxy-detect`, which must point apt at the running daemon, not at a config file)."""
-
-    local_only = True
+    and `proxy-detect`, which must point apt at the running daemon, not at a config file). Admin."""
 
     async def get(self) -> None:
         self.write_json(self.plugin.proxy_address())

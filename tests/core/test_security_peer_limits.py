@@ -152,6 +152,9 @@ def test_slow_loris_is_capped_per_address_and_timed_out(cluster):
               f"/ping from another address {ping_ms:.1f} ms")
         assert answer.startswith(b"HTTP/1.1 200")
         assert len(held) == cap
+        # (the last attempts may still be in the accept backlog: the count settles, it never exceeds)
+        wait_until(lambda: n1.metrics()["beiran_connections_refused_total"] >= attempts - cap, 10,
+                   what="every attempt past the cap refused")
         assert n1.metrics()["beiran_connections_refused_total"] == attempts - cap
         time.sleep(3.0)  # header_timeout: the held ones are dropped too
         assert not any(_still_open(s) for s in held)
@@ -175,7 +178,7 @@ def test_out_of_file_descriptors_backs_off_and_logs_once(cluster):
             except OSError as exc:
                 assert exc.errno in (errno.ECONNREFUSED, errno.ECONNRESET, errno.EPIPE), exc
         time.sleep(3.0)
-        lines = [x for x in n1.log().splitlines() if "Too many open files" in x]
+        lines = [x for x in n1.log().splitlines() if "beiran.listener" in x and "Too many open files" in x]
         print(f"\nEMFILE: {len(lines)} log lines in 3 s with 100 connections against ~15 free fds")
         assert 1 <= len(lines) <= 2, lines[:5]
     finally:
