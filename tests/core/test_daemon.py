@@ -98,7 +98,8 @@ def test_broken_plugins_and_unknown_config_keep_the_daemon_up(cluster, tmp_path)
     assert "nosuchplugin" in node.log() and "not installed" in node.log()
     others = [p for n, p in plugins.items() if n not in ("kaboom", "noimport")]
     # "disabled": the test kit turns zeroconf off unless a test configures it (mDNS on loopback)
-    assert all(p["status"] in ("ready", "disabled") for p in others), others
+    # (degraded: the k8s plugin is up and says it has no container runtime to talk to)
+    assert all(p["status"] in ("ready", "disabled", "degraded") for p in others), others
     assert node.api("GET", "/ping")["pong"] is True
     assert "Traceback" not in node.log()
 
