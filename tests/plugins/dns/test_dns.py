@@ -137,7 +137,7 @@ def test_reload_applies_new_names_live_and_refuses_a_bad_section(cluster, dnsmas
         a.proc.send_signal(signal.SIGHUP)
 
     reload(dns_config(dnsmasq, [SRV], interval=30)["plugins"]["dns"])
-    wait_until(lambda: b.uuid in a.online_peers() and "dns" in a.entry(b)["found_by"], 15,
+    wait_until(lambda: b.uuid in a.online_peers() and "dns" in a.entry(b)["found_by"], 30,
                what="the reloaded name's target found")
     assert "plugins.dns" in a.log().split("reloaded")[-1]
     reload({"names": ["no spaces allowed"], "nameservers": [dnsmasq.address]})
