@@ -96,13 +96,15 @@ class DNSPlugin(BaseDiscoveryPlugin):
 
     async def _run(self) -> None:
         while True:
+            # cleared before the lookup, not after: a reload that asks for a refresh while one is
+            # running gets another one at once instead of waiting a whole interval
+            self._wake.clear()
             try:
                 wait = await self.refresh()
             except Exception:
                 log.exception("dns: refresh failed")
                 wait = self.settings.interval
             self.next_refresh = time.time() + wait
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
 
