@@ -256,12 +256,20 @@ class Membership:
         if not quiet:
             self._queue(["a", mid, inc, addr])
 
-    def _suspect(self, mid: str, inc: int, frm: str, quiet: bool) -> None:
+    def _accusable(self, mid: str, inc: int) -> Member | None:
+        """The member a suspect/dead rumour at `inc` applies to, if any; a rumour about this node
+        is refuted instead."""
         if mid == self.id:
             self._accused(inc)
-            return
+            return None
         m = self.members.get(mid)
         if m is None or inc < m.inc or m.state == DEAD:
+            return None
+        return m
+
+    def _suspect(self, mid: str, inc: int, frm: str, quiet: bool) -> None:
+        m = self._accusable(mid, inc)
+        if m is None:
             return
         if m.state == SUSPECT and inc == m.inc:
             s = self._suspicions.get(mid)
@@ -278,11 +286,8 @@ class Membership:
             self._queue(["s", mid, inc, frm])
 
     def _dead(self, mid: str, inc: int, frm: str, quiet: bool) -> None:
-        if mid == self.id:
-            self._accused(inc)
-            return
-        m = self.members.get(mid)
-        if m is None or inc < m.inc or m.state == DEAD:
+        m = self._accusable(mid, inc)
+        if m is None:
             return
         self._set_inc(m, inc)
         self._set_state(m, DEAD, m.state)
