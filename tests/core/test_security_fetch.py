@@ -152,7 +152,10 @@ def test_origin_not_found_on_a_delegated_fetch_is_not_found_not_a_peer_fault(clu
     assert final["error"]["error"] == "not_found", final
     assert m1.get("beiran_peer_failures_total", 0) == 0
     assert origin.requests["/missing"] == 1  # the owner asked the origin; the requester believed it
-    assert "No such file or directory" not in n2.log()
+    # the owner's failed download leaves no missing-file error behind (the docker plugin's engine
+    # watcher, when installed, reports its absent socket: that is not this path)
+    own = [line for line in n2.log().splitlines() if "beiran.docker.engine" not in line]
+    assert not [line for line in own if "No such file or directory" in line], own[-40:]
 
 
 def test_a_peers_preheat_claim_evicts_nothing(cluster, origin):
