@@ -66,6 +66,7 @@ def test_cli_finds_a_quick_start_daemon_from_its_checkout(cluster, tmp_path):
     assert line.startswith(f"Error: BEIRAN_SOCKET {tmp_path} is a directory, not a socket")
 
 
+@pytest.mark.each_plugin  # an installed plugin changes what this shows
 # -- item 3: `beiran config` is TOML a daemon starts from, giving the same config --------------------
 def test_config_output_is_toml_that_round_trips_through_a_daemon(cluster, tmp_path):
     node = cluster.add(config={
@@ -150,6 +151,7 @@ def test_node_uuid_checked_and_tables_readable_json_raw(cluster):
     assert "True" not in listing and "False" not in listing
 
 
+@pytest.mark.each_plugin  # an installed plugin changes what this shows
 def test_plugin_tables_say_yes_and_no(cluster, tmp_path):
     """ENABLED is yes/no, not Python's True (a plugin in its own dir on PYTHONPATH)."""
     pkg = tmp_path / "extra" / "beiran_plugins" / "hello"

@@ -15,6 +15,8 @@ import pytest
 #: progress and TOML-writing libraries only some commands need)
 HEAVY = ["docker", "apt_pkg", "apt", "grpc", "zeroconf", "dns", "tornado", "peewee", "http", "rich", "tomli_w"]
 
+pytestmark = pytest.mark.each_plugin  # every installed plugin's CLI must import lazily
+
 PROBE = """
 import json, sys
 from beiran.cli.main import main

@@ -26,6 +26,7 @@ def _get(node, path, method="GET", host=None):
         conn.close()
 
 
+@pytest.mark.each_plugin  # an installed plugin changes what this shows
 def test_page_is_small_self_contained_and_read_only(cluster):
     (node,) = cluster.start(1)
     total = 0

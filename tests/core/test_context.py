@@ -13,6 +13,8 @@ from beiran import tasks
 from beiran.config import load_config
 from beiran.context import DaemonContext
 
+pytestmark = pytest.mark.each_plugin  # an installed plugin changes what this shows
+
 
 def test_a_service_is_read_only_after_it_is_built_and_set_only_once():
     ctx = DaemonContext(load_config(environ={}))

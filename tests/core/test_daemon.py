@@ -85,6 +85,7 @@ def _broken_plugins(tmp: Path) -> str:
     return str(tmp)
 
 
+@pytest.mark.each_plugin  # an installed plugin changes what this shows
 def test_broken_plugins_and_unknown_config_keep_the_daemon_up(cluster, tmp_path):
     extra = _broken_plugins(tmp_path / "extra")
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), extra]))}
@@ -180,6 +181,7 @@ def test_testing_switches_need_the_environment_too(tmp_path):
     assert load_config(cfg, environ={}).store.fsync is False
 
 
+@pytest.mark.each_plugin  # an installed plugin changes what this shows
 def test_node_info_version_and_config_through_the_cli(cluster):
     """The read-only CLI commands against a real daemon: this node, another node by UUID, the
     versions, and the running daemon's config with its secret masked."""

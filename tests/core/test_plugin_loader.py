@@ -7,8 +7,12 @@ import asyncio
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from beiran.config import load_config
 from beiran.plugin_loader import PluginManager, plugin_names, required_plugins
+
+pytestmark = pytest.mark.each_plugin  # discovery sees the installed plugins
 
 #: a plugin.py that must never run: the loader refuses its plugin before importing it
 NEVER_IMPORTED = "raise RuntimeError('imported although a dependency is missing')\n"
