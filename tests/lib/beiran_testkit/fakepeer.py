@@ -103,10 +103,15 @@ class FakePeer:
         await self.snapshot(entries or [], batch)
 
     async def snapshot(self, entries: list[list], batch: int = 5000) -> None:
+        """Send `entries` in batches; stop when the node hangs up (what a flood should make it do:
+        callers check `closed()`)."""
         chunks = [entries[i:i + batch] for i in range(0, len(entries), batch)] or [[]]
         for i, chunk in enumerate(chunks):
-            await self.send({"t": "snap", "epoch": "e1", "seq": len(entries), "entries": chunk,
-                             "first": i == 0, "last": i == len(chunks) - 1})
+            try:
+                await self.send({"t": "snap", "epoch": "e1", "seq": len(entries), "entries": chunk,
+                                 "first": i == 0, "last": i == len(chunks) - 1})
+            except (WebSocketClosedError, StreamClosedError):
+                return
 
     async def closed(self, timeout: float = 5) -> bool:
         """True when the node closes the connection within `timeout`."""
