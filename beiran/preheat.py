@@ -180,15 +180,30 @@ def _node_row(node: str, answer: dict[str, Any] | None, error: str) -> dict[str,
             "blobs": len(items), "done": done, "sources": dict(sources)}
 
 
-async def run(ctx: DaemonContext, items: list[Item], nodes: list[str], emit: Emit) -> dict[str, Any]:
+def _waiting_row(node: str, items: list[Item]) -> dict[str, Any]:
+    return {"node": node, "state": "waiting", "error": "", "bytes": 0, "total": sum(i.size or 0 for i in items),
+            "blobs": len(items), "done": 0, "sources": {}}
+
+
+def _settled(progress: dict[str, dict[str, Any]]) -> bool:
+    return all(p.get("state") != "downloading" for p in progress.values())
+
+
+async def run(ctx: DaemonContext, items: list[Item], nodes: list[str], emit: Emit, *,
+              seed: bool = False) -> dict[str, Any]:
     """Ask every node in `nodes` to fetch `items`, report per-node progress until each is done or
-    failed; returns the summary (per node, totals by source, failed nodes)."""
+    failed; returns the summary (per node, totals by source, failed nodes).
+
+    `seed`: this node fetches the blobs first (even when it is not in `nodes`) and the others are
+    asked once it holds them. For sources only this node is known to resolve (an apt archive a peer
+    never saw): such a peer may not go to the origin, and gets the blobs from this node instead."""
     started = time.monotonic()
     if len(items) > MAX_BLOBS:
         raise BadRequest(f"{len(items)} blobs: preheat at most {MAX_BLOBS} at once")
     digests = [i.digest for i in items]
     wire = [i.to_dict() for i in items]
     errors: dict[str, str] = {}
+    asked: set[str] = set()
     me = ctx.identity.uuid
 
     async def ask(node: str, method: str, **params: Any) -> Any:
@@ -203,14 +218,24 @@ async def run(ctx: DaemonContext, items: list[Item], nodes: list[str], emit: Emi
         return await conn.call(method, timeout=30.0, **params)
 
     async def begin(node: str) -> None:
+        asked.add(node)
         try:
             await ask(node, "preheat", blobs=wire)
         except BeiranError as exc:
             errors[node] = exc.message
 
-    await asyncio.gather(*(begin(n) for n in nodes))
+    seeding = seed and any(n != me for n in nodes)
+    if seeding:
+        ctx.preheater.start(items)
+        asked.update(n for n in nodes if n == me)
+    else:
+        await asyncio.gather(*(begin(n) for n in nodes))
     while True:
-        live = [n for n in nodes if n not in errors]
+        if seeding and _settled(ctx.preheater.progress(digests)):
+            seeding = False
+            ctx.peers.push_holdings()  # peers learn what this node now holds before they are asked
+            await asyncio.gather(*(begin(n) for n in nodes if n not in asked))
+        live = [n for n in nodes if n in asked and n not in errors]
         answers = dict(zip(live, await asyncio.gather(*(ask(n, "progress", digests=digests) for n in live),
                                                       return_exceptions=True), strict=True))
         replies: dict[str, dict[str, Any]] = {}
@@ -219,9 +244,10 @@ async def run(ctx: DaemonContext, items: list[Item], nodes: list[str], emit: Emi
                 errors[node] = (ans.message if isinstance(ans, BeiranError) else "") or str(ans)
             else:
                 replies[node] = ans
-        rows = [_node_row(n, None if n in errors else replies.get(n), errors.get(n, "")) for n in nodes]
+        rows = [_node_row(n, None if n in errors else replies.get(n), errors.get(n, "")) if n in asked
+                else _waiting_row(n, items) for n in nodes]
         await emit({"event": "progress", "nodes": rows})
-        if all(r["state"] != "downloading" for r in rows):
+        if not seeding and all(r["state"] != "downloading" for r in rows):
             break
         await asyncio.sleep(TICK)
     totals: Counter[str] = Counter()

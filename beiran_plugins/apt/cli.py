@@ -14,6 +14,7 @@ import click
 
 from beiran.cli.errors import CLIError
 from beiran.cli.output import emit_json, human_size, json_option, table
+from beiran.cli.preheat import nodes_option
 
 DEFAULT_LISTEN = "127.0.0.1:3142"
 CONF_PATH = "/etc/apt/apt.conf.d/30beiran-proxy"
@@ -196,6 +197,30 @@ def sources(as_json: bool) -> None:
                                      f" (key {r['missing_key'][-16:]})" if r.get("missing_key") else "")
     table(rows, [("key", "ARCHIVE"), ("mode", "MODE"), ("trust_h", "TRUST"), ("packages", "FILES"),
                  ("refreshed", "REFRESHED"), ("last_error", "PROBLEM")], empty="(no archives seen yet)")
+
+
+# -- preheat ---------------------------------------------------------------------------------------
+@cli.command("preheat")
+@click.argument("packages", nargs=-1, required=True, metavar="PKG[=VERSION]...")
+@nodes_option
+@click.option("--arch", metavar="ARCH", help="Architecture of the .debs (default: this machine's apt "
+              "architecture; arch \"all\" packages match any).")
+@click.option("--no-progress", is_flag=True, help="No progress lines.")
+@json_option
+def preheat(packages: tuple[str, ...], nodes: str, arch: str | None, no_progress: bool, as_json: bool) -> None:
+    """Put these packages' .debs on the chosen nodes now, before their apt-get needs them.
+
+    \b
+    Each PKG is looked up in the verified indexes this node learned through its
+    proxy (run `apt-get update` through it first): that VERSION, else the newest.
+    Dependencies are not added: name them too. This node fetches each .deb first
+    (from the archive once for the whole cluster); the other nodes then get it
+    from the cluster, and never from an archive they have not seen themselves.
+    Peers accept this only in a cluster with a cluster_token."""
+    from beiran.cli.preheat import parse_nodes, run_preheat
+
+    run_preheat("/apt/preheat", {"packages": list(packages), "arch": arch, "nodes": parse_nodes(nodes)},
+                " ".join(packages), no_progress, as_json)
 
 
 # -- import ----------------------------------------------------------------------------------------
