@@ -4,7 +4,9 @@ node then downloads them through its own proxy with no archive request at all.""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 import pytest
 
@@ -85,3 +87,40 @@ def test_preheat_picks_the_newest_or_the_named_version_and_names_unknown_package
     res = beiran(n1, "apt", "preheat", "Bad_Name!", check=False)
     assert res.returncode == 1 and "not a package name" in res.stderr and "Traceback" not in res.stderr
     assert "--nodes" in beiran(n1, "apt", "preheat", "--help").stdout
+
+
+def test_a_peers_preheat_naming_an_archive_this_node_never_saw_contacts_nothing(cluster, repo, tmp_path):
+    """A peer (with the token) asks a node to preheat a .deb from an archive the node never saw:
+    the node refuses to reach it, reports the failure, and the decoy archive gets no connection."""
+    from beiran_testkit.decoy import Decoy
+    from beiran_testkit.fakepeer_rpc import FakePeer
+
+    token = "apt-preheat-attack"
+    (node,) = add_nodes(cluster, 1, repo, extra=[{"cluster_token": token}])
+    decoy = Decoy("127.0.0.9")
+    digest = "sha256:" + "cd" * 32
+    try:
+        async def attack() -> tuple[dict, dict]:
+            peer = await FakePeer(node.url, token=token).connect()
+            try:
+                started = await peer.rpc("preheat", blobs=[{
+                    "digest": digest, "size": 4096,
+                    "source": {"plugin": "apt", "base": f"http://{decoy.address}/debian/",
+                               "path": "pool/main/s/secret/secret_1.0_all.deb"}}])
+                for _ in range(100):
+                    progress = await peer.rpc("progress", digests=[digest])
+                    if progress.get("r", {}).get(digest, {}).get("state") not in (None, "downloading"):
+                        break
+                    await asyncio.sleep(0.1)
+                return started, progress
+            finally:
+                await peer.close()
+        started, progress = asyncio.run(attack())
+        time.sleep(1)
+        assert started["t"] == "rpc_result", started
+        assert progress["r"][digest]["state"] == "failed", progress
+        assert "never seen that archive" in progress["r"][digest]["error"], progress
+        assert decoy.connections == 0
+        assert not _holds(node, digest)
+    finally:
+        decoy.close()
