@@ -147,10 +147,13 @@ async def rpc_progress(conn: PeerConnection, digests: Any = None) -> dict[str, A
     return conn.ctx.preheater.progress([str(parse_digest(str(d))) for d in digests])
 
 
-def targets(ctx: DaemonContext, nodes: Any) -> list[str]:
-    """"all" (this node and every online peer) or a list of UUIDs / unique 8+ character prefixes."""
+def targets(ctx: DaemonContext, nodes: Any, plugin: str | None = None) -> list[str]:
+    """"all" (this node and every online peer; with `plugin`, every peer that runs it) or a list of
+    UUIDs / unique 8+ character prefixes."""
     me, online = ctx.identity.uuid, ctx.peers.online()
     if nodes in (None, "all", ["all"]):
+        if plugin is not None:
+            online = [n for n in online if (c := ctx.peers.conn(n)) and plugin in (c.info.get("plugins") or [])]
         return [me, *sorted(online)]
     if not isinstance(nodes, list) or not nodes or not all(isinstance(n, str) for n in nodes):
         raise BadRequest('nodes must be "all" or a list of node UUIDs')

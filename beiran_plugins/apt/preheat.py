@@ -28,8 +28,8 @@ MAX_PACKAGES = 256
 _NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]{0,127}$")
 _VERSION = re.compile(r"^[A-Za-z0-9.+~:-]{1,128}$")
 _ARCH = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
-_HINT = ("run `apt-get update` through this node's apt proxy first (`beiran apt sources` lists the "
-         "archives it has learned)")
+_HINT = ("Run `apt-get update` through this node's apt proxy first (`beiran apt sources` lists the "
+         "archives it learned)")
 
 
 @dataclass(frozen=True)
@@ -120,13 +120,12 @@ async def resolve(plugin: AptPlugin, specs: list[Spec], arch: str) -> list[Blob]
         row = await plugin.ctx.run_blocking(pick, spec, candidates)
         if row is None:
             known = sorted({r["version"] for r in candidates})
-            missing.append(f"{spec}" + (f" (known: {', '.join(known[:5])})" if known else ""))
+            missing.append(f"{spec}" + (f" (known versions: {', '.join(known[:5])})" if known else ""))
             continue
         blobs.append(Blob(f"sha256:{row['sha256']}", row["size"], row["base"], row["path"], row["package"],
                           row["version"], row["arch"]))
     if missing:
-        what = "no package" if len(missing) == 1 else "no packages"
-        raise NotFound(f"{what} {', '.join(missing)} for {arch} in the indexes this node knows: {_HINT}")
+        raise NotFound(f"not in the apt indexes this node learned (for {arch}): {'; '.join(missing)}. {_HINT}")
     return list({b.digest: b for b in blobs}.values())
 
 
@@ -135,7 +134,7 @@ async def preheat(plugin: AptPlugin, packages: Any, arch: Any, nodes: Any,
     """Resolve, then have every chosen node fetch the .debs (seeded on this node)."""
     specs = parse_specs(packages)
     arch = check_arch(arch)
-    targets = core_preheat.targets(plugin.ctx, nodes)
+    targets = core_preheat.targets(plugin.ctx, nodes, plugin="apt")  # "all": the nodes that run apt
     blobs = await resolve(plugin, specs, arch)
     items = [core_preheat.Item(b.digest, b.size, b.source) for b in blobs]
     await emit({"event": "resolved", "arch": arch, "nodes": targets,

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from beiran_testkit.aptclient import add_nodes, beiran, client_for
+from beiran_testkit.aptclient import OTHER_PLUGINS, add_nodes, beiran, client_for
 
 pytestmark = pytest.mark.cluster
 
@@ -24,6 +24,10 @@ def test_preheat_all_puts_the_debs_on_every_node_and_apt_get_elsewhere_costs_the
         cluster, repo, server, tmp_path):
     nodes = add_nodes(cluster, 4, repo, extra=[{"cluster_token": "apt-preheat"}] * 4)
     n1, n2, n3, n4 = nodes
+    # and a node without the apt plugin: "all" means the nodes that run apt
+    no_apt = cluster.add({"cluster_token": "apt-preheat",
+                          "plugins": {p: {"enabled": False} for p in [*OTHER_PLUGINS, "apt"]}})
+    cluster.wait_connected([*nodes, no_apt])
     client_for(tmp_path, "c1", n1, repo, server.url).update()  # only node 1 learns the archive
     names = ["hello", "libhello"]
     pkgs = [repo.packages[n] for n in names]
@@ -37,6 +41,7 @@ def test_preheat_all_puts_the_debs_on_every_node_and_apt_get_elsewhere_costs_the
         for p in pkgs:
             assert _holds(n, p.digest), (n.name, p.name)
             assert n.blob(p.digest) == p.data
+    assert not any(_holds(no_apt, p.digest) for p in pkgs)
     assert server.debs_served() == {p.filename: 1 for p in pkgs}
     assert all(server.count("/" + p.filename) == 1 for p in pkgs)
     assert summary["sources"]["origin"] == sum(len(p.data) for p in pkgs)
@@ -81,7 +86,7 @@ def test_preheat_picks_the_newest_or_the_named_version_and_names_unknown_package
     assert res.returncode == 1 and "Traceback" not in res.stderr
     err = res.stderr.strip().splitlines()
     assert len(err) == 1, res.stderr
-    assert "no-such-pkg" in err[0] and "pkg05=9.9 (known: 1.0, 2.0)" in err[0] and "apt-get update" in err[0]
+    assert "no-such-pkg" in err[0] and "pkg05=9.9 (known versions: 1.0, 2.0)" in err[0] and "apt-get update" in err[0]
     assert not _holds(n1, repo.packages["hello"].digest)  # nothing started for the known one either
 
     res = beiran(n1, "apt", "preheat", "Bad_Name!", check=False)
