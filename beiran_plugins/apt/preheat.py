@@ -141,4 +141,8 @@ async def preheat(plugin: AptPlugin, packages: Any, arch: Any, nodes: Any,
                 "packages": [{"package": b.package, "version": b.version, "arch": b.arch, "digest": b.digest,
                               "size": b.size, "source": b.source} for b in blobs]})
     summary = await core_preheat.run(plugin.ctx, items, targets, emit, seed=True)
+    if plugin.ctx.identity.uuid in targets:  # asked for here too: pinned and listed like a proxied .deb
+        for b in blobs:
+            if plugin.ctx.store.has(b.digest):
+                await plugin.archive.record_deb(b, via="preheat")
     return {**summary, "arch": arch, "packages": [f"{b.package}={b.version}" for b in blobs]}

@@ -42,6 +42,8 @@ def test_preheat_all_puts_the_debs_on_every_node_and_apt_get_elsewhere_costs_the
             assert _holds(n, p.digest), (n.name, p.name)
             assert n.blob(p.digest) == p.data
     assert not any(_holds(no_apt, p.digest) for p in pkgs)
+    listed = {r["package"]: r for r in json.loads(beiran(n1, "apt", "packages", "--json").stdout)}
+    assert listed["hello"]["via"] == "preheat" and listed["hello"]["digest"] == pkgs[0].digest
     assert server.debs_served() == {p.filename: 1 for p in pkgs}
     assert all(server.count("/" + p.filename) == 1 for p in pkgs)
     assert summary["sources"]["origin"] == sum(len(p.data) for p in pkgs)
