@@ -12,14 +12,14 @@ import pytest
 
 from beiran_testkit.aptclient import OTHER_PLUGINS, add_nodes, beiran, client_for
 
-pytestmark = pytest.mark.cluster
-
 
 def _holds(node, digest: str) -> bool:
     status, headers, _ = node.request("HEAD", f"/blobs/{digest}")
     return status == 200 and headers.get("X-Beiran-State") == "complete"
 
 
+@pytest.mark.cluster
+@pytest.mark.slow
 def test_preheat_all_puts_the_debs_on_every_node_and_apt_get_elsewhere_costs_the_archive_nothing(
         cluster, repo, server, tmp_path):
     nodes = add_nodes(cluster, 4, repo, extra=[{"cluster_token": "apt-preheat"}] * 4)
@@ -63,6 +63,7 @@ def test_preheat_all_puts_the_debs_on_every_node_and_apt_get_elsewhere_costs_the
     assert server.debs_served() == {p.filename: 1 for p in pkgs}
 
 
+@pytest.mark.cluster
 def test_preheat_picks_the_newest_or_the_named_version_and_names_unknown_packages(cluster, repo, server,
                                                                                  tmp_path):
     old = repo.packages["pkg05"]
@@ -96,6 +97,7 @@ def test_preheat_picks_the_newest_or_the_named_version_and_names_unknown_package
     assert "--nodes" in beiran(n1, "apt", "preheat", "--help").stdout
 
 
+@pytest.mark.cluster
 def test_a_peers_preheat_naming_an_archive_this_node_never_saw_contacts_nothing(cluster, repo, tmp_path):
     """A peer (with the token) asks a node to preheat a .deb from an archive the node never saw:
     the node refuses to reach it, reports the failure, and the decoy archive gets no connection."""
@@ -131,3 +133,19 @@ def test_a_peers_preheat_naming_an_archive_this_node_never_saw_contacts_nothing(
         assert not _holds(node, digest)
     finally:
         decoy.close()
+
+
+def test_newest_is_dpkgs_order_and_specs_are_checked():
+    from beiran.errors import BadRequest
+    from beiran_plugins.apt.preheat import Spec, parse_spec, pick
+
+    rows = [{"version": v} for v in ("1.0", "1.0~rc1", "2.0", "1:0.9", "10.0")]
+    assert pick(Spec("x", None), rows) == {"version": "1:0.9"}  # an epoch beats any version without one
+    assert pick(Spec("x", None), rows[:2]) == {"version": "1.0"}  # ~ sorts before the release
+    assert pick(Spec("x", None), [rows[2], rows[4]]) == {"version": "10.0"}  # not string order
+    assert pick(Spec("x", "1.0~rc1"), rows) == {"version": "1.0~rc1"}
+    assert pick(Spec("x", "3.0"), rows) is None
+    assert parse_spec("libc6=2.36-9+deb12u9") == Spec("libc6", "2.36-9+deb12u9")
+    for bad in ("", "Hello", "a b", "x=", "x=1 2", "../etc", 3):
+        with pytest.raises(BadRequest):
+            parse_spec(bad)
