@@ -14,7 +14,6 @@ import click
 
 from beiran.cli.errors import CLIError
 from beiran.cli.output import emit_json, human_size, json_option, table
-from beiran.cli.preheat import nodes_option
 
 DEFAULT_LISTEN = "127.0.0.1:3142"
 CONF_PATH = "/etc/apt/apt.conf.d/30beiran-proxy"
@@ -202,7 +201,9 @@ def sources(as_json: bool) -> None:
 # -- preheat ---------------------------------------------------------------------------------------
 @cli.command("preheat")
 @click.argument("packages", nargs=-1, required=True, metavar="PKG[=VERSION]...")
-@nodes_option
+@click.option("--nodes", default="all", show_default=True, metavar="all|UUID,...",
+              help="Nodes that fetch now: this node and every online node that runs apt, or UUIDs "
+              "(8+ characters each).")
 @click.option("--arch", metavar="ARCH", help="Architecture of the .debs (default: this machine's apt "
               "architecture; arch \"all\" packages match any).")
 @click.option("--no-progress", is_flag=True, help="No progress lines.")
