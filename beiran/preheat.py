@@ -230,7 +230,8 @@ async def run(ctx: DaemonContext, items: list[Item], nodes: list[str], emit: Emi
     seeding = seed and any(n != me for n in nodes)
     if seeding:
         ctx.preheater.start(items)
-        asked.update(n for n in nodes if n == me)
+        if me in nodes:
+            asked.add(me)
     else:
         await asyncio.gather(*(begin(n) for n in nodes))
     while True:
