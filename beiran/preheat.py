@@ -147,10 +147,13 @@ async def rpc_progress(conn: PeerConnection, digests: Any = None) -> dict[str, A
     return conn.ctx.preheater.progress([str(parse_digest(str(d))) for d in digests])
 
 
-def targets(ctx: DaemonContext, nodes: Any) -> list[str]:
-    """"all" (this node and every online peer) or a list of UUIDs / unique 8+ character prefixes."""
+def targets(ctx: DaemonContext, nodes: Any, plugin: str | None = None) -> list[str]:
+    """"all" (this node and every online peer; with `plugin`, every peer that runs it) or a list of
+    UUIDs / unique 8+ character prefixes."""
     me, online = ctx.identity.uuid, ctx.peers.online()
     if nodes in (None, "all", ["all"]):
+        if plugin is not None:
+            online = [n for n in online if (c := ctx.peers.conn(n)) and plugin in (c.info.get("plugins") or [])]
         return [me, *sorted(online)]
     if not isinstance(nodes, list) or not nodes or not all(isinstance(n, str) for n in nodes):
         raise BadRequest('nodes must be "all" or a list of node UUIDs')
@@ -180,15 +183,30 @@ def _node_row(node: str, answer: dict[str, Any] | None, error: str) -> dict[str,
             "blobs": len(items), "done": done, "sources": dict(sources)}
 
 
-async def run(ctx: DaemonContext, items: list[Item], nodes: list[str], emit: Emit) -> dict[str, Any]:
+def _waiting_row(node: str, items: list[Item]) -> dict[str, Any]:
+    return {"node": node, "state": "waiting", "error": "", "bytes": 0, "total": sum(i.size or 0 for i in items),
+            "blobs": len(items), "done": 0, "sources": {}}
+
+
+def _settled(progress: dict[str, dict[str, Any]]) -> bool:
+    return all(p.get("state") != "downloading" for p in progress.values())
+
+
+async def run(ctx: DaemonContext, items: list[Item], nodes: list[str], emit: Emit, *,
+              seed: bool = False) -> dict[str, Any]:
     """Ask every node in `nodes` to fetch `items`, report per-node progress until each is done or
-    failed; returns the summary (per node, totals by source, failed nodes)."""
+    failed; returns the summary (per node, totals by source, failed nodes).
+
+    `seed`: this node fetches the blobs first (even when it is not in `nodes`) and the others are
+    asked once it holds them. For sources only this node is known to resolve (an apt archive a peer
+    never saw): such a peer may not go to the origin, and gets the blobs from this node instead."""
     started = time.monotonic()
     if len(items) > MAX_BLOBS:
         raise BadRequest(f"{len(items)} blobs: preheat at most {MAX_BLOBS} at once")
     digests = [i.digest for i in items]
     wire = [i.to_dict() for i in items]
     errors: dict[str, str] = {}
+    asked: set[str] = set()
     me = ctx.identity.uuid
 
     async def ask(node: str, method: str, **params: Any) -> Any:
@@ -203,14 +221,25 @@ async def run(ctx: DaemonContext, items: list[Item], nodes: list[str], emit: Emi
         return await conn.call(method, timeout=30.0, **params)
 
     async def begin(node: str) -> None:
+        asked.add(node)
         try:
             await ask(node, "preheat", blobs=wire)
         except BeiranError as exc:
             errors[node] = exc.message
 
-    await asyncio.gather(*(begin(n) for n in nodes))
+    seeding = seed and any(n != me for n in nodes)
+    if seeding:
+        ctx.preheater.start(items)
+        if me in nodes:
+            asked.add(me)
+    else:
+        await asyncio.gather(*(begin(n) for n in nodes))
     while True:
-        live = [n for n in nodes if n not in errors]
+        if seeding and _settled(ctx.preheater.progress(digests)):
+            seeding = False
+            ctx.peers.push_holdings()  # peers learn what this node now holds before they are asked
+            await asyncio.gather(*(begin(n) for n in nodes if n not in asked))
+        live = [n for n in nodes if n in asked and n not in errors]
         answers = dict(zip(live, await asyncio.gather(*(ask(n, "progress", digests=digests) for n in live),
                                                       return_exceptions=True), strict=True))
         replies: dict[str, dict[str, Any]] = {}
@@ -219,9 +248,10 @@ async def run(ctx: DaemonContext, items: list[Item], nodes: list[str], emit: Emi
                 errors[node] = (ans.message if isinstance(ans, BeiranError) else "") or str(ans)
             else:
                 replies[node] = ans
-        rows = [_node_row(n, None if n in errors else replies.get(n), errors.get(n, "")) for n in nodes]
+        rows = [_node_row(n, None if n in errors else replies.get(n), errors.get(n, "")) if n in asked
+                else _waiting_row(n, items) for n in nodes]
         await emit({"event": "progress", "nodes": rows})
-        if all(r["state"] != "downloading" for r in rows):
+        if not seeding and all(r["state"] != "downloading" for r in rows):
             break
         await asyncio.sleep(TICK)
     totals: Counter[str] = Counter()

@@ -29,7 +29,7 @@ def run_preheat(path: str, body: dict[str, Any], what: str, no_progress: bool, a
                 key = r["node"]
                 progress.add(key, f"node {key[:8]}", r["total"] or None)
                 progress.update(key, completed=r["bytes"], total=r["total"] or None)
-                if r["state"] != "downloading":
+                if r["state"] not in ("downloading", "waiting"):
                     progress.finish(key, f"{r['done']}/{r['blobs']} blobs " +
                                     (f"error: {r['error']}" if r.get("error") else r["state"]), size=r["total"])
     if as_json:

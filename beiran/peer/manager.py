@@ -295,6 +295,13 @@ class PeerManager:
         if self._push_handle is None:
             self._push_handle = asyncio.get_running_loop().call_later(PUSH_DELAY, self._push)
 
+    def push_holdings(self) -> None:
+        """Send the queued deltas now, not after PUSH_DELAY: a peer asked to fetch right after
+        (a seeded preheat) must already count this node as a holder."""
+        if self._push_handle is not None:
+            self._push_handle.cancel()
+        self._push()
+
     def _push(self) -> None:
         self._push_handle = None
         ops, self._pending_ops = self._pending_ops, []

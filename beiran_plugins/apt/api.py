@@ -6,11 +6,12 @@ peers (`/apt/index`: a cached index file, for a node whose upstream is unreachab
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 from beiran.access import Access
-from beiran.errors import BadRequest, NotFound
+from beiran.errors import BadRequest, BeiranError, NotFound
 from beiran.handlers import BaseHandler, JSONEndpoint, RPCEndpoint, rpc_command
 from beiran.models.base import dict_rows
 from beiran.store.digest import parse_digest
@@ -108,6 +109,35 @@ class ProxyAddressHandler(JSONEndpoint):
         self.write_json(self.plugin.proxy_address())
 
 
+class PreheatHandler(JSONEndpoint):
+    """`POST /apt/preheat` {"packages": ["PKG[=VERSION]"...], "arch": str | null, "nodes": "all" | [uuid]}
+    (admin): the chosen nodes fetch the .debs now; NDJSON per-node progress, the last line the
+    summary. A package this node's indexes do not list is an error before anything starts."""
+
+    async def post(self) -> None:
+        from beiran_plugins.apt.preheat import preheat
+
+        body = self.json_object()
+        streaming = False
+
+        async def emit(event: dict[str, Any]) -> None:
+            nonlocal streaming
+            if not streaming:
+                self.set_header("Content-Type", "application/x-ndjson")
+                streaming = True
+            self.write(json.dumps(event) + "\n")
+            await self.flush()
+
+        try:
+            summary = await preheat(self.plugin, body.get("packages"), body.get("arch"), body.get("nodes", "all"),
+                                    emit)
+        except BeiranError as exc:
+            if not streaming:
+                raise  # nothing sent yet: an ordinary error answer
+            summary = {"event": "done", "error": exc.to_dict()}
+        self.finish(json.dumps(summary) + "\n")
+
+
 class PeerIndexHandler(BaseHandler):
     """`GET /apt/index?url=U`: this node's cached copy of an index file, for a peer cut off from U."""
 
@@ -140,6 +170,7 @@ ROUTES = [
     (r"/apt/sources", SourcesHandler),
     (r"/apt/index", PeerIndexHandler),
     (r"/apt/proxy", ProxyAddressHandler),
+    (r"/apt/preheat", PreheatHandler),
 ]
 
 #: console panels (the page at /ui/ fetches and renders them)

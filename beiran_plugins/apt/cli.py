@@ -198,6 +198,32 @@ def sources(as_json: bool) -> None:
                  ("refreshed", "REFRESHED"), ("last_error", "PROBLEM")], empty="(no archives seen yet)")
 
 
+# -- preheat ---------------------------------------------------------------------------------------
+@cli.command("preheat")
+@click.argument("packages", nargs=-1, required=True, metavar="PKG[=VERSION]...")
+@click.option("--nodes", default="all", show_default=True, metavar="all|UUID,...",
+              help="Nodes that fetch now: this node and every online node that runs apt, or UUIDs "
+              "(8+ characters each).")
+@click.option("--arch", metavar="ARCH", help="Architecture of the .debs (default: this machine's apt "
+              "architecture; arch \"all\" packages match any).")
+@click.option("--no-progress", is_flag=True, help="No progress lines.")
+@json_option
+def preheat(packages: tuple[str, ...], nodes: str, arch: str | None, no_progress: bool, as_json: bool) -> None:
+    """Put these packages' .debs on the chosen nodes now, before their apt-get needs them.
+
+    \b
+    Each PKG is looked up in the verified indexes this node learned through its
+    proxy (run `apt-get update` through it first): that VERSION, else the newest.
+    Dependencies are not added: name them too. This node fetches each .deb first
+    (from the archive once for the whole cluster); the other nodes then get it
+    from the cluster, and never from an archive they have not seen themselves.
+    Peers accept this only in a cluster with a cluster_token."""
+    from beiran.cli.preheat import parse_nodes, run_preheat
+
+    run_preheat("/apt/preheat", {"packages": list(packages), "arch": arch, "nodes": parse_nodes(nodes)},
+                " ".join(packages), no_progress, as_json)
+
+
 # -- import ----------------------------------------------------------------------------------------
 @cli.command("import")
 @click.argument("directory", default="/var/cache/apt/archives",

@@ -62,7 +62,7 @@ class AptDeb(BaseModel):
     arch = peewee.CharField(default="")
     size = peewee.BigIntegerField(default=0)
     filename = peewee.CharField(default="")
-    via = peewee.CharField(default="proxy")  # proxy | import
+    via = peewee.CharField(default="proxy")  # proxy | import | preheat
     added = peewee.FloatField(default=time.time)
 
 
