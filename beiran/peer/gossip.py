@@ -4,6 +4,7 @@ retransmit count, and Lifeguard's suspicion timeout."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -23,7 +24,7 @@ class Scheduler(Protocol):
     def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> TimerHandle: ...
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"))
+_ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)  # messages are trees
 
 
 def encode(msg: list[Any]) -> bytes:
@@ -64,6 +65,7 @@ def _mix(h: int, inc: int) -> int:
     return z ^ (z >> 31)
 
 
+@functools.lru_cache(maxsize=256)
 def retransmit_limit(mult: int, members: int) -> int:
     """How many times one update is sent: lambda * log(n) reaches every member with high
     probability (the SWIM paper's infection-style bound); at least 2 * mult for small clusters."""

@@ -4,9 +4,9 @@ take seconds. The protocol code sees only `time()`, `call_later()` and a `send` 
 
 from __future__ import annotations
 
-import heapq
 import random
 from collections.abc import Callable
+from heapq import heappop, heappush
 from itertools import count
 from typing import Any
 
@@ -44,21 +44,24 @@ class SimClock:
 
     def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> SimTimer:
         t = SimTimer(callback, args)
-        heapq.heappush(self._q, (self.now + max(0.0, delay), next(self._seq), t))
+        heappush(self._q, (self.now + delay if delay > 0.0 else self.now, next(self._seq), t))
         return t
 
     def run_until(self, end: float, stop: Callable[[], bool] | None = None) -> None:
-        q = self._q
-        while q and q[0][0] <= end:
-            when, _, t = heapq.heappop(q)
-            if t.cancelled:
-                continue
-            self.now = when
-            self.events += 1
-            t.callback(*t.args)
-            if stop is not None and stop():
-                return
-        self.now = max(self.now, end)
+        q, pop, events = self._q, heappop, 0
+        try:
+            while q and q[0][0] <= end:
+                when, _, t = pop(q)
+                if t.cancelled:
+                    continue
+                self.now = when
+                events += 1
+                t.callback(*t.args)
+                if stop is not None and stop():
+                    return
+            self.now = max(self.now, end)
+        finally:
+            self.events += events
 
 
 class Counter:
