@@ -73,8 +73,25 @@ class Member:
         self.id, self.addr, self.inc, self.state, self.since = mid, addr, inc, state, since
 
     def update(self) -> list[Any]:
-        return ["a" if self.state == ALIVE else "s" if self.state == SUSPECT else "d", self.id, self.inc,
-                self.addr]
+        return [_LETTER[self.state], self.id, self.inc, self.addr]
+
+
+_LETTER = {ALIVE: "a", SUSPECT: "s", DEAD: "d"}
+
+
+class SharedStart:
+    """A member list (all alive, incarnation 0) that many nodes in one process start from, as the
+    simulator's thousands do: each node copies the table but shares the `Member` objects until it
+    changes one (copy on write), so N nodes hold N tables of references rather than N x N members."""
+
+    def __init__(self, members: list[tuple[str, str]], now: float) -> None:
+        self.members: dict[str, Member] = {}
+        for mid, addr in members:
+            if mid not in self.members:
+                self.members[mid] = Member(mid, addr, 0, ALIVE, now)
+        self.ids = list(self.members)
+        self.view_fp = reduce(xor, map(hid, self.ids), 0)
+        self.sync_fp = reduce(xor, map(hinc, self.ids, repeat(0)), 0)
 
 
 class _Suspicion:
@@ -112,6 +129,7 @@ class Membership:
         self.view_fp = hid(node_id)  # XOR over live member ids: a cache key for rankings
         self.sync_fp = hinc(node_id, 0)  # XOR over live (id, incarnation): anti-entropy check
         self._live: list[str] | None = None
+        self._shared: dict[str, Member] | None = None  # adopted members, copied before a change
         self._listeners: list[Listener] = []
         self._seq = count(1)
         self._probes: dict[int, _Probe] = {}
@@ -174,6 +192,28 @@ class Membership:
         self.view_fp = reduce(xor, map(hid, new), self.view_fp)  # N members, N nodes: no per-id Python step
         self.sync_fp = reduce(xor, map(hinc, new, repeat(0)), self.sync_fp)
         self._live = None
+
+    def adopt(self, start: SharedStart) -> None:
+        """`bootstrap` for many nodes in one process: the same view, its members shared with the
+        other nodes until this one changes them. Only on a fresh node."""
+        if len(self.members) != 1 or self._running:
+            raise RuntimeError("adopt() is for a node that knows no one yet")
+        own = self.members[self.id]
+        fresh = self.id not in start.members
+        self.members = dict(start.members)
+        self.members[self.id] = own
+        self._shared = start.members
+        # the start's fingerprints count this node at incarnation 0 already, as a fresh node does
+        self.view_fp = start.view_fp ^ (self.view_fp if fresh else 0)
+        self.sync_fp = start.sync_fp ^ (self.sync_fp if fresh else 0)
+        self._live = [*start.ids, self.id] if fresh else list(start.ids)
+        self._probe_list, self._probe_pos = list(self._live), 0
+
+    def _own(self, m: Member) -> Member:
+        """This node's own copy of `m`, made before its first change (see `adopt`)."""
+        if self._shared is not None and self._shared.get(m.id) is m:
+            m = self.members[m.id] = Member(m.id, m.addr, m.inc, m.state, m.since)
+        return m
 
     # -- incoming ---------------------------------------------------------------------------------
     def on_message(self, src: str, data: bytes) -> None:
@@ -250,6 +290,7 @@ class Membership:
         elif inc > m.inc:
             if addr != m.addr and not self.addr_ok(addr):
                 return
+            m = self._own(m)
             m.addr = addr
             self._set_inc(m, inc)
             self._set_state(m, ALIVE, m.state)
@@ -281,6 +322,7 @@ class Membership:
                 if not quiet:
                     self._queue(["s", mid, inc, frm], key=f"{mid}|{frm}")
             return
+        m = self._own(m)
         self._set_inc(m, inc)
         self._set_state(m, SUSPECT, m.state)
         self._start_suspicion(m, frm)
@@ -291,6 +333,7 @@ class Membership:
         m = self._accusable(mid, inc)
         if m is None:
             return
+        m = self._own(m)
         self._set_inc(m, inc)
         self._set_state(m, DEAD, m.state)
         if not quiet:

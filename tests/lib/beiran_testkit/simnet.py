@@ -188,9 +188,11 @@ class SimCluster:
         for _ in range(n):
             self._make()
         if bootstrap:
-            everyone = [(m.id, m.addr) for m in self.members]
+            from beiran.peer.membership import SharedStart
+
+            start = SharedStart([(m.id, m.addr) for m in self.members], self.clock.now)
             for m in self.members:
-                m.bootstrap(everyone)
+                m.adopt(start)
                 m.start()
 
     def _make(self, node_id: str | None = None) -> int:
