@@ -185,6 +185,7 @@ class SimCluster:
         self.members: list[Any] = []
         self.dirs: list[Any] = []
         self.crashed: set[int] = set()
+        self.index: dict[str, int] = {}  # member id -> its latest live process
         for _ in range(n):
             self._make()
         if bootstrap:
@@ -210,12 +211,13 @@ class SimCluster:
         dbox.append(d)
         self.members.append(m)
         self.dirs.append(d)
+        self.index[node_id] = i
         del dsend
         return i
 
     def _dir_send(self, me: int, dst: str, data: bytes) -> None:
-        target = next((j for j, m in enumerate(self.members) if m.id == dst and j not in self.crashed), None)
-        if target is not None:
+        target = self.index.get(dst)
+        if target is not None and target not in self.crashed:
             self.links.send(f"{self.members[me].id}#{me}", f"{dst}#{target}", data)
 
     def join(self, seed: int = 0, node_id: str | None = None) -> int:
