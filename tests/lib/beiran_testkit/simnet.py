@@ -111,6 +111,10 @@ class SimNet:
         c.recv_bytes += len(data) + self.overhead
         handler(src, data)
 
+    def host_down(self, addr: str) -> None:
+        """A crashed host: nothing more from or to it."""
+        self.down.add(addr)
+
     def reset_counters(self) -> None:
         for c in self.counters.values():
             c.sent_msgs = c.sent_bytes = c.recv_msgs = c.recv_bytes = 0
@@ -160,7 +164,7 @@ class SimLinks(SimNet):
 
     def host_down(self, addr: str) -> None:
         """A crashed host: its links die with it (the peers see a reset)."""
-        self.down.add(addr)
+        super().host_down(addr)
         pool = self.pools.get(addr)
         if pool is not None:
             for node in pool.nodes():
