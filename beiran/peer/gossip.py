@@ -4,9 +4,11 @@ retransmit count, and Lifeguard's suspicion timeout."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
+import operator
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -23,7 +25,7 @@ class Scheduler(Protocol):
     def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> TimerHandle: ...
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"))
+_ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)  # messages are trees
 
 
 def encode(msg: list[Any]) -> bytes:
@@ -64,6 +66,7 @@ def _mix(h: int, inc: int) -> int:
     return z ^ (z >> 31)
 
 
+@functools.lru_cache(maxsize=256)
 def retransmit_limit(mult: int, members: int) -> int:
     """How many times one update is sent: lambda * log(n) reaches every member with high
     probability (the SWIM paper's infection-style bound); at least 2 * mult for small clusters."""
@@ -83,7 +86,7 @@ class BroadcastQueue:
     older one, and each leaves the queue after the retransmit limit."""
 
     def __init__(self) -> None:
-        self._items: dict[str, list[Any]] = {}  # key -> [transmits, update, encoded size]
+        self._items: dict[str, list[Any]] = {}  # key -> [transmits, update, encoded size, key]
 
     def __len__(self) -> int:
         return len(self._items)
@@ -97,16 +100,21 @@ class BroadcastQueue:
             prefix = update[1] + "|"
             for k in [k for k in self._items if k.startswith(prefix)]:
                 del self._items[k]
-        self._items[key or update[1]] = [0, update, len(encode(update)) + 1]
+        key = key or update[1]
+        self._items[key] = [0, update, len(encode(update)) + 1, key]
 
     def take(self, room: int, limit: int) -> list[Any]:
         out = []
-        for key, item in sorted(self._items.items(), key=lambda kv: kv[1][0])[:32]:
+        items = self._items
+        for item in sorted(items.values(), key=_SENT)[:32] if len(items) > 1 else list(items.values()):
             if item[2] > room:
                 continue
             room -= item[2]
             out.append(item[1])
             item[0] += 1
             if item[0] >= limit:
-                del self._items[key]
+                del items[item[3]]
         return out
+
+
+_SENT = operator.itemgetter(0)

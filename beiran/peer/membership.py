@@ -20,7 +20,9 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import count
+from functools import reduce
+from itertools import count, repeat
+from operator import xor
 from typing import Any
 
 from beiran.peer.gossip import (
@@ -71,8 +73,25 @@ class Member:
         self.id, self.addr, self.inc, self.state, self.since = mid, addr, inc, state, since
 
     def update(self) -> list[Any]:
-        return ["a" if self.state == ALIVE else "s" if self.state == SUSPECT else "d", self.id, self.inc,
-                self.addr]
+        return [_LETTER[self.state], self.id, self.inc, self.addr]
+
+
+_LETTER = {ALIVE: "a", SUSPECT: "s", DEAD: "d"}
+
+
+class SharedStart:
+    """A member list (all alive, incarnation 0) that many nodes in one process start from, as the
+    simulator's thousands do: each node copies the table but shares the `Member` objects until it
+    changes one (copy on write), so N nodes hold N tables of references rather than N x N members."""
+
+    def __init__(self, members: list[tuple[str, str]], now: float) -> None:
+        self.members: dict[str, Member] = {}
+        for mid, addr in members:
+            if mid not in self.members:
+                self.members[mid] = Member(mid, addr, 0, ALIVE, now)
+        self.ids = list(self.members)
+        self.view_fp = reduce(xor, map(hid, self.ids), 0)
+        self.sync_fp = reduce(xor, map(hinc, self.ids, repeat(0)), 0)
 
 
 class _Suspicion:
@@ -86,7 +105,8 @@ class _Suspicion:
 
 
 class _Probe:
-    __slots__ = ("expected_nacks", "nacks", "target", "timers")
+    __slots__ = ("deadline", "expected_nacks", "nacks", "target", "timers")
+    deadline: float
     expected_nacks: int
     nacks: int
     target: str
@@ -109,6 +129,7 @@ class Membership:
         self.view_fp = hid(node_id)  # XOR over live member ids: a cache key for rankings
         self.sync_fp = hinc(node_id, 0)  # XOR over live (id, incarnation): anti-entropy check
         self._live: list[str] | None = None
+        self._shared: dict[str, Member] | None = None  # adopted members, copied before a change
         self._listeners: list[Listener] = []
         self._seq = count(1)
         self._probes: dict[int, _Probe] = {}
@@ -163,15 +184,36 @@ class Membership:
 
     def bootstrap(self, members: list[tuple[str, str]]) -> None:
         """Start from a known member list (all alive, incarnation 0), as a finished join leaves it."""
-        now, table = self.sched.time(), self.members
-        view_fp, sync_fp = self.view_fp, self.sync_fp
+        now, table, new = self.sched.time(), self.members, []
         for mid, addr in members:
             if mid not in table:
                 table[mid] = Member(mid, addr, 0, ALIVE, now)
-                view_fp ^= hid(mid)
-                sync_fp ^= hinc(mid, 0)
-        self.view_fp, self.sync_fp = view_fp, sync_fp
+                new.append(mid)
+        self.view_fp = reduce(xor, map(hid, new), self.view_fp)  # N members, N nodes: no per-id Python step
+        self.sync_fp = reduce(xor, map(hinc, new, repeat(0)), self.sync_fp)
         self._live = None
+
+    def adopt(self, start: SharedStart) -> None:
+        """`bootstrap` for many nodes in one process: the same view, its members shared with the
+        other nodes until this one changes them. Only on a fresh node."""
+        if len(self.members) != 1 or self._running:
+            raise RuntimeError("adopt() is for a node that knows no one yet")
+        own = self.members[self.id]
+        fresh = self.id not in start.members
+        self.members = dict(start.members)
+        self.members[self.id] = own
+        self._shared = start.members
+        # the start's fingerprints count this node at incarnation 0 already, as a fresh node does
+        self.view_fp = start.view_fp ^ (self.view_fp if fresh else 0)
+        self.sync_fp = start.sync_fp ^ (self.sync_fp if fresh else 0)
+        self._live = [*start.ids, self.id] if fresh else list(start.ids)
+        self._probe_list, self._probe_pos = list(self._live), 0
+
+    def _own(self, m: Member) -> Member:
+        """This node's own copy of `m`, made before its first change (see `adopt`)."""
+        if self._shared is not None and self._shared.get(m.id) is m:
+            m = self.members[m.id] = Member(m.id, m.addr, m.inc, m.state, m.since)
+        return m
 
     # -- incoming ---------------------------------------------------------------------------------
     def on_message(self, src: str, data: bytes) -> None:
@@ -248,6 +290,7 @@ class Membership:
         elif inc > m.inc:
             if addr != m.addr and not self.addr_ok(addr):
                 return
+            m = self._own(m)
             m.addr = addr
             self._set_inc(m, inc)
             self._set_state(m, ALIVE, m.state)
@@ -279,6 +322,7 @@ class Membership:
                 if not quiet:
                     self._queue(["s", mid, inc, frm], key=f"{mid}|{frm}")
             return
+        m = self._own(m)
         self._set_inc(m, inc)
         self._set_state(m, SUSPECT, m.state)
         self._start_suspicion(m, frm)
@@ -289,6 +333,7 @@ class Membership:
         m = self._accusable(mid, inc)
         if m is None:
             return
+        m = self._own(m)
         self._set_inc(m, inc)
         self._set_state(m, DEAD, m.state)
         if not quiet:
@@ -370,16 +415,36 @@ class Membership:
         self.awareness = min(self.cfg.awareness_max - 1, max(0, self.awareness + delta))
 
     def _next_target(self) -> Member | None:
+        """Round-robin over a random order (SWIM's bounded detection time). The order is drawn one
+        step at a time (a Fisher-Yates shuffle spread over the round): O(1) per probe, not O(N)."""
+        rand = self.rng.random
         for _ in range(2):
-            while self._probe_pos < len(self._probe_list):
-                m = self.members.get(self._probe_list[self._probe_pos])
-                self._probe_pos += 1
+            order = self._probe_list
+            while self._probe_pos < len(order):
+                pos = self._probe_pos
+                j = pos + int(rand() * (len(order) - pos))
+                order[pos], order[j] = order[j], order[pos]
+                self._probe_pos = pos + 1
+                m = self.members.get(order[pos])
                 if m is not None and m.state != DEAD and m.id != self.id:
                     return m
             self._probe_list = [i for i in self.live_ids() if i != self.id]
-            self.rng.shuffle(self._probe_list)
             self._probe_pos = 0
         return None
+
+    def _pick_live(self, n: int, exclude: tuple[str, ...]) -> list[str]:
+        """Up to `n` distinct random live members outside `exclude`, without copying the live list."""
+        live = self.live_ids()
+        if len(live) <= 4 * (n + len(exclude)):
+            others = [i for i in live if i not in exclude]
+            return self.rng.sample(others, min(n, len(others)))
+        picks: list[str] = []
+        rand = self.rng.random
+        while len(picks) < n:
+            i = live[int(rand() * len(live))]
+            if i not in exclude and i not in picks:
+                picks.append(i)
+        return picks
 
     def _probe_tick(self) -> None:
         if not self._running:
@@ -395,18 +460,21 @@ class Membership:
         seq = next(self._seq)
         p = self._probes[seq] = _Probe()
         p.target, p.expected_nacks, p.nacks = m.id, 0, 0
-        p.timers = [self.sched.call_later(self.cfg.probe_timeout * scale, self._probe_indirect, seq),
-                    self.sched.call_later(self.cfg.probe_interval * scale * 0.95, self._probe_failed, seq)]
+        p.deadline = self.sched.time() + self.cfg.probe_interval * scale * 0.95
+        # one timer per probe; the failure timer is armed only if the direct ack is late
+        p.timers = [self.sched.call_later(self.cfg.probe_timeout * scale, self._probe_indirect, seq)]
         first = [m.update()] if m.state == SUSPECT else []  # buddy system: tell it it is suspected
         self._send_msg(m.addr, ["p", seq, m.id, first])
 
     def _probe_indirect(self, seq: int) -> None:
         p = self._probes.get(seq)
-        m = self.members.get(p.target) if p else None
-        if p is None or m is None:
+        if p is None:
             return
-        others = [i for i in self.live_ids() if i not in (self.id, m.id)]
-        for relay in self.rng.sample(others, min(self.cfg.indirect_checks, len(others))):
+        p.timers.append(self.sched.call_later(max(0.0, p.deadline - self.sched.time()), self._probe_failed, seq))
+        m = self.members.get(p.target)
+        if m is None:
+            return
+        for relay in self._pick_live(self.cfg.indirect_checks, (self.id, m.id)):
             self._send_msg(self.members[relay].addr, ["r", seq, m.id, m.addr], gossip=False)
             p.expected_nacks += 1
 
@@ -472,9 +540,8 @@ class Membership:
         if not self._running:
             return
         self._timers[2] = self.sched.call_later(self.cfg.sync_interval * (0.5 + self.rng.random()), self._sync_tick)
-        others = [i for i in self.live_ids() if i != self.id]
-        if others:
-            self._send_msg(self.members[self.rng.choice(others)].addr, ["h", self.sync_fp, 1], gossip=False)
+        for other in self._pick_live(1, (self.id,)):
+            self._send_msg(self.members[other].addr, ["h", self.sync_fp, 1], gossip=False)
 
     # -- dissemination ---------------------------------------------------------------------------------
     def _queue(self, update: list[Any], key: str | None = None) -> None:

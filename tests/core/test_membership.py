@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from beiran.peer.membership import ALIVE, DEAD, SUSPECT, Membership, SwimConfig
-from beiran_testkit.simnet import SimCluster
+from beiran.peer.membership import ALIVE, DEAD, SUSPECT, Membership, SharedStart, SwimConfig
+from beiran_testkit.simnet import SimClock, SimCluster
 
 
 def states(c: SimCluster, target: int) -> set[str | None]:
@@ -109,6 +109,27 @@ def test_bad_messages_are_dropped_and_gossip_cannot_add_unapproved_addresses():
     assert m.state("evil") is None  # a peer cannot make this node contact an address it did not allow
     m.on_message("10.0.0.1:7777", json.dumps(["g", [["a", "good", 0, "10.0.9.9:7777"]]]).encode())
     assert m.state("good") == ALIVE
+
+
+def test_an_adopted_start_is_the_bootstrapped_view_and_a_change_on_one_node_stays_on_it():
+    """The simulator's thousands of nodes share their starting member objects: the view must be the
+    one bootstrap() gives, and a node's change must not leak into the others or the start."""
+    clock = SimClock()
+    everyone = [(f"n{i}", f"10.0.0.{i}:7777") for i in range(6)]
+    start = SharedStart(everyone, 0.0)
+    adopted = [Membership(mid, addr, lambda *_: None, clock) for mid, addr in [*everyone, ("new", "10.0.0.9:1")]]
+    booted = [Membership(mid, addr, lambda *_: None, clock) for mid, addr in [*everyone, ("new", "10.0.0.9:1")]]
+    for a, b in zip(adopted, booted, strict=True):
+        a.adopt(start)
+        b.bootstrap(everyone)
+        assert (a.view_fp, a.sync_fp, sorted(a.live_ids())) == (b.view_fp, b.sync_fp, sorted(b.live_ids()))
+        a.start()
+    news = ["g", [["d", "n3", 0, "n2"], ["a", "n4", 2, "10.0.0.4:7777"]]]
+    adopted[1].on_message("10.0.0.2:7777", json.dumps(news).encode())
+    assert (adopted[1].state("n3"), adopted[1].members["n4"].inc) == (DEAD, 2)
+    assert all(m.state("n3") == ALIVE and m.members["n4"].inc == 0 for m in adopted if m is not adopted[1])
+    assert (start.members["n3"].state, start.members["n4"].inc) == (ALIVE, 0)
+    assert adopted[1].sync_fp != adopted[2].sync_fp and adopted[2].sync_fp == booted[2].sync_fp
 
 
 def test_member_table_is_capped():

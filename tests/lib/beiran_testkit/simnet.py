@@ -4,9 +4,9 @@ take seconds. The protocol code sees only `time()`, `call_later()` and a `send` 
 
 from __future__ import annotations
 
-import heapq
 import random
 from collections.abc import Callable
+from heapq import heappop, heappush
 from itertools import count
 from typing import Any
 
@@ -44,21 +44,24 @@ class SimClock:
 
     def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> SimTimer:
         t = SimTimer(callback, args)
-        heapq.heappush(self._q, (self.now + max(0.0, delay), next(self._seq), t))
+        heappush(self._q, (self.now + delay if delay > 0.0 else self.now, next(self._seq), t))
         return t
 
     def run_until(self, end: float, stop: Callable[[], bool] | None = None) -> None:
-        q = self._q
-        while q and q[0][0] <= end:
-            when, _, t = heapq.heappop(q)
-            if t.cancelled:
-                continue
-            self.now = when
-            self.events += 1
-            t.callback(*t.args)
-            if stop is not None and stop():
-                return
-        self.now = max(self.now, end)
+        q, pop, events = self._q, heappop, 0
+        try:
+            while q and q[0][0] <= end:
+                when, _, t = pop(q)
+                if t.cancelled:
+                    continue
+                self.now = when
+                events += 1
+                t.callback(*t.args)
+                if stop is not None and stop():
+                    return
+            self.now = max(self.now, end)
+        finally:
+            self.events += events
 
 
 class Counter:
@@ -107,6 +110,10 @@ class SimNet:
         c.recv_msgs += 1
         c.recv_bytes += len(data) + self.overhead
         handler(src, data)
+
+    def host_down(self, addr: str) -> None:
+        """A crashed host: nothing more from or to it."""
+        self.down.add(addr)
 
     def reset_counters(self) -> None:
         for c in self.counters.values():
@@ -157,7 +164,7 @@ class SimLinks(SimNet):
 
     def host_down(self, addr: str) -> None:
         """A crashed host: its links die with it (the peers see a reset)."""
-        self.down.add(addr)
+        super().host_down(addr)
         pool = self.pools.get(addr)
         if pool is not None:
             for node in pool.nodes():
@@ -182,12 +189,15 @@ class SimCluster:
         self.members: list[Any] = []
         self.dirs: list[Any] = []
         self.crashed: set[int] = set()
+        self.index: dict[str, int] = {}  # member id -> its latest live process
         for _ in range(n):
             self._make()
         if bootstrap:
-            everyone = [(m.id, m.addr) for m in self.members]
+            from beiran.peer.membership import SharedStart
+
+            start = SharedStart([(m.id, m.addr) for m in self.members], self.clock.now)
             for m in self.members:
-                m.bootstrap(everyone)
+                m.adopt(start)
                 m.start()
 
     def _make(self, node_id: str | None = None) -> int:
@@ -205,12 +215,13 @@ class SimCluster:
         dbox.append(d)
         self.members.append(m)
         self.dirs.append(d)
+        self.index[node_id] = i
         del dsend
         return i
 
     def _dir_send(self, me: int, dst: str, data: bytes) -> None:
-        target = next((j for j, m in enumerate(self.members) if m.id == dst and j not in self.crashed), None)
-        if target is not None:
+        target = self.index.get(dst)
+        if target is not None and target not in self.crashed:
             self.links.send(f"{self.members[me].id}#{me}", f"{dst}#{target}", data)
 
     def join(self, seed: int = 0, node_id: str | None = None) -> int:
