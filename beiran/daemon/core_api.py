@@ -48,6 +48,8 @@ class NodesHandler(RPCEndpoint):
         show_all = self.get_query_argument("all", "false").lower() in ("1", "true", "yes")
         rows = await self.ctx.run_db(lambda: [n.to_dict() for n in Node.select()])
         me = self.ctx.identity.uuid
+        cluster = self.ctx.peers.cluster
+        members = {m["uuid"]: m for m in cluster.members()}
         nodes = []
         for n in rows:
             if n["uuid"] == me:
@@ -55,11 +57,23 @@ class NodesHandler(RPCEndpoint):
             conn = self.ctx.peers.conn(n["uuid"])
             n["status"] = conn.status.value if conn else "offline"
             n["found_by"] = sorted(self.ctx.peers.found_by.get(n["uuid"], set()) or n["found_by"])
+            member = members.pop(n["uuid"], None)
+            n["membership"] = member["membership"] if member else None
+            if cluster.swim and member:  # no websockets above full_mesh_max: membership says
+                n["status"] = "offline" if member["membership"] == "dead" else "online"
+                n["url"] = member["url"]
             if show_all or n["status"] not in ("offline",):
                 nodes.append(n)
+        for member in members.values() if cluster.swim else ():  # known only through membership
+            status = "offline" if member["membership"] == "dead" else "online"
+            if show_all or status != "offline":
+                nodes.append({**member, "status": status, "found_by": ["membership"], "hostname": "",
+                              "version": "", "last_seen": None})
         self_row = {**self.ctx.identity.to_dict(), "status": "ready", "found_by": ["self"],
-                    "last_seen": time.time(), "self": True}
-        self.write_json({"nodes": [self_row, *sorted(nodes, key=lambda n: n["url"])]})
+                    "last_seen": time.time(), "self": True, "membership": "alive",
+                    "cluster": cluster.summary()}
+        self.write_json({"nodes": [self_row, *sorted(nodes, key=lambda n: n["url"])],
+                         "cluster": cluster.summary()})
 
     @rpc_command
     async def probe(self) -> dict[str, Any]:
