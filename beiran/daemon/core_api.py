@@ -134,7 +134,8 @@ class StatsHandler(JSONEndpoint):
         peers = {c.uuid: c.counts for c in self.ctx.peers.conns.values() if c.uuid}
         store = self.ctx.store.stats(local=self.is_unix_socket())
         self.write_json({"metrics": self.ctx.metrics.snapshot(), "store": store,
-                         "peer_messages": peers, "fetches_in_progress": len(self.ctx.fetcher.jobs)})
+                         "peer_messages": peers, "fetches_in_progress": len(self.ctx.fetcher.jobs),
+                         "cluster": self.ctx.peers.cluster.summary()})
 
 
 ROUTES = [

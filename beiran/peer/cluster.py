@@ -224,8 +224,11 @@ class ClusterService:
 
     def summary(self) -> dict[str, Any]:
         live = len(self.membership.live_ids()) if self.membership else 1
-        return {"mode": self.mode, "members": live, "full_mesh_max": self.full_mesh_max,
-                "membership": "on" if self.membership else "off", "links_open": self.links_open()}
+        out: dict[str, Any] = {"mode": self.mode, "members": live, "full_mesh_max": self.full_mesh_max,
+                               "membership": "on" if self.membership else "off", "links_open": self.links_open()}
+        if self.transport is not None:
+            out["datagrams"] = dict(self.transport.stats)
+        return out
 
     # -- links ---------------------------------------------------------------------------------------
     def links_open(self) -> int:

@@ -24,7 +24,7 @@ import logging
 import time
 import uuid as uuidlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 log = logging.getLogger("beiran.peer")
 MAGIC = b"BSW1"
@@ -85,8 +85,7 @@ class DatagramTransport(asyncio.DatagramProtocol):
 
     # -- asyncio -----------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("membership datagram error: %s", exc)  # e.g. ICMP port unreachable: a peer is down
