@@ -92,7 +92,7 @@ def test_large_cluster_on_membership_directory_and_bounded_links(cluster, origin
     cfg = {"origins": {"o": origin.url}, "cluster": {"full_mesh_max": 6, "max_links": MAX_LINKS},
            "cluster_token": TOKEN, "log_level": "info"}
     nodes: list[Daemon] = []
-    for i in range(N):
+    for _ in range(N):
         seeds = [n.url for n in nodes[:2]]  # each node names only the first two: the rest is gossip
         nodes.append(cluster.add(cfg, peers=seeds, start=False))
     for node in nodes:
@@ -118,10 +118,10 @@ def test_large_cluster_on_membership_directory_and_bounded_links(cluster, origin
         idle_s = 5.0
         time.sleep(idle_s)
         after = [(cluster_info(n), cpu_seconds(n)) for n in nodes]
-        msgs = max((a["datagrams"]["sent"] - b["datagrams"]["sent"]) / idle_s for (b, _), (a, _) in zip(before, after))
+        msgs = max((a["datagrams"]["sent"] - b["datagrams"]["sent"]) / idle_s for (b, _), (a, _) in zip(before, after, strict=True))
         sent_bytes = max((a["datagrams"]["bytes_sent"] - b["datagrams"]["bytes_sent"]) / idle_s
-                         for (b, _), (a, _) in zip(before, after))
-        cpu = max((ca - cb) / idle_s for (_, cb), (_, ca) in zip(before, after))
+                         for (b, _), (a, _) in zip(before, after, strict=True))
+        cpu = max((ca - cb) / idle_s for (_, cb), (_, ca) in zip(before, after, strict=True))
 
         # a blob one node holds is found through the directory by a node that never talked to it
         holder, far = nodes[N // 2], nodes[-1]
