@@ -118,7 +118,8 @@ def test_large_cluster_on_membership_directory_and_bounded_links(cluster, origin
         idle_s = 5.0
         time.sleep(idle_s)
         after = [(cluster_info(n), cpu_seconds(n)) for n in nodes]
-        msgs = max((a["datagrams"]["sent"] - b["datagrams"]["sent"]) / idle_s for (b, _), (a, _) in zip(before, after, strict=True))
+        msgs = max((a["datagrams"]["sent"] - b["datagrams"]["sent"]) / idle_s
+                   for (b, _), (a, _) in zip(before, after, strict=True))
         sent_bytes = max((a["datagrams"]["bytes_sent"] - b["datagrams"]["bytes_sent"]) / idle_s
                          for (b, _), (a, _) in zip(before, after, strict=True))
         cpu = max((ca - cb) / idle_s for (_, cb), (_, ca) in zip(before, after, strict=True))
