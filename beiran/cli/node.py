@@ -32,11 +32,11 @@ def list_nodes(show_all: bool, as_json: bool) -> None:
     now = time.time()
     for n in data["nodes"]:
         n["seen"] = human_age(n.get("last_seen"), now)
+    table(data["nodes"], NODE_COLUMNS)
     cluster = data.get("cluster")
     if cluster:
-        click.echo(f"cluster mode: {cluster['mode']} ({cluster['members']} members; full mesh up to "
+        click.echo(f"\ncluster mode: {cluster['mode']} ({cluster['members']} members; full mesh up to "
                    f"{cluster['full_mesh_max']})")
-    table(data["nodes"], NODE_COLUMNS)
 
 
 @node.command("info")
