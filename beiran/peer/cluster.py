@@ -45,6 +45,7 @@ class ClusterService:
         self.policy = PeerPolicy(ctx.config)
         self.named_hosts: set[str] = set()  # IPs of addresses the operator named: exempt from peer_cidrs
         self.swim = False
+        self.was_swim = False  # this run was above full_mesh_max at some point
         #: set while the cluster is a full mesh: the dialers wait on it in swim mode
         self.full_mesh = asyncio.Event()
         self.full_mesh.set()
@@ -158,12 +159,26 @@ class ClusterService:
                 self.ctx.availability.forget(node)
                 self.ctx.bus.emit(events.NODE_OFFLINE, uuid=node)
         self._check_mode()
+        if self.was_swim and not self.swim and node != self.ctx.identity.uuid:
+            self._mesh_member(node, new)
+
+    def _mesh_member(self, node: str, state: str) -> None:
+        """Back to a full mesh after running as a large cluster: many members were known only by
+        gossip, so the mesh dials them too (as discovery would: peer_cidrs apply)."""
+        url = self.url_of(node)
+        m = self.membership.members.get(node) if self.membership else None
+        where = f"http://{m.addr}" if m is not None else url
+        if state in (DEAD, GONE):
+            if where:
+                self.ctx.peers.vanished(where, via="membership")
+        elif url:
+            self.ctx.peers.discovered(url, via="membership")
 
     def _check_mode(self) -> None:
         assert self.membership is not None
         live = len(self.membership.live_ids())
         if not self.swim and live > self.full_mesh_max:
-            self.swim, self.switched_at = True, time.time()
+            self.swim, self.was_swim, self.switched_at = True, True, time.time()
             self.full_mesh.clear()
             log.info("cluster mode: swim (%d members > full_mesh_max %d): peer websockets close, "
                      "holdings move to the directory", live, self.full_mesh_max)
@@ -172,6 +187,9 @@ class ClusterService:
             self.swim, self.switched_at = False, time.time()
             log.info("cluster mode: full mesh (%d members)", live)
             self.full_mesh.set()
+            for member in list(self.membership.members.values()):
+                if member.id != self.ctx.identity.uuid and member.state != DEAD:
+                    self._mesh_member(member.id, member.state)
 
     @property
     def mode(self) -> str:

@@ -199,3 +199,36 @@ def test_large_cluster_on_membership_directory_and_bounded_links(cluster, origin
           f"{max(seen.values()):.1f}s (median {sorted(seen.values())[len(seen) // 2]:.1f}s); "
           f"test {time.monotonic() - t_start:.0f}s")
     assert watch.samples >= N and peak <= 16, watch.peak
+
+
+def test_mode_switches_to_swim_and_back_with_hysteresis_without_restart(cluster):
+    """full_mesh_max = 3: swim with 4+ members, still swim at 3 (hysteresis), a full mesh again at 2
+    (3/4 of the threshold), with the websockets back; no daemon restarts."""
+    cfg = {"cluster": {"full_mesh_max": 3}, "log_level": "info"}
+    first = cluster.add(cfg, peers=[])
+    nodes = [first] + [cluster.add(cfg, peers=[first.url], start=False) for _ in range(4)]
+    for node in nodes[1:]:
+        node.start(wait=False)
+    for node in nodes[1:]:
+        node.wait_ready(60)
+
+    def mode(node: Daemon) -> tuple[str, int]:
+        info = cluster_info(node)
+        return info["mode"], info["members"]
+
+    for node in nodes:
+        wait_until(lambda node=node: mode(node) == ("swim", 5), 30, interval=0.2, what=f"{node.name} in swim")
+    assert nodes[0].online_peers() == set()  # no peer websockets above the threshold
+    for node in nodes[3:]:
+        node.stop()  # a graceful stop leaves the membership at once
+    for node in nodes[:3]:
+        wait_until(lambda node=node: mode(node)[1] == 3, 20, interval=0.2, what=f"{node.name} to see 3 members")
+        assert mode(node)[0] == "swim"
+    nodes[2].stop()
+    for node in nodes[:2]:
+        wait_until(lambda node=node: mode(node) == ("full mesh", 2), 20, interval=0.2,
+                   what=f"{node.name} back to a full mesh")
+    wait_until(lambda: nodes[1].uuid in nodes[0].online_peers() and nodes[0].uuid in nodes[1].online_peers(),
+               20, what="the two nodes' websocket to come back")
+    listing = nodes[0].cli("node", "list")
+    assert "cluster mode: full mesh (2 members" in listing
