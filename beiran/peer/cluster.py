@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,8 @@ log = logging.getLogger("beiran.peer")
 FULL_MESH, SWIM = "full mesh", "swim"
 #: directory batches travel in one datagram each: 16 ops of ~80 bytes stay under a 1500-byte MTU
 DIRECTORY_BATCH = 16
+#: seconds between anti-entropy view comparisons, by cluster size (see _check_mode)
+SYNC_MIN, SYNC_MAX = 5.0, 30.0
 
 
 class ClusterService:
@@ -70,7 +73,7 @@ class ClusterService:
             return
         self.addr = join_addr(host, ident.port)
         loop = asyncio.get_running_loop()
-        swim_cfg = SwimConfig()
+        swim_cfg = SwimConfig(sync_interval=SYNC_MIN)
         bind = self.ctx.config.listen_host
         try:
             _, proto = await loop.create_datagram_endpoint(
@@ -118,7 +121,7 @@ class ClusterService:
         host, port = parts.hostname or "", parts.port or 80
         if _ip(host) is None:
             try:
-                infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=2)  # SOCK_DGRAM
+                infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
             except OSError:
                 return
             host = str(infos[0][4][0]) if infos else ""
@@ -177,6 +180,9 @@ class ClusterService:
     def _check_mode(self) -> None:
         assert self.membership is not None
         live = len(self.membership.live_ids())
+        # anti-entropy heals what gossip missed (a member that joined through a seed that did not
+        # know another one yet): often while the cluster is small, every 30 s when it is large
+        self.membership.cfg.sync_interval = min(SYNC_MAX, SYNC_MIN * max(1.0, live / 32))
         if not self.swim and live > self.full_mesh_max:
             self.swim, self.was_swim, self.switched_at = True, True, time.time()
             self.full_mesh.clear()
