@@ -57,6 +57,10 @@ class LinkWatch(threading.Thread):
             self.stop_flag.wait(0.5)
 
 
+def links_open(node: Daemon) -> float:
+    return node.api("GET", "/stats")["metrics"]["beiran_peer_links_open"]
+
+
 def cluster_info(node: Daemon) -> dict:
     return node.api("GET", "/nodes")["cluster"]
 
@@ -135,6 +139,17 @@ def test_large_cluster_on_membership_directory_and_bounded_links(cluster, origin
         assert got["sources"].get("peer") == len(data) and not got["sources"].get("origin"), got
         assert sha(far.blob(digest)) == digest
 
+        # one node fetching from 20 different holders keeps links to at most max_links of them (the
+        # least recently used idle one is closed): without the pool it would keep all 20 open
+        spread = [n for n in nodes if n is not far][:20]
+        for i, node in enumerate(spread):
+            small, small_digest = random_blob(64 << 10, 100 + i)
+            node.add_blob(small)
+            wait_until(lambda d=small_digest, n=len(small): "error" not in far.fetch(d, n), 20, interval=0.2,
+                       what=f"the far node to fetch {node.name}'s blob")
+        far_links = links_open(far)
+        assert far_links <= MAX_LINKS, far_links
+
         # a cold blob pulled by 8 nodes at once leaves the origin once
         cold, cold_digest = random_blob(16 * MiB, 42)
         origin.put("cold", cold)
@@ -194,7 +209,8 @@ def test_large_cluster_on_membership_directory_and_bounded_links(cluster, origin
           f"swim with all {N} members everywhere after {formed:.1f}s; "
           f"open peer connections per node max {peak:.0f} ({watch.samples} samples); "
           f"idle per node max: {msgs:.1f} datagrams/s, {sent_bytes:.0f} B/s, {cpu * 100:.1f}% of a core; "
-          f"directory find+fetch {found_s:.2f}s; cold blob x8 origin fetches {origin.requests['/cold']}; "
+          f"directory find+fetch {found_s:.2f}s; links of the node that fetched from 20 holders {far_links:.0f}; "
+          f"cold blob x8 origin fetches {origin.requests['/cold']}; "
           f"owner killed mid-fetch origin fetches {owner_killed_origin}; offline after SIGSTOP max "
           f"{max(seen.values()):.1f}s (median {sorted(seen.values())[len(seen) // 2]:.1f}s); "
           f"test {time.monotonic() - t_start:.0f}s")
