@@ -20,11 +20,11 @@ def test_cluster_settings_defaults_env_and_validation(tmp_path):
     cfg = load_config(environ={"BEIRAN_CLUSTER__FULL_MESH_MAX": "6", "BEIRAN_CLUSTER__MAX_LINKS": "12"})
     assert (cfg.cluster.full_mesh_max, cfg.cluster.max_links) == (6, 12)
     for bad in ("1", "true", '"many"', "2.5"):
-        with pytest.raises(ConfigError, match="cluster.full_mesh_max"):
+        with pytest.raises(ConfigError, match=r"cluster\.full_mesh_max"):
             load_config(environ={"BEIRAN_CLUSTER__FULL_MESH_MAX": bad})
     f = tmp_path / "c.toml"
     f.write_text("[cluster]\nfull_mesh_max = 8\nmesh = 1\n")
-    with pytest.raises(ConfigError, match="unknown setting cluster.mesh"):
+    with pytest.raises(ConfigError, match=r"unknown setting cluster\.mesh"):
         load_config(f, environ={})
 
 
