@@ -100,10 +100,17 @@ class NodeHandler(JSONEndpoint):
             self.write_json({**self.ctx.identity.to_dict(), "status": "ready", "self": True})
             return
         rows = await self.ctx.run_db(lambda: [n.to_dict() for n in Node.select().where(Node.uuid == node)])
-        if not rows:
-            raise NotFound(f"node {node[:40]} is not known")
+        cluster = self.ctx.peers.cluster
+        member = next((m for m in cluster.members() if m["uuid"] == node), None)
+        if not rows:  # known only through membership (a large cluster), or not at all
+            if member is None:
+                raise NotFound(f"node {node[:40]} is not known")
+            rows = [{**member, "hostname": "", "version": "", "found_by": ["membership"], "last_seen": None}]
         conn = self.ctx.peers.conn(node)
         rows[0]["status"] = conn.status.value if conn else "offline"
+        rows[0]["membership"] = member["membership"] if member else None
+        if cluster.swim and member is not None:
+            rows[0]["status"] = "offline" if member["membership"] == "dead" else "online"
         holdings = self.ctx.availability.peers.get(node)
         rows[0]["blobs"] = len(holdings.blobs) if holdings else 0
         self.write_json(rows[0])

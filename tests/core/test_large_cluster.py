@@ -116,6 +116,7 @@ def test_large_cluster_on_membership_directory_and_bounded_links(cluster, origin
         assert listing[0]["cluster"]["mode"] == "swim" and listing[0]["cluster"]["members"] == N
         assert sum(1 for n in listing if n.get("membership") == "alive") == N
         assert "cluster mode: swim" in nodes[5].cli("node", "list")
+        assert nodes[5].cli("node", "info", nodes[-1].uuid, "--json")["membership"] == "alive"
 
         # idle cost of membership: datagrams and CPU per node over a few seconds
         before = [(cluster_info(n), cpu_seconds(n)) for n in nodes]
