@@ -302,7 +302,9 @@ class PeerManager:
 
     def url_of(self, node: str) -> str | None:
         """Where to fetch from: the URL this node dialed, or the inbound connection's remote
-        address with the peer's port; never an address the peer claims (see policy.py)."""
+        address with the peer's port; never an address the peer claims in its hello (see
+        policy.py). Above full_mesh_max: the member's address, which membership took only
+        within peer_cidrs or as the operator named it, like a discovered one (cluster.py)."""
         return self.addresses.get(node) or self.cluster.url_of(node)
 
     # -- local holdings -> deltas ------------------------------------------------------------
