@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from beiran import events
+from beiran.peer.availability import COMPLETE
 from beiran.peer.directory import Directory, DirectoryConfig
 from beiran.peer.links import HolderPicker, LinkPool
 from beiran.peer.membership import ALIVE, DEAD, GONE, Membership, SwimConfig
@@ -91,12 +92,14 @@ class ClusterService:
                                    DirectoryConfig(batch_ops=DIRECTORY_BATCH, lookup_timeout=0.25))
         self.membership.on_change(self._changed)
         for digest, (state, _) in list(self.ctx.availability.local.items()):
-            if state == "c":
+            if state == COMPLETE:
                 self.directory.add(digest)
         self.membership.start(self._pending_seeds)
         self._pending_seeds = []
 
     def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
         if self.membership is not None:
             self.membership.leave()  # tells a few members at once, so the others need not find out
             self.membership.stop()
