@@ -121,6 +121,17 @@ class OfflineConfig:
 
 
 @dataclass
+class ClusterConfig:
+    """How the peer protocol scales (beiran/peer/cluster.py)."""
+
+    #: up to this many members every node keeps a websocket to every other (today's full mesh);
+    #: above it the cluster runs on SWIM membership, a who-has directory and a bounded link pool,
+    #: and falls back to the full mesh below 3/4 of it
+    full_mesh_max: int = 64
+    max_links: int = 64  # peers this node keeps links open to at once when above full_mesh_max
+
+
+@dataclass
 class Config:
     data_dir: Path = field(default_factory=_default_data_dir)
     run_dir: Path | None = None
@@ -143,6 +154,7 @@ class Config:
     offline: OfflineConfig = field(default_factory=OfflineConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)  # upstream proxies for origin requests
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
     testing: dict[str, Any] = field(default_factory=dict)  # Beiran's own tests only: see TESTING_SWITCHES
     source_file: Path | None = None
@@ -212,7 +224,7 @@ def _env_unknown(path: list[str]) -> str | None:
     sections are the plugins' to check, as in the file."""
     top = {f.name for f in fields(Config)} - {"source_file"}
     sections = {"store": StoreConfig, "fetch": FetchConfig, "offline": OfflineConfig, "proxy": ProxyConfig,
-                "limits": LimitsConfig}
+                "limits": LimitsConfig, "cluster": ClusterConfig}
     dotted = ".".join(path)
     if not path[0] or path[0] not in top:
         return dotted
@@ -289,6 +301,11 @@ def _build_section(cls: type[_Section], data: dict[str, Any], where: str, origin
         obj.large_blob_threshold = parse_size(obj.large_blob_threshold, "fetch.large_blob_threshold") or 0
         obj.piece_size = parse_size(obj.piece_size, "fetch.piece_size") or (8 << 20)
         obj.peer_max_bytes = parse_size(obj.peer_max_bytes, "fetch.peer_max_bytes") or 0
+    if isinstance(obj, ClusterConfig):
+        for name, low in (("full_mesh_max", 2), ("max_links", 4)):
+            value = getattr(obj, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= 1_000_000:
+                raise ConfigError(f"config: cluster.{name} must be an integer of at least {low}, not {value!r}")
     if isinstance(obj, OfflineConfig) and not (isinstance(obj.quorum, int) and obj.quorum >= 2):
         raise ConfigError(f"config: offline.quorum must be an integer of at least 2 (one peer's word is never "
                           f"enough during an outage), not {obj.quorum!r}")
@@ -326,6 +343,7 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
         offline = _build_section(OfflineConfig, data.pop("offline", {}) or {}, "offline.", origin)
         proxy = _build_section(ProxyConfig, data.pop("proxy", {}) or {}, "proxy.", origin)
         limits = _build_section(LimitsConfig, data.pop("limits", {}) or {}, "limits.", origin)
+        cluster = _build_section(ClusterConfig, data.pop("cluster", {}) or {}, "cluster.", origin)
         plugins = data.pop("plugins", {}) or {}
         if not isinstance(plugins, dict) or not all(isinstance(v, dict) for v in plugins.values()):
             raise ConfigError("config: [plugins.<name>] sections must be tables")
@@ -336,6 +354,7 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
     cfg.offline = offline
     cfg.proxy = resolve_proxy(proxy, environ)
     cfg.limits = limits
+    cfg.cluster = cluster
     cfg.data_dir = Path(cfg.data_dir).expanduser()
     cfg.run_dir = Path(cfg.run_dir).expanduser() if cfg.run_dir else _default_run_dir(cfg.data_dir)
     cfg.socket = Path(cfg.socket).expanduser() if cfg.socket else None

@@ -43,6 +43,12 @@ class Metrics:
                                       buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300))
         self.peer_entries = Gauge("beiran_peer_entries", "Blobs announced by peers, held in memory",
                                   registry=r)
+        self.peer_links = Gauge("beiran_peer_links_open", "Open connections of this node to peers: peer "
+                                "websockets, kept-alive and in-flight HTTP connections to peers", registry=r)
+        self.cluster_members = Gauge("beiran_cluster_members", "Live members (alive or suspect) this "
+                                     "node's membership knows, itself included", registry=r)
+        self.cluster_swim = Gauge("beiran_cluster_swim", "1 when the cluster is above full_mesh_max "
+                                  "(membership, directory, link pool), 0 while it is a full mesh", registry=r)
         self.connections_refused = Counter("beiran_connections_refused",
                                            "TCP connections closed at accept: over a connection cap",
                                            registry=r)
@@ -53,6 +59,10 @@ class Metrics:
         self.store_bytes.set_function(ctx.store.total_size)
         self.peers_online.set_function(lambda: len(ctx.peers.online()))
         self.peer_entries.set_function(ctx.availability.peer_entries)
+        cluster = ctx.peers.cluster
+        self.peer_links.set_function(cluster.links_open)
+        self.cluster_members.set_function(lambda: cluster.summary()["members"])
+        self.cluster_swim.set_function(lambda: 1 if cluster.swim else 0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

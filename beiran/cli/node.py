@@ -11,6 +11,7 @@ from beiran.cli.main import client
 from beiran.cli.output import cell, emit_json, human_age, json_option, table
 
 NODE_COLUMNS = [("uuid", "UUID"), ("url", "URL"), ("hostname", "HOSTNAME"), ("status", "STATUS"),
+                ("membership", "MEMBERSHIP"),
                 ("found_by", "FOUND BY"), ("version", "VERSION"), ("seen", "LAST SEEN")]
 
 
@@ -32,6 +33,10 @@ def list_nodes(show_all: bool, as_json: bool) -> None:
     for n in data["nodes"]:
         n["seen"] = human_age(n.get("last_seen"), now)
     table(data["nodes"], NODE_COLUMNS)
+    cluster = data.get("cluster")
+    if cluster:
+        click.echo(f"\ncluster mode: {cluster['mode']} ({cluster['members']} members; full mesh up to "
+                   f"{cluster['full_mesh_max']})")
 
 
 @node.command("info")

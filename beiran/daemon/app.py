@@ -13,6 +13,7 @@ from beiran.daemon import core_api
 from beiran.handlers import NotFoundHandler
 from beiran.listener import GuardedHTTPServer
 from beiran.peer.connection import MAX_MESSAGE
+from beiran.peer.fetch_http import PeerFetchHandler
 from beiran.peer.serving import BlobHandler
 from beiran.peer.websocket import PeerSocketHandler
 from beiran.store import api as store_api
@@ -25,7 +26,8 @@ def make_app(ctx: DaemonContext) -> tornado.web.Application:
     routes += core_api.ROUTES
     routes += store_api.ROUTES
     routes += ui_handlers.ROUTES
-    routes += [(r"/blobs/(.+)", BlobHandler), (r"/peer", PeerSocketHandler)]
+    routes += [(r"/blobs/(.+)", BlobHandler), (r"/peer", PeerSocketHandler),
+               (r"/peer/fetch", PeerFetchHandler)]
     routes += ctx.plugins.all_routes()
     return tornado.web.Application(
         routes, ctx=ctx, default_handler_class=NotFoundHandler, compress_response=False,

@@ -48,6 +48,8 @@ class NodesHandler(RPCEndpoint):
         show_all = self.get_query_argument("all", "false").lower() in ("1", "true", "yes")
         rows = await self.ctx.run_db(lambda: [n.to_dict() for n in Node.select()])
         me = self.ctx.identity.uuid
+        cluster = self.ctx.peers.cluster
+        members = {m["uuid"]: m for m in cluster.members()}
         nodes = []
         for n in rows:
             if n["uuid"] == me:
@@ -55,11 +57,23 @@ class NodesHandler(RPCEndpoint):
             conn = self.ctx.peers.conn(n["uuid"])
             n["status"] = conn.status.value if conn else "offline"
             n["found_by"] = sorted(self.ctx.peers.found_by.get(n["uuid"], set()) or n["found_by"])
+            member = members.pop(n["uuid"], None)
+            n["membership"] = member["membership"] if member else None
+            if cluster.swim and member:  # no websockets above full_mesh_max: membership says
+                n["status"] = "offline" if member["membership"] == "dead" else "online"
+                n["url"] = member["url"]
             if show_all or n["status"] not in ("offline",):
                 nodes.append(n)
+        for member in members.values() if cluster.swim else ():  # known only through membership
+            status = "offline" if member["membership"] == "dead" else "online"
+            if show_all or status != "offline":
+                nodes.append({**member, "status": status, "found_by": ["membership"], "hostname": "",
+                              "version": "", "last_seen": None})
         self_row = {**self.ctx.identity.to_dict(), "status": "ready", "found_by": ["self"],
-                    "last_seen": time.time(), "self": True}
-        self.write_json({"nodes": [self_row, *sorted(nodes, key=lambda n: n["url"])]})
+                    "last_seen": time.time(), "self": True, "membership": "alive",
+                    "cluster": cluster.summary()}
+        self.write_json({"nodes": [self_row, *sorted(nodes, key=lambda n: n["url"])],
+                         "cluster": cluster.summary()})
 
     @rpc_command
     async def probe(self) -> dict[str, Any]:
@@ -86,10 +100,17 @@ class NodeHandler(JSONEndpoint):
             self.write_json({**self.ctx.identity.to_dict(), "status": "ready", "self": True})
             return
         rows = await self.ctx.run_db(lambda: [n.to_dict() for n in Node.select().where(Node.uuid == node)])
-        if not rows:
-            raise NotFound(f"node {node[:40]} is not known")
+        cluster = self.ctx.peers.cluster
+        member = next((m for m in cluster.members() if m["uuid"] == node), None)
+        if not rows:  # known only through membership (a large cluster), or not at all
+            if member is None:
+                raise NotFound(f"node {node[:40]} is not known")
+            rows = [{**member, "hostname": "", "version": "", "found_by": ["membership"], "last_seen": None}]
         conn = self.ctx.peers.conn(node)
         rows[0]["status"] = conn.status.value if conn else "offline"
+        rows[0]["membership"] = member["membership"] if member else None
+        if cluster.swim and member is not None:
+            rows[0]["status"] = "offline" if member["membership"] == "dead" else "online"
         holdings = self.ctx.availability.peers.get(node)
         rows[0]["blobs"] = len(holdings.blobs) if holdings else 0
         self.write_json(rows[0])
@@ -120,7 +141,8 @@ class StatsHandler(JSONEndpoint):
         peers = {c.uuid: c.counts for c in self.ctx.peers.conns.values() if c.uuid}
         store = self.ctx.store.stats(local=self.is_unix_socket())
         self.write_json({"metrics": self.ctx.metrics.snapshot(), "store": store,
-                         "peer_messages": peers, "fetches_in_progress": len(self.ctx.fetcher.jobs)})
+                         "peer_messages": peers, "fetches_in_progress": len(self.ctx.fetcher.jobs),
+                         "cluster": self.ctx.peers.cluster.summary()})
 
 
 ROUTES = [

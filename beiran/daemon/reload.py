@@ -28,7 +28,7 @@ log = logging.getLogger("beiran.daemon")
 LIVE = ("client_cidrs", "origins", "proxy", "store", "fetch", "offline")
 #: settled at start-up (sockets bound, identity and auth made, connections' timers set)
 RESTART = ("data_dir", "run_dir", "listen", "advertise", "socket", "cluster_token", "heartbeat_interval",
-           "heartbeat_timeout", "testing", "peer_cidrs", "limits")
+           "heartbeat_timeout", "testing", "peer_cidrs", "limits", "cluster")
 
 
 def set_log_level(level: str) -> None:

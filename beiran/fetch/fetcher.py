@@ -34,10 +34,11 @@ from beiran.errors import (
     UpstreamError,
     VerificationError,
 )
-from beiran.fetch import placement
+from beiran.fetch import large, placement
 from beiran.fetch.admission import PeerAdmission
 from beiran.fetch.origins import local_source_keys, open_origin, source_key
 from beiran.fetch.peer_source import PeerSource
+from beiran.peer.links import PoolExhausted
 from beiran.plugin import OriginStream
 from beiran.store.blobstore import BlobEntry
 from beiran.store.digest import parse_digest
@@ -258,14 +259,25 @@ class Fetcher:
     async def _fill(self, job: FetchJob) -> None:
         writer = job.live_writer()
         failed: set[str] = set()
-        delegated = False
+        delegations = 0
         cfg = self.ctx.config.fetch
+        cluster = self.ctx.peers.cluster
         while True:
+            swim = cluster.swim  # above full_mesh_max: holders come from the directory (cluster.py)
             # a local opener is for private blobs: peers never serve those (restricted), so go on
-            complete, partial = ([], []) if job.opener else self._candidates(job, failed)
+            complete: list[str]
+            partial: list[str]
+            if job.opener:
+                complete, partial = [], []
+            elif swim:
+                complete, partial = await large.candidates(self.ctx, job, failed), []
+            else:
+                complete, partial = self._candidates(job, failed)
             if (len(complete) >= 2 and job.size and job.size >= cfg.large_blob_threshold
                     and writer.position == 0):
-                used = await self.peers.fill_ranges(job, complete[:cfg.max_parallel_peers], failed)
+                nodes = complete[:cfg.max_parallel_peers]
+                with cluster.links_for(nodes):
+                    used = await self.peers.fill_ranges(job, nodes, failed)
                 if writer.available == job.size:
                     return
                 writer.seek(writer.available)
@@ -277,11 +289,12 @@ class Fetcher:
                 if await self._try_peer(job, node, failed):
                     return
                 continue
-            # a node fetching for a peer never delegates again; a local opener never leaves the node
+            # a node fetching for a peer never delegates again; a local opener never leaves the node.
+            # A full mesh asks the owner once; a large cluster walks the owner chain (rank 1, 2, 3)
             if (job.source and job.opener is None and not job.delegated and cfg.origin_delegation
-                    and not delegated):
-                delegated = True
-                owner = self._owner(job)
+                    and delegations < (large.CHAIN if swim else 1)):
+                delegations += 1
+                owner = large.owner(self.ctx, job, failed) if swim else self._owner(job)
                 if owner is not None and owner not in failed:
                     if await self._try_delegate(job, owner, failed):
                         return
@@ -303,6 +316,15 @@ class Fetcher:
         return None if found == self.ctx.identity.uuid else found
 
     async def _try_peer(self, job: FetchJob, node: str, failed: set[str], partial: bool | None = None) -> bool:
+        try:
+            with self.ctx.peers.cluster.links_for([node]):
+                return await self._stream_peer(job, node, failed, partial)
+        except PoolExhausted as exc:
+            failed.add(node)
+            log.info("%s; trying the next source", exc)
+            return False
+
+    async def _stream_peer(self, job: FetchJob, node: str, failed: set[str], partial: bool | None) -> bool:
         writer = job.live_writer()
         if partial is None:
             partial = node in self.ctx.availability.holders(job.digest)[1]
@@ -328,13 +350,16 @@ class Fetcher:
             return False
 
     async def _try_delegate(self, job: FetchJob, owner: str, failed: set[str]) -> bool:
-        from beiran.peer.protocol import call_fetch
+        from beiran.peer.protocol import call_fetch, call_fetch_http
 
         conn = self.ctx.peers.conn(owner)
-        if conn is None:
-            return False
         try:
-            answer = await call_fetch(conn, job.digest, job.size, job.source)
+            if conn is not None:
+                answer = await call_fetch(conn, job.digest, job.size, job.source)
+            elif self.ctx.peers.cluster.swim:  # no websocket above full_mesh_max: a signed request
+                answer = await call_fetch_http(self.ctx, owner, job.digest, job.size, job.source)
+            else:
+                return False
             if job.size is None and isinstance(answer, dict) and answer.get("size"):
                 job.size = job.live_writer().size = int(answer["size"])
         except NotFound as exc:

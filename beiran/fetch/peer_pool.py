@@ -59,6 +59,17 @@ class PeerConnectionPool:
                 return
         conn.close()
 
+    def drop(self, host: str, port: int) -> None:
+        """Close the idle connections to one peer (its link was evicted, or it died)."""
+        with self._lock:
+            idle = self._idle.pop((host, port), None)
+        for conn, _ in idle or ():
+            conn.close()
+
+    def idle_count(self) -> int:
+        with self._lock:
+            return sum(len(idle) for idle in self._idle.values())
+
     def close(self) -> None:
         with self._lock:
             items = [c for idle in self._idle.values() for c, _ in idle]

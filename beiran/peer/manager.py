@@ -19,6 +19,7 @@ from beiran.errors import BadRequest, UpstreamError
 from beiran.models.base import dict_rows
 from beiran.models.node import Node, NodeStatus
 from beiran.peer.availability import Availability
+from beiran.peer.cluster import ClusterService
 from beiran.peer.connection import DUPLICATE, PROTOCOL_ERROR, PeerConnection
 from beiran.peer.policy import OPERATOR_NAMED, PeerPolicy, fetch_url
 
@@ -29,6 +30,8 @@ log = logging.getLogger("beiran.peer")
 PUSH_DELAY = 0.05
 #: a connection closed as a duplicate leaves its node online this long for the other one to take over
 DUPLICATE_GRACE = 5.0
+#: close code of peer websockets when the cluster is above `[cluster] full_mesh_max` (see cluster.py)
+SWIM_MODE = 4003
 
 
 @dataclass
@@ -58,6 +61,7 @@ class PeerManager:
         self._forget: dict[str, asyncio.TimerHandle] = {}
         self._refused_logged: set[str] = set()
         self._tasks: set[asyncio.Future[Any]] = set()
+        self.cluster = ClusterService(ctx)
 
     # -- targets ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -70,6 +74,7 @@ class PeerManager:
                               .where(Node.uuid != self.ctx.identity.uuid).execute())
         for url in self.ctx.config.peers:
             self.discovered(url, via="static")
+        await self.cluster.start()
 
     def discovered(self, url: str, via: str) -> None:
         """A discovery source saw a peer at `url`; connect if not yet connected."""
@@ -82,6 +87,7 @@ class PeerManager:
         if target.is_self:
             return
         target.found_by.add(via)
+        self.cluster.seed(url, named=via in OPERATOR_NAMED)
         if target.uuid:
             self._add_found_by(target.uuid, via)
         if target.task is None or target.task.done():
@@ -111,6 +117,10 @@ class PeerManager:
 
         delay = 0.25
         while not self._closing:
+            if not self.cluster.full_mesh.is_set():  # above full_mesh_max: no per-pair websockets
+                await self.cluster.full_mesh.wait()
+                delay = 0.25
+                continue
             if not target.found_by & OPERATOR_NAMED and not await self.policy.allows_url(target.url):
                 if target.url not in self._refused_logged:
                     self._refused_logged.add(target.url)
@@ -144,6 +154,10 @@ class PeerManager:
     def register(self, conn: PeerConnection) -> bool:
         """Keep one connection per pair: the one dialed by the smaller UUID wins."""
         node = conn.uuid or ""
+        if self.cluster.swim:
+            conn.shutdown("the cluster is above full_mesh_max: no peer websockets", code=SWIM_MODE,
+                          notify=False)
+            return False
         address = conn.url if conn.outbound else fetch_url(conn.remote_ip, conn.info.get("port"))
         if not address:
             conn.shutdown("no usable address (hello without a port)", code=PROTOCOL_ERROR)
@@ -201,7 +215,9 @@ class PeerManager:
         self.avail.set_online(node, False)
         self.addresses.pop(node, None)
         self._spawn(self._save_node(conn, NodeStatus.OFFLINE))
-        if conn.synced or conn.inherits:
+        if conn.close_code == SWIM_MODE:  # membership carries the node from here: not offline
+            log.debug("peer %s: websocket closed, the cluster runs on membership", node[:8])
+        elif conn.synced or conn.inherits:
             log.info("peer %s (%s) offline: %s", node[:8], conn.url or conn.remote_ip, conn.close_reason)
             self.ctx.bus.emit(events.NODE_OFFLINE, uuid=node)
         else:  # it never came online: nothing to announce
@@ -274,17 +290,26 @@ class PeerManager:
         live = [u for u, c in self.conns.items() if (c.synced or c.inherits) and not c.closed.done()]
         return live + [u for u, (_, was) in self._grace.items() if was and u not in self.conns]
 
+    def enter_swim(self) -> None:
+        """The cluster grew above full_mesh_max: close every peer websocket (cluster.py)."""
+        for c in list(self.conns.values()):
+            c.shutdown("the cluster is above full_mesh_max: no peer websockets", code=SWIM_MODE,
+                       notify=False)
+
     def conn(self, node: str) -> PeerConnection | None:
         c = self.conns.get(node)
         return c if c is not None and not c.closed.done() else None
 
     def url_of(self, node: str) -> str | None:
         """Where to fetch from: the URL this node dialed, or the inbound connection's remote
-        address with the peer's port; never an address the peer claims (see policy.py)."""
-        return self.addresses.get(node)
+        address with the peer's port; never an address the peer claims in its hello (see
+        policy.py). Above full_mesh_max: the member's address, which membership took only
+        within peer_cidrs or as the operator named it, like a discovered one (cluster.py)."""
+        return self.addresses.get(node) or self.cluster.url_of(node)
 
     # -- local holdings -> deltas ------------------------------------------------------------
     def local_change(self, op: str, digest: str, size: int | None) -> None:
+        self.cluster.local_change(op, digest)
         before = self.avail.seq
         entry = self.avail.local_change(op, digest, size)
         if not entry:
@@ -349,6 +374,7 @@ class PeerManager:
 
     async def stop(self) -> None:
         self._closing = True
+        self.cluster.stop()
         for t in self.targets.values():
             if t.task:
                 t.task.cancel()

@@ -181,6 +181,15 @@ class Membership:
         """Tell the cluster this node is going (a dead record from itself), then keep gossiping."""
         self.leaving = True
         self._queue(["d", self.id, self.inc, self.id])
+        if self._running:  # one round now: a daemon that stops right after still said so
+            if self._timers[1] is not None:
+                self._timers[1].cancel()
+            self._gossip_tick()
+
+    def join(self, seeds: list[str]) -> None:
+        """Join (again) through more seeds, e.g. a peer that discovery found after the start."""
+        self._joining.extend(s for s in seeds if s != self.addr and s not in self._joining)
+        self._try_join()
 
     def bootstrap(self, members: list[tuple[str, str]]) -> None:
         """Start from a known member list (all alive, incarnation 0), as a finished join leaves it."""

@@ -17,6 +17,7 @@ from beiran.fetch.origins import check_source
 from beiran.store.digest import parse_digest
 
 if TYPE_CHECKING:
+    from beiran.context import DaemonContext
     from beiran.peer.connection import PeerConnection
 
 log = logging.getLogger("beiran.peer")
@@ -43,8 +44,17 @@ async def rpc_fetch(conn: PeerConnection, digest: str, size: int | None = None,
     resolved only against this node's config, it evicts nothing for the peer's claimed size, and
     it counts against the peer's caps.
     """
+    if conn.uuid is None:
+        raise BadRequest("hello first")
+    return await serve_fetch(conn.ctx, conn.uuid, digest, size, source)
+
+
+async def serve_fetch(ctx: DaemonContext, peer: str, digest: str, size: int | None,
+                      source: dict[str, Any] | None) -> dict[str, Any]:
+    """`rpc_fetch` for whichever way the peer asked (websocket call, or signed `POST /peer/fetch`
+    above full_mesh_max): what it is told back carries no local detail."""
     try:
-        return await _fetch_for(conn, digest, size, source)
+        return await _fetch_for(ctx, peer, digest, size, source)
     except BeiranError as exc:
         raise exc.for_peer() from None
     except Exception:
@@ -52,19 +62,16 @@ async def rpc_fetch(conn: PeerConnection, digest: str, size: int | None = None,
         raise UpstreamError("the fetch failed on this node") from None
 
 
-async def _fetch_for(conn: PeerConnection, digest: str, size: int | None,
+async def _fetch_for(ctx: DaemonContext, peer: str, digest: str, size: int | None,
                      source: dict[str, Any] | None) -> dict[str, Any]:
-    peer = conn.uuid
-    if peer is None:
-        raise BadRequest("hello first")
     d = parse_digest(digest)
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
         raise BadRequest("size must be a non-negative integer")
     if source is None:
         raise BadRequest("a delegated fetch names the source to fetch from")
-    src = check_source(conn.ctx, _check_source(source))  # against this node's own config, at once
-    fetcher = conn.ctx.fetcher
-    charged = False if conn.ctx.store.has(str(d)) else fetcher.admission.admit(peer, str(d), size)
+    src = check_source(ctx, _check_source(source))  # against this node's own config, at once
+    fetcher = ctx.fetcher
+    charged = False if ctx.store.has(str(d)) else fetcher.admission.admit(peer, str(d), size)
     try:
         job = await fetcher.start(str(d), size, src, for_peer=peer, delegated=True)
     except BaseException:
@@ -96,6 +103,34 @@ async def call_fetch(conn: PeerConnection, digest: str, size: int | None,
         if type(exc) is BeiranError:  # as the connection builds it from the wire
             raise from_wire({"error": exc.code, "message": exc.message, "status": exc.status}) from None
         raise
+
+
+async def call_fetch_http(ctx: DaemonContext, node: str, digest: str, size: int | None,
+                          source: dict[str, Any] | None) -> dict[str, Any]:
+    """`call_fetch` without a websocket (above full_mesh_max): a signed `POST /peer/fetch` to the
+    owner's membership address."""
+    from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+    base = ctx.peers.url_of(node)
+    if not base:
+        raise UpstreamError(f"owner {node[:8]} has no known address")
+    path = "/peer/fetch"
+    body = json.dumps({"digest": digest, "size": size, "source": source, "from": ctx.identity.uuid}).encode()
+    headers = {"Content-Type": "application/json", **ctx.auth.headers("POST", path, body)}
+    req = HTTPRequest(base + path, method="POST", body=body, headers=headers, connect_timeout=5,
+                      request_timeout=30)
+    try:
+        resp = await AsyncHTTPClient().fetch(req, raise_error=False)
+        answer = json.loads(resp.body or b"{}")
+    except (OSError, ValueError, TimeoutError) as exc:
+        raise UpstreamError(f"owner {node[:8]}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - tornado's own client errors (timeouts, 599)
+        raise UpstreamError(f"owner {node[:8]}: {exc}") from None
+    if not isinstance(answer, dict):
+        raise UpstreamError(f"owner {node[:8]} answered {resp.code} without a JSON object")
+    if resp.code != 200:
+        raise from_wire({**answer, "status": resp.code})
+    return answer
 
 
 async def rpc_preheat(conn: PeerConnection, blobs: Any = None) -> dict[str, Any]:
