@@ -103,6 +103,7 @@ class LimitsConfig:
 
     peer_max_blobs: int = 250_000  # blobs one peer may announce; beyond it the peer is dropped
     peer_max_blobs_total: int = 2_000_000  # over all peers: the peer that goes past it is dropped
+    peer_uploads: int = 32  # blob bodies served to peers at once; more get 429 and try another holder
     peer_forget_after: float = 60.0  # seconds a gone peer's holdings are kept for a quick resync
     connections_per_ip: int = 256  # concurrent TCP connections from one address, on every listener
     max_connections: int = 0  # concurrent TCP connections per listener; 0 = 3/4 of the open-file limit

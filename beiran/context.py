@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from beiran.config import Config
 from beiran.events import EventBus
+from beiran.peer.uploads import UploadSlots
 
 if TYPE_CHECKING:
     from beiran.fetch.fetcher import Fetcher
@@ -76,6 +77,7 @@ class DaemonContext:
         #: blocking downloads from peers. Kept apart from io_executor (which serves blobs): receives
         #: wait on other nodes' serving, so sharing one pool lets busy nodes starve each other.
         self.receive_executor = ThreadPoolExecutor(32, thread_name_prefix="beiran-recv")
+        self.uploads = UploadSlots(config.limits.peer_uploads)
 
     async def run_db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a database call on the single database thread (sqlite writes are serial anyway)."""

@@ -179,6 +179,7 @@ async def build_services(config: Config) -> tuple[DaemonContext, peewee.SqliteDa
                                 started=time.time())
     ctx.auth = PeerAuth(config.cluster_token, node_uuid)
     ctx.metrics = Metrics()
+    ctx.uploads.on_refuse = ctx.metrics.peer_refused.labels("uploads").inc
     db = open_database(config.data_dir / "beiran.db")
     ctx.plugins = PluginManager(ctx)
     ctx.plugins.import_all()

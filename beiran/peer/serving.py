@@ -21,4 +21,8 @@ class BlobHandler(BaseHandler):
         self.set_header("Content-Type", "application/octet-stream")
         self.set_header("Docker-Content-Digest", d)
         self.set_header("X-Beiran-Digest", d)
-        await serve_blob(self, d, fetch=False, head=head, to_peer=True)
+        if head or self.is_unix_socket():  # the local CLI is not a peer
+            await serve_blob(self, d, fetch=False, head=head, to_peer=True)
+            return
+        with self.ctx.uploads.slot():
+            await serve_blob(self, d, fetch=False, head=head, to_peer=True)
