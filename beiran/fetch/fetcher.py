@@ -290,11 +290,13 @@ class Fetcher:
                     return
                 continue
             # a node fetching for a peer never delegates again; a local opener never leaves the node.
-            # A full mesh asks the owner once; a large cluster walks the owner chain (rank 1, 2, 3)
+            # Both modes walk the owner chain (rank 1, 2, 3): an owner that cannot fetch this source
+            # (an apt archive it never saw, an origin it cannot reach) passes it to the next rank,
+            # which every requester picks alike, so the origin is still asked once
             if (job.source and job.opener is None and not job.delegated and cfg.origin_delegation
-                    and delegations < (large.CHAIN if swim else 1)):
+                    and delegations < large.CHAIN):
                 delegations += 1
-                owner = large.owner(self.ctx, job, failed) if swim else self._owner(job)
+                owner = large.owner(self.ctx, job, failed) if swim else self._owner(job, failed)
                 if owner is not None and owner not in failed:
                     if await self._try_delegate(job, owner, failed):
                         return
@@ -304,13 +306,14 @@ class Fetcher:
                 return
             raise BlobNotFound(f"blob {job.digest[:19]} is on no reachable node and no origin was given")
 
-    def _owner(self, job: FetchJob) -> str | None:
-        """The rendezvous owner among online nodes that can reach this source (self included)."""
+    def _owner(self, job: FetchJob, failed: set[str]) -> str | None:
+        """The rendezvous owner among online nodes that can reach this source (self included),
+        passing over those that already failed this job."""
         key = source_key(job.source or {})
         nodes = [self.ctx.identity.uuid] if key in local_source_keys(self.ctx) else []
         for node in self.ctx.peers.online():
             conn = self.ctx.peers.conn(node)
-            if conn and key in (conn.info.get("plugins") or []) and node not in job.bad:
+            if conn and key in (conn.info.get("plugins") or []) and node not in job.bad | failed:
                 nodes.append(node)
         found = placement.owner(job.digest, nodes)
         return None if found == self.ctx.identity.uuid else found
@@ -367,7 +370,7 @@ class Fetcher:
             log.info("owner %s: %s not found at the origin (%s)", owner[:8], job.digest[:19], exc.message)
             raise
         except BeiranError as exc:
-            log.info("owner %s could not fetch %s (%s); going to the origin myself", owner[:8],
+            log.info("owner %s could not fetch %s (%s); asking the next in its chain", owner[:8],
                      job.digest[:19], exc.message)
             failed.add(owner)
             return False
