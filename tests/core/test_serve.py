@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.client
 import os
 import shutil
 import socket
@@ -267,3 +268,41 @@ class ServeTest(AsyncHTTPTestCase):
             r = await self.get("/b/" + d)
             assert r.code == 404
 
+
+    @gen_test(timeout=30)
+    async def test_large_bodies_leave_over_one_kept_alive_connection(self):
+        """sendfile(2) bodies (a stored blob, one still downloading) keep the HTTP/1.1 connection:
+        a peer or apt fetching many blobs pays one handshake, not one per blob."""
+        accepted = []
+        handle_stream = self.http_server.handle_stream
+
+        def counting(stream, address):
+            accepted.append(address)
+            return handle_stream(stream, address)
+
+        self.http_server.handle_stream = counting
+        a, b = blob(LARGE, 12), blob(LARGE + 5, 13)
+        da, db = await self.stored(a), sha(b)
+        w = await self.store.begin_write(db, len(b), reserve=True)
+        await w.write_at(0, b[:SENDFILE_MIN])
+
+        def client() -> list[tuple[int, bytes, bool]]:
+            conn = http.client.HTTPConnection("127.0.0.1", self.get_http_port(), timeout=20)
+            out = []
+            try:
+                for d in (da, db, da):
+                    conn.request("GET", f"/b/{d}")
+                    r = conn.getresponse()
+                    out.append((r.status, r.read(), r.will_close))
+            finally:
+                conn.close()
+            return out
+
+        fut = asyncio.get_running_loop().run_in_executor(None, client)
+        await self.until(lambda: self.store._in_use.get(db), "the downloading blob's request")
+        await w.write_at(SENDFILE_MIN, b[SENDFILE_MIN:])
+        await self.store.commit(w)
+        got = await fut
+        assert [(s, body == want, close) for (s, body, close), want in zip(got, (a, b, a))] == [
+            (200, True, False)] * 3
+        assert len(accepted) == 1  # one TCP connection carried all three
