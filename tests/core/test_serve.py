@@ -303,6 +303,6 @@ class ServeTest(AsyncHTTPTestCase):
         await w.write_at(SENDFILE_MIN, b[SENDFILE_MIN:])
         await self.store.commit(w)
         got = await fut
-        assert [(s, body == want, close) for (s, body, close), want in zip(got, (a, b, a))] == [
+        assert [(s, body == want, close) for (s, body, close), want in zip(got, (a, b, a), strict=True)] == [
             (200, True, False)] * 3
         assert len(accepted) == 1  # one TCP connection carried all three

@@ -218,3 +218,47 @@ def test_metadata_writes_of_concurrent_blobs_share_transactions_and_survive_a_re
                                                    for d, b in zip((sha(b) for b in blobs), blobs, strict=True))
         await again.close()
     asyncio.run(go())
+
+
+def test_room_for_small_blobs_is_looked_up_once_a_second_not_per_blob(tmp_path, monkeypatch):
+    """The free-disk check of make_room is a thread hop and a statfs: many small blobs reuse one
+    look while it shows room enough; a blob it cannot vouch for looks again (and is refused)."""
+    import shutil
+
+    looks = []
+    real = shutil.disk_usage
+
+    def counting(path):
+        looks.append(path)
+        return real(path)
+
+    monkeypatch.setattr(shutil, "disk_usage", counting)
+
+    async def go():
+        store = await make_store(tmp_path)
+        for i in range(20):
+            await write(store, f"small blob {i}".encode())
+        assert 1 <= len(looks) <= 3, len(looks)
+        before = len(looks)
+        store.ctx.config.store.reserve_free = real(tmp_path).free + (1 << 40)
+        with pytest.raises(StorageFull):
+            await write(store, b"no room for this one")
+        assert len(looks) == before + 1
+        assert not store.has(sha(b"no room for this one"))
+    asyncio.run(go())
+
+
+def test_prepared_insert_replaces_or_ignores_like_peewee(tmp_path):
+    from beiran.models.blob import BlobRef
+    from beiran.store.dbbatch import Insert
+
+    async def go():
+        store = await make_store(tmp_path)
+        pin = Insert(BlobRef, ("digest", "owner", "ref"), "IGNORE")
+        await store.db_batch.write(lambda: pin("sha256:" + "a" * 64, "test", "r1"))
+        await store.db_batch.write(lambda: pin("sha256:" + "a" * 64, "test", "r1"))  # a duplicate: ignored
+        rows = await store.ctx.run_db(lambda: [(r.digest, r.owner, r.ref) for r in BlobRef.select()])
+        assert rows == [("sha256:" + "a" * 64, "test", "r1")]
+        with pytest.raises(TypeError):
+            pin("too", "few")
+    asyncio.run(go())
