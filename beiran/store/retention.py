@@ -27,6 +27,8 @@ log = logging.getLogger("beiran.store.blobstore")
 #: how long a look at the free disk space stands in for a new one (when it shows room enough)
 DISK_LOOK_SECONDS = 1.0
 _INSERT_PIN = Insert(BlobRef, ("digest", "owner", "ref"), "IGNORE")
+_UPDATE_ACCESS = (f'UPDATE "{Blob._meta.table_name}" SET "{Blob.last_access.column_name}" = ? '
+                  f'WHERE "{Blob.digest.column_name}" = ?')
 
 
 class Retention:
@@ -157,7 +159,7 @@ class Retention:
         rows = [(d, self.entries[d].last_access) for d in dirty if d in self.entries]
         if rows:
             def db() -> None:
-                with Blob._meta.database.atomic():
-                    for d, ts in rows:
-                        Blob.update(last_access=ts).where(Blob.digest == d).execute()
+                database = Blob._meta.database
+                with database.atomic():  # one statement, made once, for every row
+                    database.cursor().executemany(_UPDATE_ACCESS, [(ts, d) for d, ts in rows])
             await self.ctx.run_db(db)

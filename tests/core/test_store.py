@@ -262,3 +262,22 @@ def test_prepared_insert_replaces_or_ignores_like_peewee(tmp_path):
         with pytest.raises(TypeError):
             pin("too", "few")
     asyncio.run(go())
+
+
+def test_last_access_is_written_back_for_every_blob_read(tmp_path):
+    from beiran.models.blob import Blob
+
+    async def go():
+        store = await make_store(tmp_path)
+        blobs = [f"read me {i}".encode() for i in range(5)]
+        for data in blobs:
+            await write(store, data)
+        for data in blobs[:3]:
+            async with store.use(sha(data)):
+                pass
+        await store._flush_access()
+        rows = await store.ctx.run_db(lambda: {r.digest: r.last_access for r in Blob.select()})
+        for data in blobs:
+            assert rows[sha(data)] == pytest.approx(store.entries[sha(data)].last_access)
+        assert all(rows[sha(d)] > rows[sha(blobs[4])] for d in blobs[:3])
+    asyncio.run(go())
