@@ -239,7 +239,9 @@ async def _sendfile(handler: BaseHandler, store: BlobStore, target: Target, star
     try:
         if writer is not None and writer.available <= start:
             await writer.wait_for_growth(start, timeout)  # a dead source is an answer, not a cut
-        fd = await ctx.run_blocking(_open, store, target)
+        # a stored blob's file opens at once (as Tornado's StaticFileHandler does): a thread hop
+        # here let every other ready task run before this answer's first byte
+        fd = _open(store, target) if writer is None else await ctx.run_blocking(_open, store, target)
     except Exception as exc:
         raise _Unsent(exc) from exc
     pos = start
@@ -296,8 +298,11 @@ async def _body_socket(handler: BaseHandler) -> int:
     Tornado keeps the connection; nothing else writes to it until the body is done. The descriptor
     is our own duplicate: if Tornado closes its socket meanwhile (the client went away), the number
     cannot be reused by another connection under the sending thread."""
-    await handler.flush()
+    flushed = handler.flush()
     stream = handler.http_connection().stream
+    if not flushed.done():  # the headers did not all go at once: wait (sendfile must come after)
+        await flushed
+    flushed.result()  # StreamClosedError: the client went away
     if stream.closed() or stream.socket is None:
         raise StreamClosedError()
     return os.dup(stream.socket.fileno())
