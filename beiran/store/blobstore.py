@@ -91,7 +91,7 @@ class BlobStore(Retention, Restrictions):
     def path_for(self, digest: Digest | str) -> Path:
         """The only way a store path is made: from a parsed (validated) digest."""
         d = digest if isinstance(digest, Digest) else parse_digest(digest)
-        return self.root / d.algorithm / d.hex[:2] / d.hex
+        return self.root / f"{d.algorithm}/{d.hex[:2]}/{d.hex}"
 
     # -- start-up ------------------------------------------------------------------------------
     async def open(self) -> None:
