@@ -86,7 +86,7 @@ class Insert:
     def __init__(self, model: type[peewee.Model], columns: tuple[str, ...], conflict: str) -> None:
         if conflict not in ("REPLACE", "IGNORE"):
             raise ValueError(f"conflict must be REPLACE or IGNORE, not {conflict!r}")
-        meta = model._meta  # type: ignore[attr-defined]
+        meta = model._meta
         names = ", ".join(f'"{meta.fields[c].column_name}"' for c in columns)
         self.model = model
         self.columns = columns
@@ -96,4 +96,4 @@ class Insert:
     def __call__(self, *values: Any) -> None:
         if len(values) != len(self.columns):
             raise TypeError(f"{len(self.columns)} values expected, got {len(values)}")
-        self.model._meta.database.execute_sql(self.sql, values)  # type: ignore[attr-defined]
+        self.model._meta.database.execute_sql(self.sql, values)
