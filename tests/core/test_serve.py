@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 from tornado.httpclient import HTTPRequest
@@ -306,3 +307,34 @@ class ServeTest(AsyncHTTPTestCase):
         assert [(s, body == want, close) for (s, body, close), want in zip(got, (a, b, a), strict=True)] == [
             (200, True, False)] * 3
         assert len(accepted) == 1  # one TCP connection carried all three
+
+    @gen_test(timeout=30)
+    async def test_stored_blob_sent_by_the_loop_waits_for_a_slow_client(self):
+        """A stored blob goes out by non-blocking sendfile(2) from the event loop: a client that
+        reads slowly fills the socket, and the rest follows as it drains (not lost, not blocking)."""
+        from beiran.serve import LOOP_SENDFILE_MAX
+        data = blob(LOOP_SENDFILE_MAX, 14)
+        d = await self.stored(data)
+
+        def slow_client() -> bytes:
+            sock = socket.create_connection(("127.0.0.1", self.get_http_port()), timeout=20)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+            sock.sendall(f"GET /b/{d} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            got = bytearray()
+            while b"\r\n\r\n" not in got:
+                got += sock.recv(4096)
+            head, _, body = bytes(got).partition(b"\r\n\r\n")
+            out = bytearray(body)
+            time.sleep(0.3)  # the server's socket buffer fills meanwhile
+            while len(out) < len(data):
+                chunk = sock.recv(256 << 10)
+                if not chunk:
+                    break
+                out += chunk
+                time.sleep(0.002)
+            sock.close()
+            assert head.startswith(b"HTTP/1.1 200"), head
+            return bytes(out)
+
+        got = await asyncio.get_running_loop().run_in_executor(None, slow_client)
+        assert len(got) == len(data) and got == data
