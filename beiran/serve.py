@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import select
+import socket
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Any
@@ -293,6 +294,8 @@ async def _sendfile(handler: BaseHandler, store: BlobStore, target: Target, star
     finally:
         os.close(sock_fd)
         os.close(fd)
+        if not conn.stream.closed():
+            _cork(conn.stream.socket, False)
     # Tornado counts the body against Content-Length; these bytes bypassed it
     remaining = getattr(conn, "_expected_content_remaining", None)
     if remaining is not None:
@@ -315,7 +318,19 @@ async def _body_socket(handler: BaseHandler) -> int:
     flushed.result()  # StreamClosedError: the client went away
     if stream.closed() or stream.socket is None:
         raise StreamClosedError()
+    _cork(stream.socket, True)
     return os.dup(stream.socket.fileno())
+
+
+def _cork(sock: socket.socket | None, on: bool) -> None:
+    """TCP_CORK (nginx's tcp_nopush) while a body goes out: full segments even when a download
+    feeds sendfile a little at a time, so the client reads in large pieces. Off flushes the rest."""
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1 if on else 0)
+    except (OSError, AttributeError):  # not TCP (a unix socket), or closed meanwhile
+        pass
 
 
 def _open(store: BlobStore, target: Target) -> int:
