@@ -281,3 +281,16 @@ def test_last_access_is_written_back_for_every_blob_read(tmp_path):
             assert rows[sha(data)] == pytest.approx(store.entries[sha(data)].last_access)
         assert all(rows[sha(d)] > rows[sha(blobs[4])] for d in blobs[:3])
     asyncio.run(go())
+
+
+def test_fsynced_commit_closes_the_temp_file_on_the_io_thread(tmp_path):
+    async def go():
+        store = await make_store(tmp_path)
+        store.ctx.config.store.fsync = True
+        data = b"durable" * 1000
+        w = await store.begin_write(sha(data), len(data), reserve=True)
+        await w.feed(data)
+        await store.commit(w)
+        assert w._fd == -1 and store.path_for(sha(data)).read_bytes() == data
+        assert list((tmp_path / "blobs" / "tmp").iterdir()) == []
+    asyncio.run(go())
