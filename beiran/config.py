@@ -5,6 +5,7 @@ Plugin sections (`[plugins.<name>]`) are passed through as dicts; each plugin va
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
@@ -179,10 +180,10 @@ class Config:
         return bool(self.plugin_section(name).get("enabled", True))
 
     def client_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-        return [ipaddress.ip_network(c, strict=False) for c in self.client_cidrs]
+        return list(_networks(tuple(self.client_cidrs)))  # asked on every request: parsed once
 
     def peer_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-        return [ipaddress.ip_network(c, strict=False) for c in self.peer_cidrs]
+        return list(_networks(tuple(self.peer_cidrs)))
 
     def to_public_dict(self) -> dict[str, Any]:
         """The effective config, with secrets masked."""
@@ -197,6 +198,11 @@ class Config:
         _mask_secrets(data["plugins"])
         data["proxy"] = {k: masked(v) if k != "no_proxy" else v for k, v in data["proxy"].items()}
         return data
+
+
+@functools.lru_cache(maxsize=64)
+def _networks(cidrs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
 
 
 def _mask_secrets(section: dict[str, Any]) -> None:

@@ -13,8 +13,8 @@ import asyncio
 import logging
 import os
 import re
+import select
 import socket
-import struct
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Any
@@ -33,6 +33,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("beiran.serve")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 SENDFILE_MIN = 1 << 20
+#: a stored blob up to this size is sent by the event loop itself (non-blocking sendfile as the
+#: socket takes it, as asyncio's loop.sock_sendfile and aiohttp do): waking an I/O thread per
+#: answer costs more than the send on a busy machine (the loop, holding the GIL, is often preempted
+#: by the thread it wakes: py-spy showed 27% of n2's busy loop time in executor submit)
+LOOP_SENDFILE_MAX = 8 << 20
 CHUNK = 1 << 20
 Target = BlobEntry | BlobWriter
 
@@ -229,8 +234,10 @@ async def verified(writer: BlobWriter, timeout: float) -> None:
 
 async def _sendfile(handler: BaseHandler, store: BlobStore, target: Target, start: int, end: int,
                     hold: int, before_end: Awaitable[Any] | None) -> int:
-    """Headers through Tornado, then the body with sendfile(2) off the event loop; for a download,
-    what has arrived as it arrives, and the held tail once the blob verified."""
+    """Headers through Tornado, then the body with sendfile(2) off the event loop, on the same
+    connection, which then stays open for the client's next request (HTTP/1.1 keep-alive: a peer or
+    apt fetching many blobs pays one handshake, not one per blob). For a download: what has arrived
+    as it arrives, and the held tail once the blob verified."""
     ctx = handler.ctx
     loop = asyncio.get_running_loop()
     timeout = ctx.config.fetch.peer_timeout
@@ -238,46 +245,92 @@ async def _sendfile(handler: BaseHandler, store: BlobStore, target: Target, star
     try:
         if writer is not None and writer.available <= start:
             await writer.wait_for_growth(start, timeout)  # a dead source is an answer, not a cut
-        fd = await ctx.run_blocking(_open, store, target)
+        # a stored blob's file opens at once (as Tornado's StaticFileHandler does): a thread hop
+        # here let every other ready task run before this answer's first byte
+        fd = _open(store, target) if writer is None else await ctx.run_blocking(_open, store, target)
     except Exception as exc:
         raise _Unsent(exc) from exc
     pos = start
     try:
-        sock = await detach_socket(handler, timeout)
-    except StreamClosedError:
+        sock_fd = await _body_socket(handler)
+    except (StreamClosedError, OSError):
         os.close(fd)
         return 0
 
     def send(upto: int) -> int:
-        n = sendfile_range(sock, fd, pos, upto - pos, timeout)
+        n = sendfile_range(sock_fd, fd, pos, upto - pos, timeout)
         if n < upto - pos:
             raise UpstreamError(f"blob {target.digest}: file ended at byte {pos + n}")
         return n
 
+    conn = handler.http_connection()
     try:
-        if writer is None:
+        if writer is None and end - start <= LOOP_SENDFILE_MAX:
+            sent = await sendfile_on_loop(sock_fd, fd, pos, end - pos, timeout)
+            if sent < end - pos:
+                raise UpstreamError(f"blob {target.digest}: file ended at byte {pos + sent}")
+            pos += sent
+        elif writer is None:
             pos += await loop.run_in_executor(ctx.io_executor, send, end)
-            return pos - start
-        last = max(start, end - max(hold, 1))
-        while pos < last:
-            if writer.available <= pos:
-                if writer.done.done():
-                    raise UpstreamError(f"blob {writer.digest.short} ended at byte {writer.available}")
-                await writer.wait_for_growth(pos, timeout)
-            upto = min(writer.available, last)
-            if upto > pos:
-                pos += await loop.run_in_executor(ctx.io_executor, send, upto)
-        await verified(writer, timeout * 2)
-        if before_end is not None:
-            await asyncio.wait_for(asyncio.shield(before_end), 30)
-        pos += await loop.run_in_executor(ctx.io_executor, send, end)
-    except Exception as exc:  # noqa: BLE001 - headers are gone: closing the socket cuts the body
+        else:
+            last = max(start, end - max(hold, 1))
+            while pos < last:
+                if writer.available <= pos:
+                    if writer.done.done():
+                        raise UpstreamError(f"blob {writer.digest.short} ended at byte {writer.available}")
+                    await writer.wait_for_growth(pos, timeout)
+                upto = min(writer.available, last)
+                if upto > pos:
+                    pos += await loop.run_in_executor(ctx.io_executor, send, upto)
+            await verified(writer, timeout * 2)
+            if before_end is not None:
+                await asyncio.wait_for(asyncio.shield(before_end), 30)
+            pos += await loop.run_in_executor(ctx.io_executor, send, end)
+    except Exception as exc:  # noqa: BLE001 - headers are gone: closing the connection cuts the body
         log.warning("%s failed after streaming started, at byte %d (%s); the body ends short",
                     handler.request.path[:120], pos, exc)
+        conn.close()
+        return pos - start
     finally:
-        sock.close()
+        os.close(sock_fd)
         os.close(fd)
+        if not conn.stream.closed():
+            _cork(conn.stream.socket, False)
+    # Tornado counts the body against Content-Length; these bytes bypassed it
+    remaining = getattr(conn, "_expected_content_remaining", None)
+    if remaining is not None:
+        conn._expected_content_remaining = remaining - (pos - start)
+    if not conn.stream.closed():
+        handler.finish()
     return pos - start
+
+
+async def _body_socket(handler: BaseHandler) -> int:
+    """Send the headers, then a descriptor of the connection's socket for sendfile(2) to write to.
+
+    Tornado keeps the connection; nothing else writes to it until the body is done. The descriptor
+    is our own duplicate: if Tornado closes its socket meanwhile (the client went away), the number
+    cannot be reused by another connection under the sending thread."""
+    flushed = handler.flush()
+    stream = handler.http_connection().stream
+    if not flushed.done():  # the headers did not all go at once: wait (sendfile must come after)
+        await flushed
+    flushed.result()  # StreamClosedError: the client went away
+    if stream.closed() or stream.socket is None:
+        raise StreamClosedError()
+    _cork(stream.socket, True)
+    return os.dup(stream.socket.fileno())
+
+
+def _cork(sock: socket.socket | None, on: bool) -> None:
+    """TCP_CORK (nginx's tcp_nopush) while a body goes out: full segments even when a download
+    feeds sendfile a little at a time, so the client reads in large pieces. Off flushes the rest."""
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1 if on else 0)
+    except (OSError, AttributeError):  # not TCP (a unix socket), or closed meanwhile
+        pass
 
 
 def _open(store: BlobStore, target: Target) -> int:
@@ -290,38 +343,48 @@ def _open(store: BlobStore, target: Target) -> int:
         return os.open(store.path_for(target.digest), os.O_RDONLY)
 
 
-async def detach_socket(handler: BaseHandler, timeout: float) -> socket.socket:
-    """Send the headers, then take the connection's socket from Tornado for sendfile(2).
-
-    The socket is made blocking (sendfile then moves a range in a few large calls; a socket with a
-    Python timeout loops select/sendfile per socket buffer), SO_SNDTIMEO still bounds a stalled
-    client, and it is corked like nginx's tcp_nopush. Closing it flushes and ends the response."""
-    await handler.flush()
-    stream = handler.detach()
-    try:
-        fd = os.dup(stream.socket.fileno())
-    finally:
-        stream.close()
-    sock = socket.socket(fileno=fd)
-    sock.setblocking(True)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
-                    struct.pack("ll", int(timeout), int((timeout % 1) * 1e6)))
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
-    except (OSError, AttributeError):
-        pass
-    return sock
-
-
-def sendfile_range(sock: socket.socket, fileno: int, offset: int, count: int, timeout: float) -> int:
-    """Blocking: send `count` bytes of a file from `offset`; returns what was sent."""
+async def sendfile_on_loop(sock_fd: int, fileno: int, offset: int, count: int, timeout: float) -> int:
+    """Send `count` bytes of a file from `offset` to a non-blocking socket from the event loop,
+    waiting (at most `timeout` at a time) for the socket to take more; returns what was sent."""
+    loop = asyncio.get_running_loop()
     done = 0
     while done < count:
         try:
-            n = os.sendfile(sock.fileno(), fileno, offset + done, count - done)
+            n = os.sendfile(sock_fd, fileno, offset + done, count - done)
         except BlockingIOError:
-            raise TimeoutError(f"client took no data for {timeout:.0f}s") from None
+            room = loop.create_future()
+            loop.add_writer(sock_fd, _wake, room)
+            try:
+                await asyncio.wait_for(room, timeout)
+            except TimeoutError:
+                raise TimeoutError(f"client took no data for {timeout:.0f}s") from None
+            finally:
+                loop.remove_writer(sock_fd)
+            continue
+        if n == 0:
+            break
+        done += n
+    return done
+
+
+def _wake(room: asyncio.Future[None]) -> None:
+    if not room.done():
+        room.set_result(None)
+
+
+def sendfile_range(sock_fd: int, fileno: int, offset: int, count: int, timeout: float) -> int:
+    """Blocking: send `count` bytes of a file from `offset` to a (non-blocking) socket, waiting
+    for room at most `timeout` at a time; returns what was sent (less: the file ended)."""
+    done = 0
+    poller = select.poll()
+    poller.register(sock_fd, select.POLLOUT)
+    while done < count:
+        try:
+            n = os.sendfile(sock_fd, fileno, offset + done, count - done)
+        except BlockingIOError:
+            if not poller.poll(timeout * 1000):
+                raise TimeoutError(f"client took no data for {timeout:.0f}s") from None
+            continue
         if n == 0:
             break
         done += n

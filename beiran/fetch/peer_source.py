@@ -61,9 +61,10 @@ class PeerSource:
             raise UpstreamError(f"peer {node[:8]} stopped at byte {writer.position} of {job.size}")
 
     def _receive_sync(self, job: FetchJob, node: str, url: str, headers: dict[str, str], offset: int,
-                      loop: asyncio.AbstractEventLoop) -> int:
+                      loop: asyncio.AbstractEventLoop, end: int | None = None) -> int:
         """The whole transfer on one I/O thread, on a kept-alive connection: small socket reads
-        into a batch buffer, hashed and pwritten a batch at a time.
+        into a batch buffer, hashed and pwritten a batch at a time. `end`: only bytes
+        [offset, end) are asked for (a piece of a multi-peer fetch), and only those are taken.
 
         Each step releases the GIL, so a node receives at close to hashing speed without the event
         loop touching every packet; the loop is told once per batch (progress, growing readers).
@@ -81,12 +82,18 @@ class PeerSource:
                 raise PeerLacksBlob(f"peer {node[:8]} does not have {job.digest[:19]}")
             if resp.status not in (200, 206):
                 raise UpstreamError(f"peer {node[:8]} answered {resp.status} for {job.digest[:19]}")
-            if offset and resp.status != 206:
+            if (offset or end is not None) and resp.status != 206:
                 raise UpstreamError(f"peer {node[:8]} ignored the Range request")
             length = resp.getheader("Content-Length")
-            if job.size is None and length and length.isdigit():
+            if end is not None:
+                if length is not None and length != str(end - offset):
+                    raise UpstreamError(f"peer {node[:8]} answered the range {offset}-{end - 1} with "
+                                        f"{length[:20]!r} bytes")
+            elif job.size is None and length and length.isdigit():
                 job.size = writer.size = int(length) + offset
-            pos = self._read_body(resp, job, node, offset, loop)
+            pos = self._read_body(resp, job, node, offset, loop, end)
+            if end is not None and pos != end:
+                raise UpstreamError(f"peer {node[:8]} ended the range at {pos}, expected {end}")
             keep = resp.isclosed() and not resp.will_close
             return pos
         except (OSError, http.client.HTTPException) as exc:
@@ -118,7 +125,7 @@ class PeerSource:
                 raise
 
     def _read_body(self, resp: http.client.HTTPResponse, job: FetchJob, node: str, offset: int,
-                   loop: asyncio.AbstractEventLoop) -> int:
+                   loop: asyncio.AbstractEventLoop, end: int | None = None) -> int:
         writer = job.live_writer()
         remaining = resp.length  # None: chunked or until close
         direct = remaining is not None and not resp.chunked and resp.fp is not None
@@ -139,6 +146,8 @@ class PeerSource:
             if remaining is not None:
                 remaining -= n
             if filled and (not n or filled == len(batch) or time.monotonic() - last >= FLUSH_SECONDS):
+                if end is not None and pos + filled > end:
+                    raise UpstreamError(f"peer {node[:8]} sent more than the range asked for")
                 if writer.size is not None and pos + filled > writer.size:
                     raise VerificationError(f"peer {node[:8]} sent more than the blob's {writer.size} bytes")
                 writer.write_at_blocking(pos, batch[:filled])
@@ -207,6 +216,10 @@ class PeerSource:
         url, headers = self._url(node, job.digest)
         headers["Range"] = f"bytes={start}-{end - 1}"
         self.ctx.metrics.fetch_requests.labels("peer").inc()
+        if url.startswith("http://"):  # as stream_into: on a receive thread, kept-alive connection
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.ctx.receive_executor, self._receive_sync, job, node, url,
+                                              headers, start, loop, end)
         pos, buf, buf_len = start, [], 0
         async with stream_request(url, headers) as resp:
             if resp.code != 206:

@@ -20,7 +20,7 @@ from beiran import events
 from beiran.errors import BlobNotFound, Conflict, Forbidden, StorageFull, UpstreamError
 from beiran.models.base import dict_rows
 from beiran.models.blob import Blob, BlobRef
-from beiran.store.dbbatch import WriteBatcher
+from beiran.store.dbbatch import Insert, WriteBatcher
 from beiran.store.digest import Digest, parse_digest
 from beiran.store.restricted import Restrictions
 from beiran.store.retention import Retention
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 READ_CHUNK = 1 << 20
 #: a stored blob up to READ_CHUNK + this is read in one piece
 SMALL_TAIL = 256 << 10
+_INSERT_BLOB = Insert(Blob, ("digest", "size", "state", "path", "media_type", "created", "last_access"), "REPLACE")
 
 
 def _read_range(path: str, offset: int, size: int) -> bytes:
@@ -90,7 +91,7 @@ class BlobStore(Retention, Restrictions):
     def path_for(self, digest: Digest | str) -> Path:
         """The only way a store path is made: from a parsed (validated) digest."""
         d = digest if isinstance(digest, Digest) else parse_digest(digest)
-        return self.root / d.algorithm / d.hex[:2] / d.hex
+        return self.root / f"{d.algorithm}/{d.hex[:2]}/{d.hex}"
 
     # -- start-up ------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -288,9 +289,8 @@ class BlobStore(Retention, Restrictions):
 
     @staticmethod
     def _db_add(entry: BlobEntry) -> None:
-        Blob.insert(digest=entry.digest, size=entry.size, state=entry.state, path=entry.path,
-                    media_type=entry.media_type, created=entry.created,
-                    last_access=entry.last_access).on_conflict_replace().execute()
+        _INSERT_BLOB(entry.digest, entry.size, entry.state, entry.path, entry.media_type, entry.created,
+                     entry.last_access)
 
     async def add_stream(self, chunks: AsyncIterator[bytes], algorithm: str = "sha256",
                          size: int | None = None) -> BlobEntry:

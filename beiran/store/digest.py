@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -33,6 +34,13 @@ def parse_digest(value: str) -> Digest:
     """'sha256:<64 hex>' or 'sha512:<128 hex>'; anything else raises InvalidDigest (400)."""
     if not isinstance(value, str) or len(value) > 140:
         raise InvalidDigest("digest: expected algorithm:hex")
+    return _parse(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(value: str) -> Digest:
+    """Each blob's digest is parsed several times per request (access, store paths, fetch): the
+    valid ones are remembered (a Digest is immutable; an invalid one raises and is not kept)."""
     algorithm, sep, hexpart = value.partition(":")
     if not sep:
         raise InvalidDigest(f"digest {value[:80]!r}: expected algorithm:hex")

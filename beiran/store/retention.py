@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import time
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from beiran.errors import StorageFull
 from beiran.models.blob import Blob, BlobRef
+from beiran.store.dbbatch import Insert
 from beiran.store.digest import parse_digest
 
 if TYPE_CHECKING:
@@ -22,6 +24,11 @@ if TYPE_CHECKING:
     from beiran.store.writer import BlobWriter
 
 log = logging.getLogger("beiran.store.blobstore")
+#: how long a look at the free disk space stands in for a new one (when it shows room enough)
+DISK_LOOK_SECONDS = 1.0
+_INSERT_PIN = Insert(BlobRef, ("digest", "owner", "ref"), "IGNORE")
+_UPDATE_ACCESS = (f'UPDATE "{Blob._meta.table_name}" SET "{Blob.last_access.column_name}" = ? '
+                  f'WHERE "{Blob.digest.column_name}" = ?')
 
 
 class Retention:
@@ -34,6 +41,8 @@ class Retention:
     _in_use: Counter[str]
     _dirty_access: set[str]
     db_batch: WriteBatcher
+    _disk_seen: tuple[float, int] | None = None  # (when, free bytes) at the last look
+    _disk_claimed = 0  # bytes room was made for since
 
     if TYPE_CHECKING:  # provided by BlobStore
         def total_size(self) -> int: ...
@@ -43,8 +52,7 @@ class Retention:
     async def pin(self, digest: str, owner: str, ref: str) -> None:
         parse_digest(digest)
         self.pins.setdefault(digest, set()).add((owner, ref))
-        await self.db_batch.write(lambda: BlobRef.insert(digest=digest, owner=owner, ref=ref)
-                                  .on_conflict_ignore().execute())
+        await self.db_batch.write(lambda: _INSERT_PIN(digest, owner, ref))
 
     async def unpin(self, owner: str, ref: str, digest: str | None = None) -> None:
         for d, holders in list(self.pins.items()):
@@ -91,13 +99,30 @@ class Retention:
                 raise StorageFull(f"store.max_size ({cap} bytes) reached: the rest is pinned or in use")
             if excess > 0:
                 await self._evict(excess)
-        free = (await self.ctx.run_blocking(shutil.disk_usage, self.root)).free
+        free = self._free_estimate()
+        if free is None or size + reserve + pending - free > 0:  # not surely enough: look
+            free = await self._disk_free()
+        self._disk_claimed += size
         short = size + reserve + pending - free
         if short > 0:
             if short > freeable():
                 raise StorageFull(f"not enough disk space for {size} bytes in {self.root} "
                                   f"({free} free, {reserve} kept in reserve)")
             await self._evict(short)
+
+    def _free_estimate(self) -> int | None:
+        """Free disk bytes at the last look (under DISK_LOOK_SECONDS ago) less every size room
+        was made for since: never more than what is free now. A look is a thread hop and a
+        statfs(2), paid once a second rather than once per small blob."""
+        seen = self._disk_seen
+        if seen is None or time.monotonic() - seen[0] > DISK_LOOK_SECONDS:
+            return None
+        return seen[1] - self._disk_claimed
+
+    async def _disk_free(self) -> int:
+        free = (await self.ctx.run_blocking(shutil.disk_usage, self.root)).free
+        self._disk_seen, self._disk_claimed = (time.monotonic(), free), 0
+        return free
 
     async def _evict(self, need: int) -> int:
         freed = 0
@@ -134,7 +159,7 @@ class Retention:
         rows = [(d, self.entries[d].last_access) for d in dirty if d in self.entries]
         if rows:
             def db() -> None:
-                with Blob._meta.database.atomic():
-                    for d, ts in rows:
-                        Blob.update(last_access=ts).where(Blob.digest == d).execute()
+                database = Blob._meta.database
+                with database.atomic():  # one statement, made once, for every row
+                    database.cursor().executemany(_UPDATE_ACCESS, [(ts, d) for d, ts in rows])
             await self.ctx.run_db(db)

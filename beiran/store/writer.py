@@ -182,9 +182,17 @@ class BlobWriter:
                                     f"{self.digest.algorithm}:{actual[:12]}, not the expected digest")
         if not self.verified.done():
             self.verified.set_result(None)
-        if fsync:
-            await self._run_io(os.fsync, self._fd)
+        if fsync:  # the descriptor is closed on the same I/O thread (a close after writes can stall)
+            await self._run_io(self._fsync_and_close)
         return str(self.tmp_path)
+
+    def _fsync_and_close(self) -> None:
+        fd = self._fd
+        os.fsync(fd)
+        with self._lock:
+            if self._fd == fd:
+                self._fd = -1
+                os.close(fd)
 
     def complete(self) -> None:
         if not self.done.done():
@@ -206,8 +214,7 @@ class BlobWriter:
         self._notify()
 
     def _close(self) -> None:
-        if self._fd >= 0:
-            try:
-                os.close(self._fd)
-            finally:
-                self._fd = -1
+        with self._lock:
+            fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)

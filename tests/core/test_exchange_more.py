@@ -63,6 +63,10 @@ def test_large_blob_comes_in_ranges_from_both_complete_holders(cluster, origin):
     assert m3["beiran_fetch_bytes_total{source=peer}"] == len(data)
     assert m3.get("beiran_peer_failures_total", 0) == 0
     assert origin.requests["/big"] == 0 and origin.bytes["/big"] == 0
+    # the pieces come on kept-alive connections, received on I/O threads like a single stream
+    new = m3.get("beiran_peer_connections_total{connection=new}", 0)
+    assert 2 <= new <= 4, m3  # one per holder (each asks for its pieces one after another)
+    assert new + m3.get("beiran_peer_connections_total{connection=reused}", 0) == len(data) // piece, m3
 
 
 def _start_cli_fetch(node, digest: str, size: int, source: dict) -> subprocess.Popen:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.client
 import os
 import shutil
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 from tornado.httpclient import HTTPRequest
@@ -267,3 +269,72 @@ class ServeTest(AsyncHTTPTestCase):
             r = await self.get("/b/" + d)
             assert r.code == 404
 
+
+    @gen_test(timeout=30)
+    async def test_large_bodies_leave_over_one_kept_alive_connection(self):
+        """sendfile(2) bodies (a stored blob, one still downloading) keep the HTTP/1.1 connection:
+        a peer or apt fetching many blobs pays one handshake, not one per blob."""
+        accepted = []
+        handle_stream = self.http_server.handle_stream
+
+        def counting(stream, address):
+            accepted.append(address)
+            return handle_stream(stream, address)
+
+        self.http_server.handle_stream = counting
+        a, b = blob(LARGE, 12), blob(LARGE + 5, 13)
+        da, db = await self.stored(a), sha(b)
+        w = await self.store.begin_write(db, len(b), reserve=True)
+        await w.write_at(0, b[:SENDFILE_MIN])
+
+        def client() -> list[tuple[int, bytes, bool]]:
+            conn = http.client.HTTPConnection("127.0.0.1", self.get_http_port(), timeout=20)
+            out = []
+            try:
+                for d in (da, db, da):
+                    conn.request("GET", f"/b/{d}")
+                    r = conn.getresponse()
+                    out.append((r.status, r.read(), r.will_close))
+            finally:
+                conn.close()
+            return out
+
+        fut = asyncio.get_running_loop().run_in_executor(None, client)
+        await self.until(lambda: self.store._in_use.get(db), "the downloading blob's request")
+        await w.write_at(SENDFILE_MIN, b[SENDFILE_MIN:])
+        await self.store.commit(w)
+        got = await fut
+        assert [(s, body == want, close) for (s, body, close), want in zip(got, (a, b, a), strict=True)] == [
+            (200, True, False)] * 3
+        assert len(accepted) == 1  # one TCP connection carried all three
+
+    @gen_test(timeout=30)
+    async def test_stored_blob_sent_by_the_loop_waits_for_a_slow_client(self):
+        """A stored blob goes out by non-blocking sendfile(2) from the event loop: a client that
+        reads slowly fills the socket, and the rest follows as it drains (not lost, not blocking)."""
+        from beiran.serve import LOOP_SENDFILE_MAX
+        data = blob(LOOP_SENDFILE_MAX, 14)
+        d = await self.stored(data)
+
+        def slow_client() -> bytes:
+            sock = socket.create_connection(("127.0.0.1", self.get_http_port()), timeout=20)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+            sock.sendall(f"GET /b/{d} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            got = bytearray()
+            while b"\r\n\r\n" not in got:
+                got += sock.recv(4096)
+            head, _, body = bytes(got).partition(b"\r\n\r\n")
+            out = bytearray(body)
+            time.sleep(0.3)  # the server's socket buffer fills meanwhile
+            while len(out) < len(data):
+                chunk = sock.recv(256 << 10)
+                if not chunk:
+                    break
+                out += chunk
+                time.sleep(0.002)
+            sock.close()
+            assert head.startswith(b"HTTP/1.1 200"), head
+            return bytes(out)
+
+        got = await asyncio.get_running_loop().run_in_executor(None, slow_client)
+        assert len(got) == len(data) and got == data

@@ -218,3 +218,79 @@ def test_metadata_writes_of_concurrent_blobs_share_transactions_and_survive_a_re
                                                    for d, b in zip((sha(b) for b in blobs), blobs, strict=True))
         await again.close()
     asyncio.run(go())
+
+
+def test_room_for_small_blobs_is_looked_up_once_a_second_not_per_blob(tmp_path, monkeypatch):
+    """The free-disk check of make_room is a thread hop and a statfs: many small blobs reuse one
+    look while it shows room enough; a blob it cannot vouch for looks again (and is refused)."""
+    import shutil
+
+    looks = []
+    real = shutil.disk_usage
+
+    def counting(path):
+        looks.append(path)
+        return real(path)
+
+    monkeypatch.setattr(shutil, "disk_usage", counting)
+
+    async def go():
+        store = await make_store(tmp_path)
+        for i in range(20):
+            await write(store, f"small blob {i}".encode())
+        assert 1 <= len(looks) <= 3, len(looks)
+        before = len(looks)
+        store.ctx.config.store.reserve_free = real(tmp_path).free + (1 << 40)
+        with pytest.raises(StorageFull):
+            await write(store, b"no room for this one")
+        assert len(looks) == before + 1
+        assert not store.has(sha(b"no room for this one"))
+    asyncio.run(go())
+
+
+def test_prepared_insert_replaces_or_ignores_like_peewee(tmp_path):
+    from beiran.models.blob import BlobRef
+    from beiran.store.dbbatch import Insert
+
+    async def go():
+        store = await make_store(tmp_path)
+        pin = Insert(BlobRef, ("digest", "owner", "ref"), "IGNORE")
+        await store.db_batch.write(lambda: pin("sha256:" + "a" * 64, "test", "r1"))
+        await store.db_batch.write(lambda: pin("sha256:" + "a" * 64, "test", "r1"))  # a duplicate: ignored
+        rows = await store.ctx.run_db(lambda: [(r.digest, r.owner, r.ref) for r in BlobRef.select()])
+        assert rows == [("sha256:" + "a" * 64, "test", "r1")]
+        with pytest.raises(TypeError):
+            pin("too", "few")
+    asyncio.run(go())
+
+
+def test_last_access_is_written_back_for_every_blob_read(tmp_path):
+    from beiran.models.blob import Blob
+
+    async def go():
+        store = await make_store(tmp_path)
+        blobs = [f"read me {i}".encode() for i in range(5)]
+        for data in blobs:
+            await write(store, data)
+        for data in blobs[:3]:
+            async with store.use(sha(data)):
+                pass
+        await store._flush_access()
+        rows = await store.ctx.run_db(lambda: {r.digest: r.last_access for r in Blob.select()})
+        for data in blobs:
+            assert rows[sha(data)] == pytest.approx(store.entries[sha(data)].last_access)
+        assert all(rows[sha(d)] > rows[sha(blobs[4])] for d in blobs[:3])
+    asyncio.run(go())
+
+
+def test_fsynced_commit_closes_the_temp_file_on_the_io_thread(tmp_path):
+    async def go():
+        store = await make_store(tmp_path)
+        store.ctx.config.store.fsync = True
+        data = b"durable" * 1000
+        w = await store.begin_write(sha(data), len(data), reserve=True)
+        await w.feed(data)
+        await store.commit(w)
+        assert w._fd == -1 and store.path_for(sha(data)).read_bytes() == data
+        assert list((tmp_path / "blobs" / "tmp").iterdir()) == []
+    asyncio.run(go())
