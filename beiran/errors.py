@@ -105,6 +105,14 @@ class PeerLacksBlob(UpstreamError):
     code = "peer_lacks_blob"
 
 
+class PeerBusy(PeerLacksBlob):
+    """A peer answered 429: its uploads are at their cap (`[limits] peer_uploads`). No fault: the
+    fetcher tries another holder, and comes back to this one after a pause rather than going to the
+    origin while holders exist."""
+
+    code = "peer_busy"
+
+
 class VerificationError(UpstreamError):
     """Bytes did not match their digest or announced size."""
 

@@ -30,6 +30,7 @@ from beiran.errors import (
     Conflict,
     Forbidden,
     NotFound,
+    PeerBusy,
     PeerLacksBlob,
     UpstreamError,
     VerificationError,
@@ -49,6 +50,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("beiran.fetch")
 MAX_RESTARTS = 4
+#: pauses (0.25 s doubling to 2 s, jittered: ~8 s in all) for holders at their upload caps before
+#: this requester gives up on them and delegates or goes to the origin
+BUSY_WAITS, BUSY_PAUSE = 6, 0.25
 #: a local-only way to the origin: (digest, offset) -> stream; never leaves this node
 Opener = Callable[[str, int], Awaitable[OriginStream]]
 
@@ -63,6 +67,7 @@ class FetchJob:
     bytes_from: Counter[str] = field(default_factory=Counter)  # local / peer / origin
     contributors: set[str] = field(default_factory=set)  # peers whose bytes are in the writer
     bad: set[str] = field(default_factory=set)  # peers skipped for this blob
+    busy: set[str] = field(default_factory=set)  # holders that answered "at my upload cap" (429)
     started: float = field(default_factory=time.monotonic)
     _last_event: float = 0.0
     #: set while `writer` is usable (cleared while it is (re)created); joiners wait on it
@@ -259,7 +264,7 @@ class Fetcher:
     async def _fill(self, job: FetchJob) -> None:
         writer = job.live_writer()
         failed: set[str] = set()
-        delegations = 0
+        delegations = busy_waits = 0
         cfg = self.ctx.config.fetch
         cluster = self.ctx.peers.cluster
         while True:
@@ -288,6 +293,13 @@ class Fetcher:
             if node is not None:
                 if await self._try_peer(job, node, failed):
                     return
+                continue
+            if job.busy and busy_waits < BUSY_WAITS:  # holders exist but are at their upload caps:
+                # wait for one rather than send this requester to the origin
+                await asyncio.sleep(min(BUSY_PAUSE * 2 ** busy_waits, 2.0) * (0.5 + random.random()))
+                busy_waits += 1
+                failed -= job.busy
+                job.busy.clear()
                 continue
             # a node fetching for a peer never delegates again; a local opener never leaves the node.
             # Both modes walk the owner chain (rank 1, 2, 3): an owner that cannot fetch this source
@@ -343,6 +355,8 @@ class Fetcher:
                 raise VerificationError(f"peer {node[:8]} ended its unverified copy short: {exc}") from None
             failed.add(node)
             writer.untrusted |= writer.available > start  # peers get none of it before it verified
+            if isinstance(exc, PeerBusy):
+                job.busy.add(node)
             if isinstance(exc, PeerLacksBlob):  # it dropped its copy: no fault, no news for operators
                 log.debug("%s; trying the next source", exc.message)
             else:

@@ -10,7 +10,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from beiran.errors import BeiranError, PeerLacksBlob, UpstreamError, VerificationError
+from beiran.errors import BeiranError, PeerBusy, PeerLacksBlob, UpstreamError, VerificationError
 from beiran.fetch.peer_pool import PeerConnectionPool
 from beiran.httpstream import stream_request
 
@@ -80,6 +80,8 @@ class PeerSource:
             conn, resp = self._request_sync(host, port, parts.path, headers)
             if resp.status == 404:
                 raise PeerLacksBlob(f"peer {node[:8]} does not have {job.digest[:19]}")
+            if resp.status == 429:
+                raise PeerBusy(f"peer {node[:8]} is at its upload cap")
             if resp.status not in (200, 206):
                 raise UpstreamError(f"peer {node[:8]} answered {resp.status} for {job.digest[:19]}")
             if (offset or end is not None) and resp.status != 206:
@@ -168,6 +170,8 @@ class PeerSource:
                              offset: int) -> None:
         writer = job.live_writer()
         async with stream_request(url, headers) as resp:
+            if resp.code == 429:
+                raise PeerBusy(f"peer {node[:8]} is at its upload cap")
             if resp.code not in (200, 206):
                 raise UpstreamError(f"peer {node[:8]} answered {resp.code} for {job.digest[:19]}")
             if offset and resp.code != 206:

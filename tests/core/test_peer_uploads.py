@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import socket
+import threading
 from urllib.parse import urlsplit
 
 import pytest
@@ -59,3 +60,32 @@ def test_uploads_to_peers_are_capped_and_a_refused_peer_gets_429_before_any_byte
         status, body = _status_and_body(node, digest)
         return status == 200 and hashlib.sha256(body).hexdigest() == digest.split(":")[1]
     wait_until(served, 30, what="the node to serve again once the stalled uploads went away")
+
+
+def test_a_requester_refused_by_a_busy_holder_waits_for_it_instead_of_going_to_the_origin(cluster, origin):
+    holder = cluster.add(config={"origins": {"o": origin.url}, "limits": {"peer_uploads": 1}})
+    requester = cluster.add(config={"origins": {"o": origin.url}, "fetch": {"origin_delegation": False}})
+    cluster.wait_connected()
+    data, digest = random_blob(64 * MiB, 6)
+    origin.put("d", data)
+    holder.add_blob(data)
+    wait_until(lambda: any(b["digest"] == digest for b in requester.api("GET", "/blobs?all=true")["blobs"]), 10,
+               what="the requester to learn the holder has it")
+    stalled = _stalled_download(holder, digest)  # the holder's one upload, held by someone else
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.update(
+        requester.fetch(digest, len(data), {"plugin": "origin", "name": "o", "path": "/d"})))
+    t.start()
+    try:
+        wait_until(lambda: holder.metrics().get("beiran_peer_requests_refused_total{cap=uploads}", 0) >= 1, 20,
+                   what="the requester to be refused by the busy holder")
+    finally:
+        stalled.close()  # the upload slot frees: the requester, pausing, comes back
+    t.join(120)
+    m = requester.metrics()
+    print(f"\nrequester: {result.get('state')}; bytes from peer {m.get('beiran_fetch_bytes_total{source=peer}', 0)}, "
+          f"origin requests {origin.requests['/d']}, peer failures {m.get('beiran_peer_failures_total', 0)}")
+    assert "error" not in result, result
+    assert origin.requests["/d"] == 0
+    assert m.get("beiran_peer_failures_total", 0) == 0
+    assert hashlib.sha256(requester.blob(digest)).hexdigest() == digest.split(":")[1]
