@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from beiran.errors import BadRequest, BeiranError, TooManyRequests, UpstreamError, from_wire
+from beiran.peer.membership import DEAD, GONE
 
 if TYPE_CHECKING:
     from beiran.context import DaemonContext
@@ -161,6 +162,16 @@ class PeerCalls:
             return nodes
         lists = await asyncio.gather(*(self.plugins_of(n) for n in nodes))
         return [n for n, names in zip(nodes, lists, strict=True) if names is not None and plugin in names]
+
+    def status_of(self, node: str) -> str:
+        """How a node shows to operators: its websocket's status; above full_mesh_max (no
+        websockets) membership's word: online unless declared dead."""
+        conn = self.ctx.peers.conn(node)
+        if conn is not None:
+            return conn.status.value
+        cluster = self.ctx.peers.cluster
+        state = cluster.state(node)
+        return "online" if cluster.swim and state is not None and state not in (DEAD, GONE) else "offline"
 
     async def plugins_of(self, node: str) -> tuple[str, ...] | None:
         """The plugins `node` runs: its websocket hello, else its `/info` (cached); None if unknown."""

@@ -306,6 +306,9 @@ class PeerManager:
         """Peers `call` reaches now (with `plugin`: that run it), in either mode (calls.py)."""
         return await self.calls.reachable(plugin)
 
+    async def plugins_of(self, node: str) -> tuple[str, ...] | None:
+        return await self.calls.plugins_of(node)
+
     def conn(self, node: str) -> PeerConnection | None:
         c = self.conns.get(node)
         return c if c is not None and not c.closed.done() else None

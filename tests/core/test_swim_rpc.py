@@ -72,6 +72,11 @@ def test_core_preheat_reaches_every_node_in_swim_mode(cluster, origin):
                                  "source": {"plugin": "origin", "name": "o", "path": "/one"}}], [far.uuid[:12]])
     assert one.get("failed") == [] and [r["node"] for r in one["nodes"]] == [far.uuid], one
     assert sha(far.blob(digest2)) == digest2
+
+    # what operators see: every member counted and listed online, though no websocket is open
+    assert nodes[0].api("GET", "/status")["peers_online"] == n - 1
+    shown = {row["uuid"]: row["status"] for row in nodes[0].api("GET", "/ui/state")["nodes"]}
+    assert shown == {x.uuid: "self" if x is nodes[0] else "online" for x in nodes}, shown
     print(f"\n{n} daemons in swim after {t_swim - t_start:.1f}s; preheat of 8 MiB on all {n}: "
           f"{summary['elapsed']}s, sources {summary['sources']}; test {time.monotonic() - t_start:.1f}s")
 
