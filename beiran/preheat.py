@@ -160,7 +160,7 @@ async def targets(ctx: DaemonContext, nodes: Any, plugin: str | None = None) -> 
     for n in nodes:
         match = [u for u in [me, *online] if u == n or (len(n) >= 8 and u.startswith(n))]
         if len(match) != 1:
-            raise BadRequest(f"{n[:40]} is not this node or a reachable peer (see `beiran node list`)")
+            raise BadRequest(f"{n[:40]} is not this node or an online peer (see `beiran node list`)")
         out.append(match[0])
     return list(dict.fromkeys(out))
 

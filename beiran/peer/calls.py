@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 #: calls a peer may have running here at once over HTTP (the websocket's own cap is the same)
 MAX_INBOUND = 32
+#: and all peers together: without a token a peer's UUID is only a claim, so the per-peer cap alone
+#: would not bound a caller that names a new UUID each time
+MAX_INBOUND_TOTAL = 256
 #: an RPC answer larger than this is refused (a websocket message has the same cap)
 MAX_ANSWER = 4 << 20
 METHOD = re.compile(r"[a-z][a-z_]{0,31}")
@@ -137,6 +140,8 @@ class PeerCalls:
         """Count one inbound HTTP call of `peer` (429 over the cap); `release` when it ends."""
         if self.inbound.get(peer, 0) >= MAX_INBOUND:
             raise TooManyRequests(f"more than {MAX_INBOUND} calls at once from one peer")
+        if sum(self.inbound.values()) >= MAX_INBOUND_TOTAL:
+            raise TooManyRequests(f"more than {MAX_INBOUND_TOTAL} peer calls at once")
         self.inbound[peer] = self.inbound.get(peer, 0) + 1
 
     def release(self, peer: str) -> None:

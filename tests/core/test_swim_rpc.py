@@ -120,3 +120,27 @@ def test_peer_rpc_route_refuses_unsigned_forged_replayed_and_non_peer_calls(clus
     status, answer = post("preheat", bad, sign(TOKEN, "POST", "/peer/rpc/preheat", me, json.dumps(bad).encode()))
     assert status in (400, 403), answer
     assert not node.tracebacks("peer/rpc")
+
+
+def test_peer_calls_over_http_are_capped_per_peer_and_in_total():
+    from types import SimpleNamespace
+
+    from beiran.errors import TooManyRequests
+    from beiran.peer.calls import MAX_INBOUND, MAX_INBOUND_TOTAL, PeerCalls
+
+    calls = PeerCalls(SimpleNamespace())  # type: ignore[arg-type]
+    for _ in range(MAX_INBOUND):
+        calls.admit("a")
+    with pytest.raises(TooManyRequests):
+        calls.admit("a")
+    calls.release("a")
+    calls.admit("a")  # a finished call frees its slot
+    peers = [f"p{i}" for i in range(MAX_INBOUND_TOTAL)]
+    with pytest.raises(TooManyRequests):  # new UUIDs each time do not get past the total
+        for p in peers:
+            calls.admit(p)
+    assert sum(calls.inbound.values()) == MAX_INBOUND_TOTAL
+    for p in list(calls.inbound):
+        for _ in range(calls.inbound[p]):
+            calls.release(p)
+    assert not calls.inbound
