@@ -92,15 +92,20 @@ class OfflineAnswers:
         one per host (several node UUIDs on one machine are one voice), at most `offline.max_peers`
         of them (a random choice, so a fixed set of nodes cannot arrange to be the ones asked)."""
         limit = max(self.ctx.config.offline.max_peers, 1)
-        nodes = await self.ctx.peers.reachable()
-        random.shuffle(nodes)
+        hosts: dict[str, list[str]] = {}
+        for node in await self.ctx.peers.reachable():
+            host = urlsplit(self.ctx.peers.url_of(node) or "").hostname
+            if host:
+                hosts.setdefault(host, []).append(node)
+        order = list(hosts)
+        random.shuffle(order)
+        nodes = [(h, n) for h in order for n in hosts[h]]
         by_host: dict[str, str] = {}
         for i in range(0, len(nodes), limit):  # plugin lists may cost a request: learn few at a time
             chunk = nodes[i:i + limit]
-            names = await asyncio.gather(*(self.ctx.peers.plugins_of(n) for n in chunk))
-            for node, plugins in zip(chunk, names, strict=True):
-                host = urlsplit(self.ctx.peers.url_of(node) or "").hostname
-                if host and plugins is not None and self.plugin in plugins:
+            names = await asyncio.gather(*(self.ctx.peers.plugins_of(n) for _, n in chunk))
+            for (host, node), plugins in zip(chunk, names, strict=True):
+                if plugins is not None and self.plugin in plugins:
                     by_host.setdefault(host, node)
             if len(by_host) >= limit:
                 break
