@@ -64,14 +64,17 @@ def test_core_preheat_reaches_every_node_in_swim_mode(cluster, origin):
     assert origin.requests["/pre"] == 1, origin.requests
     assert summary["sources"].get("origin") == len(data), summary["sources"]
 
-    # a node named by a UUID prefix (a member, not a websocket peer) is asked too
+    # a node named by a UUID prefix (a member, not a websocket peer) is asked too, from the CLI
     data2, digest2 = random_blob(1 * MiB, 78)
     origin.put("one", data2)
     far = nodes[-1]
-    _, one = preheat(nodes[1], [{"digest": digest2, "size": len(data2),
-                                 "source": {"plugin": "origin", "name": "o", "path": "/one"}}], [far.uuid[:12]])
+    src = json.dumps({"plugin": "origin", "name": "o", "path": "/one"})
+    one = nodes[1].cli("blobs", "preheat", digest2, "--size", str(len(data2)), "--source", src,
+                       "--nodes", far.uuid[:12], "--json")
     assert one.get("failed") == [] and [r["node"] for r in one["nodes"]] == [far.uuid], one
     assert sha(far.blob(digest2)) == digest2
+    table = nodes[1].cli("blobs", "preheat", digest2, "--source", src, "--nodes", far.uuid[:12])
+    assert "on 1 of 1 nodes" in table and far.uuid[:8] in table, table
 
     # what operators see: every member counted and listed online, though no websocket is open
     assert nodes[0].api("GET", "/status")["peers_online"] == n - 1
