@@ -124,6 +124,17 @@ def test_peer_rpc_route_refuses_unsigned_forged_replayed_and_non_peer_calls(clus
     assert status in (400, 403), answer
     assert not node.tracebacks("peer/rpc")
 
+    # without a token the caller's UUID is only a claim: what the websocket refuses then is refused
+    # here too (a preheat from peers needs a cluster token), what it answers is answered
+    open_node = cluster.add({}, peers=None)
+    blobs = {"from": me, "params": {"blobs": [{"digest": digest, "size": 1,
+                                               "source": {"plugin": "origin", "name": "o", "path": "/x"}}]}}
+    status, _, payload = open_node.tcp("POST", "/peer/rpc/preheat", json.dumps(blobs).encode(),
+                                       {"Content-Type": "application/json"})
+    assert status == 403 and b"cluster_token" in payload, (status, payload)
+    status, _, payload = open_node.tcp("POST", "/peer/rpc/progress", raw, {"Content-Type": "application/json"})
+    assert status == 200 and json.loads(payload)["r"][digest]["state"] == "missing", payload
+
 
 def test_peer_calls_over_http_are_capped_per_peer_and_in_total():
     from types import SimpleNamespace
