@@ -38,3 +38,29 @@ def test_preheat_and_cluster_listings_work_in_swim_mode(cluster, registry, test_
     layers = {x["digest"]: x for x in json.loads(beiran(n1, "docker", "layers", "--all", "--json").stdout)}
     for layer in test_images.zstd.layers:
         assert n2.uuid in layers[layer.digest]["nodes"], layers.get(layer.digest)
+
+
+ACCEPT = {"Accept": "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, "
+                    "application/vnd.docker.distribution.manifest.v2+json"}
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_registry_down_the_offline_quorum_asks_members_in_swim_mode(cluster, registry, test_images):
+    """With the registry down, a node that never saw a tag gets the answer its peers agree on,
+    though no websocket is open (the quorum is asked among the members that run docker)."""
+    cfg = {**docker_config(registry), "cluster": {"full_mesh_max": 3}}
+    nodes = cluster.start(4, config=cfg)
+    for node in nodes:
+        wait_until(lambda node=node: (c := node.api("GET", "/nodes")["cluster"])["mode"] == "swim"
+                   and c["members"] == 4, 30, interval=0.2, what=f"{node.name} in swim mode with 4 members")
+    *knowing, fresh = nodes
+    path = "/v2/test/img/manifests/v1"
+    for node in knowing:
+        status, _, body = node.tcp("GET", path, headers=ACCEPT)
+        assert status == 200 and body == test_images.img.manifest_bytes
+    registry.stop()
+    status, headers, body = fresh.tcp("GET", path, headers=ACCEPT)
+    assert status == 200 and body == test_images.img.manifest_bytes, (status, body[:200])
+    agreed = headers.get("X-Beiran-Offline", "")
+    assert agreed.startswith("agreed; peers=") and len(agreed.split("=")[1].split(",")) >= 2, agreed
