@@ -1,6 +1,7 @@
 """`beiran apt preheat --nodes all` above `[cluster] full_mesh_max`: no peer websockets, so the
 nodes that run apt are learned from membership and their signed `/info` (beiran/peer/calls.py), and
-they are asked over signed `POST /peer/rpc/preheat`; the .debs still leave the archive once."""
+they are asked over signed `POST /peer/rpc/preheat`; the .debs still leave the archive once; with
+the archive down, a node that never saw it takes the index files from a member that did."""
 
 from __future__ import annotations
 
@@ -38,3 +39,10 @@ def test_preheat_all_in_swim_mode_reaches_every_apt_node_and_no_other(cluster, r
     status, _, _ = no_apt.request("HEAD", f"/blobs/{pkgs[0].digest}")
     assert status == 404
     assert server.debs_served() == {p.filename: 1 for p in pkgs}
+
+    # the archive goes away: node 3 never talked to it, and gets the index files from a member's copy
+    server.stop()
+    c3 = client_for(tmp_path, "c3", nodes[2], repo, server.url)
+    c3.update()
+    c3.download("hello")
+    assert c3.debs() == repo.expected(*names)
