@@ -36,7 +36,7 @@ MAX_ANSWER = 4 << 20
 METHOD = re.compile(r"[a-z][a-z_]{0,31}")
 #: plugin lists learned from members' /info: how many members, for how long, how long a list
 INFO_CACHE, INFO_TTL, MAX_PLUGINS, MAX_NAME = 4096, 300.0, 64, 64
-INFO_PARALLEL, INFO_TIMEOUT = 16, 3.0
+INFO_PARALLEL, INFO_TIMEOUT, MAX_INFO = 16, 3.0, 64 << 10
 OUT_PARALLEL = 16  # HTTP calls this node has open at once
 
 
@@ -168,6 +168,18 @@ class PeerCalls:
         lists = await asyncio.gather(*(self.plugins_of(n) for n in nodes))
         return [n for n, names in zip(nodes, lists, strict=True) if names is not None and plugin in names]
 
+    async def _get_info(self, url: str) -> Any:
+        """A member's signed `GET /info` (at its membership address), read to at most MAX_INFO."""
+        from beiran.httpstream import stream_request
+
+        async def go() -> Any:
+            async with stream_request(url + "/info", self.ctx.auth.headers("GET", "/info"),
+                                      connect_timeout=INFO_TIMEOUT, max_redirects=0) as resp:
+                if resp.code != 200:
+                    return None
+                return json.loads(await resp.read_all(MAX_INFO, idle_timeout=INFO_TIMEOUT))
+        return await asyncio.wait_for(go(), INFO_TIMEOUT * 2)
+
     def status_of(self, node: str) -> str:
         """How a node shows to operators: its websocket's status; above full_mesh_max (no
         websockets) membership's word: online unless declared dead."""
@@ -192,11 +204,11 @@ class PeerCalls:
             return None
         try:
             async with self._info_slots:
-                info = await self.ctx.peers.fetch_info(url, INFO_TIMEOUT, named=True)  # a member's address
-        except BeiranError:
+                info = await self._get_info(url)
+        except (BeiranError, OSError, ValueError, TimeoutError):
             return None
-        names = plugin_names(info.get("plugins"))
-        if info.get("uuid") != node or names is None:
+        names = plugin_names(info.get("plugins")) if isinstance(info, dict) else None
+        if not isinstance(info, dict) or info.get("uuid") != node or names is None:
             return None  # another node answers at that address, or a claim out of bounds
         self._plugins[node] = (now + INFO_TTL, names)
         self._plugins.move_to_end(node)
