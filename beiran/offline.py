@@ -2,7 +2,7 @@
 version has. One rule for every plugin, because a wrong answer here is served to clients as truth.
 
 1. A node's own last answer from its upstream comes first (the plugin checks it before asking).
-2. Otherwise online peers are asked (one per host), and a value is used only when at least `quorum`
+2. Otherwise reachable peers are asked (one per host), and a value is used only when at least `quorum`
    of them (never fewer than 2) and a strict majority of those that answered for that key returned it.
 3. A peer's clocks and `updated` values are never compared: "newest" is what an attacker would claim.
 
@@ -87,25 +87,34 @@ class OfflineAnswers:
     def quorum(self) -> int:
         return max(self.ctx.config.offline.quorum, MIN_QUORUM)
 
-    def peers(self) -> list[str]:
-        """Online peers running this plugin, one per host (several node UUIDs on one machine are one
-        voice), at most `offline.max_peers` of them (a random choice, so a fixed set of nodes cannot
-        arrange to be the ones asked)."""
-        by_host: dict[str, str] = {}
-        for node in self.ctx.peers.online():
-            conn = self.ctx.peers.conn(node)
-            plugins = conn.info.get("plugins") if conn is not None else None
-            host = urlsplit(self.ctx.peers.url_of(node) or "").hostname
-            if conn is not None and host and (not isinstance(plugins, list) or self.plugin in plugins):
-                by_host.setdefault(host, node)
-        found = list(by_host.values())
+    async def peers(self) -> list[str]:
+        """Reachable peers running this plugin (websocket peers, or members above full_mesh_max),
+        one per host (several node UUIDs on one machine are one voice), at most `offline.max_peers`
+        of them (a random choice, so a fixed set of nodes cannot arrange to be the ones asked)."""
         limit = max(self.ctx.config.offline.max_peers, 1)
-        return random.sample(found, limit) if len(found) > limit else found
+        hosts: dict[str, list[str]] = {}
+        for node in await self.ctx.peers.reachable():
+            host = urlsplit(self.ctx.peers.url_of(node) or "").hostname
+            if host:
+                hosts.setdefault(host, []).append(node)
+        order = list(hosts)
+        random.shuffle(order)
+        nodes = [(h, n) for h in order for n in hosts[h]]
+        by_host: dict[str, str] = {}
+        for i in range(0, len(nodes), limit):  # plugin lists may cost a request: learn few at a time
+            chunk = nodes[i:i + limit]
+            names = await asyncio.gather(*(self.ctx.peers.plugins_of(n) for _, n in chunk))
+            for (host, node), plugins in zip(chunk, names, strict=True):
+                if plugins is not None and self.plugin in plugins:
+                    by_host.setdefault(host, node)
+            if len(by_host) >= limit:
+                break
+        return list(by_host.values())[:limit]
 
     async def ask(self, path: str, parse: Callable[[bytes], T], limit: int) -> dict[str, T]:
         """GET `path` from each chosen peer (no redirects, at most `limit` bytes, bounded time);
         peer -> parse(body) for the answers that were 200 and parsed."""
-        nodes = self.peers()
+        nodes = await self.peers()
         answers = await asyncio.gather(*(self._ask_one(n, path, parse, limit) for n in nodes))
         return {n: a.value for n, a in zip(nodes, answers, strict=True) if a is not None}
 

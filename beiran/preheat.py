@@ -22,7 +22,7 @@ from beiran.store.digest import parse_digest
 
 if TYPE_CHECKING:
     from beiran.context import DaemonContext
-    from beiran.peer.connection import PeerConnection
+    from beiran.peer.calls import Caller
 
 log = logging.getLogger("beiran.preheat")
 MAX_BLOBS = 512  # blobs in one preheat request (an image has tens)
@@ -129,7 +129,7 @@ def parse_items(ctx: DaemonContext, blobs: Any, peer: str | None = None) -> list
     return out
 
 
-async def rpc_preheat(conn: PeerConnection, blobs: Any = None) -> dict[str, Any]:
+async def rpc_preheat(conn: Caller, blobs: Any = None) -> dict[str, Any]:
     """A peer asks this node to fetch blobs now. Only in a cluster with a token: without one, any
     host that reaches the port could make every node download whatever it names."""
     ctx = conn.ctx
@@ -141,20 +141,19 @@ async def rpc_preheat(conn: PeerConnection, blobs: Any = None) -> dict[str, Any]
     return {"accepted": len(items)}
 
 
-async def rpc_progress(conn: PeerConnection, digests: Any = None) -> dict[str, Any]:
+async def rpc_progress(conn: Caller, digests: Any = None) -> dict[str, Any]:
     if not isinstance(digests, list) or len(digests) > MAX_BLOBS:
         raise BadRequest(f"digests must be a list of at most {MAX_BLOBS}")
     return conn.ctx.preheater.progress([str(parse_digest(str(d))) for d in digests])
 
 
-def targets(ctx: DaemonContext, nodes: Any, plugin: str | None = None) -> list[str]:
-    """"all" (this node and every online peer; with `plugin`, every peer that runs it) or a list of
-    UUIDs / unique 8+ character prefixes."""
-    me, online = ctx.identity.uuid, ctx.peers.online()
+async def targets(ctx: DaemonContext, nodes: Any, plugin: str | None = None) -> list[str]:
+    """"all" (this node and every reachable peer, in either cluster mode; with `plugin`, every peer
+    that runs it) or a list of UUIDs / unique 8+ character prefixes."""
+    me = ctx.identity.uuid
     if nodes in (None, "all", ["all"]):
-        if plugin is not None:
-            online = [n for n in online if (c := ctx.peers.conn(n)) and plugin in (c.info.get("plugins") or [])]
-        return [me, *sorted(online)]
+        return [me, *sorted(await ctx.peers.reachable(plugin))]
+    online = await ctx.peers.reachable()
     if not isinstance(nodes, list) or not nodes or not all(isinstance(n, str) for n in nodes):
         raise BadRequest('nodes must be "all" or a list of node UUIDs')
     out = []
@@ -215,10 +214,7 @@ async def run(ctx: DaemonContext, items: list[Item], nodes: list[str], emit: Emi
                 ctx.preheater.start(items)
                 return {}
             return ctx.preheater.progress(digests)
-        conn = ctx.peers.conn(node)
-        if conn is None:
-            raise BeiranError(f"node {node[:8]} went offline")
-        return await conn.call(method, timeout=30.0, **params)
+        return await ctx.peers.call(node, method, timeout=30.0, **params)
 
     async def begin(node: str) -> None:
         asked.add(node)

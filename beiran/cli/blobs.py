@@ -12,6 +12,7 @@ import click
 from beiran.cli.errors import CLIError
 from beiran.cli.main import client
 from beiran.cli.output import emit_json, human_duration, human_size, json_option, table
+from beiran.cli.preheat import nodes_option
 
 
 @click.group()
@@ -86,6 +87,29 @@ def fetch(digest: str, output: str | None, size: int | None, source: str | None,
     srcs = ", ".join(f"{k} {human_size(v)}" for k, v in (final.get("sources") or {}).items())
     took = human_duration(final.get("elapsed"))
     click.echo(f"{digest}: {human_size(final.get('total'))} in {took} ({srcs or 'local'})")
+
+
+@blobs.command("preheat")
+@click.argument("digest")
+@click.option("--size", type=int, help="Expected size in bytes.")
+@click.option("--source", required=True,
+              help='Origin as JSON, e.g. {"plugin": "origin", "name": "files", "path": "/x"}.')
+@nodes_option
+@click.option("--no-progress", is_flag=True, help="No progress lines.")
+@json_option
+def preheat(digest: str, size: int | None, source: str, nodes: str, no_progress: bool, as_json: bool) -> None:
+    """Put DIGEST on the chosen nodes now (each fetches it; it leaves the origin once).
+
+    Peers accept this only in a cluster with a cluster_token, and only for sources their own
+    config names."""
+    from beiran.cli.preheat import parse_nodes, run_preheat
+
+    try:
+        src = json.loads(source)
+    except ValueError as exc:
+        raise CLIError(f"--source is not valid JSON: {exc}") from None
+    run_preheat("/preheat", {"blobs": [{"digest": digest, "size": size, "source": src}],
+                             "nodes": parse_nodes(nodes)}, digest[:19], no_progress, as_json)
 
 
 @blobs.command("list")

@@ -8,12 +8,14 @@ from typing import Any
 
 import tornado.web
 
+from beiran import preheat_api
 from beiran.context import DaemonContext
 from beiran.daemon import core_api
 from beiran.handlers import NotFoundHandler
 from beiran.listener import GuardedHTTPServer
 from beiran.peer.connection import MAX_MESSAGE
 from beiran.peer.fetch_http import PeerFetchHandler
+from beiran.peer.rpc_http import PeerRPCHandler
 from beiran.peer.serving import BlobHandler
 from beiran.peer.websocket import PeerSocketHandler
 from beiran.store import api as store_api
@@ -25,9 +27,10 @@ def make_app(ctx: DaemonContext) -> tornado.web.Application:
     routes: list[Any] = []
     routes += core_api.ROUTES
     routes += store_api.ROUTES
+    routes += preheat_api.ROUTES
     routes += ui_handlers.ROUTES
     routes += [(r"/blobs/(.+)", BlobHandler), (r"/peer", PeerSocketHandler),
-               (r"/peer/fetch", PeerFetchHandler)]
+               (r"/peer/fetch", PeerFetchHandler), (r"/peer/rpc/([a-z_]{1,32})", PeerRPCHandler)]
     routes += ctx.plugins.all_routes()
     return tornado.web.Application(
         routes, ctx=ctx, default_handler_class=NotFoundHandler, compress_response=False,

@@ -33,7 +33,7 @@ class StatusHandler(JSONEndpoint):
         ident = self.ctx.identity
         self.write_json({"status": "ready", "uuid": ident.uuid, "version": __version__,
                          "uptime": round(time.time() - ident.started, 1),
-                         "peers_online": len(self.ctx.peers.online()),
+                         "peers_online": len(await self.ctx.peers.reachable()),
                          "store": {"blobs": len(self.ctx.store.entries),
                                    "bytes": self.ctx.store.total_size()},
                          "plugins": await self.ctx.plugins.status_list()})
@@ -54,18 +54,16 @@ class NodesHandler(RPCEndpoint):
         for n in rows:
             if n["uuid"] == me:
                 continue
-            conn = self.ctx.peers.conn(n["uuid"])
-            n["status"] = conn.status.value if conn else "offline"
+            n["status"] = self.ctx.peers.calls.status_of(n["uuid"])
             n["found_by"] = sorted(self.ctx.peers.found_by.get(n["uuid"], set()) or n["found_by"])
             member = members.pop(n["uuid"], None)
             n["membership"] = member["membership"] if member else None
             if cluster.swim and member:  # no websockets above full_mesh_max: membership says
-                n["status"] = "offline" if member["membership"] == "dead" else "online"
                 n["url"] = member["url"]
             if show_all or n["status"] not in ("offline",):
                 nodes.append(n)
         for member in members.values() if cluster.swim else ():  # known only through membership
-            status = "offline" if member["membership"] == "dead" else "online"
+            status = self.ctx.peers.calls.status_of(member["uuid"])
             if show_all or status != "offline":
                 nodes.append({**member, "status": status, "found_by": ["membership"], "hostname": "",
                               "version": "", "last_seen": None})
@@ -106,11 +104,8 @@ class NodeHandler(JSONEndpoint):
             if member is None:
                 raise NotFound(f"node {node[:40]} is not known")
             rows = [{**member, "hostname": "", "version": "", "found_by": ["membership"], "last_seen": None}]
-        conn = self.ctx.peers.conn(node)
-        rows[0]["status"] = conn.status.value if conn else "offline"
+        rows[0]["status"] = self.ctx.peers.calls.status_of(node)
         rows[0]["membership"] = member["membership"] if member else None
-        if cluster.swim and member is not None:
-            rows[0]["status"] = "offline" if member["membership"] == "dead" else "online"
         holdings = self.ctx.availability.peers.get(node)
         rows[0]["blobs"] = len(holdings.blobs) if holdings else 0
         self.write_json(rows[0])

@@ -239,9 +239,9 @@ class PeerConnection:
         task.add_done_callback(self._answering.discard)
 
     async def _answer(self, call_id: int, method: str, params: dict[str, Any]) -> None:
-        from beiran.peer import protocol
+        from beiran.peer.calls import handler
 
-        fn = getattr(protocol, f"rpc_{method}", None)
+        fn = handler(method)
         try:
             if fn is None or not isinstance(params, dict):
                 raise ProtocolError(f"unknown rpc {method[:30]!r}")

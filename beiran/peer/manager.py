@@ -19,6 +19,7 @@ from beiran.errors import BadRequest, UpstreamError
 from beiran.models.base import dict_rows
 from beiran.models.node import Node, NodeStatus
 from beiran.peer.availability import Availability
+from beiran.peer.calls import PeerCalls
 from beiran.peer.cluster import ClusterService
 from beiran.peer.connection import DUPLICATE, PROTOCOL_ERROR, PeerConnection
 from beiran.peer.policy import OPERATOR_NAMED, PeerPolicy, fetch_url
@@ -62,6 +63,7 @@ class PeerManager:
         self._refused_logged: set[str] = set()
         self._tasks: set[asyncio.Future[Any]] = set()
         self.cluster = ClusterService(ctx)
+        self.calls = PeerCalls(ctx)
 
     # -- targets ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -295,6 +297,17 @@ class PeerManager:
         for c in list(self.conns.values()):
             c.shutdown("the cluster is above full_mesh_max: no peer websockets", code=SWIM_MODE,
                        notify=False)
+
+    async def call(self, node: str, method: str, timeout: float = 30.0, **params: Any) -> Any:
+        """Call `rpc_<method>` on a peer in either mode (calls.py): use this, not `conn(n).call`."""
+        return await self.calls.call(node, method, timeout, **params)
+
+    async def reachable(self, plugin: str | None = None) -> list[str]:
+        """Peers `call` reaches now (with `plugin`: that run it), in either mode (calls.py)."""
+        return await self.calls.reachable(plugin)
+
+    async def plugins_of(self, node: str) -> tuple[str, ...] | None:
+        return await self.calls.plugins_of(node)
 
     def conn(self, node: str) -> PeerConnection | None:
         c = self.conns.get(node)

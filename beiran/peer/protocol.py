@@ -18,6 +18,7 @@ from beiran.store.digest import parse_digest
 
 if TYPE_CHECKING:
     from beiran.context import DaemonContext
+    from beiran.peer.calls import Caller
     from beiran.peer.connection import PeerConnection
 
 log = logging.getLogger("beiran.peer")
@@ -35,7 +36,7 @@ def _check_source(source: Any) -> dict[str, Any]:
     return source
 
 
-async def rpc_fetch(conn: PeerConnection, digest: str, size: int | None = None,
+async def rpc_fetch(conn: Caller, digest: str, size: int | None = None,
                     source: dict[str, Any] | None = None) -> dict[str, Any]:
     """A peer asks this node (the blob's rendezvous owner) to fetch a cold blob from its origin.
 
@@ -133,13 +134,13 @@ async def call_fetch_http(ctx: DaemonContext, node: str, digest: str, size: int 
     return answer
 
 
-async def rpc_preheat(conn: PeerConnection, blobs: Any = None) -> dict[str, Any]:
+async def rpc_preheat(conn: Caller, blobs: Any = None) -> dict[str, Any]:
     from beiran import preheat
 
     return await preheat.rpc_preheat(conn, blobs)
 
 
-async def rpc_progress(conn: PeerConnection, digests: Any = None) -> dict[str, Any]:
+async def rpc_progress(conn: Caller, digests: Any = None) -> dict[str, Any]:
     from beiran import preheat
 
     return await preheat.rpc_progress(conn, digests)

@@ -61,15 +61,20 @@ async def nodes(ctx: DaemonContext) -> list[dict[str, Any]]:
     for n in sorted(rows, key=lambda r: r["url"]):
         if n["uuid"] == me:
             continue
-        conn = ctx.peers.conn(n["uuid"])
         held = holdings.get(n["uuid"])
         blobs = held.blobs if held is not None else {}
         out.append({"uuid": n["uuid"], "hostname": n["hostname"], "url": n["url"],
-                    "status": conn.status.value if conn else "offline", "version": n["version"],
+                    "status": ctx.peers.calls.status_of(n["uuid"]), "version": n["version"],
                     "plugins": n["plugins"], "blobs": sum(1 for s, _ in blobs.values() if s == "c"),
                     "downloading": sum(1 for s, _ in blobs.values() if s != "c"),
                     "bytes": sum(size or 0 for s, size in blobs.values() if s == "c"),
                     "last_seen": n["last_seen"]})
+    listed = {row["uuid"] for row in out}
+    for m in ctx.peers.cluster.members() if ctx.peers.cluster.swim else []:  # known by membership only
+        if m["uuid"] not in listed:
+            out.append({"uuid": m["uuid"], "hostname": "", "url": m["url"],
+                        "status": ctx.peers.calls.status_of(m["uuid"]), "version": "", "plugins": [],
+                        "blobs": 0, "downloading": 0, "bytes": 0, "last_seen": None})
     return out
 
 

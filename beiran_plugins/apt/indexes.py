@@ -192,9 +192,9 @@ class IndexService:
 
     async def _from_peers(self, target: Target) -> CachedIndex | None:
         url = target.url
-        for node in self.ctx.peers.online():
-            conn, base = self.ctx.peers.conn(node), self.ctx.peers.url_of(node)
-            if conn is None or not base or "apt" not in (conn.info.get("plugins") or []):
+        for node in await self.ctx.peers.reachable("apt"):  # websocket peers or members (swim)
+            base = self.ctx.peers.url_of(node)
+            if not base:
                 continue
             tmp = self.cache.scratch_file()
             path = "/apt/index"

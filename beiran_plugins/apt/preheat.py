@@ -134,7 +134,7 @@ async def preheat(plugin: AptPlugin, packages: Any, arch: Any, nodes: Any,
     """Resolve, then have every chosen node fetch the .debs (seeded on this node)."""
     specs = parse_specs(packages)
     arch = check_arch(arch)
-    targets = core_preheat.targets(plugin.ctx, nodes, plugin="apt")  # "all": the nodes that run apt
+    targets = await core_preheat.targets(plugin.ctx, nodes, plugin="apt")  # "all": the nodes that run apt
     blobs = await resolve(plugin, specs, arch)
     items = [core_preheat.Item(b.digest, b.size, b.source) for b in blobs]
     await emit({"event": "resolved", "arch": arch, "nodes": targets,

@@ -195,7 +195,7 @@ async def cluster_layers(plugin: DockerPlugin, node: str | None = None) -> list[
     me = plugin.ctx.identity.uuid
     if node == me:
         return await local_layers(plugin)
-    nodes = [node] if node else plugin.ctx.peers.online()
+    nodes = [node] if node else await plugin.ctx.peers.reachable("docker")
     answers = await asyncio.gather(*(plugin.mirror.peer_json(n, "/docker/layers") for n in nodes))
     if node and not isinstance(answers[0], dict):
         raise NotFound(f"node {node[:40]} is not online or did not answer")
@@ -211,9 +211,9 @@ async def cluster_layers(plugin: DockerPlugin, node: str | None = None) -> list[
 
 
 async def cluster_images(plugin: DockerPlugin, node: str | None = None) -> list[dict[str, Any]]:
-    """All online nodes' images (or one node's), merged: each row lists the nodes holding it."""
+    """All reachable nodes' images (or one node's), merged: each row lists the nodes holding it."""
     me = plugin.ctx.identity.uuid
-    nodes = [node] if node else plugin.ctx.peers.online()
+    nodes = [node] if node else await plugin.ctx.peers.reachable("docker")
     answers = await asyncio.gather(*(plugin.mirror.peer_json(n, "/docker/images") for n in nodes if n != me))
     merged: dict[tuple, dict[str, Any]] = {}
     lists = ([] if node and node != me else [await local_images(plugin)])

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 async def preheat(plugin: DockerPlugin, ref: Reference, platform: str | None, nodes: Any,
                   emit: core_preheat.Emit) -> dict[str, Any]:
-    targets = core_preheat.targets(plugin.ctx, nodes)
+    targets = await core_preheat.targets(plugin.ctx, nodes)
     digest, _, parsed, plat, _ = await resolve_image(plugin, ref, platform)
     source = plugin.mirror.source(ref.registry, ref.repository, "blob")
     items = [core_preheat.Item(b.digest, b.size, source) for b in {b.digest: b for b in parsed.blobs}.values()]

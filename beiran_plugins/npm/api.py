@@ -184,7 +184,7 @@ class PreheatHandler(JSONEndpoint, NpmHandler):
         specs = body.get("packages") or []
         if not specs or not isinstance(specs, list) or not all(isinstance(s, str) for s in specs):
             raise BadRequest("packages must be a non-empty list of PACKAGE[@RANGE] strings")
-        nodes = preheat.targets(self.ctx, body.get("nodes", "all"))
+        nodes = await preheat.targets(self.ctx, body.get("nodes", "all"))
         found, errors = await warm.resolve(self.plugin, specs, bool(body.get("deps", True)))
         if errors:
             raise NotFound("; ".join(f"{e['package']}: {e['error']}" for e in errors[:5]))

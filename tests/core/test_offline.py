@@ -44,11 +44,11 @@ class _Peers:
     def __init__(self, bases: dict[str, str], plugins: dict[str, list[str]]) -> None:
         self.bases, self.plugins = bases, plugins
 
-    def online(self) -> list[str]:
+    async def reachable(self) -> list[str]:
         return list(self.bases)
 
-    def conn(self, node: str) -> Any:
-        return SimpleNamespace(info={"plugins": self.plugins.get(node, ["docker"])})
+    async def plugins_of(self, node: str) -> tuple[str, ...]:
+        return tuple(self.plugins.get(node, ["docker"]))
 
     def url_of(self, node: str) -> str:
         return self.bases[node]
