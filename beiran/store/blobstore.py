@@ -261,8 +261,11 @@ class BlobStore(Retention, Restrictions):
         try:
             tmp = await writer.finish(fsync=self.ctx.config.store.fsync)
             final = self.path_for(writer.digest)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except FileNotFoundError:  # its directory is made once, not tried for every blob
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, final)
             now = time.time()
             entry = BlobEntry(digest, writer.available, "complete", None, media_type, now, now)
             await self.db_batch.write(lambda: self._db_add(entry))
@@ -387,6 +390,8 @@ class BlobStore(Retention, Restrictions):
             if data:
                 yield data
             return
+        if isinstance(target, BlobWriter) and target.available == 0 and not target.done.done():
+            await target.wait_for_growth(0, timeout)  # its temp file is made by the first write
         try:
             fd = await self.ctx.run_blocking(os.open, path, os.O_RDONLY)
         except FileNotFoundError:

@@ -30,7 +30,11 @@ class BlobWriter:
         self.tmp_path = tmp_path
         self._run_io = run_io
         self._on_grow = on_grow
-        self._fd = os.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        #: the temp file is created by the first write, on an I/O thread: creating a file can block
+        #: (it cost n2 7% of its event loop fetching 200 .debs); readers wait for bytes before opening
+        self._fd = -1
+        self._closed = False
+        self._synced = False  # fsynced and closed on the thread that received the last byte
         self._hasher = digest.hasher()
         self._hashed = 0  # bytes [0, hashed) are hashed
         self._pieces: dict[int, int] = {}  # offset -> end of written ranges beyond the prefix
@@ -77,12 +81,20 @@ class BlobWriter:
             self._on_grow(self)
 
     # -- writing (thread side) -----------------------------------------------------------------
+    def _open_fd(self) -> int:
+        """The temp file's descriptor, created on first use (-1 once the writer was closed)."""
+        with self._lock:
+            if self._fd < 0 and not self._closed:
+                self._fd = os.open(self.tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            return self._fd
+
     def _write_at_sync(self, offset: int, data: bytes | memoryview) -> None:
         view = memoryview(data)
         written = 0
         try:
+            fd = self._open_fd()
             while written < len(view):
-                written += os.pwrite(self._fd, view[written:], offset + written)
+                written += os.pwrite(fd, view[written:], offset + written)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StorageFull(f"disk full while writing {self.digest.short}") from None
@@ -120,6 +132,24 @@ class BlobWriter:
 
     def notify_growth(self) -> None:
         self._notify()
+
+    def seal_blocking(self, fsync: bool, loop: asyncio.AbstractEventLoop) -> None:
+        """For the I/O thread that wrote the last byte: check the digest there, tell the loop it
+        verified, then fsync and close the file on the same thread, so finish() needs no thread hop
+        of its own. A blob that does not verify is left as it is: finish() raises for it."""
+        with self._lock:
+            ok = (not self._pieces and (self.size is None or self._hashed == self.size)
+                  and self._hasher.hexdigest() == self.digest.hex)
+        if not ok:
+            return
+        loop.call_soon_threadsafe(self._set_verified)
+        if fsync:
+            self._fsync_and_close()
+            self._synced = True
+
+    def _set_verified(self) -> None:
+        if not self.verified.done():
+            self.verified.set_result(None)
 
     # -- writing (loop side) -------------------------------------------------------------------
     def _check_bounds(self, end: int) -> None:
@@ -180,18 +210,20 @@ class BlobWriter:
         if actual != self.digest.hex:
             raise VerificationError(f"blob {self.digest.short}: content hashes to "
                                     f"{self.digest.algorithm}:{actual[:12]}, not the expected digest")
-        if not self.verified.done():
-            self.verified.set_result(None)
-        if fsync:  # the descriptor is closed on the same I/O thread (a close after writes can stall)
+        self._set_verified()
+        if fsync and not self._synced:  # closed on the same I/O thread (a close after writes can stall)
             await self._run_io(self._fsync_and_close)
+        elif self._fd < 0 and not self._synced:  # nothing was written (an empty blob): create it
+            await self._run_io(self._open_fd)
         return str(self.tmp_path)
 
     def _fsync_and_close(self) -> None:
-        fd = self._fd
+        fd = self._open_fd()
         os.fsync(fd)
         with self._lock:
             if self._fd == fd:
                 self._fd = -1
+                self._closed = True
                 os.close(fd)
 
     def complete(self) -> None:
@@ -216,5 +248,6 @@ class BlobWriter:
     def _close(self) -> None:
         with self._lock:
             fd, self._fd = self._fd, -1
+            self._closed = True
         if fd >= 0:
             os.close(fd)
