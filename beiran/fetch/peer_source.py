@@ -52,22 +52,13 @@ class PeerSource:
         await writer.flush()
         if url.startswith("http://"):
             loop = asyncio.get_running_loop()
-            end = await loop.run_in_executor(self.ctx.receive_executor, self._receive_and_seal, job, node,
-                                             url, headers, offset, loop)
+            end = await loop.run_in_executor(self.ctx.receive_executor, self._receive_sync, job, node, url,
+                                             headers, offset, loop)
             writer.seek(end)
         else:
             await self._receive_async(job, node, url, headers, offset)
         if job.size is not None and writer.position != job.size:
             raise UpstreamError(f"peer {node[:8]} stopped at byte {writer.position} of {job.size}")
-
-    def _receive_and_seal(self, job: FetchJob, node: str, url: str, headers: dict[str, str], offset: int,
-                          loop: asyncio.AbstractEventLoop) -> int:
-        """The whole blob, then its digest check and fsync on the same thread (one hop per blob)."""
-        end = self._receive_sync(job, node, url, headers, offset, loop)
-        writer = job.live_writer()
-        if writer.size is not None and end == writer.size:
-            writer.seal_blocking(self.ctx.config.store.fsync, loop)
-        return end
 
     def _receive_sync(self, job: FetchJob, node: str, url: str, headers: dict[str, str], offset: int,
                       loop: asyncio.AbstractEventLoop, end: int | None = None) -> int:

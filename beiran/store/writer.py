@@ -34,7 +34,6 @@ class BlobWriter:
         #: (it cost n2 7% of its event loop fetching 200 .debs); readers wait for bytes before opening
         self._fd = -1
         self._closed = False
-        self._synced = False  # fsynced and closed on the thread that received the last byte
         self._hasher = digest.hasher()
         self._hashed = 0  # bytes [0, hashed) are hashed
         self._pieces: dict[int, int] = {}  # offset -> end of written ranges beyond the prefix
@@ -133,20 +132,6 @@ class BlobWriter:
     def notify_growth(self) -> None:
         self._notify()
 
-    def seal_blocking(self, fsync: bool, loop: asyncio.AbstractEventLoop) -> None:
-        """For the I/O thread that wrote the last byte: check the digest there, tell the loop it
-        verified, then fsync and close the file on the same thread, so finish() needs no thread hop
-        of its own. A blob that does not verify is left as it is: finish() raises for it."""
-        with self._lock:
-            ok = (not self._pieces and (self.size is None or self._hashed == self.size)
-                  and self._hasher.hexdigest() == self.digest.hex)
-        if not ok:
-            return
-        loop.call_soon_threadsafe(self._set_verified)
-        if fsync:
-            self._fsync_and_close()
-            self._synced = True
-
     def _set_verified(self) -> None:
         if not self.verified.done():
             self.verified.set_result(None)
@@ -211,9 +196,9 @@ class BlobWriter:
             raise VerificationError(f"blob {self.digest.short}: content hashes to "
                                     f"{self.digest.algorithm}:{actual[:12]}, not the expected digest")
         self._set_verified()
-        if fsync and not self._synced:  # closed on the same I/O thread (a close after writes can stall)
+        if fsync:  # the descriptor is closed on the same I/O thread (a close after writes can stall)
             await self._run_io(self._fsync_and_close)
-        elif self._fd < 0 and not self._synced:  # nothing was written (an empty blob): create it
+        elif self._fd < 0:  # nothing was written (an empty blob): create it
             await self._run_io(self._open_fd)
         return str(self.tmp_path)
 
