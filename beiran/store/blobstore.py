@@ -259,13 +259,7 @@ class BlobStore(Retention, Restrictions):
         """Verify and move into place; on any failure the temp file is gone and nothing is indexed."""
         digest = str(writer.digest)
         try:
-            tmp = await writer.finish(fsync=self.ctx.config.store.fsync)
-            final = self.path_for(writer.digest)
-            try:
-                os.replace(tmp, final)
-            except FileNotFoundError:  # its directory is made once, not tried for every blob
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp, final)
+            await writer.finish(fsync=self.ctx.config.store.fsync, move_to=self.path_for(writer.digest))
             now = time.time()
             entry = BlobEntry(digest, writer.available, "complete", None, media_type, now, now)
             await self.db_batch.write(lambda: self._db_add(entry))

@@ -183,8 +183,10 @@ class BlobWriter:
     def position(self) -> int:
         return self._pos + self._buf_len
 
-    async def finish(self, fsync: bool = True) -> str:
-        """Verify digest and size. Returns the temp path, ready to rename; raises on mismatch."""
+    async def finish(self, fsync: bool = True, move_to: Path | None = None) -> str:
+        """Verify digest and size (raises on mismatch), then, in one I/O thread hop, fsync and move
+        the file to `move_to`: a rename on the event loop stalled it while the disk was busy
+        flushing other blobs. Returns where the file is now."""
         await self.flush()
         if self._pieces:
             raise VerificationError(f"blob {self.digest.short}: gaps remain in the download")
@@ -196,11 +198,21 @@ class BlobWriter:
             raise VerificationError(f"blob {self.digest.short}: content hashes to "
                                     f"{self.digest.algorithm}:{actual[:12]}, not the expected digest")
         self._set_verified()
+        return await self._run_io(self._seal, fsync, move_to)
+
+    def _seal(self, fsync: bool, move_to: Path | None) -> str:
         if fsync:  # the descriptor is closed on the same I/O thread (a close after writes can stall)
-            await self._run_io(self._fsync_and_close)
-        elif self._fd < 0:  # nothing was written (an empty blob): create it
-            await self._run_io(self._open_fd)
-        return str(self.tmp_path)
+            self._fsync_and_close()
+        else:
+            self._open_fd()  # nothing written (an empty blob): the file must still exist
+        if move_to is None:
+            return str(self.tmp_path)
+        try:
+            os.replace(self.tmp_path, move_to)
+        except FileNotFoundError:  # its directory is made once, not tried for every blob
+            move_to.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.tmp_path, move_to)
+        return str(move_to)
 
     def _fsync_and_close(self) -> None:
         fd = self._open_fd()
