@@ -210,7 +210,7 @@ class Fetcher:
         try:
             entry = await self._download(job)
             job.done.set_result(entry)
-            log.info("fetched %s (%d bytes: %s) in %.2fs", job.digest[:19], entry.size,
+            log.debug("fetched %s (%d bytes: %s) in %.2fs", job.digest[:19], entry.size,
                      ", ".join(f"{k} {v}" for k, v in job.bytes_from.items()),
                      time.monotonic() - job.started)
         except BaseException as exc:  # noqa: BLE001 - every failure ends up on the job

@@ -259,10 +259,7 @@ class BlobStore(Retention, Restrictions):
         """Verify and move into place; on any failure the temp file is gone and nothing is indexed."""
         digest = str(writer.digest)
         try:
-            tmp = await writer.finish(fsync=self.ctx.config.store.fsync)
-            final = self.path_for(writer.digest)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, final)
+            await writer.finish(fsync=self.ctx.config.store.fsync, move_to=self.path_for(writer.digest))
             now = time.time()
             entry = BlobEntry(digest, writer.available, "complete", None, media_type, now, now)
             await self.db_batch.write(lambda: self._db_add(entry))
@@ -387,6 +384,8 @@ class BlobStore(Retention, Restrictions):
             if data:
                 yield data
             return
+        if isinstance(target, BlobWriter) and target.available == 0 and not target.done.done():
+            await target.wait_for_growth(0, timeout)  # its temp file is made by the first write
         try:
             fd = await self.ctx.run_blocking(os.open, path, os.O_RDONLY)
         except FileNotFoundError:

@@ -30,7 +30,10 @@ class BlobWriter:
         self.tmp_path = tmp_path
         self._run_io = run_io
         self._on_grow = on_grow
-        self._fd = os.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        #: the temp file is created by the first write, on an I/O thread: creating a file can block
+        #: (it cost n2 7% of its event loop fetching 200 .debs); readers wait for bytes before opening
+        self._fd = -1
+        self._closed = False
         self._hasher = digest.hasher()
         self._hashed = 0  # bytes [0, hashed) are hashed
         self._pieces: dict[int, int] = {}  # offset -> end of written ranges beyond the prefix
@@ -77,12 +80,20 @@ class BlobWriter:
             self._on_grow(self)
 
     # -- writing (thread side) -----------------------------------------------------------------
+    def _open_fd(self) -> int:
+        """The temp file's descriptor, created on first use (-1 once the writer was closed)."""
+        with self._lock:
+            if self._fd < 0 and not self._closed:
+                self._fd = os.open(self.tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            return self._fd
+
     def _write_at_sync(self, offset: int, data: bytes | memoryview) -> None:
         view = memoryview(data)
         written = 0
         try:
+            fd = self._open_fd()
             while written < len(view):
-                written += os.pwrite(self._fd, view[written:], offset + written)
+                written += os.pwrite(fd, view[written:], offset + written)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StorageFull(f"disk full while writing {self.digest.short}") from None
@@ -120,6 +131,10 @@ class BlobWriter:
 
     def notify_growth(self) -> None:
         self._notify()
+
+    def _set_verified(self) -> None:
+        if not self.verified.done():
+            self.verified.set_result(None)
 
     # -- writing (loop side) -------------------------------------------------------------------
     def _check_bounds(self, end: int) -> None:
@@ -168,8 +183,10 @@ class BlobWriter:
     def position(self) -> int:
         return self._pos + self._buf_len
 
-    async def finish(self, fsync: bool = True) -> str:
-        """Verify digest and size. Returns the temp path, ready to rename; raises on mismatch."""
+    async def finish(self, fsync: bool = True, move_to: Path | None = None) -> str:
+        """Verify digest and size (raises on mismatch), then, in one I/O thread hop, fsync and move
+        the file to `move_to`: a rename on the event loop stalled it while the disk was busy
+        flushing other blobs. Returns where the file is now."""
         await self.flush()
         if self._pieces:
             raise VerificationError(f"blob {self.digest.short}: gaps remain in the download")
@@ -180,18 +197,30 @@ class BlobWriter:
         if actual != self.digest.hex:
             raise VerificationError(f"blob {self.digest.short}: content hashes to "
                                     f"{self.digest.algorithm}:{actual[:12]}, not the expected digest")
-        if not self.verified.done():
-            self.verified.set_result(None)
+        self._set_verified()
+        return await self._run_io(self._seal, fsync, move_to)
+
+    def _seal(self, fsync: bool, move_to: Path | None) -> str:
         if fsync:  # the descriptor is closed on the same I/O thread (a close after writes can stall)
-            await self._run_io(self._fsync_and_close)
-        return str(self.tmp_path)
+            self._fsync_and_close()
+        else:
+            self._open_fd()  # nothing written (an empty blob): the file must still exist
+        if move_to is None:
+            return str(self.tmp_path)
+        try:
+            os.replace(self.tmp_path, move_to)
+        except FileNotFoundError:  # its directory is made once, not tried for every blob
+            move_to.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.tmp_path, move_to)
+        return str(move_to)
 
     def _fsync_and_close(self) -> None:
-        fd = self._fd
+        fd = self._open_fd()
         os.fsync(fd)
         with self._lock:
             if self._fd == fd:
                 self._fd = -1
+                self._closed = True
                 os.close(fd)
 
     def complete(self) -> None:
@@ -216,5 +245,6 @@ class BlobWriter:
     def _close(self) -> None:
         with self._lock:
             fd, self._fd = self._fd, -1
+            self._closed = True
         if fd >= 0:
             os.close(fd)

@@ -294,3 +294,48 @@ def test_fsynced_commit_closes_the_temp_file_on_the_io_thread(tmp_path):
         assert w._fd == -1 and store.path_for(sha(data)).read_bytes() == data
         assert list((tmp_path / "blobs" / "tmp").iterdir()) == []
     asyncio.run(go())
+
+
+def test_temp_file_rename_and_empty_blob_are_done_off_the_event_loop(tmp_path):
+    """The temp file is made by the first write and the verified file renamed on an I/O thread;
+    a blob nobody wrote a byte of (empty) still ends up stored, and a reader that came first waits."""
+    async def go():
+        store = await make_store(tmp_path)
+        loop_thread = __import__("threading").get_ident()
+        seen: list[tuple[str, int]] = []
+        real_open, real_replace = os.open, os.replace
+
+        def spy_open(path, *a, **kw):
+            seen.append(("open", __import__("threading").get_ident()))
+            return real_open(path, *a, **kw)
+
+        def spy_replace(a, b):
+            seen.append(("replace", __import__("threading").get_ident()))
+            return real_replace(a, b)
+
+        data = b"deb" * 5000
+        w = await store.begin_write(sha(data), len(data), reserve=True)
+        assert not w.tmp_path.exists()  # nothing created on the loop
+        reader = asyncio.ensure_future(_read_all(store, w))
+        await asyncio.sleep(0.05)
+        assert not reader.done()  # waits for bytes rather than failing on the missing file
+        os.open, os.replace = spy_open, spy_replace
+        try:
+            await w.feed(data)
+            await store.commit(w)
+        finally:
+            os.open, os.replace = real_open, real_replace
+        assert await asyncio.wait_for(reader, 10) == data
+        assert store.path_for(sha(data)).read_bytes() == data
+        assert {k for k, _ in seen} == {"open", "replace"}
+        assert all(t != loop_thread for k, t in seen if k in ("open", "replace")), seen
+        store.ctx.config.store.fsync = True
+        empty = await store.begin_write(sha(b""), 0, reserve=True)
+        await store.commit(empty)
+        assert store.path_for(sha(b"")).read_bytes() == b"" and store.has(sha(b""))
+        assert list((tmp_path / "blobs" / "tmp").iterdir()) == []
+    asyncio.run(go())
+
+
+async def _read_all(store: BlobStore, target) -> bytes:
+    return b"".join([c async for c in store.read(target)])
