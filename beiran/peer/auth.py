@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from tornado.httputil import HTTPServerRequest
 
-from beiran.errors import Unauthorized
+from beiran.errors import BadRequest, Unauthorized
 
 WINDOW = 300  # seconds of clock skew accepted; a nonce is remembered this long after its timestamp
 NONCE_CAPACITY = 200_000  # remembered nonces (~40 MB at most); beyond it the oldest are dropped
@@ -85,6 +85,18 @@ def requesting_peer(request: HTTPServerRequest) -> str | None:
     who asks (auth off, the unix socket, or a request that was not checked)."""
     proof = getattr(request, _ATTR, None)
     return proof.uuid if isinstance(proof, AuthProof) else None
+
+
+def calling_peer(request: HTTPServerRequest, claimed: object) -> str:
+    """Who makes a peer request: the proven UUID, or without a cluster token the body's `from`
+    (only a claim then, as a websocket hello is). One rule for every peer request route."""
+    peer = requesting_peer(request)
+    if peer is not None:
+        return peer
+    try:
+        return str(uuidlib.UUID(str(claimed)))
+    except ValueError:
+        raise BadRequest("`from` must be the calling node's UUID") from None
 
 
 class NonceCache:

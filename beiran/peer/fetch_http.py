@@ -8,12 +8,10 @@ resolved against this node's config, and the peer's caps apply.
 
 from __future__ import annotations
 
-import uuid
-
 from beiran.access import Access
 from beiran.errors import BadRequest
 from beiran.handlers import JSONEndpoint
-from beiran.peer.auth import requesting_peer
+from beiran.peer.auth import calling_peer
 from beiran.peer.protocol import serve_fetch
 
 
@@ -22,12 +20,7 @@ class PeerFetchHandler(JSONEndpoint):
 
     async def post(self) -> None:
         body = self.json_object()
-        peer = requesting_peer(self.request)
-        if peer is None:
-            try:
-                peer = str(uuid.UUID(str(body.get("from"))))
-            except ValueError:
-                raise BadRequest("`from` must be the asking node's UUID") from None
+        peer = calling_peer(self.request, body.get("from"))
         size = body.get("size")
         source = body.get("source")
         digest = body.get("digest")

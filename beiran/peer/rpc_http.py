@@ -8,13 +8,12 @@ a token the peer's `from` is only a claim, as a websocket hello is.
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from beiran.access import Access
 from beiran.errors import BadRequest, NotFound
 from beiran.handlers import JSONEndpoint
-from beiran.peer.auth import requesting_peer
+from beiran.peer.auth import calling_peer
 from beiran.peer.calls import HTTPCaller, handler
 from beiran.peer.connection import MAX_MESSAGE
 
@@ -28,12 +27,7 @@ class PeerRPCHandler(JSONEndpoint):
         if fn is None:
             raise NotFound(f"no peer rpc {method[:32]!r}")
         body = self.json_object()
-        peer = requesting_peer(self.request)
-        if peer is None:
-            try:
-                peer = str(uuid.UUID(str(body.get("from"))))
-            except ValueError:
-                raise BadRequest("`from` must be the calling node's UUID") from None
+        peer = calling_peer(self.request, body.get("from"))
         params = body.get("params") or {}
         if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
             raise BadRequest("`params` must be an object")
