@@ -10,107 +10,35 @@ shrink only as independent members confirm, and a suspected member is told at on
 Transport-agnostic: messages leave through `send(addr, bytes)` and arrive via `on_message(addr,
 bytes)`; time comes from an injected scheduler with `time()` and `call_later()` (an asyncio loop
 is one), so the same code runs on real links and inside the discrete-event simulator.
+
+This module is the state machine: the member table and what each piece of news does to it, joins,
+anti-entropy and dissemination. The rest: member records (swim_members.py), messages on the wire
+(swim_wire.py), probing (swim_probe.py), suspicion timers (swim_suspicion.py), the piggy-back
+queue and fingerprints (gossip.py).
 """
 
 from __future__ import annotations
 
-import json
-import math
 import random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import reduce
-from itertools import count, repeat
+from itertools import repeat
 from operator import xor
 from typing import Any
 
-from beiran.peer.gossip import (
-    BroadcastQueue,
-    Scheduler,
-    TimerHandle,
-    encode,
-    hid,
-    hinc,
-    retransmit_limit,
-    suspicion_timeout,
-)
+from beiran.peer.gossip import BroadcastQueue, Scheduler, TimerHandle, encode, hid, hinc, retransmit_limit
+from beiran.peer.swim_config import SwimConfig
+from beiran.peer.swim_members import ALIVE, DEAD, GONE, SUSPECT, Member, SharedStart, pick_live
+from beiran.peer.swim_probe import Prober
+from beiran.peer.swim_suspicion import Suspicions
+from beiran.peer.swim_wire import ACK, GOSSIP, JOIN, NACK, PING, PING_REQ, STATE, SYNC, decode
 
-ALIVE, SUSPECT, DEAD = "alive", "suspect", "dead"
-GONE = "gone"  # a dead record forgotten after `dead_keep`: listeners free what they kept for it
-MAX_ID, MAX_ADDR, MAX_INC = 64, 128, 1 << 53
-MAX_RELAYS = 256  # indirect probes relayed for others at once
-
+__all__ = ["ALIVE", "DEAD", "GONE", "SUSPECT", "Member", "Membership", "SharedStart", "SwimConfig"]
 
 Send = Callable[[str, bytes], None]
 Listener = Callable[[str, str | None, str], None]  # (member id, old state or None, new state)
 
-
-@dataclass
-class SwimConfig:
-    probe_interval: float = 0.5  # one probe per node per interval, whatever the cluster size
-    probe_timeout: float = 0.2  # direct ack wait before asking `indirect_checks` others
-    indirect_checks: int = 3
-    gossip_interval: float = 0.2  # gossip rounds run only while there is news to spread
-    gossip_nodes: int = 3
-    retransmit_mult: int = 4  # each update is sent retransmit_mult * max(2, ceil(log10(n + 1))) times
-    suspicion_mult: float = 2.0  # min suspicion timeout = mult * log10(n) * probe_interval
-    suspicion_max_mult: float = 6.0  # max = max_mult * min, shrinking with confirmations
-    suspicion_confirmations: int = 3  # independent suspicions that bring the timeout to its min
-    awareness_max: int = 8  # Lifeguard local health: timeouts scale by (score + 1)
-    dead_keep: float = 60.0  # dead records kept (so stale alive gossip cannot revive them)
-    sync_interval: float = 30.0  # anti-entropy: compare view fingerprints with one random member
-    sync_chunk: int = 100  # members per full-state message
-    max_packet: int = 1400  # piggy-backed gossip fills a message up to this many bytes
-    max_message: int = 64 << 10  # larger incoming messages are dropped unread
-    max_members: int = 20_000  # a peer's gossip cannot grow the member table past this
-
-
-class Member:
-    __slots__ = ("addr", "id", "inc", "since", "state")
-
-    def __init__(self, mid: str, addr: str, inc: int, state: str, since: float) -> None:
-        self.id, self.addr, self.inc, self.state, self.since = mid, addr, inc, state, since
-
-    def update(self) -> list[Any]:
-        return [_LETTER[self.state], self.id, self.inc, self.addr]
-
-
-_LETTER = {ALIVE: "a", SUSPECT: "s", DEAD: "d"}
-
-
-class SharedStart:
-    """A member list (all alive, incarnation 0) that many nodes in one process start from, as the
-    simulator's thousands do: each node copies the table but shares the `Member` objects until it
-    changes one (copy on write), so N nodes hold N tables of references rather than N x N members."""
-
-    def __init__(self, members: list[tuple[str, str]], now: float) -> None:
-        self.members: dict[str, Member] = {}
-        for mid, addr in members:
-            if mid not in self.members:
-                self.members[mid] = Member(mid, addr, 0, ALIVE, now)
-        self.ids = list(self.members)
-        self.view_fp = reduce(xor, map(hid, self.ids), 0)
-        self.sync_fp = reduce(xor, map(hinc, self.ids, repeat(0)), 0)
-
-
-class _Suspicion:
-    __slots__ = ("confirmers", "handle", "k", "max", "min", "start")
-    confirmers: set[str]
-    handle: TimerHandle | None
-    k: int
-    max: float
-    min: float
-    start: float
-
-
-class _Probe:
-    __slots__ = ("deadline", "expected_nacks", "nacks", "target", "timers")
-    deadline: float
-    expected_nacks: int
-    nacks: int
-    target: str
-    timers: list[TimerHandle]
 
 
 class Membership:
@@ -131,13 +59,9 @@ class Membership:
         self._live: list[str] | None = None
         self._shared: dict[str, Member] | None = None  # adopted members, copied before a change
         self._listeners: list[Listener] = []
-        self._seq = count(1)
-        self._probes: dict[int, _Probe] = {}
-        self._relays: dict[int, tuple[str, int]] = {}  # our ping seq -> (requester addr, its seq)
-        self._probe_list: list[str] = []
-        self._probe_pos = 0
+        self.prober = Prober(self)
         self._bq = BroadcastQueue()
-        self._suspicions: dict[str, _Suspicion] = {}
+        self._suspicions = Suspicions(sched, self.cfg, self._suspicion_expired)
         self._dead_q: deque[tuple[float, str]] = deque()
         self._timers: list[TimerHandle | None] = [None, None, None]
         self._joining: list[str] = []
@@ -169,13 +93,11 @@ class Membership:
 
     def stop(self) -> None:
         self._running = False
-        for t in [*self._timers, *(s.handle for s in self._suspicions.values())]:
+        for t in self._timers:
             if t is not None:
                 t.cancel()
-        for p in self._probes.values():
-            for t in p.timers:
-                t.cancel()
-        self._probes.clear()
+        self._suspicions.stop()
+        self.prober.stop()
 
     def leave(self) -> None:
         """Tell the cluster this node is going (a dead record from itself), then keep gossiping."""
@@ -216,7 +138,7 @@ class Membership:
         self.view_fp = start.view_fp ^ (self.view_fp if fresh else 0)
         self.sync_fp = start.sync_fp ^ (self.sync_fp if fresh else 0)
         self._live = [*start.ids, self.id] if fresh else list(start.ids)
-        self._probe_list, self._probe_pos = list(self._live), 0
+        self.prober.reset_order(list(self._live))
 
     def _own(self, m: Member) -> Member:
         """This node's own copy of `m`, made before its first change (see `adopt`)."""
@@ -232,56 +154,44 @@ class Membership:
             self.stats["bad"] += 1
             return
         try:
-            msg = json.loads(data.decode())
-            kind = msg[0]
-            if kind == "p":  # ping: [p, seq, target id, updates]
-                self._merge(msg[3])
-                if msg[2] == self.id:  # a ping meant for an earlier process at this address is not ours
-                    self._send_msg(src, ["k", int(msg[1]), []])
-            elif kind == "k":  # ack: [k, seq, updates]
-                self._merge(msg[2])
-                self._on_ack(int(msg[1]))
-            elif kind == "n":  # nack from a relay: [n, seq]
-                p = self._probes.get(int(msg[1]))
-                if p is not None:
-                    p.nacks += 1
-            elif kind == "r":  # ping-req: [r, seq, target id, target addr]
-                self._relay(src, int(msg[1]), str(msg[2]), str(msg[3]))
-            elif kind == "g":  # gossip: [g, updates]
-                self._merge(msg[1])
-            elif kind == "j":  # join: [j, alive update of the joiner]
-                self._merge([msg[1]])
+            msg = decode(data, 4 * self.cfg.sync_chunk)
+            kind = msg.kind
+            if kind == PING:
+                self._merge(msg.updates)
+                if msg.target == self.id:  # a ping meant for an earlier process at this address is not ours
+                    self.send_msg(src, [ACK, msg.seq, []])
+            elif kind == ACK:
+                self._merge(msg.updates)
+                self.prober.on_ack(msg.seq)
+            elif kind == NACK:
+                self.prober.on_nack(msg.seq)
+            elif kind == PING_REQ:
+                self.prober.relay(src, msg.seq, msg.target, msg.addr)
+            elif kind == GOSSIP:
+                self._merge(msg.updates)
+            elif kind == JOIN:
+                self._merge(msg.updates)
                 self._send_state(src)
-            elif kind == "y":  # full state: [y, updates]
+            elif kind == STATE:
                 self._joining = []
-                self._merge(msg[1], quiet=True)
-            elif kind == "h":  # anti-entropy: [h, fingerprint, reply wanted]
-                if int(msg[1]) != self.sync_fp:
-                    self.stats["sync"] += 1
-                    self._send_state(src)
-                    if msg[2]:
-                        self._send_msg(src, ["h", self.sync_fp, 0], gossip=False)
-            else:
-                raise ValueError(kind)
+                self._merge(msg.updates, quiet=True)
+            elif kind == SYNC and msg.fingerprint != self.sync_fp:
+                self.stats["sync"] += 1
+                self._send_state(src)
+                if msg.reply:
+                    self.send_msg(src, [SYNC, self.sync_fp, 0], gossip=False)
         except (ValueError, TypeError, IndexError, KeyError, AttributeError):  # UnicodeError too
             self.stats["bad"] += 1
 
     def _merge(self, updates: list[Any], quiet: bool = False) -> None:
-        if not isinstance(updates, list) or len(updates) > 4 * self.cfg.sync_chunk:
-            raise ValueError("updates")
-        for u in updates:
-            kind, mid, inc, extra = u
-            if (not isinstance(mid, str) or not isinstance(extra, str) or len(mid) > MAX_ID
-                    or len(extra) > MAX_ADDR or type(inc) is not int or not 0 <= inc < MAX_INC):
-                raise ValueError("update")
+        """Apply checked updates (swim_wire.decode checked them)."""
+        for kind, mid, inc, extra in updates:
             if kind == "a":
                 self._alive(mid, inc, extra, quiet)
             elif kind == "s":
                 self._suspect(mid, inc, extra, quiet)
-            elif kind == "d":
-                self._dead(mid, inc, extra, quiet)
             else:
-                raise ValueError("update kind")
+                self._dead(mid, inc, extra, quiet)
 
     # -- state changes (SWIM's precedence: higher incarnation wins; at equal, dead > suspect > alive)
     def _alive(self, mid: str, inc: int, addr: str, quiet: bool) -> None:
@@ -295,7 +205,7 @@ class Membership:
                 return
             m = self.members[mid] = Member(mid, addr, inc, DEAD, self.sched.time())
             self._set_state(m, ALIVE, None)
-            self._probe_list.insert(self.rng.randint(0, len(self._probe_list)), mid)
+            self.prober.add(mid)
         elif inc > m.inc:
             if addr != m.addr and not self.addr_ok(addr):
                 return
@@ -324,17 +234,15 @@ class Membership:
         if m is None:
             return
         if m.state == SUSPECT and inc == m.inc:
-            s = self._suspicions.get(mid)
-            if s is not None and frm not in s.confirmers and len(s.confirmers) <= s.k:
-                s.confirmers.add(frm)  # Lifeguard: each independent suspicion shortens the wait
-                self._arm_suspicion(m, s)
-                if not quiet:
-                    self._queue(["s", mid, inc, frm], key=f"{mid}|{frm}")
+            # Lifeguard: each independent suspicion shortens the wait
+            if self._suspicions.confirm(mid, frm) and not quiet:
+                self._queue(["s", mid, inc, frm], key=f"{mid}|{frm}")
             return
         m = self._own(m)
         self._set_inc(m, inc)
         self._set_state(m, SUSPECT, m.state)
-        self._start_suspicion(m, frm)
+        self.stats["suspect"] += 1
+        self._suspicions.start(mid, inc, frm, len(self.live_ids()))
         if not quiet:
             self._queue(["s", mid, inc, frm])
 
@@ -363,7 +271,7 @@ class Membership:
         me = self.members[self.id]
         self.inc = max(self.inc, inc) + 1
         self._set_inc(me, self.inc)
-        self._health(+1)  # being suspected hints that this node is the slow one
+        self.health(+1)  # being suspected hints that this node is the slow one
         self._queue(["a", self.id, self.inc, self.addr])
 
     def _set_inc(self, m: Member, inc: int) -> None:
@@ -384,76 +292,31 @@ class Membership:
                 else:
                     self._live.remove(m.id)
         m.state, m.since = new, self.sched.time()
-        if new != SUSPECT and m.id in self._suspicions:
-            h = self._suspicions.pop(m.id).handle
-            if h is not None:
-                h.cancel()
+        if new != SUSPECT:
+            self._suspicions.cancel(m.id)
         if new == DEAD:
             self.stats["dead"] += 1
             self._dead_q.append((m.since, m.id))
         for cb in self._listeners:
             cb(m.id, old, new)
 
-    # -- suspicion ---------------------------------------------------------------------------------
-    def _start_suspicion(self, m: Member, frm: str) -> None:
-        self.stats["suspect"] += 1
-        c, n = self.cfg, max(len(self.live_ids()), 1)
-        s = _Suspicion()
-        s.start, s.confirmers, s.handle = self.sched.time(), {frm}, None
-        s.min = c.suspicion_mult * max(1.0, math.log10(n)) * c.probe_interval
-        s.max = c.suspicion_max_mult * s.min
-        s.k = max(0, min(c.suspicion_confirmations, n - 2))
-        self._suspicions[m.id] = s
-        self._arm_suspicion(m, s)
-
-    def _arm_suspicion(self, m: Member, s: _Suspicion) -> None:
-        timeout = suspicion_timeout(len(s.confirmers) - 1, s.k, s.min, s.max)
-        if s.handle is not None:
-            s.handle.cancel()
-        left = max(0.0, s.start + timeout - self.sched.time())
-        s.handle = self.sched.call_later(left, self._suspicion_expired, m.id, m.inc)
-
     def _suspicion_expired(self, mid: str, inc: int) -> None:
         m = self.members.get(mid)
         if m is not None and m.state == SUSPECT and m.inc == inc:
-            self._suspicions.pop(mid, None)
             self._dead(mid, inc, self.id, False)
 
-    # -- probing -------------------------------------------------------------------------------------
-    def _health(self, delta: int) -> None:
+    # -- probing (swim_probe.py judges; this node's table takes the verdict) ------------------------
+    def health(self, delta: int) -> None:
+        """Lifeguard's local health: evidence that this node is the slow one raises the score."""
         self.awareness = min(self.cfg.awareness_max - 1, max(0, self.awareness + delta))
 
-    def _next_target(self) -> Member | None:
-        """Round-robin over a random order (SWIM's bounded detection time). The order is drawn one
-        step at a time (a Fisher-Yates shuffle spread over the round): O(1) per probe, not O(N)."""
-        rand = self.rng.random
-        for _ in range(2):
-            order = self._probe_list
-            while self._probe_pos < len(order):
-                pos = self._probe_pos
-                j = pos + int(rand() * (len(order) - pos))
-                order[pos], order[j] = order[j], order[pos]
-                self._probe_pos = pos + 1
-                m = self.members.get(order[pos])
-                if m is not None and m.state != DEAD and m.id != self.id:
-                    return m
-            self._probe_list = [i for i in self.live_ids() if i != self.id]
-            self._probe_pos = 0
-        return None
+    def probe_failed(self, mid: str) -> None:
+        m = self.members.get(mid)
+        if m is not None and m.state != DEAD:
+            self._suspect(m.id, m.inc, self.id, False)  # a suspect already: our voice confirms it
 
-    def _pick_live(self, n: int, exclude: tuple[str, ...]) -> list[str]:
-        """Up to `n` distinct random live members outside `exclude`, without copying the live list."""
-        live = self.live_ids()
-        if len(live) <= 4 * (n + len(exclude)):
-            others = [i for i in live if i not in exclude]
-            return self.rng.sample(others, min(n, len(others)))
-        picks: list[str] = []
-        rand = self.rng.random
-        while len(picks) < n:
-            i = live[int(rand() * len(live))]
-            if i not in exclude and i not in picks:
-                picks.append(i)
-        return picks
+    def pick_live(self, n: int, exclude: tuple[str, ...]) -> list[str]:
+        return pick_live(self.live_ids(), n, exclude, self.rng)
 
     def _probe_tick(self) -> None:
         if not self._running:
@@ -463,65 +326,7 @@ class Membership:
         self._reap()
         if self._joining:
             self._try_join()
-        m = self._next_target()
-        if m is None:
-            return
-        seq = next(self._seq)
-        p = self._probes[seq] = _Probe()
-        p.target, p.expected_nacks, p.nacks = m.id, 0, 0
-        p.deadline = self.sched.time() + self.cfg.probe_interval * scale * 0.95
-        # one timer per probe; the failure timer is armed only if the direct ack is late
-        p.timers = [self.sched.call_later(self.cfg.probe_timeout * scale, self._probe_indirect, seq)]
-        first = [m.update()] if m.state == SUSPECT else []  # buddy system: tell it it is suspected
-        self._send_msg(m.addr, ["p", seq, m.id, first])
-
-    def _probe_indirect(self, seq: int) -> None:
-        p = self._probes.get(seq)
-        if p is None:
-            return
-        p.timers.append(self.sched.call_later(max(0.0, p.deadline - self.sched.time()), self._probe_failed, seq))
-        m = self.members.get(p.target)
-        if m is None:
-            return
-        for relay in self._pick_live(self.cfg.indirect_checks, (self.id, m.id)):
-            self._send_msg(self.members[relay].addr, ["r", seq, m.id, m.addr], gossip=False)
-            p.expected_nacks += 1
-
-    def _probe_failed(self, seq: int) -> None:
-        p = self._probes.pop(seq, None)
-        if p is None:
-            return
-        p.timers[0].cancel()
-        # Lifeguard: relays that did not even nack point at this node's own network or CPU
-        self._health(p.expected_nacks - p.nacks if p.expected_nacks else 1)
-        m = self.members.get(p.target)
-        if m is not None and m.state != DEAD:
-            self._suspect(m.id, m.inc, self.id, False)  # a suspect already: our voice confirms it
-
-    def _on_ack(self, seq: int) -> None:
-        p = self._probes.pop(seq, None)
-        if p is not None:
-            for t in p.timers:
-                t.cancel()
-            self._health(-1)
-            return
-        relay = self._relays.pop(seq, None)
-        if relay is not None:
-            self._send_msg(relay[0], ["k", relay[1], []], gossip=False)
-
-    def _relay(self, src: str, their_seq: int, target: str, addr: str) -> None:
-        m = self.members.get(target)
-        if m is None or m.addr != addr or len(self._relays) >= MAX_RELAYS:
-            return  # only members this node knows, at the address it knows, a bounded number at once
-        seq = next(self._seq)
-        self._relays[seq] = (src, their_seq)
-        self._send_msg(addr, ["p", seq, target, []], gossip=False)
-        self.sched.call_later(self.cfg.probe_timeout, self._relay_timeout, seq)
-
-    def _relay_timeout(self, seq: int) -> None:
-        relay = self._relays.pop(seq, None)
-        if relay is not None:
-            self._send_msg(relay[0], ["n", relay[1]], gossip=False)
+        self.prober.probe(scale)
 
     def _reap(self) -> None:
         horizon = self.sched.time() - self.cfg.dead_keep
@@ -538,19 +343,19 @@ class Membership:
         if self._joining:
             seed = self._joining.pop(0)
             self._joining.append(seed)
-            self._send_msg(seed, ["j", self.members[self.id].update()], gossip=False)
+            self.send_msg(seed, [JOIN, self.members[self.id].update()], gossip=False)
 
     def _send_state(self, dst: str) -> None:
         ups = [m.update() for m in self.members.values()]
         for i in range(0, len(ups), self.cfg.sync_chunk):
-            self._send_msg(dst, ["y", ups[i:i + self.cfg.sync_chunk]], gossip=False)
+            self.send_msg(dst, [STATE, ups[i:i + self.cfg.sync_chunk]], gossip=False)
 
     def _sync_tick(self) -> None:
         if not self._running:
             return
         self._timers[2] = self.sched.call_later(self.cfg.sync_interval * (0.5 + self.rng.random()), self._sync_tick)
-        for other in self._pick_live(1, (self.id,)):
-            self._send_msg(self.members[other].addr, ["h", self.sync_fp, 1], gossip=False)
+        for other in self.pick_live(1, (self.id,)):
+            self.send_msg(self.members[other].addr, [SYNC, self.sync_fp, 1], gossip=False)
 
     # -- dissemination ---------------------------------------------------------------------------------
     def _queue(self, update: list[Any], key: str | None = None) -> None:
@@ -563,7 +368,8 @@ class Membership:
             return []
         return self._bq.take(room, retransmit_limit(self.cfg.retransmit_mult, len(self.live_ids())))
 
-    def _send_msg(self, addr: str, msg: list[Any], gossip: bool = True) -> None:
+    def send_msg(self, addr: str, msg: list[Any], gossip: bool = True) -> None:
+        """Send `msg`, its last element (a list of updates) filled with queued news when `gossip`."""
         if gossip and self._bq:  # ping and ack headers are under 120 bytes
             msg[-1].extend(self._take_updates(self.cfg.max_packet - 120 - sum(len(u[1]) + 40 for u in msg[-1])))
         self._send(addr, encode(msg))
@@ -583,4 +389,4 @@ class Membership:
             ups = self._take_updates(self.cfg.max_packet - 8)
             if not ups:
                 break
-            self._send_msg(m.addr, ["g", ups], gossip=False)
+            self.send_msg(m.addr, [GOSSIP, ups], gossip=False)
