@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("beiran.peer")
 FULL_MESH, SWIM = "full mesh", "swim"
-#: directory batches travel in one datagram each: 16 ops of ~80 bytes stay under a 1500-byte MTU
+#: directory batches travel in one datagram each: at most 16 ops, and as many as fit (transport.py)
 DIRECTORY_BATCH = 16
 #: seconds between anti-entropy view comparisons, by cluster size (see _check_mode)
 SYNC_MIN, SYNC_MAX = 5.0, 30.0
@@ -74,22 +74,22 @@ class ClusterService:
             return
         self.addr = join_addr(host, ident.port)
         loop = asyncio.get_running_loop()
-        swim_cfg = SwimConfig(sync_interval=SYNC_MIN)
         bind = self.ctx.config.listen_host
         try:
             _, proto = await loop.create_datagram_endpoint(
-                lambda: DatagramTransport(ident.uuid, self.ctx.config.cluster_token, self.allowed,
-                                          self._deliver, swim_cfg.max_message),
+                lambda: DatagramTransport(ident.uuid, self.ctx.config.cluster_token, self.allowed, self._deliver),
                 local_addr=(bind or "0.0.0.0", self.ctx.config.listen_port))
         except OSError as exc:
             log.warning("membership off: cannot bind UDP %s:%d (%s); the cluster stays a full mesh",
                         bind, ident.port, exc.strerror)
             return
         self.transport = proto
+        swim_cfg = SwimConfig(sync_interval=SYNC_MIN, max_packet=proto.room)
         self.membership = Membership(ident.uuid, self.addr, self._send_membership, loop, swim_cfg,
                                      addr_ok=self._addr_ok)
         self.directory = Directory(self.membership, self._send_directory, loop,
-                                   DirectoryConfig(batch_ops=DIRECTORY_BATCH, lookup_timeout=0.25))
+                                   DirectoryConfig(batch_ops=DIRECTORY_BATCH, max_message=proto.room,
+                                                   lookup_timeout=0.25))
         self.membership.on_change(self._changed)
         for digest, (state, _) in list(self.ctx.availability.local.items()):
             if state == COMPLETE:

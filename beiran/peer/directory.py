@@ -86,6 +86,7 @@ class DirectoryConfig:
     resend: float = 0.3  # unacknowledged batches are resent after this long
     resend_max: int = 8
     batch_ops: int = 512
+    max_message: int = 0  # bytes a batch message may take (a datagram's room), 0: no bound
     lookup_fanout: int = 2  # owners asked at once: one lost datagram does not cost a timeout
     lookup_timeout: float = 0.05
     lookup_tries: int = 4
@@ -151,10 +152,26 @@ class Directory:
         self._flush = None
         out, self._out = self._out, {}
         for owner, ops in out.items():
-            for i in range(0, len(ops), self.cfg.batch_ops):
+            for batch in self._batches(ops):
                 bid = next(self._ids)
-                self._unacked[bid] = (owner, ops[i:i + self.cfg.batch_ops], 0)
+                self._unacked[bid] = (owner, batch, 0)
                 self._send_batch(bid)
+
+    def _batches(self, ops: list[list[str]]) -> list[list[list[str]]]:
+        """`ops` cut into batches of at most `batch_ops`, each message within `max_message` bytes
+        (a resent batch says "+" or "-" for the same digests: the same size)."""
+        limit = self.cfg.max_message
+        head = len(encode(["d+", 10**19, self.epoch, []]))  # the largest batch id that can occur
+        out: list[list[list[str]]] = [[]]
+        size = head
+        for op in ops:
+            n = len(encode(op)) + 1
+            if out[-1] and (len(out[-1]) >= self.cfg.batch_ops or (limit and size + n > limit)):
+                out.append([])
+                size = head
+            out[-1].append(op)
+            size += n
+        return out if out[0] else []
 
     def _send_batch(self, bid: int) -> None:
         owner, ops, tries = self._unacked[bid]

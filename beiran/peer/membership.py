@@ -32,7 +32,7 @@ from beiran.peer.swim_config import SwimConfig
 from beiran.peer.swim_members import ALIVE, DEAD, GONE, SUSPECT, Member, SharedStart, pick_live
 from beiran.peer.swim_probe import Prober
 from beiran.peer.swim_suspicion import Suspicions
-from beiran.peer.swim_wire import ACK, GOSSIP, JOIN, NACK, PING, PING_REQ, STATE, SYNC, decode
+from beiran.peer.swim_wire import ACK, GOSSIP, JOIN, NACK, PING, PING_REQ, STATE, SYNC, decode, state_parts
 
 __all__ = ["ALIVE", "DEAD", "GONE", "SUSPECT", "Member", "Membership", "SharedStart", "SwimConfig"]
 
@@ -65,6 +65,7 @@ class Membership:
         self._dead_q: deque[tuple[float, str]] = deque()
         self._timers: list[TimerHandle | None] = [None, None, None]
         self._joining: list[str] = []
+        self._state_out: dict[str, deque[bytes]] = {}  # full-state parts still to send, by destination
         self._running = self.leaving = False
         self.stats = {"suspect": 0, "refute": 0, "dead": 0, "bad": 0, "sync": 0}
 
@@ -150,11 +151,11 @@ class Membership:
     def on_message(self, src: str, data: bytes) -> None:
         if not self._running:
             return
-        if len(data) > self.cfg.max_message:
+        if len(data) > self.cfg.max_packet:
             self.stats["bad"] += 1
             return
         try:
-            msg = decode(data, 4 * self.cfg.sync_chunk)
+            msg = decode(data, self.cfg.max_updates)
             kind = msg.kind
             if kind == PING:
                 self._merge(msg.updates)
@@ -346,9 +347,25 @@ class Membership:
             self.send_msg(seed, [JOIN, self.members[self.id].update()], gossip=False)
 
     def _send_state(self, dst: str) -> None:
-        ups = [m.update() for m in self.members.values()]
-        for i in range(0, len(ups), self.cfg.sync_chunk):
-            self.send_msg(dst, [STATE, ups[i:i + self.cfg.sync_chunk]], gossip=False)
+        """The member table to `dst` in messages that each fit a datagram, `state_burst` at a time
+        (a large table does not overflow the receiver's buffer); one transfer per destination and
+        `state_sends` at once, so the joins and syncs others ask for cost this node a bounded amount."""
+        if dst in self._state_out or len(self._state_out) >= self.cfg.state_sends:
+            return
+        self._state_out[dst] = deque(state_parts((m.update() for m in self.members.values()), self.cfg.max_packet))
+        self._state_burst(dst)
+
+    def _state_burst(self, dst: str) -> None:
+        parts = self._state_out.get(dst)
+        if parts is None or not self._running:
+            self._state_out.pop(dst, None)
+            return
+        for _ in range(min(self.cfg.state_burst, len(parts))):
+            self._send(dst, parts.popleft())
+        if parts:
+            self.sched.call_later(self.cfg.state_pace, self._state_burst, dst)
+        else:
+            del self._state_out[dst]
 
     def _sync_tick(self) -> None:
         if not self._running:
@@ -369,10 +386,15 @@ class Membership:
         return self._bq.take(room, retransmit_limit(self.cfg.retransmit_mult, len(self.live_ids())))
 
     def send_msg(self, addr: str, msg: list[Any], gossip: bool = True) -> None:
-        """Send `msg`, its last element (a list of updates) filled with queued news when `gossip`."""
-        if gossip and self._bq:  # ping and ack headers are under 120 bytes
-            msg[-1].extend(self._take_updates(self.cfg.max_packet - 120 - sum(len(u[1]) + 40 for u in msg[-1])))
-        self._send(addr, encode(msg))
+        """Send `msg`, its last element (a list of updates) filled with queued news when `gossip`,
+        up to `max_packet` bytes in all."""
+        data = encode(msg)
+        if gossip and self._bq:
+            news = self._take_updates(self.cfg.max_packet - len(data))
+            if news:
+                msg[-1].extend(news)
+                data = encode(msg)
+        self._send(addr, data)
 
     def _gossip_tick(self) -> None:
         self._timers[1] = None

@@ -21,7 +21,11 @@ class SwimConfig:
     awareness_max: int = 8  # Lifeguard local health: timeouts scale by (score + 1)
     dead_keep: float = 60.0  # dead records kept (so stale alive gossip cannot revive them)
     sync_interval: float = 30.0  # anti-entropy: compare view fingerprints with one random member
-    sync_chunk: int = 100  # members per full-state message
-    max_packet: int = 1400  # piggy-backed gossip fills a message up to this many bytes
-    max_message: int = 64 << 10  # larger incoming messages are dropped unread
+    #: every message fits in this many bytes, sent or received (the daemon sets its datagram's room:
+    #: transport.py); piggy-backed gossip fills a message up to it; a full member list goes in parts
+    max_packet: int = 1100
+    max_updates: int = 96  # updates taken from one message (a full one holds ~75 of the shortest)
+    state_burst: int = 16  # full-state parts sent at once to one member, then a pause,
+    state_pace: float = 0.01  # so a large list does not overflow its receive buffer
+    state_sends: int = 4  # full-state transfers running at once (joins and anti-entropy ask for them)
     max_members: int = 20_000  # a peer's gossip cannot grow the member table past this

@@ -20,8 +20,10 @@ incarnation, id of the member that says so] (suspect, dead).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
+from beiran.peer.gossip import encode
 from beiran.peer.swim_members import MAX_ADDR, MAX_ID, MAX_INC
 
 PING, ACK, NACK, PING_REQ, GOSSIP, JOIN, STATE, SYNC = "p", "k", "n", "r", "g", "j", "y", "h"
@@ -60,6 +62,23 @@ def decode(data: bytes, max_updates: int) -> Message:
     except (TypeError, IndexError, KeyError, AttributeError) as exc:
         raise ValueError(f"malformed membership message: {exc}") from None
     raise ValueError(f"unknown membership message kind {kind!r}")
+
+
+def state_parts(updates: Iterable[list[Any]], room: int) -> list[bytes]:
+    """A full member list as [y, updates] messages of at most `room` bytes each."""
+    parts: list[bytes] = []
+    part: list[bytes] = []
+    size = 7  # '["y",[' and ']]', less the comma the first update does not need
+    for u in updates:
+        e = encode(u)
+        if part and size + len(e) + 1 > room:
+            parts.append(b'["y",[' + b",".join(part) + b"]]")
+            part, size = [], 7
+        part.append(e)
+        size += len(e) + 1
+    if part:
+        parts.append(b'["y",[' + b",".join(part) + b"]]")
+    return parts
 
 
 def _int(v: Any) -> int:

@@ -10,6 +10,11 @@ is within WINDOW of ours, and its sequence number was not seen from that sender 
 captured datagrams are dropped). Without a token peers are not authenticated at all (as the rest of
 the peer protocol, beiran/peer/auth.py): the UUID is only a claim.
 
+Every datagram, header and MAC included, is at most MAX_DATAGRAM bytes, sent and received: under
+the 1280-byte minimum path MTU of IPv6 (less its headers), so no message relies on IP fragmentation
+(a lost fragment loses the datagram, and fragments are what middleboxes drop first). Larger things,
+a full member list, go as several datagrams. A bigger incoming datagram is dropped unread.
+
 Every datagram is also checked against the source address: only addresses `allowed` (peer_cidrs,
 or addresses the operator named) are heard from or sent to, so a forged source address cannot turn
 this node into a reflector and gossip cannot make it send anywhere its config does not allow.
@@ -32,6 +37,7 @@ MEMBERSHIP, DIRECTORY = b"m", b"d"
 _ID = 36
 _HEAD = len(MAGIC) + 1 + _ID + 8
 _MAC = 32
+MAX_DATAGRAM = 1200  # bytes of UDP payload, as memberlist keeps its UDP messages small
 WINDOW = 30.0  # seconds of clock difference (and of replay memory) accepted
 REPLAY_KEEP = 256  # sequence numbers remembered per sender above its floor
 MAX_SENDERS = 20_000
@@ -73,15 +79,17 @@ class _Replay:
 
 
 class DatagramTransport(asyncio.DatagramProtocol):
-    def __init__(self, node_uuid: str, token: str | None, allowed: Callable[[str], bool],
-                 deliver: Deliver, max_payload: int = 64 << 10) -> None:
+    def __init__(self, node_uuid: str, token: str | None, allowed: Callable[[str], bool], deliver: Deliver) -> None:
         self.uuid = node_uuid.encode()
         self.key = hmac.new(token.encode(), b"beiran swim v1", hashlib.sha256).digest() if token else None
-        self.allowed, self.deliver, self.max_payload = allowed, deliver, max_payload
+        self.allowed, self.deliver = allowed, deliver
+        #: payload bytes one datagram carries: what every message must fit in
+        self.room = MAX_DATAGRAM - _HEAD - (_MAC if self.key else 0)
         self.transport: asyncio.DatagramTransport | None = None
         self._replay: dict[bytes, _Replay] = {}
         self._last_seq = 0
-        self.stats = {"sent": 0, "received": 0, "bytes_sent": 0, "bytes_received": 0, "refused": 0}
+        self.stats = {"sent": 0, "received": 0, "bytes_sent": 0, "bytes_received": 0, "refused": 0,
+                      "oversize": 0}
 
     # -- asyncio -----------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -97,6 +105,11 @@ class DatagramTransport(asyncio.DatagramProtocol):
 
     # -- sending -----------------------------------------------------------------------------------
     def send(self, channel: bytes, addr: str, payload: bytes) -> None:
+        if len(payload) > self.room:  # a message that does not fit is a bug: say so, send nothing
+            self.stats["oversize"] += 1
+            log.warning("membership datagram to %s not sent: %d bytes of payload, room for %d",
+                        addr, len(payload), self.room)
+            return
         where = split_addr(addr)
         if self.transport is None or where is None or not self.allowed(where[0]):
             self.stats["refused"] += 1
@@ -129,7 +142,7 @@ class DatagramTransport(asyncio.DatagramProtocol):
     def open(self, data: bytes, host: str) -> tuple[bytes, str, bytes] | None:
         """(channel, sender uuid, payload) of a datagram that passes every check, else None."""
         mac_len = _MAC if self.key else 0
-        if (len(data) < _HEAD + mac_len or len(data) > _HEAD + mac_len + self.max_payload
+        if (len(data) < _HEAD + mac_len or len(data) > MAX_DATAGRAM
                 or not data.startswith(MAGIC) or not self.allowed(host)):
             return None
         head, mac, payload = data[:_HEAD], data[_HEAD:_HEAD + mac_len], data[_HEAD + mac_len:]

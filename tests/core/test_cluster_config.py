@@ -86,3 +86,19 @@ def test_datagrams_authenticated_fresh_once_and_only_from_allowed_addresses():
     assert got4 == []
     h.datagram_received(wire4.sent[-1][0], ("10.0.0.9", 8888))
     assert len(got4) == 1
+
+
+def test_no_datagram_over_1200_bytes_is_sent_or_heard():
+    a, b, wire, got = _pair("tok", "tok")
+    assert a.room == 1200 - 81
+    a.send(MEMBERSHIP, "127.0.0.5:8888", b"[" + b"1," * ((a.room - 2) // 2) + b"1]")
+    assert len(wire.sent[-1][0]) <= 1200
+    sent = len(wire.sent)
+    a.send(MEMBERSHIP, "127.0.0.5:8888", b"[" + b"1," * 700 + b"1]")  # a message that does not fit
+    assert len(wire.sent) == sent and a.stats["oversize"] == 1
+    # a correctly signed datagram over the limit is dropped unread
+    head = b"BSW1m" + a.uuid + int(time.time() * 1e6).to_bytes(8, "big")
+    big = b"[" + b"1," * 600 + b"1]"
+    assert a.key is not None
+    b.datagram_received(head + hmac.new(a.key, head + big, hashlib.sha256).digest() + big, ("127.0.0.9", 8888))
+    assert len(got) == 0 and b.stats["refused"] == 1

@@ -49,6 +49,28 @@ def test_lookup_finds_every_holder_in_one_round_trip():
     assert c.members[d0].id not in lookup(c, next(i for i in range(30) if i not in holders[0]), digest(0))
 
 
+def test_holdings_go_to_owners_in_batches_that_fit_a_datagram():
+    from beiran.peer.directory import DirectoryConfig
+
+    c = SimCluster(4, seed=25)
+    sent: list[bytes] = []
+    d = c.dirs[0]
+    d.cfg = DirectoryConfig(batch_ops=16, max_message=1119)
+    original = d._send
+    d._send = lambda dst, data: (sent.append(data), original(dst, data))
+    for n in range(200):
+        d.add(f"sha512:{n:0128x}")  # npm's digests: ~140 bytes an op, 8 to a datagram
+    c.run(2)
+    batches = [json.loads(m) for m in sent if m.startswith(b'["d+"')]
+    assert max(len(m) for m in sent) <= 1119
+    assert sum(len(b[3]) for b in batches) == sum(1 for n in range(200) for o in d._owners[f"sha512:{n:0128x}"]
+                                                  if o != c.members[0].id)
+    assert max(len(b[3]) for b in batches) < 16  # the byte bound cut them, not the op count
+    for n in range(200):  # and every owner listed every holding
+        for o in d._owners[f"sha512:{n:0128x}"]:
+            assert c.members[0].id in c.dirs[c.index[o]].table[f"sha512:{n:0128x}"]
+
+
 def test_only_about_k_over_n_of_the_keys_move_when_a_node_joins():
     n, per = 50, 60
     c = SimCluster(n, seed=22)
