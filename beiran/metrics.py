@@ -34,7 +34,8 @@ class Metrics:
                                        ["plugin", "outcome"], registry=r)
         self.store_blobs = Gauge("beiran_store_blobs", "Blobs in the local store", registry=r)
         self.store_bytes = Gauge("beiran_store_bytes", "Bytes in the local store", registry=r)
-        self.peers_online = Gauge("beiran_peers_online", "Peers connected and synced", registry=r)
+        self.peers_online = Gauge("beiran_peers_online", "Peers this node can reach: connected and synced "
+                                  "in a full mesh, members not declared dead above full_mesh_max", registry=r)
         self.http_requests = Counter("beiran_http_requests", "HTTP requests answered, by the plugin whose "
                                      "route answered (core: the daemon's own) and status code", ["plugin", "code"],
                                      registry=r)
@@ -57,7 +58,7 @@ class Metrics:
         self.registry.register(PluginEvents(ctx))
         self.store_blobs.set_function(lambda: len(ctx.store.entries))
         self.store_bytes.set_function(ctx.store.total_size)
-        self.peers_online.set_function(lambda: len(ctx.peers.online()))
+        self.peers_online.set_function(lambda: len(ctx.peers.calls.reachable_nodes()))
         self.peer_entries.set_function(ctx.availability.peer_entries)
         cluster = ctx.peers.cluster
         self.peer_links.set_function(cluster.links_open)

@@ -152,19 +152,24 @@ class PeerCalls:
             self.inbound.pop(peer, None)
 
     # -- who can be called -------------------------------------------------------------------------
+    def reachable_nodes(self) -> list[str]:
+        """Nodes `call` can reach now, this node not included: synced websocket peers in a full
+        mesh; members not declared dead, at an address this node may use, in swim mode."""
+        cluster = self.ctx.peers.cluster
+        if not cluster.swim or cluster.membership is None:
+            return self.ctx.peers.online()
+        me = self.ctx.identity.uuid
+        return [n for n in cluster.membership.live_ids() if n != me and cluster.url_of(n)]
+
     async def reachable(self, plugin: str | None = None) -> list[str]:
         """Nodes `call` can reach now (this node not included), with `plugin`: those that run it."""
         peers, cluster = self.ctx.peers, self.ctx.peers.cluster
-        me = self.ctx.identity.uuid
-        if not cluster.swim or cluster.membership is None:
-            nodes = peers.online()
-            if plugin is None:
-                return nodes
-            return [n for n in nodes if (c := peers.conn(n)) is not None
-                    and plugin in (plugin_names(c.info.get("plugins")) or ())]
-        nodes = [n for n in cluster.membership.live_ids() if n != me and cluster.url_of(n)]
+        nodes = self.reachable_nodes()
         if plugin is None:
             return nodes
+        if not cluster.swim or cluster.membership is None:
+            return [n for n in nodes if (c := peers.conn(n)) is not None
+                    and plugin in (plugin_names(c.info.get("plugins")) or ())]
         lists = await asyncio.gather(*(self.plugins_of(n) for n in nodes))
         return [n for n, names in zip(nodes, lists, strict=True) if names is not None and plugin in names]
 
