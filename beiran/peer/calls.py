@@ -6,7 +6,10 @@ Why: in a full mesh every peer keeps a websocket and RPCs ride on it; above `[cl
 (rpc_http.py) to the member's address from membership (checked against peer_cidrs when it was
 learned); the address is never taken from anything a peer says in the call. `reachable` lists the
 nodes `call` can reach: online websocket peers, or alive members in swim mode, whose plugin lists
-come from their signed `GET /info`, checked and bounded, cached for a while.
+come from their signed `GET /info`, checked and bounded, cached for a while. A member whose /info
+failed (down, not Beiran, another node at that address) is not asked again for INFO_FAIL_TTL, and
+one member is asked by one request at a time, so callers that list peers often, at thousands of
+members, do not re-dial the dead ones on every call.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from beiran.errors import BadRequest, BeiranError, TooManyRequests, UpstreamError, from_wire
 from beiran.peer.membership import DEAD, GONE
+from beiran.tasks import spawn
 
 if TYPE_CHECKING:
     from beiran.context import DaemonContext
@@ -37,6 +41,9 @@ METHOD = re.compile(r"[a-z][a-z_]{0,31}")
 #: plugin lists learned from members' /info: how many members, for how long, how long a list
 INFO_CACHE, INFO_TTL, MAX_PLUGINS, MAX_NAME = 4096, 300.0, 64, 64
 INFO_PARALLEL, INFO_TIMEOUT, MAX_INFO = 16, 3.0, 64 << 10
+#: seconds a member whose /info failed is not asked again (at most INFO_CACHE such members kept):
+#: short, as a member that was starting or briefly unreachable should soon count again
+INFO_FAIL_TTL = 15.0
 OUT_PARALLEL = 16  # HTTP calls this node has open at once
 
 
@@ -84,6 +91,8 @@ class PeerCalls:
         self.ctx = ctx
         self.inbound: dict[str, int] = {}  # peer -> its HTTP calls running here now
         self._plugins: OrderedDict[str, tuple[float, tuple[str, ...]]] = OrderedDict()
+        self._failed: OrderedDict[str, tuple[float, str]] = OrderedDict()  # node -> (ask after, at url)
+        self._asking: dict[str, asyncio.Future[tuple[str, ...] | None]] = {}  # node -> its /info request
         self._info_slots = asyncio.Semaphore(INFO_PARALLEL)
         self._out_slots = asyncio.Semaphore(OUT_PARALLEL)
 
@@ -207,16 +216,36 @@ class PeerCalls:
         url = self.ctx.peers.cluster.url_of(node)
         if not url:
             return None
+        failed = self._failed.get(node)
+        if failed is not None and failed[0] > now and failed[1] == url:
+            return None
+        asking = self._asking.get(node)
+        if asking is None:  # callers at once share one request (a kept task: see tasks.py)
+            asking = self._asking[node] = spawn(self._learn(node, url), f"GET /info of {node[:8]}")
+            asking.add_done_callback(lambda _: self._asking.pop(node, None))
+        return await asyncio.shield(asking)
+
+    async def _learn(self, node: str, url: str) -> tuple[str, ...] | None:
+        names: tuple[str, ...] | None = None
         try:
             async with self._info_slots:
                 info = await self._get_info(url)
         except (BeiranError, OSError, ValueError, TimeoutError):
+            info = None
+        if isinstance(info, dict) and info.get("uuid") == node:
+            names = plugin_names(info.get("plugins"))
+        now = time.monotonic()
+        if names is None:  # down, another node at that address, or a claim out of bounds
+            _remember(self._failed, node, (now + INFO_FAIL_TTL, url))
             return None
-        names = plugin_names(info.get("plugins")) if isinstance(info, dict) else None
-        if not isinstance(info, dict) or info.get("uuid") != node or names is None:
-            return None  # another node answers at that address, or a claim out of bounds
-        self._plugins[node] = (now + INFO_TTL, names)
-        self._plugins.move_to_end(node)
-        while len(self._plugins) > INFO_CACHE:
-            self._plugins.popitem(last=False)
+        self._failed.pop(node, None)
+        _remember(self._plugins, node, (now + INFO_TTL, names))
         return names
+
+
+def _remember(cache: OrderedDict[str, Any], key: str, value: Any) -> None:
+    """Put `key` last in `cache`, which keeps the INFO_CACHE most recent keys."""
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > INFO_CACHE:
+        cache.popitem(last=False)
