@@ -21,6 +21,8 @@ from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream
 
+from beiran.counts import InUse
+
 if TYPE_CHECKING:
     from beiran.config import LimitsConfig
 
@@ -62,7 +64,7 @@ class GuardedHTTPServer(HTTPServer):
         super().initialize(*args, **kwargs)
         self.per_ip_cap = (limits.connections_per_ip if limits and per_address else 0) or 0
         self.total_cap = (limits.max_connections if limits else 0) or default_max_connections()
-        self.open_by_ip: dict[str, int] = {}
+        self.open_by_ip: InUse[str] = InUse()
         self.open_total = 0
         self.accepted = self.refused = 0
         self.on_refused = on_refused
@@ -146,15 +148,11 @@ class GuardedHTTPServer(HTTPServer):
             return
         self.accepted += 1
         self.open_total += 1
-        self.open_by_ip[ip] = held + 1
+        self.open_by_ip.add(ip)
 
         def release() -> None:
             self.open_total -= 1
-            left = self.open_by_ip.get(ip, 1) - 1
-            if left > 0:
-                self.open_by_ip[ip] = left
-            else:
-                self.open_by_ip.pop(ip, None)
+            self.open_by_ip.done(ip)
         try:
             stream = _CountedStream(conn, release, max_buffer_size=self.max_buffer_size,
                                     read_chunk_size=self.read_chunk_size)

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from beiran.counts import InUse
 from beiran.errors import BadRequest, BeiranError, TooManyRequests, UpstreamError, from_wire
 from beiran.peer.membership import DEAD, GONE
 from beiran.tasks import spawn
@@ -89,7 +90,7 @@ def plugin_names(value: Any) -> tuple[str, ...] | None:
 class PeerCalls:
     def __init__(self, ctx: DaemonContext) -> None:
         self.ctx = ctx
-        self.inbound: dict[str, int] = {}  # peer -> its HTTP calls running here now
+        self.inbound: InUse[str] = InUse()  # peer -> its HTTP calls running here now
         self._plugins: OrderedDict[str, tuple[float, tuple[str, ...]]] = OrderedDict()
         self._failed: OrderedDict[str, tuple[float, str]] = OrderedDict()  # node -> (ask after, at url)
         self._asking: dict[str, asyncio.Future[tuple[str, ...] | None]] = {}  # node -> its /info request
@@ -151,14 +152,10 @@ class PeerCalls:
             raise TooManyRequests(f"more than {MAX_INBOUND} calls at once from one peer")
         if sum(self.inbound.values()) >= MAX_INBOUND_TOTAL:
             raise TooManyRequests(f"more than {MAX_INBOUND_TOTAL} peer calls at once")
-        self.inbound[peer] = self.inbound.get(peer, 0) + 1
+        self.inbound.add(peer)
 
     def release(self, peer: str) -> None:
-        left = self.inbound.get(peer, 1) - 1
-        if left > 0:
-            self.inbound[peer] = left
-        else:
-            self.inbound.pop(peer, None)
+        self.inbound.done(peer)
 
     # -- who can be called -------------------------------------------------------------------------
     def reachable_nodes(self) -> list[str]:

@@ -273,7 +273,7 @@ class ClusterService:
             for node in nodes:
                 self.links.acquire(node)
                 held.append(node)
-                self.picker.in_flight[node] = self.picker.in_flight.get(node, 0) + 1
+                self.picker.in_flight.add(node)
             counted = len(held)
             self.in_flight += counted
             yield

@@ -14,6 +14,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
+from beiran.counts import InUse
+
 L = TypeVar("L")
 
 
@@ -26,7 +28,7 @@ class LinkPool(Generic[L]):
                  max_open: int = 64) -> None:
         self._open, self._close, self.max_open = open_link, close_link, max_open
         self._links: OrderedDict[str, L] = OrderedDict()
-        self._busy: dict[str, int] = {}
+        self._busy: InUse[str] = InUse()
         self.opened = self.closed = 0
         self.peak = 0
 
@@ -58,15 +60,11 @@ class LinkPool(Generic[L]):
     def acquire(self, node: str) -> L:
         """`get`, and keep the link from eviction until `release`."""
         link = self.get(node)
-        self._busy[node] = self._busy.get(node, 0) + 1
+        self._busy.add(node)
         return link
 
     def release(self, node: str) -> None:
-        n = self._busy.get(node, 0) - 1
-        if n > 0:
-            self._busy[node] = n
-        else:
-            self._busy.pop(node, None)
+        self._busy.done(node)
 
     def drop(self, node: str) -> None:
         """Close the link to `node` (evicted, or the node died)."""
@@ -82,7 +80,7 @@ class HolderPicker:
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self.rng = rng or random.Random()
-        self.in_flight: dict[str, int] = {}
+        self.in_flight: InUse[str] = InUse()
 
     def pick(self, holders: Iterable[str]) -> str | None:
         options = list(holders)
@@ -90,12 +88,8 @@ class HolderPicker:
             return None
         self.rng.shuffle(options)
         node = min(options, key=lambda h: self.in_flight.get(h, 0))
-        self.in_flight[node] = self.in_flight.get(node, 0) + 1
+        self.in_flight.add(node)
         return node
 
     def done(self, node: str) -> None:
-        n = self.in_flight.get(node, 0) - 1
-        if n > 0:
-            self.in_flight[node] = n
-        else:
-            self.in_flight.pop(node, None)
+        self.in_flight.done(node)
