@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from beiran_testkit.fakepeer_rpc import FakePeer
+from beiran_testkit.fakepeer import RPCPeer
 from beiran_testkit.fixtures import random_blob
 from beiran_testkit.procs import serve_in_thread
 
@@ -33,7 +33,7 @@ def test_a_peer_without_the_blob_is_skipped_quietly(cluster, origin):
     gone = serve_in_thread(_NotHere, "127.0.0.1", 0)  # where the node will look for the peer's copy
     try:
         async def run() -> dict:
-            peer = FakePeer(node.url, port=gone.server_address[1], holdings=[[digest, "c", len(data)]])
+            peer = RPCPeer(node.url, port=gone.server_address[1], holdings=[[digest, "c", len(data)]])
             await peer.connect()
             try:
                 return await asyncio.to_thread(node.fetch, digest, len(data),

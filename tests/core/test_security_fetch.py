@@ -14,7 +14,7 @@ import os
 import pytest
 
 from beiran_testkit.daemon import wait_until
-from beiran_testkit.fakepeer_rpc import FakePeer
+from beiran_testkit.fakepeer import RPCPeer
 from beiran_testkit.fixtures import random_blob
 
 pytestmark = [pytest.mark.cluster]
@@ -49,7 +49,7 @@ def test_claimed_size_evicts_nothing_and_errors_reveal_no_paths_or_disk(cluster,
     src = {"plugin": "origin", "name": "o", "path": "/nothing-here"}
 
     async def attack() -> tuple[dict, dict]:
-        p1, p2 = await FakePeer(capped.url).connect(), await FakePeer(uncapped.url).connect()
+        p1, p2 = await RPCPeer(capped.url).connect(), await RPCPeer(uncapped.url).connect()
         try:
             wipe = await p1.rpc("fetch", digest=_digest("wipe"), size=16 * MiB - 1, source=src)
             disk = await p2.rpc("fetch", digest=_digest("disk"), size=1 << 48, source=src)
@@ -90,7 +90,7 @@ def test_peer_requested_fetches_are_capped(cluster, origin):
     origin.rate = 256 * 1024  # ~4 s per blob: all of them are still in flight during the test
 
     async def attack() -> dict[str, str]:
-        peer = await FakePeer(node.url).connect()
+        peer = await RPCPeer(node.url).connect()
         out = {}
         try:
             for name, size in (("a", MiB), ("big", 5 * MiB // 2), ("b", MiB), ("c", MiB)):
@@ -112,14 +112,14 @@ def test_peer_requested_fetches_are_capped(cluster, origin):
 
 def test_a_node_fetching_for_a_peer_never_delegates_again(cluster, origin):
     node = cluster.add({"origins": {"o": origin.url}}, peers=None)
-    peer = FakePeer(node.url, plugins=["origin:o"])  # it says it can reach the origin as well
+    peer = RPCPeer(node.url, plugins=["origin:o"])  # it says it can reach the origin as well
     data = b"x" * 100_000
     origin.put("d", data)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     from beiran.fetch import placement
 
     while placement.owner(digest, [node.uuid, peer.uuid]) != peer.uuid:
-        peer = FakePeer(node.url, plugins=["origin:o"])  # a UUID that owns this digest
+        peer = RPCPeer(node.url, plugins=["origin:o"])  # a UUID that owns this digest
 
     async def attack() -> tuple[dict, list]:
         await peer.connect()
@@ -167,7 +167,7 @@ def test_a_peers_preheat_claim_evicts_nothing(cluster, origin):
     before = _store_bytes(node)
 
     async def attack() -> dict:
-        peer = await FakePeer(node.url, token="preheat-test-token").connect()
+        peer = await RPCPeer(node.url, token="preheat-test-token").connect()
         try:
             answer = await peer.rpc("preheat", blobs=[{"digest": _digest("preheat-wipe"), "size": 16 * MiB - 1,
                                                        "source": {"plugin": "origin", "name": "o", "path": "/x"}}])

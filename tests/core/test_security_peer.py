@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 from tornado.httpclient import HTTPClientError
@@ -19,15 +17,6 @@ from beiran_testkit.fixtures import random_blob
 
 pytestmark = pytest.mark.cluster
 TOKEN = "s3cret-token"
-
-
-def _get(url: str, headers: dict[str, str]) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 def test_hello_url_is_never_fetched_from_only_the_socket_address(cluster):
@@ -72,7 +61,7 @@ def test_peers_outside_peer_cidrs_are_refused(cluster):
             await FakePeer(n1.url, source_ip=cluster.ip(7)).connect()
         assert err.value.code == 403
     asyncio.run(attack())
-    status, body = _get(f"{n1.url}/blobs/{digest}", {})
+    status, body = n1.peer_get(f"/blobs/{digest}")
     assert status == 403 and "peer_cidrs" in json.loads(body)["message"]
     assert n1.api("GET", "/ping")["pong"]
 
@@ -84,7 +73,7 @@ def test_one_auth_parser_duplicate_keys_and_bad_signatures_are_401(cluster):
     path = f"/blobs/{digest}"
     victim = "00000000-0000-4000-8000-000000000001"
     me = "00000000-0000-4000-8000-000000000002"
-    assert _get(n1.url + path, {"X-Beiran-Auth": sign(TOKEN, "GET", path, me)})[0] == 200
+    assert n1.peer_get(path, {"X-Beiran-Auth": sign(TOKEN, "GET", path, me)})[0] == 200
     cases = {
         # signed for `me`, with the victim's UUID put first: two parsers would disagree on who asks
         "duplicate uuid": f"uuid={victim}," + sign(TOKEN, "GET", path, me),
@@ -95,7 +84,7 @@ def test_one_auth_parser_duplicate_keys_and_bad_signatures_are_401(cluster):
         "no fields": "garbage",
     }
     for what, header in cases.items():
-        status, body = _get(n1.url + path, {"X-Beiran-Auth": header})
+        status, body = n1.peer_get(path, {"X-Beiran-Auth": header})
         assert status == 401, (what, status, body[:200])
         assert json.loads(body)["error"] == "unauthorized", what
     assert "Traceback" not in n1.log()
@@ -108,18 +97,18 @@ def test_replayed_or_extended_requests_are_refused(cluster):
     path = f"/blobs/{digest}"
     me = "00000000-0000-4000-8000-000000000003"
     header = sign(TOKEN, "GET", path, me)
-    assert _get(n1.url + path, {"X-Beiran-Auth": header}) == (200, data)
-    status, body = _get(n1.url + path, {"X-Beiran-Auth": header})
+    assert n1.peer_get(path, {"X-Beiran-Auth": header}) == (200, data)
+    status, body = n1.peer_get(path, {"X-Beiran-Auth": header})
     assert status == 401 and "already used" in json.loads(body)["message"]
     # the signature covers the query: one signed for the bare path does not carry a query
-    status, _ = _get(n1.url + path + "?x=1", {"X-Beiran-Auth": sign(TOKEN, "GET", path, me)})
+    status, _ = n1.peer_get(path + "?x=1", {"X-Beiran-Auth": sign(TOKEN, "GET", path, me)})
     assert status == 401
-    assert _get(n1.url + path + "?x=1", {"X-Beiran-Auth": sign(TOKEN, "GET", path + "?x=1", me)})[0] == 200
+    assert n1.peer_get(path + "?x=1", {"X-Beiran-Auth": sign(TOKEN, "GET", path + "?x=1", me)})[0] == 200
     # and the method
-    assert _get(n1.url + path, {"X-Beiran-Auth": sign(TOKEN, "HEAD", path, me)})[0] == 401
+    assert n1.peer_get(path, {"X-Beiran-Auth": sign(TOKEN, "HEAD", path, me)})[0] == 401
     # an old proof (outside the window) is refused too
     old = sign(TOKEN, "GET", path, me, ts=int(time.time()) - 400)
-    assert _get(n1.url + path, {"X-Beiran-Auth": old})[0] == 401
+    assert n1.peer_get(path, {"X-Beiran-Auth": old})[0] == 401
 
 
 def test_captured_peer_upgrade_header_does_not_let_anyone_join(cluster):

@@ -222,6 +222,11 @@ class Daemon:
         except urllib.error.HTTPError as exc:
             return exc.code, dict(exc.headers), exc.read()
 
+    def peer_get(self, path: str, headers: dict[str, str] | None = None, timeout: float = 20) -> tuple[int, bytes]:
+        """GET `path` over TCP as a peer would ask (sign with `fakepeer.auth_headers`): (status, body)."""
+        status, _, body = self.tcp("GET", path, headers=headers, timeout=timeout)
+        return status, body
+
     def add_blob(self, data: bytes) -> str:
         return self.api("PUT", "/blobs/upload", raw=data)["digest"]
 

@@ -102,7 +102,7 @@ def test_a_peers_preheat_naming_an_archive_this_node_never_saw_contacts_nothing(
     """A peer (with the token) asks a node to preheat a .deb from an archive the node never saw:
     the node refuses to reach it, reports the failure, and the decoy archive gets no connection."""
     from beiran_testkit.decoy import Decoy
-    from beiran_testkit.fakepeer_rpc import FakePeer
+    from beiran_testkit.fakepeer import RPCPeer
 
     token = "apt-preheat-attack"
     (node,) = add_nodes(cluster, 1, repo, extra=[{"cluster_token": token}])
@@ -110,7 +110,7 @@ def test_a_peers_preheat_naming_an_archive_this_node_never_saw_contacts_nothing(
     digest = "sha256:" + "cd" * 32
     try:
         async def attack() -> tuple[dict, dict]:
-            peer = await FakePeer(node.url, token=token).connect()
+            peer = await RPCPeer(node.url, token=token).connect()
             try:
                 started = await peer.rpc("preheat", blobs=[{
                     "digest": digest, "size": 4096,

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-import urllib.error
-import urllib.request
 from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from beiran_testkit.decoy import Decoy
-from beiran_testkit.fakepeer_rpc import FakePeer
+from beiran_testkit.fakepeer import RPCPeer
 from beiran_testkit.procs import serve_in_thread, stop_server
 from beiran_testkit.registry import docker_config, free_port
 
@@ -28,14 +26,8 @@ def decoy():
     d.close()
 
 
-def _peer_get(node, peer: FakePeer, digest: str) -> tuple[int, bytes]:
-    path = f"/blobs/{digest}"
-    req = urllib.request.Request(node.url + path, headers=peer.headers("GET", path))
-    try:
-        with urllib.request.urlopen(req, timeout=20) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+def _peer_get(node, peer: RPCPeer, digest: str) -> tuple[int, bytes]:
+    return node.peer_get(f"/blobs/{digest}", peer.headers("GET", f"/blobs/{digest}"))
 
 
 def test_peer_source_naming_an_unconfigured_registry_opens_no_connection(cluster, registry, decoy):
@@ -43,7 +35,7 @@ def test_peer_source_naming_an_unconfigured_registry_opens_no_connection(cluster
     digest = "sha256:" + "ab" * 32
 
     async def attack() -> dict:
-        peer = await FakePeer(node.url).connect()
+        peer = await RPCPeer(node.url).connect()
         try:
             return await peer.rpc("fetch", digest=digest, size=1000,
                                   source={"plugin": "docker", "registry": decoy.address,
@@ -106,7 +98,7 @@ def test_credentialed_blobs_are_never_fetched_for_or_served_to_peers(cluster, re
     assert status == 200 and body == test_images.layout.path_of(local.digest).read_bytes()
 
     async def attack() -> tuple[dict, tuple[int, bytes], tuple[int, bytes]]:
-        peer = await FakePeer(node.url).connect()
+        peer = await RPCPeer(node.url).connect()
         try:
             answer = await peer.rpc("fetch", digest=asked.digest, size=asked.size,
                                     source={"plugin": "docker", "registry": registry.name,

@@ -5,14 +5,11 @@ registry's refusal through CRI and never receives a layer, not even by asking a 
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
-
 import grpc
 import pytest
 
-from beiran.peer.auth import PeerAuth
 from beiran_testkit.daemon import wait_until
+from beiran_testkit.fakepeer import auth_headers
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -24,13 +21,7 @@ def _store(node) -> set[str]:
 def _peer_get(owner, requester_uuid: str, digest: str, token: str) -> int:
     """GET /blobs/<digest> on `owner` as the node `requester_uuid`, signed with the cluster token."""
     path = f"/blobs/{digest}"
-    req = urllib.request.Request(owner.daemon.url + path, headers=PeerAuth(token, requester_uuid).headers("GET", path))
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            resp.read()
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
+    return owner.daemon.peer_get(path, auth_headers(token, requester_uuid, "GET", path))[0]
 
 
 def test_private_image_shared_only_with_nodes_that_can_read_it(env):

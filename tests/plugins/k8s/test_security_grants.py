@@ -6,25 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import urllib.error
-import urllib.request
 
 import pytest
 
 from beiran_testkit.daemon import wait_until
-from beiran_testkit.fakepeer_rpc import FakePeer
+from beiran_testkit.fakepeer import RPCPeer
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
-def _signed(node, peer: FakePeer, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+def _signed(node, peer: RPCPeer, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
     headers = {**peer.headers(method, path), "Content-Type": "application/json"}
-    req = urllib.request.Request(node.daemon.url + path, data=body, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=20) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+    status, _, payload = node.daemon.tcp(method, path, body, headers, timeout=20)
+    return status, payload
 
 
 def test_a_peer_cannot_grant_itself_a_private_image(env):
@@ -36,7 +30,7 @@ def test_a_peer_cannot_grant_itself_a_private_image(env):
     layer = image.layers[0].digest
 
     async def attack() -> tuple[tuple[int, bytes], tuple[int, bytes]]:
-        peer = await FakePeer(n1.daemon.url, token=env.token).connect()
+        peer = await RPCPeer(n1.daemon.url, token=env.token).connect()
         try:
             await asyncio.to_thread(wait_until, lambda: peer.uuid in n1.daemon.online_peers(), 10, 0.05,
                                     "the fake peer to be online")
