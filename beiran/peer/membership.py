@@ -12,9 +12,10 @@ bytes)`; time comes from an injected scheduler with `time()` and `call_later()` 
 is one), so the same code runs on real links and inside the discrete-event simulator.
 
 This module is the state machine: the member table and what each piece of news does to it, joins,
-anti-entropy and dissemination. The rest: member records (swim_members.py), messages on the wire
-(swim_wire.py), probing (swim_probe.py), suspicion timers (swim_suspicion.py), the piggy-back
-queue and fingerprints (gossip.py).
+anti-entropy and dissemination. The rest: settings (swim_config.py), member records
+(swim_members.py), messages on the wire (swim_wire.py), probing (swim_probe.py), suspicion timers
+(swim_suspicion.py), full lists sent in parts (swim_transfer.py), the piggy-back queue and
+fingerprints (gossip.py).
 """
 
 from __future__ import annotations
@@ -32,13 +33,13 @@ from beiran.peer.swim_config import SwimConfig
 from beiran.peer.swim_members import ALIVE, DEAD, GONE, SUSPECT, Member, SharedStart, pick_live
 from beiran.peer.swim_probe import Prober
 from beiran.peer.swim_suspicion import Suspicions
-from beiran.peer.swim_wire import ACK, GOSSIP, JOIN, NACK, PING, PING_REQ, STATE, SYNC, decode, state_parts
+from beiran.peer.swim_transfer import StateTransfers
+from beiran.peer.swim_wire import ACK, GOSSIP, JOIN, NACK, PING, PING_REQ, STATE, SYNC, decode
 
 __all__ = ["ALIVE", "DEAD", "GONE", "SUSPECT", "Member", "Membership", "SharedStart", "SwimConfig"]
 
 Send = Callable[[str, bytes], None]
 Listener = Callable[[str, str | None, str], None]  # (member id, old state or None, new state)
-
 
 
 class Membership:
@@ -65,7 +66,7 @@ class Membership:
         self._dead_q: deque[tuple[float, str]] = deque()
         self._timers: list[TimerHandle | None] = [None, None, None]
         self._joining: list[str] = []
-        self._state_out: dict[str, deque[bytes]] = {}  # full-state parts still to send, by destination
+        self._transfers = StateTransfers(send, sched, self.cfg)
         self._running = self.leaving = False
         self.stats = {"suspect": 0, "refute": 0, "dead": 0, "bad": 0, "sync": 0}
 
@@ -85,7 +86,7 @@ class Membership:
 
     def start(self, seeds: list[str] | None = None) -> None:
         """Begin probing; with seeds, join through the first that answers."""
-        self._running = True
+        self._running = self._transfers.running = True
         c = self.cfg
         self._timers[0] = self.sched.call_later(self.rng.random() * c.probe_interval, self._probe_tick)
         self._timers[2] = self.sched.call_later(c.sync_interval * (0.5 + self.rng.random()), self._sync_tick)
@@ -99,6 +100,7 @@ class Membership:
                 t.cancel()
         self._suspicions.stop()
         self.prober.stop()
+        self._transfers.stop()
 
     def leave(self) -> None:
         """Tell the cluster this node is going (a dead record from itself), then keep gossiping."""
@@ -347,25 +349,7 @@ class Membership:
             self.send_msg(seed, [JOIN, self.members[self.id].update()], gossip=False)
 
     def _send_state(self, dst: str) -> None:
-        """The member table to `dst` in messages that each fit a datagram, `state_burst` at a time
-        (a large table does not overflow the receiver's buffer); one transfer per destination and
-        `state_sends` at once, so the joins and syncs others ask for cost this node a bounded amount."""
-        if dst in self._state_out or len(self._state_out) >= self.cfg.state_sends:
-            return
-        self._state_out[dst] = deque(state_parts((m.update() for m in self.members.values()), self.cfg.max_packet))
-        self._state_burst(dst)
-
-    def _state_burst(self, dst: str) -> None:
-        parts = self._state_out.get(dst)
-        if parts is None or not self._running:
-            self._state_out.pop(dst, None)
-            return
-        for _ in range(min(self.cfg.state_burst, len(parts))):
-            self._send(dst, parts.popleft())
-        if parts:
-            self.sched.call_later(self.cfg.state_pace, self._state_burst, dst)
-        else:
-            del self._state_out[dst]
+        self._transfers.send(dst, lambda: (m.update() for m in self.members.values()))
 
     def _sync_tick(self) -> None:
         if not self._running:
