@@ -223,3 +223,29 @@ def test_a_leaving_member_is_dead_everywhere_without_waiting_for_suspicion():
     took = c.run_until(lambda: states(c, 9) == {DEAD}, limit=20, step=0.05)
     assert took is not None and took < 1.0  # gossip time, not a suspicion timeout (>= 2 s here)
     assert sum(m.stats["suspect"] for m in c.members) == 0
+
+
+def test_a_large_member_list_goes_in_paced_parts_that_fit_and_few_transfers_run_at_once():
+    """3,000 members answer a join in ~190 parts of <= max_packet bytes, 16 at a time; six joiners
+    at once get 4 transfers (the others ask again), and each joiner receives the whole list."""
+    clock = SimClock()
+    sent: list[tuple[float, str, bytes]] = []
+    m = Membership("me", "10.0.0.1:7777", lambda dst, data: sent.append((clock.now, dst, data)), clock)
+    m.bootstrap([(f"node-{i:05d}", f"10.1.{i // 250}.{i % 250}:7777") for i in range(3000)])
+    m.start()
+    for j in range(6):
+        m.on_message(f"10.9.0.{j}:7777", json.dumps(["j", ["a", f"new-{j}", 0, f"10.9.0.{j}:7777"]]).encode())
+    assert {dst for _, dst, _ in sent} == {f"10.9.0.{j}:7777" for j in range(4)}
+    assert len(sent) == 4 * 16  # the first burst to each
+    clock.run_until(5.0)
+    state = [(t, dst, json.loads(d)) for t, dst, d in sent if json.loads(d)[0] == "y"]
+    assert max(len(d) for _, _, d in sent) <= m.cfg.max_packet
+    for j in range(4):
+        parts = [msg for _, dst, msg in state if dst == f"10.9.0.{j}:7777"]
+        assert len(parts) > 100
+        assert {u[1] for p in parts for u in p[1]} >= {f"node-{i:05d}" for i in range(3000)}
+    times = sorted({t for t, dst, _ in state if dst == "10.9.0.0:7777"})
+    assert len(times) >= len(parts) // 16 and times[-1] > times[0]  # paced, not all at once
+    # the refused joiners are answered when they ask again
+    m.on_message("10.9.0.5:7777", json.dumps(["j", ["a", "new-5", 0, "10.9.0.5:7777"]]).encode())
+    assert any(dst == "10.9.0.5:7777" for _, dst, _ in sent)
