@@ -5,7 +5,6 @@ refuses gets 429 before any byte. A real daemon; the test is the peer (no cluste
 from __future__ import annotations
 
 import hashlib
-import http.client
 import socket
 import threading
 from urllib.parse import urlsplit
@@ -17,17 +16,6 @@ from beiran_testkit.fixtures import random_blob
 
 pytestmark = pytest.mark.cluster
 MiB = 1 << 20
-
-
-def _status_and_body(node, digest: str) -> tuple[int, bytes]:
-    u = urlsplit(node.url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
-    try:
-        conn.request("GET", f"/blobs/{digest}")
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
 
 
 def _stalled_download(node, digest: str) -> socket.socket:
@@ -48,7 +36,7 @@ def test_uploads_to_peers_are_capped_and_a_refused_peer_gets_429_before_any_byte
     node.add_blob(data)
     stalled = [_stalled_download(node, digest) for _ in range(2)]
     try:
-        status, body = _status_and_body(node, digest)
+        status, body = node.peer_get(f"/blobs/{digest}", timeout=60)
         print(f"\nwith 2 stalled uploads held open, a third request: {status} {body[:120]!r}")
         assert status == 429 and b"too_many_requests" in body
         assert node.metrics()["beiran_peer_requests_refused_total{cap=uploads}"] == 1
@@ -57,7 +45,7 @@ def test_uploads_to_peers_are_capped_and_a_refused_peer_gets_429_before_any_byte
             s.close()
 
     def served() -> bool:
-        status, body = _status_and_body(node, digest)
+        status, body = node.peer_get(f"/blobs/{digest}", timeout=60)
         return status == 200 and hashlib.sha256(body).hexdigest() == digest.split(":")[1]
     wait_until(served, 30, what="the node to serve again once the stalled uploads went away")
 
