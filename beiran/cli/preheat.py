@@ -4,6 +4,7 @@ exit 1 naming each node that failed."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -17,8 +18,10 @@ def _where(sources: dict[str, int] | None) -> str:
     return ", ".join(f"{k} {human_size(v)}" for k, v in sorted((sources or {}).items()) if v)
 
 
-def run_preheat(path: str, body: dict[str, Any], what: str, no_progress: bool, as_json: bool) -> None:
-    """POST the plugin's preheat command and render its NDJSON progress and summary."""
+def run_preheat(path: str, body: dict[str, Any], what: str, no_progress: bool, as_json: bool,
+                report: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """POST the plugin's preheat command and render its NDJSON progress and summary; `report`
+    prints the plugin's own part of the summary (table form) before the per-node table."""
     from beiran.cli.progress import Progress
 
     final: dict[str, Any] = {}
@@ -39,6 +42,8 @@ def run_preheat(path: str, body: dict[str, Any], what: str, no_progress: bool, a
         return
     if final.get("error"):
         raise CLIError(final["error"].get("message", "preheat failed"))
+    if report is not None:
+        report(final)
     nodes = final.get("nodes") or []
     table([{**r, "node": r["node"][:8], "blobs": f"{r['done']}/{r['blobs']}", "size": human_size(r["total"]),
             "from": _where(r.get("sources"))} for r in nodes],

@@ -110,9 +110,11 @@ class ProxyAddressHandler(JSONEndpoint):
 
 
 class PreheatHandler(JSONEndpoint):
-    """`POST /apt/preheat` {"packages": ["PKG[=VERSION]"...], "arch": str | null, "nodes": "all" | [uuid]}
-    (admin): the chosen nodes fetch the .debs now; NDJSON per-node progress, the last line the
-    summary. A package this node's indexes do not list is an error before anything starts."""
+    """`POST /apt/preheat` {"packages": ["PKG[=VERSION]"...], "arch": str | null, "nodes": "all" | [uuid],
+    "with_deps": bool, "include_required": bool, "max_packages": int | null} (admin): the chosen nodes
+    fetch the .debs (and, with_deps, what they depend on) now; NDJSON per-node progress, the last line
+    the summary (with_deps: also "added", "skipped", "unresolved"). A package this node's indexes do
+    not list, or a closure over the cap, is an error before anything starts."""
 
     async def post(self) -> None:
         from beiran_plugins.apt.preheat import preheat
@@ -130,7 +132,8 @@ class PreheatHandler(JSONEndpoint):
 
         try:
             summary = await preheat(self.plugin, body.get("packages"), body.get("arch"), body.get("nodes", "all"),
-                                    emit)
+                                    emit, body.get("with_deps", False), body.get("include_required", False),
+                                    body.get("max_packages"))
         except BeiranError as exc:
             if not streaming:
                 raise  # nothing sent yet: an ordinary error answer

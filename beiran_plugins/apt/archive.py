@@ -75,6 +75,13 @@ def release_dirs(target: Target) -> tuple[str, str]:
     return release_dir, base
 
 
+def _forget_indexes_without_depends() -> None:
+    """Indexes learned before their Depends/Provides were kept are learned again (the next
+    `apt-get update`, even one apt answers `Hit`), so `preheat --with-deps` can use them."""
+    if AptPackage.select().where(AptPackage.depends.is_null() & (AptPackage.arch != "source")).exists():
+        AptLearnedIndex.delete().execute()
+
+
 class Archive:
     def __init__(self, plugin: AptPlugin) -> None:
         self.plugin = plugin
@@ -92,6 +99,7 @@ class Archive:
 
     async def load(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        await self.ctx.run_db(_forget_indexes_without_depends)
         sources, rels, learned = await self.ctx.run_db(lambda: (
             [(s.key, s.trust) for s in AptSource.select(AptSource.key, AptSource.trust)],
             dict_rows(AptRelease.select()), [r.sha256 for r in AptLearnedIndex.select(AptLearnedIndex.sha256)]))

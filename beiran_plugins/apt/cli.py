@@ -206,22 +206,65 @@ def sources(as_json: bool) -> None:
               "(8+ characters each).")
 @click.option("--arch", metavar="ARCH", help="Architecture of the .debs (default: this machine's apt "
               "architecture; arch \"all\" packages match any).")
+@click.option("--with-deps", is_flag=True, help="Add what the packages depend on (Pre-Depends, Depends), as "
+              "apt-get install would download it.")
+@click.option("--include-required", is_flag=True, help="With --with-deps: keep Essential and Priority: "
+              "required packages (left out by default: every Debian system has them).")
+@click.option("--max-packages", metavar="N", help="With --with-deps: refuse if the packages and their "
+              "dependencies come to more than N (default and most: 512).")
 @click.option("--no-progress", is_flag=True, help="No progress lines.")
 @json_option
-def preheat(packages: tuple[str, ...], nodes: str, arch: str | None, no_progress: bool, as_json: bool) -> None:
+def preheat(packages: tuple[str, ...], nodes: str, arch: str | None, with_deps: bool, include_required: bool,
+            max_packages: str | None, no_progress: bool, as_json: bool) -> None:
     """Put these packages' .debs on the chosen nodes now, before their apt-get needs them.
 
     \b
     Each PKG is looked up in the verified indexes this node learned through its
     proxy (run `apt-get update` through it first): that VERSION, else the newest.
-    Dependencies are not added: name them too. This node fetches each .deb first
-    (from the archive once for the whole cluster); the other nodes then get it
-    from the cluster, and never from an archive they have not seen themselves.
+    With --with-deps, what they depend on is added from the same indexes (Depends
+    and Pre-Depends; in "a | b" the first that the indexes satisfy; virtual
+    packages through Provides), without Essential/required packages unless
+    --include-required. A dependency nothing provides is named in a warning and
+    the rest is preheated. Without it, dependencies are not added: name them too.
+    This node fetches each .deb first (from the archive once for the whole
+    cluster); the other nodes then get it from the cluster, and never from an
+    archive they have not seen themselves.
     Peers accept this only in a cluster with a cluster_token."""
     from beiran.cli.preheat import parse_nodes, run_preheat
 
-    run_preheat("/apt/preheat", {"packages": list(packages), "arch": arch, "nodes": parse_nodes(nodes)},
-                " ".join(packages), no_progress, as_json)
+    if include_required and not with_deps:
+        raise CLIError("--include-required applies to dependencies: add --with-deps")
+    body: dict[str, Any] = {"packages": list(packages), "arch": arch, "nodes": parse_nodes(nodes)}
+    if with_deps:
+        body.update(with_deps=True, include_required=include_required)
+    if max_packages is not None:
+        if not with_deps:
+            raise CLIError("--max-packages caps the dependencies: add --with-deps")
+        if not max_packages.strip().isdigit():
+            raise CLIError(f"--max-packages must be a whole number (e.g. 100), not {max_packages[:20]!r}")
+        body["max_packages"] = int(max_packages)
+    run_preheat("/apt/preheat", body, " ".join(packages), no_progress, as_json,
+                report=_report_deps if with_deps else None)
+
+
+def _report_deps(summary: dict[str, Any]) -> None:
+    """What --with-deps added, left out and could not satisfy (before the per-node table)."""
+    added = summary.get("added") or []
+    if added:
+        click.echo(f"Added {len(added)} dependenc{'y' if len(added) == 1 else 'ies'}:")
+        table([{**r, "size_h": human_size(r.get("size"))} for r in added],
+              [("package", "PACKAGE"), ("version", "VERSION"), ("arch", "ARCH"), ("size_h", "SIZE"),
+               ("needed_by", "NEEDED BY")])
+    else:
+        click.echo("Added no dependencies.")
+    skipped = summary.get("skipped") or []
+    if skipped:
+        click.echo(f"Left out {len(skipped)} Essential/required package(s) every system has "
+                   f"(--include-required keeps them): {', '.join(skipped)}")
+    for u in summary.get("unresolved") or []:
+        what = f"depends on {u['depends']}: " if u.get("depends") else ""
+        click.echo(f"warning: {u['package']} {what}{u['why']}", err=True)
+    click.echo()
 
 
 # -- import ----------------------------------------------------------------------------------------

@@ -48,6 +48,10 @@ class AptPackage(BaseModel):
     package = peewee.CharField(default="")
     version = peewee.CharField(default="")
     arch = peewee.CharField(default="")
+    #: what `preheat --with-deps` resolves with (None: learned before these were kept)
+    depends = peewee.TextField(null=True)  # Pre-Depends and Depends, as one dependency list
+    provides = peewee.TextField(null=True)
+    required = peewee.BooleanField(null=True)  # Essential: yes or Priority: required
 
     class Meta:
         indexes = ((("base", "path"), True),)

@@ -18,12 +18,14 @@ from beiran.errors import BadRequest, NotFound, PluginError
 from beiran.models.base import dict_rows
 from beiran_plugins.apt import trust
 from beiran_plugins.apt.archive import Blob
+from beiran_plugins.apt.depends import Closure, closure, usable
 from beiran_plugins.apt.models import AptPackage
 
 if TYPE_CHECKING:
     from beiran_plugins.apt.plugin import AptPlugin
 
-MAX_PACKAGES = 256
+MAX_PACKAGES = 256  # named in one request
+MAX_CLOSURE = core_preheat.MAX_BLOBS  # with their dependencies (each is one blob to preheat)
 #: Debian policy: package names, versions ([epoch:]upstream[-revision]) and architecture names
 _NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]{0,127}$")
 _VERSION = re.compile(r"^[A-Za-z0-9.+~:-]{1,128}$")
@@ -102,8 +104,13 @@ def pick(spec: Spec, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return best
 
 
-async def resolve(plugin: AptPlugin, specs: list[Spec], arch: str) -> list[Blob]:
-    """One .deb per spec from this node's verified indexes; NotFound naming every miss."""
+def _blob(row: dict[str, Any]) -> Blob:
+    return Blob(f"sha256:{row['sha256']}", row["size"], row["base"], row["path"], row["package"], row["version"],
+                row["arch"])
+
+
+async def resolve(plugin: AptPlugin, specs: list[Spec], arch: str) -> list[dict[str, Any]]:
+    """One index row (a .deb) per spec from this node's verified indexes; NotFound naming every miss."""
     names = sorted({s.name for s in specs})
     archs = [arch, "all"]
 
@@ -112,9 +119,9 @@ async def resolve(plugin: AptPlugin, specs: list[Spec], arch: str) -> list[Blob]
     found = await plugin.ctx.run_db(rows)
     by_name: dict[str, list[dict[str, Any]]] = {}
     for r in found:
-        if r["base"] in plugin.archive.bases and r["path"].endswith((".deb", ".udeb")):
+        if usable(r, plugin.archive.bases):
             by_name.setdefault(r["package"], []).append(r)
-    blobs, missing = [], []
+    chosen, missing = [], []
     for spec in specs:
         candidates = by_name.get(spec.name, [])
         row = await plugin.ctx.run_blocking(pick, spec, candidates)
@@ -122,27 +129,54 @@ async def resolve(plugin: AptPlugin, specs: list[Spec], arch: str) -> list[Blob]
             known = sorted({r["version"] for r in candidates})
             missing.append(f"{spec}" + (f" (known versions: {', '.join(known[:5])})" if known else ""))
             continue
-        blobs.append(Blob(f"sha256:{row['sha256']}", row["size"], row["base"], row["path"], row["package"],
-                          row["version"], row["arch"]))
+        chosen.append(row)
     if missing:
         raise NotFound(f"not in the apt indexes this node learned (for {arch}): {'; '.join(missing)}. {_HINT}")
-    return list({b.digest: b for b in blobs}.values())
+    return list({r["sha256"]: r for r in chosen}.values())
 
 
-async def preheat(plugin: AptPlugin, packages: Any, arch: Any, nodes: Any,
-                  emit: core_preheat.Emit) -> dict[str, Any]:
-    """Resolve, then have every chosen node fetch the .debs (seeded on this node)."""
+def check_options(with_deps: Any, include_required: Any, max_packages: Any) -> int:
+    """The closure cap asked for (default and most: what one preheat may carry)."""
+    for name, value in (("with_deps", with_deps), ("include_required", include_required)):
+        if not isinstance(value, bool):
+            raise BadRequest(f"{name} must be true or false")
+    if include_required and not with_deps:
+        raise BadRequest("include_required applies to dependencies: use it with with_deps (--with-deps)")
+    if max_packages is None:
+        return MAX_CLOSURE
+    if not isinstance(max_packages, int) or isinstance(max_packages, bool) or not 1 <= max_packages <= MAX_CLOSURE:
+        raise BadRequest(f"max_packages must be a whole number from 1 to {MAX_CLOSURE} (--max-packages)")
+    return max_packages
+
+
+def _describe(b: Blob, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"package": b.package, "version": b.version, "arch": b.arch, "digest": b.digest, "size": b.size,
+            "source": b.source, **(extra or {})}
+
+
+async def preheat(plugin: AptPlugin, packages: Any, arch: Any, nodes: Any, emit: core_preheat.Emit,
+                  with_deps: Any = False, include_required: Any = False, max_packages: Any = None) -> dict[str, Any]:
+    """Resolve (with the dependency closure, if asked), then have every chosen node fetch the .debs
+    (seeded on this node)."""
     specs = parse_specs(packages)
     arch = check_arch(arch)
+    cap = check_options(with_deps, include_required, max_packages)
     targets = await core_preheat.targets(plugin.ctx, nodes, plugin="apt")  # "all": the nodes that run apt
-    blobs = await resolve(plugin, specs, arch)
+    roots = await resolve(plugin, specs, arch)
+    deps = Closure()
+    if with_deps:
+        deps = await closure(plugin, roots, arch, cap, include_required)
+    blobs = list({b.digest: b for b in map(_blob, [*roots, *deps.added])}.values())
+    needed_by = {f"sha256:{r['sha256']}": r["needed_by"] for r in deps.added}
+    added = [_describe(_blob(r), {"needed_by": r["needed_by"]}) for r in deps.added]
+    extra = {"added": added, "skipped": deps.skipped, "unresolved": deps.unresolved} if with_deps else {}
     items = [core_preheat.Item(b.digest, b.size, b.source) for b in blobs]
     await emit({"event": "resolved", "arch": arch, "nodes": targets,
-                "packages": [{"package": b.package, "version": b.version, "arch": b.arch, "digest": b.digest,
-                              "size": b.size, "source": b.source} for b in blobs]})
+                "packages": [_describe(b, {"needed_by": needed_by[b.digest]} if b.digest in needed_by else None)
+                             for b in blobs], **extra})
     summary = await core_preheat.run(plugin.ctx, items, targets, emit, seed=True)
     if plugin.ctx.identity.uuid in targets:  # asked for here too: pinned and listed like a proxied .deb
         for b in blobs:
             if plugin.ctx.store.has(b.digest):
                 await plugin.archive.record_deb(b, via="preheat")
-    return {**summary, "arch": arch, "packages": [f"{b.package}={b.version}" for b in blobs]}
+    return {**summary, "arch": arch, "packages": [f"{b.package}={b.version}" for b in blobs], **extra}

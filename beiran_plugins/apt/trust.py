@@ -205,7 +205,8 @@ def _tagfile(path: Path, name: str, workdir: Path) -> Any:
 
 
 def parse_packages(path: Path, name: str, workdir: Path) -> list[dict[str, Any]]:
-    """Pool files (Filename, SHA256, Size) a Packages file describes."""
+    """Pool files (Filename, SHA256, Size) a Packages file describes, with what dependency
+    resolution needs (Pre-Depends + Depends, Provides, Essential/required)."""
     tf, link_dir = _tagfile(path, name, workdir)
     rows = []
     try:
@@ -213,8 +214,11 @@ def parse_packages(path: Path, name: str, workdir: Path) -> list[dict[str, Any]]
             fn, sha, size = s.get("Filename"), s.get("SHA256"), s.get("Size")
             if not fn or not sha or not (size or "").isdigit() or len(sha) != 64:
                 continue
+            depends = ", ".join(d for d in (s.get("Pre-Depends"), s.get("Depends")) if d and d.strip())
             rows.append({"path": fn, "sha256": sha.lower(), "size": int(size), "package": s.get("Package", ""),
-                         "version": s.get("Version", ""), "arch": s.get("Architecture", "")})
+                         "version": s.get("Version", ""), "arch": s.get("Architecture", ""),
+                         "depends": depends, "provides": s.get("Provides") or "",
+                         "required": s.get("Essential") == "yes" or s.get("Priority") == "required"})
     finally:
         _cleanup(link_dir)
     return rows

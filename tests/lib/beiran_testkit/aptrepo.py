@@ -98,10 +98,11 @@ class AptRepo:
 
     # -- packages --------------------------------------------------------------------------------
     def add(self, name: str, version: str = "1.0", depends: str | None = None, payload: int = 2048,
-            seed: int = 0, compress: str = "gzip") -> Package:
-        """Build `name_version_all.deb` into the pool, with `payload` bytes of incompressible data."""
+            seed: int = 0, compress: str = "gzip", fields: dict[str, str] | None = None) -> Package:
+        """Build `name_version_all.deb` into the pool, with `payload` bytes of incompressible data
+        (`fields`: more control fields, e.g. Provides, Pre-Depends, Essential, Priority)."""
         rel = f"pool/{self.component}/{name[0]}/{name}/{name}_{version}_all.deb"
-        out = build_deb(self.base / rel, name, version, depends, payload, seed, compress, self.build_dir)
+        out = build_deb(self.base / rel, name, version, depends, payload, seed, compress, self.build_dir, fields)
         pkg = Package(name, version, out, rel)
         self.packages[name] = pkg
         return pkg
@@ -177,18 +178,20 @@ class AptRepo:
 
 
 def build_deb(out: Path, name: str, version: str = "1.0", depends: str | None = None, payload: int = 2048,
-              seed: int = 0, compress: str = "gzip", build_dir: Path | None = None) -> Path:
+              seed: int = 0, compress: str = "gzip", build_dir: Path | None = None,
+              fields: dict[str, str] | None = None) -> Path:
     """A real .deb (dpkg-deb) with a control file and `payload` bytes under /usr/share/<name>/."""
     src = (build_dir or out.parent) / f".build-{name}_{version}-{seed}"
     if src.exists():
         shutil.rmtree(src)
     (src / "DEBIAN").mkdir(parents=True)
-    control = [f"Package: {name}", f"Version: {version}", "Architecture: all",
-               "Maintainer: Beiran Tests <tests@beiran.test>", f"Description: test package {name}",
-               "Section: misc", "Priority: optional"]
+    control = {"Package": name, "Version": version, "Architecture": "all",
+               "Maintainer": "Beiran Tests <tests@beiran.test>", "Description": f"test package {name}",
+               "Section": "misc", "Priority": "optional"}
     if depends:
-        control.append(f"Depends: {depends}")
-    (src / "DEBIAN" / "control").write_text("\n".join(control) + "\n")
+        control["Depends"] = depends
+    control.update(fields or {})
+    (src / "DEBIAN" / "control").write_text("".join(f"{k}: {v}\n" for k, v in control.items()))
     share = src / "usr" / "share" / name
     share.mkdir(parents=True)
     (share / "payload").write_bytes(_noise(payload, f"{name}-{version}-{seed}"))

@@ -1,0 +1,171 @@
+"""`beiran apt preheat --with-deps`: the closure apt-get install would download, from the verified
+indexes one node learned. The resolver's rules in process (python-apt's real parser and version
+order), then a real cluster: the closure lands on the nodes, a second node's real apt-get takes every
+.deb from the cluster and none from the archive."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import pytest
+
+from beiran.errors import BadRequest
+from beiran_testkit.aptclient import add_nodes, beiran, client_for
+
+BASE = "http://archive.test/debian/"
+
+
+def row(name: str, version: str = "1.0", depends: str | None = "", provides: str = "", required: bool = False,
+        arch: str = "all") -> dict[str, Any]:
+    return {"package": name, "version": version, "arch": arch, "depends": depends, "provides": provides,
+            "required": required, "base": BASE, "path": f"pool/{name}_{version}_{arch}.deb",
+            "sha256": hashlib.sha256(f"{name}_{version}_{arch}".encode()).hexdigest(), "size": 100}
+
+
+def closure(rows: list[dict[str, Any]], *roots: str, arch: str = "amd64", cap: int = 512,
+            include_required: bool = False):
+    """The daemon's level-by-level loop (depends.closure) over an in-memory index."""
+    from beiran_plugins.apt.depends import Resolver
+
+    r = Resolver(arch, cap, include_required)
+    r.learn_provides([x for x in rows if x["provides"]])
+    named = [next(x for x in rows if f"{x['package']}={x['version']}" == spec) for spec in roots]
+    frontier = r.start(named)
+    while frontier:
+        parsed = r.parse(frontier)
+        names = r.unknown(parsed)
+        r.learn(names, [x for x in rows if x["package"] in names])
+        frontier = r.choose(parsed)
+    return r.out
+
+
+def added(out) -> list[str]:
+    return [f"{r['package']}={r['version']}" for r in out.added]
+
+
+ABCDEF = [row("a", depends="b (>= 2) | c"), row("b", "1"), row("b", "2", depends="d"), row("c"),
+          row("e", provides="d", depends="f"), row("f", required=True)]
+
+
+def test_first_satisfiable_alternative_newest_version_virtual_through_provides_required_left_out():
+    out = closure(ABCDEF, "a=1.0")
+    assert added(out) == ["b=2", "e=1.0"]  # not c (b >= 2 exists), not b 1, not f (required)
+    assert [r["needed_by"] for r in out.added] == ["a=1.0", "b=2"]
+    assert out.skipped == ["f=1.0"] and out.unresolved == []
+    assert added(closure(ABCDEF, "a=1.0", include_required=True)) == ["b=2", "e=1.0", "f=1.0"]
+    # only b 1 known: the constraint fails, so the next alternative
+    assert added(closure([x for x in ABCDEF if x["version"] != "2"], "a=1.0")) == ["c=1.0"]
+    # a required package named on its own is kept
+    assert closure(ABCDEF, "f=1.0").skipped == []
+
+
+def test_cycles_versioned_provides_and_multiarch_qualifiers():
+    rows = [row("x", depends="y"), row("y", depends="x, z (>= 2)"), row("z", "2", depends="x | y"),
+            row("v", depends="mta (>= 2)"), row("exim", provides="mta (= 1)"), row("postfix", provides="mta (= 3)"),
+            row("q", depends="tool:any, lib:native, lib32:i386"), row("tool", arch="amd64"),
+            row("lib", arch="amd64"), row("lib", arch="i386"), row("lib32", arch="i386"), row("lib32", arch="amd64")]
+    assert added(closure(rows, "x=1.0")) == ["y=1.0", "z=2"]  # a cycle ends; z's "x | y" already met
+    assert added(closure(rows, "v=1.0")) == ["postfix=1.0"]  # exim provides mta 1: too old
+    out = closure(rows, "q=1.0")
+    assert [(r["package"], r["arch"]) for r in out.added] == [("tool", "amd64"), ("lib", "amd64"), ("lib32", "i386")]
+
+
+def test_what_nothing_satisfies_is_named_and_the_rest_still_resolves():
+    rows = [row("g", depends="libgone (>= 1) | libold, h"), row("h", depends="b (>= 9)"), row("b", "2"),
+            row("s", depends=None), row("t", depends="broken (>= ")]
+    out = closure(rows, "g=1.0", "s=1.0", "t=1.0")
+    assert added(out) == ["h=1.0"]
+    by_pkg = {u["package"]: u for u in out.unresolved}
+    assert by_pkg["g=1.0"]["missing"] == ["libgone", "libold"]
+    assert by_pkg["g=1.0"]["depends"] == "libgone (>= 1) | libold"
+    assert by_pkg["h=1.0"]["depends"] == "b (>= 9)"  # b 2 exists, too old: named, not dropped
+    assert "apt-get update" in by_pkg["s=1.0"]["why"]  # learned before Depends were kept
+    assert "parse" in by_pkg["t=1.0"]["why"]
+
+
+def test_the_closure_is_capped_with_an_error_naming_the_cap():
+    chain = [row(f"p{i}", depends=f"p{i + 1}") for i in range(20)] + [row("p20")]
+    assert len(closure(chain, "p0=1.0", cap=21).added) == 20
+    with pytest.raises(BadRequest, match=r"more than 20 packages \(the cap, --max-packages\)"):
+        closure(chain, "p0=1.0", cap=20)
+
+
+# -- a real cluster ------------------------------------------------------------------------------
+def _holds(node, digest: str) -> bool:
+    status, headers, _ = node.request("HEAD", f"/blobs/{digest}")
+    return status == 200 and headers.get("X-Beiran-State") == "complete"
+
+
+def _dpkg_status(path, *stanzas: str) -> None:
+    path.write_text("".join(f"{s}\nStatus: install ok installed\nMaintainer: t <t@beiran.test>\n"
+                            "Architecture: all\nDescription: installed\n\n" for s in stanzas))
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_with_deps_puts_what_apt_get_needs_on_the_nodes_and_another_nodes_apt_get_takes_it_all_from_them(
+        cluster, repo, server, tmp_path):
+    pkgs = {
+        "a": repo.add("a", depends="b (>= 2) | c", seed=101),
+        "b1": repo.add("b", "1", seed=102),
+        "b2": repo.add("b", "2", depends="d", seed=103),
+        "c": repo.add("c", seed=104),
+        "e": repo.add("e", fields={"Provides": "d", "Pre-Depends": "f"}, seed=105),
+        "f": repo.add("f", fields={"Essential": "yes", "Priority": "required"}, seed=106),
+        "g": repo.add("g", depends="e, nosuchpkg (>= 1)", seed=107),
+    }
+    repo.build()
+    n1, n2 = add_nodes(cluster, 2, repo, extra=[{"cluster_token": "apt-deps"}] * 2)
+
+    # bad input: one line, non-zero, nothing started
+    for args, says in ((["a", "--include-required"], "--with-deps"), (["a", "--with-deps", "--max-packages", "x"],
+                                                                      "whole number"),
+                       (["a", "--with-deps", "--max-packages", "9999"], "1 to 512")):
+        res = beiran(n1, "apt", "preheat", *args, check=False)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 1 and len(lines) == 1 and says in lines[0] and "Traceback" not in res.stderr, res
+
+    client_for(tmp_path, "c1", n1, repo, server.url).update()  # node 1 learns the archive
+    server.reset()
+    res = beiran(n1, "apt", "preheat", "a", "--with-deps", "--max-packages", "2", check=False)
+    err = res.stderr.strip().splitlines()
+    assert res.returncode == 1 and len(err) == 1 and "more than 2 packages" in err[0] and "--max-packages" in err[0]
+    assert server.count(".deb") == 0  # refused before anything started
+
+    out = json.loads(beiran(n1, "apt", "preheat", "a", "--with-deps", "--json", timeout=120).stdout)
+    assert out["failed"] == [] and sorted(out["packages"]) == ["a=1.0", "b=2", "e=1.0"], out
+    assert [(r["package"], r["version"], r["needed_by"]) for r in out["added"]] == [("b", "2", "a=1.0"),
+                                                                                   ("e", "1.0", "b=2")]
+    assert out["skipped"] == ["f=1.0"] and out["unresolved"] == []
+    for n in (n1, n2):
+        for key in ("a", "b2", "e"):
+            assert n.blob(pkgs[key].digest) == pkgs[key].data, (n.name, key)
+        for key in ("b1", "c", "f"):
+            assert not _holds(n, pkgs[key].digest), (n.name, key)
+    assert server.debs_served() == {pkgs[k].filename: 1 for k in ("a", "b2", "e")}
+
+    # node 2's own apt-get (a system that has the Essential f) downloads exactly that, all from the cluster
+    c2 = client_for(tmp_path, "c2", n2, repo, server.url)
+    _dpkg_status(c2.state / "status", "Package: f\nVersion: 1.0\nEssential: yes\nPriority: required")
+    c2.update()
+    c2.download("a")
+    assert c2.debs() == {pkgs[k].filename: pkgs[k].sha256 for k in ("a", "b2", "e")}
+    assert server.debs_served() == {pkgs[k].filename: 1 for k in ("a", "b2", "e")}  # no new archive request
+
+    # a dependency nothing provides: named in a warning, the rest preheated; the table says what it added
+    res = beiran(n1, "apt", "preheat", "g", "--with-deps", "--no-progress", timeout=120)
+    warn = [line for line in res.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warn) == 1 and "g=1.0" in warn[0] and "nosuchpkg (>= 1)" in warn[0], res.stderr
+    assert "Added 1 dependency" in res.stdout and "Left out 1 Essential/required" in res.stdout, res.stdout
+    assert "Preheated g on 2 of 2 nodes" in res.stdout, res.stdout
+    assert all(n.blob(pkgs["g"].digest) == pkgs["g"].data for n in (n1, n2))
+    got = json.loads(beiran(n1, "apt", "preheat", "g", "--with-deps", "--include-required", "--json",
+                            timeout=120).stdout)
+    assert got["unresolved"] == [{"package": "g=1.0", "depends": "nosuchpkg (>= 1)", "missing": ["nosuchpkg"],
+                                  "why": "nothing in this node's indexes satisfies it"}]
+    assert [r["package"] for r in got["added"]] == ["e", "f"] and got["skipped"] == []
+
+    table = beiran(n1, "apt", "preheat", "a", "--with-deps", "--no-progress").stdout
+    assert "Added 2 dependencies" in table and "NEEDED BY" in table and "a=1.0" in table, table
