@@ -169,3 +169,40 @@ def test_with_deps_puts_what_apt_get_needs_on_the_nodes_and_another_nodes_apt_ge
 
     table = beiran(n1, "apt", "preheat", "a", "--with-deps", "--no-progress").stdout
     assert "Added 2 dependencies" in table and "NEEDED BY" in table and "a=1.0" in table, table
+
+
+def test_indexes_keep_what_resolution_needs_and_ones_learned_before_are_learned_again(tmp_path):
+    """parse_packages keeps Pre-Depends + Depends, Provides, Essential/required; a database from
+    before those columns forgets its learned indexes once, so the next apt-get update relearns them."""
+    from beiran.models.base import create_and_migrate, open_database
+    from beiran_plugins.apt import archive, trust
+    from beiran_plugins.apt.models import MODELS, AptLearnedIndex, AptPackage
+
+    stanza = "Package: {}\nVersion: 1\nArchitecture: all\nFilename: pool/{}.deb\nSize: 3\nSHA256: " + "ab" * 32
+    (tmp_path / "Packages").write_text("\n\n".join([
+        stanza.format("e", "e") + "\nPre-Depends: f\nDepends: g (>= 2) | h\nProvides: d (= 1)",
+        stanza.format("f", "f") + "\nEssential: yes", stanza.format("r", "r") + "\nPriority: required",
+        stanza.format("o", "o") + "\nPriority: optional"]) + "\n")
+    rows = {r["package"]: r for r in trust.parse_packages(tmp_path / "Packages", "Packages", tmp_path)}
+    assert (rows["e"]["depends"], rows["e"]["provides"], rows["e"]["required"]) == ("f, g (>= 2) | h", "d (= 1)",
+                                                                                   False)
+    assert rows["f"]["required"] and rows["r"]["required"] and not rows["o"]["required"]
+    assert rows["o"]["depends"] == "" and rows["o"]["provides"] == ""
+
+    db = open_database(tmp_path / "db.sqlite")
+    try:
+        db.execute_sql("CREATE TABLE aptpackage (id INTEGER PRIMARY KEY, base VARCHAR(1024), path VARCHAR(1024), "
+                       "sha256 VARCHAR(64), size BIGINT, package VARCHAR(255), version VARCHAR(255), "
+                       "arch VARCHAR(255))")
+        db.execute_sql("INSERT INTO aptpackage (base, path, sha256, size, package, version, arch) "
+                       "VALUES ('b/', 'pool/x.deb', 'ab', 3, 'x', '1', 'all')")
+        create_and_migrate(MODELS)
+        AptLearnedIndex.create(sha256="cd" * 32, url="http://a/Packages")
+        archive._forget_indexes_without_depends()
+        assert AptLearnedIndex.select().count() == 0  # learned again by the next update
+        AptPackage.update(depends="", provides="", required=False).execute()
+        AptLearnedIndex.create(sha256="cd" * 32, url="http://a/Packages")
+        archive._forget_indexes_without_depends()
+        assert AptLearnedIndex.select().count() == 1  # once only
+    finally:
+        db.close()
