@@ -208,8 +208,9 @@ def sources(as_json: bool) -> None:
               "architecture; arch \"all\" packages match any).")
 @click.option("--with-deps", is_flag=True, help="Add what the packages depend on (Pre-Depends, Depends), as "
               "apt-get install would download it.")
-@click.option("--include-required", is_flag=True, help="With --with-deps: keep Essential and Priority: "
-              "required packages (left out by default: every Debian system has them).")
+@click.option("--include-required", is_flag=True, help="With --with-deps: keep the base system (Essential "
+              "and Priority: required packages and what they need; left out by default: every Debian "
+              "system has them).")
 @click.option("--max-packages", metavar="N", help="With --with-deps: refuse if the packages and their "
               "dependencies come to more than N (default and most: 512).")
 @click.option("--no-progress", is_flag=True, help="No progress lines.")
@@ -223,9 +224,10 @@ def preheat(packages: tuple[str, ...], nodes: str, arch: str | None, with_deps: 
     proxy (run `apt-get update` through it first): that VERSION, else the newest.
     With --with-deps, what they depend on is added from the same indexes (Depends
     and Pre-Depends; in "a | b" the first that the indexes satisfy; virtual
-    packages through Provides), without Essential/required packages unless
-    --include-required. A dependency nothing provides is named in a warning and
-    the rest is preheated. Without it, dependencies are not added: name them too.
+    packages through Provides), without the base system every Debian machine has
+    (Essential and required packages and what they need) unless --include-required.
+    A dependency nothing provides is named in a warning; the rest is preheated.
+    Without --with-deps, dependencies are not added: name them too.
     This node fetches each .deb first (from the archive once for the whole
     cluster); the other nodes then get it from the cluster, and never from an
     archive they have not seen themselves.
@@ -259,8 +261,8 @@ def _report_deps(summary: dict[str, Any]) -> None:
         click.echo("Added no dependencies.")
     skipped = summary.get("skipped") or []
     if skipped:
-        click.echo(f"Left out {len(skipped)} Essential/required package(s) every system has "
-                   f"(--include-required keeps them): {', '.join(skipped)}")
+        click.echo(f"Left out {len(skipped)} base-system package(s) every Debian system has (Essential, "
+                   f"required and what they need; --include-required keeps them): {', '.join(skipped)}")
     for u in summary.get("unresolved") or []:
         what = f"depends on {u['depends']}: " if u.get("depends") else ""
         click.echo(f"warning: {u['package']} {what}{u['why']}", err=True)

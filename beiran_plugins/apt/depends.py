@@ -1,22 +1,23 @@
 """The dependency closure `beiran apt preheat --with-deps` adds: what `apt-get install PKG` would
-download on a machine that has only the Essential/required base, resolved from the verified indexes
-this node learned (so a peer's claims never widen it).
+download on a machine that has only the base system, resolved from the verified indexes this node
+learned (so a peer's claims never widen it).
 
-apt's rules, simplified to one version per package: Pre-Depends and Depends; in an or-group the
-first alternative already chosen wins, else the first one the indexes can satisfy (newest version
-that meets the constraint, else a package that Provides it, with versioned Provides checked);
-`:any`/`:native` mean the target architecture, `:ARCH` that one; arch `all` matches any. Essential
-and Priority: required packages are left out unless asked for. A dependency nothing satisfies is
-reported, not dropped. Cycles end because each package is chosen once; the size is capped.
+apt's rules, with one version per package: Pre-Depends and Depends; in an or-group an alternative
+already chosen wins, else the first one the indexes can satisfy (the newest version meeting the
+constraint, else a package that Provides it, versioned Provides checked); `:any`/`:native` mean the
+target architecture, `:ARCH` that one; arch `all` matches any. The base system every Debian machine
+has (Essential and Priority: required packages, and what they depend on) is left out unless asked
+for. A dependency nothing satisfies is reported, not dropped. Cycles end because each package is
+chosen once; the size is capped.
 
-`Resolver` blocks (python-apt): the async driver `closure` calls it through `ctx.run_blocking` and
-loads rows from the database level by level.
+`Resolver` blocks (python-apt); `closure` drives it level by level, loading rows as it goes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from beiran.errors import BadRequest
 from beiran.models.base import dict_rows
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 Row = dict[str, Any]
 #: names per database query (sqlite's variable limit is far above; keeps one query small)
 _BATCH = 400
+#: the base system's closure (Debian's: ~100 packages); beyond it, only the required ones count
+MAX_BASE = 2048
 _STALE = ("its index was learned before dependencies were kept: run `apt-get update` through this "
           "node again")
 
@@ -53,7 +56,7 @@ _OPS = {"<": "<<", ">": ">>"}  # apt_pkg reports << and >> as < and >
 @dataclass
 class Closure:
     added: list[Row] = field(default_factory=list)  # each with "needed_by": "PKG=VERSION"
-    skipped: list[str] = field(default_factory=list)  # Essential/required left out, PKG=VERSION
+    skipped: list[str] = field(default_factory=list)  # base-system packages left out, PKG=VERSION
     unresolved: list[dict[str, Any]] = field(default_factory=list)  # {package, depends, missing, why}
 
 
@@ -73,16 +76,19 @@ def usable(row: Row, bases: set[str]) -> bool:
 class Resolver:
     """Chooses the closure, one level at a time. Blocking: python-apt parses and compares."""
 
-    def __init__(self, arch: str, cap: int, include_required: bool = False) -> None:
+    def __init__(self, arch: str, cap: int, include_required: bool = False, like: Resolver | None = None) -> None:
+        """`like`: share what another resolver (the base system's) loaded and parsed."""
         from beiran_plugins.apt.preheat import version_compare
 
         version_compare()  # apt_pkg imported, its version system chosen
         self.arch, self.cap, self.include_required = arch, cap, include_required
         self.apt = trust.apt_pkg()
-        self.known: dict[str, list[Row]] = {}  # package name -> its rows (loaded)
-        self.providers: dict[str, list[tuple[Row, str]]] = {}  # virtual name -> (row, provided version)
+        self.known: dict[str, list[Row]] = like.known if like else {}  # package name -> its rows
+        #: virtual name -> (row, provided version)
+        self.providers: dict[str, list[tuple[Row, str]]] = like.providers if like else {}
         self.chosen: dict[str, Row] = {}  # key -> row
-        self.left_out: dict[str, Row] = {}  # key -> an Essential/required row not added
+        self.base: dict[str, Row] = {}  # key -> a base-system row (on every machine: not added)
+        self._skipped: dict[str, None] = {}
         self.out = Closure()
 
     # -- what it knows -------------------------------------------------------------------------
@@ -107,11 +113,23 @@ class Resolver:
 
     # -- choosing ------------------------------------------------------------------------------
     def start(self, roots: list[Row]) -> list[Row]:
-        """The named packages (kept even when required): the first level to expand."""
+        """The named packages (kept even when in the base system): the first level to expand."""
         for r in roots:
             if self.key(r) not in self.chosen:
                 self._take(r)
         return list(self.chosen.values())
+
+    def newest_each(self, rows: list[Row]) -> list[Row]:
+        """The newest row of each package (for the target architecture)."""
+        by_key: dict[str, list[Row]] = {}
+        for r in rows:
+            if r["arch"] in (self.arch, "all"):
+                by_key.setdefault(self.key(r), []).append(r)
+        return [self._newest(v) for v in by_key.values()]
+
+    def assume_installed(self, rows: list[Row]) -> None:
+        """The base system: satisfies dependencies without being added."""
+        self.base.update((self.key(r), r) for r in rows)
 
     def parse(self, frontier: list[Row]) -> list[tuple[Row, list[list[Alt]]]]:
         """Each row's or-groups; a row whose Depends is unknown or unparsable is reported."""
@@ -143,9 +161,9 @@ class Resolver:
                 if row is None:
                     self._unresolved(parent, " | ".join(map(str, group)), sorted({a.name for a in group}),
                                      "nothing in this node's indexes satisfies it")
-                elif row["required"] and not self.include_required:
-                    self.left_out[self.key(row)] = row
-                    self.out.skipped.append(label(row))
+                elif row["required"] and not self.include_required:  # required, yet not in the base found
+                    self.base[self.key(row)] = row
+                    self._skip(row)
                 else:
                     self._take(row, parent)
                     added.append(row)
@@ -169,31 +187,38 @@ class Resolver:
     def _meets(self, alt: Alt, version: str) -> bool:
         return not alt.op or (bool(version) and bool(self.apt.check_dep(version, alt.op, alt.version)))
 
-    def _picked(self, row: Row) -> Row | None:
-        """The row chosen (or left out as required) for this row's package, if any."""
-        k = self.key(row)
-        return self.chosen.get(k) or self.left_out.get(k)
+    def _skip(self, row: Row) -> None:
+        if label(row) not in self._skipped:
+            self._skipped[label(row)] = None
+            self.out.skipped.append(label(row))
 
     def _have(self, alt: Alt) -> bool:
-        """Already satisfied by a package chosen (or left out as one every system has)."""
-        for r in self.known.get(alt.name, []):
-            p = self._picked(r)
-            if p is not None and self._arch_ok(alt, p) and self._meets(alt, p["version"]):
-                return True
-        for r, provided in self.providers.get(alt.name, []):
-            p = self._picked(r)
-            if p is not None and _same(p, r) and self._arch_ok(alt, r) and self._meets(alt, provided):
-                return True
+        """Already satisfied by a package chosen, else by the base system (then reported as left out)."""
+        for picked in (self.chosen, self.base):
+            for r in self.known.get(alt.name, []):
+                p = picked.get(self.key(r))
+                if p is not None and self._arch_ok(alt, p) and self._meets(alt, p["version"]):
+                    return self._found(picked, p)
+            for r, provided in self.providers.get(alt.name, []):
+                p = picked.get(self.key(r))
+                if p is not None and _same(p, r) and self._arch_ok(alt, r) and self._meets(alt, provided):
+                    return self._found(picked, p)
         return False
 
+    def _found(self, picked: dict[str, Row], row: Row) -> bool:
+        if picked is self.base:
+            self._skip(row)
+        return True
+
     def _candidate(self, alt: Alt) -> Row | None:
-        """The newest version of `alt.name` that meets it, else a package providing it."""
+        """The newest version of `alt.name` that meets it, else a package providing it (a base-system
+        package whose version does not meet it may be chosen anew: apt would upgrade it)."""
         real = [r for r in self.known.get(alt.name, [])
-                if self._arch_ok(alt, r) and self._picked(r) is None and self._meets(alt, r["version"])]
+                if self._arch_ok(alt, r) and self.key(r) not in self.chosen and self._meets(alt, r["version"])]
         if real:
             return self._newest(real)
         providers = [r for r, provided in self.providers.get(alt.name, [])
-                     if self._arch_ok(alt, r) and self._picked(r) is None and self._meets(alt, provided)]
+                     if self._arch_ok(alt, r) and self.key(r) not in self.chosen and self._meets(alt, provided)]
         if not providers:
             return None
         first = min(r["package"] for r in providers)  # several: the same choice every time
@@ -210,33 +235,64 @@ class Resolver:
         self.out.unresolved.append({"package": label(row), "depends": depends, "missing": missing, "why": why})
 
 
-# -- the database side -----------------------------------------------------------------------------
-def load_rows(names: list[str]) -> list[Row]:
-    out: list[Row] = []
-    for i in range(0, len(names), _BATCH):
-        out += dict_rows(AptPackage.select().where(AptPackage.package.in_(names[i:i + _BATCH])
-                                                   & (AptPackage.arch != "source")))
-    return out
+# -- driving it -----------------------------------------------------------------------------------
+class Rows(Protocol):
+    """Where the resolver's rows come from (this node's database; a list in tests)."""
+
+    async def named(self, names: list[str]) -> list[Row]: ...
+    async def providing(self) -> list[Row]: ...
+    async def required(self) -> list[Row]: ...
+    def blocking(self, fn: Callable[..., Any], *args: Any) -> Awaitable[Any]: ...
 
 
-def load_providers() -> list[Row]:
-    return dict_rows(AptPackage.select().where(AptPackage.provides.is_null(False) & (AptPackage.provides != "")
-                                               & (AptPackage.arch != "source")))
-
-
-async def closure(plugin: AptPlugin, roots: list[Row], arch: str, cap: int,
-                  include_required: bool = False) -> Closure:
-    """`roots` and everything they need, within `cap` packages in all (BadRequest beyond)."""
-    ctx, bases = plugin.ctx, plugin.archive.bases
-    resolver = await ctx.run_blocking(Resolver, arch, cap, include_required)  # imports apt_pkg: off the loop
-    providers = [r for r in await ctx.run_db(load_providers) if usable(r, bases)]
-    await ctx.run_blocking(resolver.learn_provides, providers)
-    frontier = resolver.start(roots)
+async def _expand(rows: Rows, resolver: Resolver, frontier: list[Row]) -> None:
     while frontier:
-        parsed = await ctx.run_blocking(resolver.parse, frontier)
+        parsed = await rows.blocking(resolver.parse, frontier)
         names = resolver.unknown(parsed)
         if names:
-            rows = [r for r in await ctx.run_db(load_rows, names) if usable(r, bases)]
-            resolver.learn(names, rows)
-        frontier = await ctx.run_blocking(resolver.choose, parsed)
+            resolver.learn(names, await rows.named(names))
+        frontier = await rows.blocking(resolver.choose, parsed)
+
+
+async def closure(rows: Rows, roots: list[Row], arch: str, cap: int, include_required: bool = False) -> Closure:
+    """`roots` and everything they need, within `cap` packages in all (BadRequest beyond)."""
+    base = await rows.blocking(Resolver, arch, MAX_BASE, True)  # imports apt_pkg: off the loop
+    await rows.blocking(base.learn_provides, await rows.providing())
+    if not include_required:
+        required = await rows.blocking(base.newest_each, await rows.required())
+        try:
+            await _expand(rows, base, base.start(required))
+        except BadRequest:  # a base system this large is not Debian's: only the required packages count
+            base.chosen = {base.key(r): r for r in required}
+    resolver = Resolver(arch, cap, include_required, like=base)
+    if not include_required:
+        resolver.assume_installed(list(base.chosen.values()))
+    await _expand(rows, resolver, resolver.start(roots))
     return resolver.out
+
+
+class DbRows:
+    """The rows of this node's verified indexes, for archives it knows (`AptPackage`)."""
+
+    def __init__(self, plugin: AptPlugin) -> None:
+        self.ctx, self.bases = plugin.ctx, plugin.archive.bases
+
+    async def _query(self, where: Any) -> list[Row]:
+        found = await self.ctx.run_db(lambda: dict_rows(AptPackage.select().where(where
+                                                                                  & (AptPackage.arch != "source"))))
+        return [r for r in found if usable(r, self.bases)]
+
+    async def named(self, names: list[str]) -> list[Row]:
+        out: list[Row] = []
+        for i in range(0, len(names), _BATCH):
+            out += await self._query(AptPackage.package.in_(names[i:i + _BATCH]))
+        return out
+
+    async def providing(self) -> list[Row]:
+        return await self._query(AptPackage.provides.is_null(False) & (AptPackage.provides != ""))
+
+    async def required(self) -> list[Row]:
+        return await self._query(AptPackage.required == True)  # noqa: E712 - peewee builds SQL from ==
+
+    def blocking(self, fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
+        return self.ctx.run_blocking(fn, *args)

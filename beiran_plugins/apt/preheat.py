@@ -18,7 +18,7 @@ from beiran.errors import BadRequest, NotFound, PluginError
 from beiran.models.base import dict_rows
 from beiran_plugins.apt import trust
 from beiran_plugins.apt.archive import Blob
-from beiran_plugins.apt.depends import Closure, closure, usable
+from beiran_plugins.apt.depends import Closure, DbRows, closure, usable
 from beiran_plugins.apt.models import AptPackage
 
 if TYPE_CHECKING:
@@ -165,7 +165,7 @@ async def preheat(plugin: AptPlugin, packages: Any, arch: Any, nodes: Any, emit:
     roots = await resolve(plugin, specs, arch)
     deps = Closure()
     if with_deps:
-        deps = await closure(plugin, roots, arch, cap, include_required)
+        deps = await closure(DbRows(plugin), roots, arch, cap, include_required)
     blobs = list({b.digest: b for b in map(_blob, [*roots, *deps.added])}.values())
     needed_by = {f"sha256:{r['sha256']}": r["needed_by"] for r in deps.added}
     added = [_describe(_blob(r), {"needed_by": r["needed_by"]}) for r in deps.added]

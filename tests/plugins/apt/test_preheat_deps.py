@@ -5,6 +5,7 @@ order), then a real cluster: the closure lands on the nodes, a second node's rea
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from typing import Any
@@ -24,21 +25,31 @@ def row(name: str, version: str = "1.0", depends: str | None = "", provides: str
             "sha256": hashlib.sha256(f"{name}_{version}_{arch}".encode()).hexdigest(), "size": 100}
 
 
+class MemRows:
+    """An in-memory index for the daemon's driver (depends.closure)."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = rows
+
+    async def named(self, names: list[str]) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r["package"] in names]
+
+    async def providing(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r["provides"]]
+
+    async def required(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r["required"]]
+
+    async def blocking(self, fn, *args):
+        return fn(*args)
+
+
 def closure(rows: list[dict[str, Any]], *roots: str, arch: str = "amd64", cap: int = 512,
             include_required: bool = False):
-    """The daemon's level-by-level loop (depends.closure) over an in-memory index."""
-    from beiran_plugins.apt.depends import Resolver
+    from beiran_plugins.apt import depends
 
-    r = Resolver(arch, cap, include_required)
-    r.learn_provides([x for x in rows if x["provides"]])
     named = [next(x for x in rows if f"{x['package']}={x['version']}" == spec) for spec in roots]
-    frontier = r.start(named)
-    while frontier:
-        parsed = r.parse(frontier)
-        names = r.unknown(parsed)
-        r.learn(names, [x for x in rows if x["package"] in names])
-        frontier = r.choose(parsed)
-    return r.out
+    return asyncio.run(depends.closure(MemRows(rows), named, arch, cap, include_required))
 
 
 def added(out) -> list[str]:
@@ -59,6 +70,20 @@ def test_first_satisfiable_alternative_newest_version_virtual_through_provides_r
     assert added(closure([x for x in ABCDEF if x["version"] != "2"], "a=1.0")) == ["c=1.0"]
     # a required package named on its own is kept
     assert closure(ABCDEF, "f=1.0").skipped == []
+
+
+def test_the_base_system_is_what_required_packages_need_too_and_a_newer_version_is_still_added():
+    """libc6 is Priority: optional in Debian 12, yet every system has it: the required set needs it."""
+    rows = [row("dash", required=True, depends="libc6 (>= 2)"), row("libc6", "2"), row("libc6", "3"),
+            row("zlib"), row("nginx", depends="libc6 (>= 2), zlib")]
+    out = closure(rows, "nginx=1.0")
+    assert added(out) == ["zlib=1.0"] and out.skipped == ["libc6=3"]
+    assert added(closure(rows, "nginx=1.0", include_required=True)) == ["libc6=3", "zlib=1.0"]
+    # the base system's version does not meet it: the one that does is added (apt would upgrade)
+    rows[0]["depends"] = "libc6 (<< 3)"
+    rows.append(row("new", depends="libc6 (>= 3)"))
+    assert added(closure(rows, "new=1.0")) == ["libc6=3"]
+    assert closure(rows, "nginx=1.0").skipped == ["libc6=2"]
 
 
 def test_cycles_versioned_provides_and_multiarch_qualifiers():
@@ -158,7 +183,7 @@ def test_with_deps_puts_what_apt_get_needs_on_the_nodes_and_another_nodes_apt_ge
     res = beiran(n1, "apt", "preheat", "g", "--with-deps", "--no-progress", timeout=120)
     warn = [line for line in res.stderr.splitlines() if line.startswith("warning:")]
     assert len(warn) == 1 and "g=1.0" in warn[0] and "nosuchpkg (>= 1)" in warn[0], res.stderr
-    assert "Added 1 dependency" in res.stdout and "Left out 1 Essential/required" in res.stdout, res.stdout
+    assert "Added 1 dependency" in res.stdout and "Left out 1 base-system" in res.stdout, res.stdout
     assert "Preheated g on 2 of 2 nodes" in res.stdout, res.stdout
     assert all(n.blob(pkgs["g"].digest) == pkgs["g"].data for n in (n1, n2))
     got = json.loads(beiran(n1, "apt", "preheat", "g", "--with-deps", "--include-required", "--json",
