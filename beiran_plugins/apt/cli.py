@@ -261,8 +261,8 @@ def _report_deps(summary: dict[str, Any]) -> None:
         click.echo("Added no dependencies.")
     skipped = summary.get("skipped") or []
     if skipped:
-        click.echo(f"Left out {len(skipped)} base-system package(s) every Debian system has (Essential, "
-                   f"required and what they need; --include-required keeps them): {', '.join(skipped)}")
+        click.echo(f"Left out {len(skipped)} base-system package{'' if len(skipped) == 1 else 's'} every Debian "
+                   f"system has (--include-required keeps them): {', '.join(skipped)}")
     for u in summary.get("unresolved") or []:
         what = f"depends on {u['depends']}: " if u.get("depends") else ""
         click.echo(f"warning: {u['package']} {what}{u['why']}", err=True)

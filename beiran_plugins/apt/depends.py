@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from beiran.errors import BadRequest
 from beiran.models.base import dict_rows
+from beiran.preheat import MAX_BLOBS
 from beiran_plugins.apt import trust
 from beiran_plugins.apt.models import AptPackage
 
@@ -171,8 +172,9 @@ class Resolver:
 
     def _take(self, row: Row, parent: Row | None = None) -> None:
         if len(self.chosen) >= self.cap:
-            raise BadRequest(f"with its dependencies this preheat needs more than {self.cap} packages (the cap, "
-                             "--max-packages): preheat fewer packages at once")
+            more = ", or raise --max-packages" if self.cap < MAX_BLOBS else ""
+            raise BadRequest(f"with its dependencies this preheat needs more than {self.cap} packages (the cap: "
+                             f"--max-packages, at most {MAX_BLOBS}): preheat fewer packages at once{more}")
         self.chosen[self.key(row)] = row
         if parent is not None:
             self.out.added.append({**row, "needed_by": label(parent)})

@@ -113,7 +113,7 @@ def test_what_nothing_satisfies_is_named_and_the_rest_still_resolves():
 def test_the_closure_is_capped_with_an_error_naming_the_cap():
     chain = [row(f"p{i}", depends=f"p{i + 1}") for i in range(20)] + [row("p20")]
     assert len(closure(chain, "p0=1.0", cap=21).added) == 20
-    with pytest.raises(BadRequest, match=r"more than 20 packages \(the cap, --max-packages\)"):
+    with pytest.raises(BadRequest, match=r"more than 20 packages \(the cap: --max-packages, at most 512\)"):
         closure(chain, "p0=1.0", cap=20)
 
 
