@@ -27,10 +27,12 @@ if TYPE_CHECKING:
     from beiran_plugins.apt.plugin import AptPlugin, KeyChoice
 
 log = logging.getLogger("beiran.apt")
-BATCH = 400
 LOOKUP_CACHE = 4096
 #: the row of each .deb stored, SQL made once (peewee builds each query in Python: see the core store)
 _INSERT_DEB = Insert(AptDeb, ("digest", "package", "version", "arch", "size", "filename", "via", "added"), "IGNORE")
+#: an index's pool files, all in one executemany (peewee's insert_many: ~5 s of CPU for Debian main)
+_INSERT_PACKAGE = Insert(AptPackage, ("base", "path", "sha256", "size", "package", "version", "arch", "depends",
+                                      "provides", "required"), "REPLACE")
 
 
 @dataclass
@@ -244,10 +246,12 @@ class Archive:
             clean.append(r)
         self.bases.add(base)
 
+        values = [tuple(r.get(c) for c in _INSERT_PACKAGE.columns) for r in clean]
+
         def db() -> None:
-            with AptPackage._meta.database.atomic():
-                for i in range(0, len(clean), BATCH):
-                    AptPackage.insert_many(clean[i:i + BATCH]).on_conflict_replace().execute()
+            database = AptPackage._meta.database
+            with database.atomic():
+                database.cursor().executemany(_INSERT_PACKAGE.sql, values)  # Debian main, 63k rows: ~1.2 s CPU
                 AptLearnedIndex.insert(sha256=sha256, url=url, learned=time.time()).on_conflict_replace().execute()
         await self.ctx.run_db(db)
         self.learned_indexes.add(sha256)
