@@ -206,8 +206,8 @@ def sources(as_json: bool) -> None:
               "(8+ characters each).")
 @click.option("--arch", metavar="ARCH", help="Architecture of the .debs (default: this machine's apt "
               "architecture; arch \"all\" packages match any).")
-@click.option("--with-deps", is_flag=True, help="Add what the packages depend on (Pre-Depends, Depends), as "
-              "apt-get install would download it.")
+@click.option("--with-deps", is_flag=True, help="Add what the packages depend on (Pre-Depends, Depends; "
+              "not Recommends), as apt-get install would download it.")
 @click.option("--include-required", is_flag=True, help="With --with-deps: keep the base system (Essential "
               "and Priority: required packages and what they need; left out by default: every Debian "
               "system has them).")
@@ -222,10 +222,11 @@ def preheat(packages: tuple[str, ...], nodes: str, arch: str | None, with_deps: 
     \b
     Each PKG is looked up in the verified indexes this node learned through its
     proxy (run `apt-get update` through it first): that VERSION, else the newest.
-    With --with-deps, what they depend on is added from the same indexes (Depends
-    and Pre-Depends; in "a | b" the first that the indexes satisfy; virtual
-    packages through Provides), without the base system every Debian machine has
-    (Essential and required packages and what they need) unless --include-required.
+    With --with-deps, what `apt-get install --no-install-recommends` would download
+    is added from the same indexes (Pre-Depends and Depends; in "a | b" the first
+    the indexes satisfy; virtual packages through Provides), without the base
+    system every Debian machine has (Essential and required packages and what they
+    need) unless --include-required.
     A dependency nothing provides is named in a warning; the rest is preheated.
     Without --with-deps, dependencies are not added: name them too.
     This node fetches each .deb first (from the archive once for the whole
