@@ -144,6 +144,8 @@ def check_options(with_deps: Any, include_required: Any, max_packages: Any) -> i
         raise BadRequest("include_required applies to dependencies: use it with with_deps (--with-deps)")
     if max_packages is None:
         return MAX_CLOSURE
+    if not with_deps:
+        raise BadRequest("max_packages caps the dependencies: use it with with_deps (--with-deps)")
     if not isinstance(max_packages, int) or isinstance(max_packages, bool) or not 1 <= max_packages <= MAX_CLOSURE:
         raise BadRequest(f"max_packages must be a whole number from 1 to {MAX_CLOSURE} (--max-packages)")
     return max_packages

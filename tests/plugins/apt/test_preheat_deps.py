@@ -117,6 +117,19 @@ def test_the_closure_is_capped_with_an_error_naming_the_cap():
         closure(chain, "p0=1.0", cap=20)
 
 
+def test_the_apis_options_are_checked():
+    from beiran_plugins.apt.preheat import MAX_CLOSURE, check_options
+
+    assert check_options(True, False, None) == MAX_CLOSURE == 512 and check_options(True, True, 7) == 7
+    assert check_options(False, False, None) == 512
+    for bad, says in (((1, False, None), "with_deps"), ((True, "yes", None), "include_required"),
+                      ((False, True, None), "with_deps"), ((True, False, 0), "1 to 512"),
+                      ((True, False, 513), "1 to 512"), ((True, False, "5"), "1 to 512"),
+                      ((True, False, True), "1 to 512"), ((False, False, 5), "with_deps")):
+        with pytest.raises(BadRequest, match=says):
+            check_options(*bad)
+
+
 # -- a real cluster ------------------------------------------------------------------------------
 def _holds(node, digest: str) -> bool:
     status, headers, _ = node.request("HEAD", f"/blobs/{digest}")
