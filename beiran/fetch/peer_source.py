@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import logging
+import select
 import time
 from collections import deque
 from typing import TYPE_CHECKING
@@ -13,6 +14,7 @@ from urllib.parse import urlsplit
 from beiran.errors import BeiranError, PeerBusy, PeerLacksBlob, UpstreamError, VerificationError
 from beiran.fetch.peer_pool import PeerConnectionPool
 from beiran.httpstream import stream_request
+from beiran.store.writer import WHOLE_MAX
 
 if TYPE_CHECKING:
     from beiran.context import DaemonContext
@@ -27,6 +29,8 @@ RECEIVE_BATCH = 1 << 20
 READ_SIZE = 1 << 20
 #: ...and a batch that is not full is still written out after this long
 FLUSH_SECONDS = 0.05
+#: a small blob is received whole (in memory, then stored in one go) unless it takes longer than this
+WHOLE_WAIT = 0.5
 
 
 class PeerSource:
@@ -131,11 +135,25 @@ class PeerSource:
         writer = job.live_writer()
         remaining = resp.length  # None: chunked or until close
         direct = remaining is not None and not resp.chunked and resp.fp is not None
-        batch = memoryview(bytearray(max(1, min(RECEIVE_BATCH, remaining if remaining is not None
-                                                 else RECEIVE_BATCH))))  # small blobs: small buffer
+        # a small blob whose whole body is coming: one buffer, stored and sealed in one go
+        whole = (remaining if direct and end is None and offset == 0 and writer.size == remaining
+                 and writer.available == 0 and remaining and remaining <= WHOLE_MAX else 0)
+        batch = memoryview(bytearray(whole or max(1, min(RECEIVE_BATCH, remaining if remaining is not None
+                                                         else RECEIVE_BATCH))))  # small blobs: small buffer
+        limit = whole or len(batch)
         pos, filled, last = offset, 0, time.monotonic()
+        if whole:
+            got = self._read_whole(resp, job, writer, batch, whole, loop)
+            if got == limit:
+                resp.close()  # read to its end by hand: the connection may carry the next request
+                return got
+            # a slow or stopped peer: what came so far is written now, and the rest batch by batch
+            if got:
+                writer.write_at_blocking(0, batch[:got])
+                loop.call_soon_threadsafe(self._received, job, writer, got)
+            pos, remaining, last = got, whole - got, time.monotonic()
         while True:
-            want = min(READ_SIZE, len(batch) - filled, remaining if remaining is not None else READ_SIZE)
+            want = min(READ_SIZE, limit - filled, remaining if remaining is not None else READ_SIZE)
             if want <= 0 and remaining == 0:
                 n = 0
             elif direct:  # straight into the batch, at most one recv (readinto would wait to fill it)
@@ -147,7 +165,7 @@ class PeerSource:
             filled += n
             if remaining is not None:
                 remaining -= n
-            if filled and (not n or filled == len(batch) or time.monotonic() - last >= FLUSH_SECONDS):
+            if filled and (not n or filled == limit or time.monotonic() - last >= FLUSH_SECONDS):
                 if end is not None and pos + filled > end:
                     raise UpstreamError(f"peer {node[:8]} sent more than the range asked for")
                 if writer.size is not None and pos + filled > writer.size:
@@ -161,6 +179,27 @@ class PeerSource:
         if direct and remaining == 0:
             resp.close()  # read to its end by hand: the connection may carry the next request
         return pos
+
+    def _read_whole(self, resp: http.client.HTTPResponse, job: FetchJob, writer: BlobWriter,
+                    buf: memoryview, size: int, loop: asyncio.AbstractEventLoop) -> int:
+        """The whole body into `buf`, then stored, verified, fsynced and moved into the store on
+        this thread (`store_whole_blocking`): one hop to the loop per blob instead of one per batch
+        plus one for the seal. Returns the bytes read; less than `size` when the peer is slow (over
+        WHOLE_WAIT: the caller goes on batch by batch, so readers see progress) or stopped."""
+        assert resp.fp is not None
+        filled, deadline = 0, time.monotonic() + WHOLE_WAIT
+        poller = select.poll()  # a stalled peer must not hold back what came: wait for more only so long
+        poller.register(resp.fp.fileno(), select.POLLIN)
+        while filled < size:
+            if filled and not poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
+                return filled
+            n = resp.fp.readinto1(buf[filled:min(size, filled + READ_SIZE)])
+            if not n:
+                return filled
+            filled += n
+        writer.store_whole_blocking(buf[:size])
+        loop.call_soon_threadsafe(self._received, job, writer, size)
+        return size
 
     def _received(self, job: FetchJob, writer: BlobWriter, n: int) -> None:
         writer.notify_growth()

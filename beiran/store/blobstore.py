@@ -249,6 +249,7 @@ class BlobStore(Retention, Restrictions):
             await self.make_room(size, evict=reserve)
         tmp = self.tmp_dir / f"{d.hex[:16]}-{uuid.uuid4().hex[:8]}"
         writer = BlobWriter(d, size, tmp, self.ctx.run_blocking)
+        writer.seal_fsync, writer.seal_to = self.ctx.config.store.fsync, self.path_for(d)
         self.writers[digest] = writer
         if not reserve:
             self.unreserved.add(digest)
