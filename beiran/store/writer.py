@@ -62,6 +62,8 @@ class BlobWriter:
         self.seal_fsync = True
         self.seal_to: Path | None = None
         self._sealed: str | None = None
+        #: the bytes came in one store_whole_blocking (readers are notified by its caller)
+        self.stored_whole = False
 
     # -- state seen by readers -----------------------------------------------------------------
     @property
@@ -152,6 +154,7 @@ class BlobWriter:
         if self.size is None or len(data) != self.size or self._hashed or self._pieces:
             raise RuntimeError("store_whole_blocking needs a fresh writer of the blob's size")
         self._write_at_sync(0, data)
+        self.stored_whole = True
         if self._hasher.hexdigest() == self.digest.hex and self.seal_to is not None:
             self._sealed = self._seal(self.seal_fsync, self.seal_to)
 

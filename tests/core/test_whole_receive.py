@@ -130,7 +130,18 @@ class WholeReceiveTest(AsyncHTTPTestCase):
         job = FetchJob(digest, len(data), None)
         job.writer = await self.store.begin_write(digest, len(data), reserve=True)
         self.submits.update(io=0, receive=0, db=0)  # counted from here (room is looked up once a second)
-        await self.source.stream_into(job, "peer1", 0)
+        loop = asyncio.get_running_loop()
+        real = loop.call_soon_threadsafe
+        self.wakeups = 0
+
+        def counted(*a: Any, **kw: Any) -> Any:
+            self.wakeups += 1
+            return real(*a, **kw)
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        try:
+            await self.source.stream_into(job, "peer1", 0)
+        finally:
+            del loop.call_soon_threadsafe  # the class's own again
         return job
 
     @gen_test(timeout=30)
@@ -160,6 +171,7 @@ class WholeReceiveTest(AsyncHTTPTestCase):
         assert order[0][1] == str(writer.tmp_path) and order[1][1] == str(writer.tmp_path)
         assert order[0][2] == order[1][2] != threading.get_ident()
         assert self.submits == {"io": 0, "receive": 1, "db": 0}
+        assert self.wakeups == 1  # the receive thread's answer; no wake-up per batch besides
         assert self.stub.accounted == len(data) and writer.available == len(data)
         entry = await self.store.commit(writer)
         # no further I/O hop for the seal: one database batch, nothing else
@@ -211,5 +223,6 @@ class WholeReceiveTest(AsyncHTTPTestCase):
         finally:
             peer_source.WHOLE_WAIT = saved
         assert any(0 < n < len(data) for n in seen), seen  # the first half was readable early
+        assert self.wakeups > 1 and self.stub.accounted == len(data)
         await self.store.commit(job.live_writer())
         assert self.store.path_for(job.digest).read_bytes() == data
