@@ -262,7 +262,8 @@ class BlobStore(Retention, Restrictions):
         """Verify and move into place; on any failure the temp file is gone and nothing is indexed."""
         digest = str(writer.digest)
         try:
-            await writer.finish(fsync=self.ctx.config.store.fsync, move_to=self.path_for(writer.digest))
+            await writer.finish(fsync=self.ctx.config.store.fsync,
+                                move_to=writer.seal_to or self.path_for(writer.digest))
             now = time.time()
             entry = BlobEntry(digest, writer.available, "complete", None, media_type, now, now)
             await self.db_batch.write(lambda: self._db_add(entry))
