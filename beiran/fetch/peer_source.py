@@ -31,9 +31,9 @@ READ_SIZE = 1 << 20
 FLUSH_SECONDS = 0.05
 #: a small blob is received whole (in memory, then stored in one go) unless it takes longer than this
 WHOLE_WAIT = 0.5
-#: buffers for small blobs, reused: a fresh one per blob (sizes differ, so glibc maps each anew) is
-#: memory the kernel zeroes and faults in, and on this VM fresh pages were the costliest thing in
-#: the receiving node's profile (perf: 22% of n2 copying into new pages)
+#: buffers for small blobs, reused: a fresh one per blob (their sizes differ, so glibc maps each
+#: anew) is memory the kernel must zero and fault in, which on a VM that hands free pages back to
+#: its host costs a host fault per page; a reused one is resident already
 _buffers: list[bytearray] = []
 BUFFERS_KEPT = 8
 

@@ -62,6 +62,7 @@ class BlobWriter:
         self.seal_fsync = True
         self.seal_to: Path | None = None
         self._sealed: str | None = None
+        self._synced = False  # its bytes reached the disk (fdatasync), before any rename
         #: the bytes came in one store_whole_blocking (readers are notified by its caller)
         self.stored_whole = False
 
@@ -156,7 +157,10 @@ class BlobWriter:
         self._write_at_sync(0, data)
         self.stored_whole = True
         if self._hasher.hexdigest() == self.digest.hex and self.seal_to is not None:
-            self._sealed = self._seal(self.seal_fsync, self.seal_to)
+            try:
+                self._sealed = self._seal(self.seal_fsync, self.seal_to)
+            except OSError as exc:  # the disk, not the peer: finish() seals again and reports it
+                log.warning("blob %s: sealing on the receive thread failed (%s)", self.digest.short, exc)
 
     def _set_verified(self) -> None:
         if not self.verified.done():
@@ -229,7 +233,7 @@ class BlobWriter:
         return await self._run_io(self._seal, fsync, move_to)
 
     def _seal(self, fsync: bool, move_to: Path | None) -> str:
-        if fsync:  # the descriptor is closed on the same I/O thread (a close after writes can stall)
+        if fsync and not self._synced:  # closed on the same I/O thread (a close after writes can stall)
             self._fsync_and_close()
         else:
             self._open_fd()  # nothing written (an empty blob): the file must still exist
@@ -250,6 +254,7 @@ class BlobWriter:
                 self._fd = -1
                 self._closed = True
                 os.close(fd)
+            self._synced = True
 
     def complete(self) -> None:
         if not self.done.done():
@@ -276,4 +281,3 @@ class BlobWriter:
             self._closed = True
         if fd >= 0:
             os.close(fd)
-

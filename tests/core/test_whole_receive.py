@@ -226,3 +226,26 @@ class WholeReceiveTest(AsyncHTTPTestCase):
         assert self.wakeups > 1 and self.stub.accounted == len(data)
         await self.store.commit(job.live_writer())
         assert self.store.path_for(job.digest).read_bytes() == data
+
+
+    @gen_test(timeout=30)
+    async def test_a_disk_error_while_sealing_on_the_receive_thread_is_retried_not_blamed_on_the_peer(self):
+        data = blob(SIZE, 6)
+        real_replace = os.replace
+        calls: list[str] = []
+
+        def flaky_replace(a: Any, b: Any) -> None:
+            calls.append(str(b))
+            if len(calls) == 1:
+                raise OSError(5, "Input/output error")
+            real_replace(a, b)
+
+        os.replace = flaky_replace  # type: ignore[assignment]
+        try:
+            job = await self.receive(data)
+            assert not self.store.path_for(job.digest).exists()  # not sealed on the receive thread
+            await self.store.commit(job.live_writer())  # sealed again, on an I/O thread
+        finally:
+            os.replace = real_replace  # type: ignore[assignment]
+        assert self.store.path_for(job.digest).read_bytes() == data and self.store.has(job.digest)
+        assert job.bad == set() and len(calls) >= 2
