@@ -33,8 +33,6 @@ log = logging.getLogger(__name__)
 READ_CHUNK = 1 << 20
 #: a stored blob up to READ_CHUNK + this is read in one piece
 SMALL_TAIL = 256 << 10
-#: metadata writes this close together go in one transaction (see WriteBatcher.window)
-DB_BATCH_WINDOW = 0.002
 _INSERT_BLOB = Insert(Blob, ("digest", "size", "state", "path", "media_type", "created", "last_access"), "REPLACE")
 
 
@@ -87,7 +85,7 @@ class BlobStore(Retention, Restrictions):
         #: checks run before a blob is served to a peer (see add_access_policy)
         self.access_policies: list[Callable[[str, str | None], str | None]] = [self.restricted_policy]
         #: index rows and pins, one transaction per batch (plugins' per-blob rows may join it)
-        self.db_batch = WriteBatcher(ctx.run_db, lambda: Blob._meta.database, window=DB_BATCH_WINDOW)
+        self.db_batch = WriteBatcher(ctx.run_db, lambda: Blob._meta.database)
 
     # -- paths -----------------------------------------------------------------------------------
     def path_for(self, digest: Digest | str) -> Path:

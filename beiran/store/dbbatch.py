@@ -21,13 +21,8 @@ MAX_BATCH = 256
 
 
 class WriteBatcher:
-    def __init__(self, run_db: Callable[..., Awaitable[Any]], database: Callable[[], Any],
-                 window: float = 0.0) -> None:
+    def __init__(self, run_db: Callable[..., Awaitable[Any]], database: Callable[[], Any]) -> None:
         self._run_db = run_db
-        #: an idle batcher waits this long before its first batch, so writes that follow closely
-        #: (the next .deb's row, this one's pin) share it: each batch wakes the database thread
-        #: and then the loop, and on a busy 2-core machine a wake-up is what costs (py-spy)
-        self.window = window
         self._database = database  # the peewee database, looked up when a batch runs
         self._pending: list[tuple[Callable[[], Any], asyncio.Future]] = []
         self._task: asyncio.Task | None = None
@@ -49,8 +44,6 @@ class WriteBatcher:
             await asyncio.shield(self._task)
 
     async def _drain(self) -> None:
-        if self.window:
-            await asyncio.sleep(self.window)
         while self._pending:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
             try:
