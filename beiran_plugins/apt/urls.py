@@ -123,7 +123,7 @@ def parse_request(uri: str, allow_hosts: list[str] | None = None) -> Target:
     return _parse_request(uri, tuple(allow_hosts or ()))
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=1024)  # keys up to 4 KiB each: 4 MiB at most
 def _parse_request(uri: str, allow: tuple[str, ...]) -> Target:
     if len(uri) > 4096:
         raise BadRequest("request URI too long")
