@@ -92,7 +92,9 @@ def _own_names() -> frozenset[str]:
     return frozenset({name, name.split(".")[0]})
 
 
+@lru_cache(maxsize=1024)
 def _ip(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """Parsed once per address, not on every request (a few per request showed in profiles)."""
     try:
         return ipaddress.ip_address((text or "").split("%")[0])
     except ValueError:

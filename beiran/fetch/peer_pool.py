@@ -12,6 +12,8 @@ import threading
 import time
 from collections import deque
 
+from beiran.fetch.peer_response import PeerHTTPConnection
+
 #: idle connections kept per peer address (more in flight is fine; the extra ones are closed after)
 PER_PEER = 8
 #: an idle connection older than this is closed rather than reused (the daemon's server drops idle
@@ -46,7 +48,7 @@ class PeerConnectionPool:
                 return conn, True
             conn.close()
         self.opened += 1
-        return http.client.HTTPConnection(host, port, timeout=timeout), False
+        return PeerHTTPConnection(host, port, timeout=timeout), False
 
     def put(self, host: str, port: int, conn: http.client.HTTPConnection) -> None:
         """Return a connection whose response was read to its end and not marked to close."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import logging
+import select
 import time
 from collections import deque
 from typing import TYPE_CHECKING
@@ -13,6 +14,7 @@ from urllib.parse import urlsplit
 from beiran.errors import BeiranError, PeerBusy, PeerLacksBlob, UpstreamError, VerificationError
 from beiran.fetch.peer_pool import PeerConnectionPool
 from beiran.httpstream import stream_request
+from beiran.store.writer import WHOLE_MAX
 
 if TYPE_CHECKING:
     from beiran.context import DaemonContext
@@ -27,6 +29,25 @@ RECEIVE_BATCH = 1 << 20
 READ_SIZE = 1 << 20
 #: ...and a batch that is not full is still written out after this long
 FLUSH_SECONDS = 0.05
+#: a small blob is received whole (in memory, then stored in one go) unless it takes longer than this
+WHOLE_WAIT = 0.5
+#: buffers for small blobs, reused: a fresh one per blob (their sizes differ, so glibc maps each
+#: anew) is memory the kernel must zero and fault in, which on a VM that hands free pages back to
+#: its host costs a host fault per page; a reused one is resident already
+_buffers: list[bytearray] = []
+BUFFERS_KEPT = 8
+
+
+def _take_buffer() -> bytearray:
+    try:
+        return _buffers.pop()
+    except IndexError:
+        return bytearray(WHOLE_MAX)
+
+
+def _give_back(buf: bytearray) -> None:
+    if len(_buffers) < BUFFERS_KEPT:
+        _buffers.append(buf)
 
 
 class PeerSource:
@@ -52,8 +73,13 @@ class PeerSource:
         await writer.flush()
         if url.startswith("http://"):
             loop = asyncio.get_running_loop()
-            end = await loop.run_in_executor(self.ctx.receive_executor, self._receive_sync, job, node, url,
-                                             headers, offset, loop)
+            before = writer.available
+            try:
+                end = await loop.run_in_executor(self.ctx.receive_executor, self._receive_sync, job, node,
+                                                 url, headers, offset, loop)
+            finally:
+                if writer.stored_whole and writer.available > before:  # told here, not by a wake-up
+                    self._received(job, writer, writer.available - before)
             writer.seek(end)
         else:
             await self._receive_async(job, node, url, headers, offset)
@@ -131,11 +157,45 @@ class PeerSource:
         writer = job.live_writer()
         remaining = resp.length  # None: chunked or until close
         direct = remaining is not None and not resp.chunked and resp.fp is not None
+        # a small blob whose whole body is coming: one buffer, stored and sealed in one go
+        whole = (remaining if direct and end is None and offset == 0 and writer.size == remaining
+                 and writer.available == 0 and remaining and remaining <= WHOLE_MAX else 0)
+        if whole:
+            pooled = _take_buffer()
+            try:
+                return self._read_small(resp, job, node, loop, memoryview(pooled)[:whole])
+            finally:
+                _give_back(pooled)
         batch = memoryview(bytearray(max(1, min(RECEIVE_BATCH, remaining if remaining is not None
-                                                 else RECEIVE_BATCH))))  # small blobs: small buffer
+                                                else RECEIVE_BATCH))))  # small blobs: small buffer
+        return self._read_batches(resp, job, node, offset, loop, end, batch, remaining)
+
+    def _read_small(self, resp: http.client.HTTPResponse, job: FetchJob, node: str,
+                    loop: asyncio.AbstractEventLoop, batch: memoryview) -> int:
+        """A small blob whose whole body is coming (from its first byte, its size known)."""
+        writer = job.live_writer()
+        whole = len(batch)
+        got = self._read_whole(resp, writer, batch, whole)
+        if got == whole:
+            resp.close()  # read to its end by hand: the connection may carry the next request
+            return got
+        # a slow or stopped peer: what came so far is written now, and the rest batch by batch
+        if got:
+            writer.write_at_blocking(0, batch[:got])
+            loop.call_soon_threadsafe(self._received, job, writer, got)
+        return self._read_batches(resp, job, node, got, loop, None, batch, whole - got)
+
+    def _read_batches(self, resp: http.client.HTTPResponse, job: FetchJob, node: str, offset: int,
+                      loop: asyncio.AbstractEventLoop, end: int | None, batch: memoryview,
+                      remaining: int | None) -> int:
+        """Socket reads into `batch`, written out (hashed) a batch at a time; `remaining`: the
+        body's bytes still to come (None: chunked or until close)."""
+        writer = job.live_writer()
+        direct = remaining is not None and not resp.chunked and resp.fp is not None
+        limit = len(batch)
         pos, filled, last = offset, 0, time.monotonic()
         while True:
-            want = min(READ_SIZE, len(batch) - filled, remaining if remaining is not None else READ_SIZE)
+            want = min(READ_SIZE, limit - filled, remaining if remaining is not None else READ_SIZE)
             if want <= 0 and remaining == 0:
                 n = 0
             elif direct:  # straight into the batch, at most one recv (readinto would wait to fill it)
@@ -147,7 +207,7 @@ class PeerSource:
             filled += n
             if remaining is not None:
                 remaining -= n
-            if filled and (not n or filled == len(batch) or time.monotonic() - last >= FLUSH_SECONDS):
+            if filled and (not n or filled == limit or time.monotonic() - last >= FLUSH_SECONDS):
                 if end is not None and pos + filled > end:
                     raise UpstreamError(f"peer {node[:8]} sent more than the range asked for")
                 if writer.size is not None and pos + filled > writer.size:
@@ -161,6 +221,28 @@ class PeerSource:
         if direct and remaining == 0:
             resp.close()  # read to its end by hand: the connection may carry the next request
         return pos
+
+    @staticmethod
+    def _read_whole(resp: http.client.HTTPResponse, writer: BlobWriter, buf: memoryview, size: int) -> int:
+        """The whole body into `buf`, then stored, verified, fsynced and moved into the store on
+        this thread (`store_whole_blocking`): the loop is woken once per blob (the executor's
+        answer), where it was woken once per batch and again for the seal's own I/O hop; each
+        wake-up of another thread costs the waker a syscall with the GIL held (py-spy: 11% of n2's
+        GIL time was executor submits). Returns the bytes read: less than `size` when the peer
+        stalls past WHOLE_WAIT (the caller goes on batch by batch, so readers see progress) or stops."""
+        assert resp.fp is not None
+        filled, deadline = 0, time.monotonic() + WHOLE_WAIT
+        poller = select.poll()  # a stalled peer must not hold back what came: wait for more only so long
+        poller.register(resp.fp.fileno(), select.POLLIN)
+        while filled < size:
+            if filled and not poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
+                return filled
+            n = resp.fp.readinto1(buf[filled:min(size, filled + READ_SIZE)])
+            if not n:
+                return filled
+            filled += n
+        writer.store_whole_blocking(buf[:size])  # the loop hears of it when this thread returns
+        return size
 
     def _received(self, job: FetchJob, writer: BlobWriter, n: int) -> None:
         writer.notify_growth()

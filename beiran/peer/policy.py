@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from functools import lru_cache
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -23,7 +24,9 @@ OPERATOR_NAMED = frozenset({"static", "probe"})
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+@lru_cache(maxsize=1024)
 def _ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """Parsed once per address, not on every peer request."""
     try:
         addr = ipaddress.ip_address(value.split("%", 1)[0])
     except ValueError:

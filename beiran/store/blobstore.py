@@ -249,6 +249,7 @@ class BlobStore(Retention, Restrictions):
             await self.make_room(size, evict=reserve)
         tmp = self.tmp_dir / f"{d.hex[:16]}-{uuid.uuid4().hex[:8]}"
         writer = BlobWriter(d, size, tmp, self.ctx.run_blocking)
+        writer.seal_fsync, writer.seal_to = self.ctx.config.store.fsync, self.path_for(d)
         self.writers[digest] = writer
         if not reserve:
             self.unreserved.add(digest)
@@ -259,7 +260,8 @@ class BlobStore(Retention, Restrictions):
         """Verify and move into place; on any failure the temp file is gone and nothing is indexed."""
         digest = str(writer.digest)
         try:
-            await writer.finish(fsync=self.ctx.config.store.fsync, move_to=self.path_for(writer.digest))
+            await writer.finish(fsync=self.ctx.config.store.fsync,
+                                move_to=writer.seal_to or self.path_for(writer.digest))
             now = time.time()
             entry = BlobEntry(digest, writer.available, "complete", None, media_type, now, now)
             await self.db_batch.write(lambda: self._db_add(entry))

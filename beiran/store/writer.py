@@ -2,6 +2,10 @@
 
 Writes may arrive in order (one source) or as pieces at offsets (several peers at once); the hash
 covers the contiguous prefix, so readers can stream a blob while it is still downloading.
+
+A small blob received whole (`store_whole_blocking`) is written, hashed, and only if it verified,
+fsynced and renamed into the store, all on the receiving thread: one hop to the event loop per
+blob, where there were one per batch plus one more for the seal.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from beiran.store.digest import Digest
 
 log = logging.getLogger(__name__)
 FLUSH_BYTES = 1 << 20
+#: a blob no larger, of known size, may be received whole into one buffer (`store_whole_blocking`)
+WHOLE_MAX = 2 << 20
 
 
 class BlobWriter:
@@ -51,6 +57,14 @@ class BlobWriter:
         self.source = ""  # where the bytes are coming from right now (for progress)
         #: bytes of a source that failed are in the file: peers get none of it before it verified
         self.untrusted = False
+        #: how finish() will seal the file (set by the store): fsync it, then move it here; a blob
+        #: stored whole is sealed so on its receiving thread, before finish() runs
+        self.seal_fsync = True
+        self.seal_to: Path | None = None
+        self._sealed: str | None = None
+        self._synced = False  # its bytes reached the disk (fdatasync), before any rename
+        #: the bytes came in one store_whole_blocking (readers are notified by its caller)
+        self.stored_whole = False
 
     # -- state seen by readers -----------------------------------------------------------------
     @property
@@ -132,6 +146,22 @@ class BlobWriter:
     def notify_growth(self) -> None:
         self._notify()
 
+    def store_whole_blocking(self, data: memoryview) -> None:
+        """Thread side: the whole blob at once. Written and hashed; if it matches the digest, also
+        fsynced and moved to `seal_to` here, so finish() only checks and the store records it (a
+        crash before the record leaves a verified file, which the next start adopts after hashing
+        it again). If it does not match, nothing more happens here: finish() fails it as any other
+        mismatch, and the temp file goes."""
+        if self.size is None or len(data) != self.size or self._hashed or self._pieces:
+            raise RuntimeError("store_whole_blocking needs a fresh writer of the blob's size")
+        self._write_at_sync(0, data)
+        self.stored_whole = True
+        if self._hasher.hexdigest() == self.digest.hex and self.seal_to is not None:
+            try:
+                self._sealed = self._seal(self.seal_fsync, self.seal_to)
+            except OSError as exc:  # the disk, not the peer: finish() seals again and reports it
+                log.warning("blob %s: sealing on the receive thread failed (%s)", self.digest.short, exc)
+
     def _set_verified(self) -> None:
         if not self.verified.done():
             self.verified.set_result(None)
@@ -198,10 +228,12 @@ class BlobWriter:
             raise VerificationError(f"blob {self.digest.short}: content hashes to "
                                     f"{self.digest.algorithm}:{actual[:12]}, not the expected digest")
         self._set_verified()
+        if self._sealed is not None and move_to == self.seal_to and fsync >= self.seal_fsync:
+            return self._sealed  # done on the receiving thread (store_whole_blocking)
         return await self._run_io(self._seal, fsync, move_to)
 
     def _seal(self, fsync: bool, move_to: Path | None) -> str:
-        if fsync:  # the descriptor is closed on the same I/O thread (a close after writes can stall)
+        if fsync and not self._synced:  # closed on the same I/O thread (a close after writes can stall)
             self._fsync_and_close()
         else:
             self._open_fd()  # nothing written (an empty blob): the file must still exist
@@ -216,12 +248,13 @@ class BlobWriter:
 
     def _fsync_and_close(self) -> None:
         fd = self._open_fd()
-        os.fsync(fd)
+        os.fdatasync(fd)  # the data and the size: what a reader needs (the rename is the name)
         with self._lock:
             if self._fd == fd:
                 self._fd = -1
                 self._closed = True
                 os.close(fd)
+            self._synced = True
 
     def complete(self) -> None:
         if not self.done.done():

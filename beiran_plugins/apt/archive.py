@@ -390,7 +390,7 @@ class Archive:
     async def record_deb(self, blob: Blob, via: str = "proxy") -> None:
         """Pin a stored .deb for apt and list it (once: the first way it came in is kept). A second
         caller while the first one's writes are under way waits for them."""
-        ref = f"{blob.package}_{blob.version}_{blob.arch}" if blob.package else blob.path.rsplit("/", 1)[-1]
+        ref = _deb_ref(blob)
         task = self._recording.get(blob.digest)
         if task is None:
             if ("apt", ref) in self.ctx.store.pins.get(blob.digest, set()):
@@ -400,9 +400,18 @@ class Archive:
             task.add_done_callback(lambda _: self._recording.pop(blob.digest, None))
         await asyncio.shield(task)
 
+    def recorded(self, blob: Blob) -> bool:
+        """The .deb is pinned and listed already (its writes are done, not under way)."""
+        return (blob.digest not in self._recording
+                and ("apt", _deb_ref(blob)) in self.ctx.store.pins.get(blob.digest, ()))
+
     async def _record(self, blob: Blob, ref: str, via: str) -> None:
         def db() -> None:
             _INSERT_DEB(blob.digest, blob.package, blob.version, blob.arch, blob.size,
                         blob.path.rsplit("/", 1)[-1], via, time.time())
         # both in one metadata transaction
         await asyncio.gather(self.ctx.store.pin(blob.digest, "apt", ref), self.ctx.store.db_batch.write(db))
+
+
+def _deb_ref(blob: Blob) -> str:
+    return f"{blob.package}_{blob.version}_{blob.arch}" if blob.package else blob.path.rsplit("/", 1)[-1]

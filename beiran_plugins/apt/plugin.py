@@ -178,8 +178,13 @@ class AptPlugin(BasePackagePlugin):
                 log.debug("apt: prefetch of %s failed: %s", target.url, exc)
         return self._spawn(run())
 
-    def after_fetch(self, target: Target, blob: Blob, job: FetchJob, by_hash: bool) -> asyncio.Task:
-        """Once the core has the blob (even if the client went away): pin it and learn from it."""
+    def after_fetch(self, target: Target, blob: Blob, job: FetchJob, by_hash: bool) -> asyncio.Task | None:
+        """Once the core has the blob (even if the client went away): pin it and learn from it.
+        None when there is nothing left to do (a prefetched .deb is stored and recorded already)."""
+        if not by_hash and job.done.done() and not job.failed and self.archive.recorded(blob):
+            self.stats["debs_via_cluster"] += 1
+            return None
+
         async def run() -> None:
             try:
                 entry = await asyncio.shield(job.done)

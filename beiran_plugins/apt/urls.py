@@ -13,6 +13,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property, lru_cache
 from urllib.parse import quote, unquote, urlsplit
 
 from beiran.errors import BadRequest, Forbidden, NotFound
@@ -48,9 +49,10 @@ class Target:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}" if self.port else host
 
-    @property
+    @cached_property
     def url(self) -> str:
-        """The upstream URL (also the key the cache and the index use)."""
+        """The upstream URL (also the key the cache and the index use); made once per target
+        (it was made several times per .deb request)."""
         return f"{self.scheme}://{self.netloc}{quote(self.path, safe='/~+@:,=')}"
 
     @property
@@ -116,8 +118,13 @@ def clean_host(host: str, allow: list[str]) -> str:
 
 
 def parse_request(uri: str, allow_hosts: list[str] | None = None) -> Target:
-    """`http://host[:port]/path` (proxy mode) or `/https/host[:port]/path` (mirror mode)."""
-    allow = allow_hosts or []
+    """`http://host[:port]/path` (proxy mode) or `/https/host[:port]/path` (mirror mode). A .deb's
+    URI is parsed for its prefetch and again for its request: the answer is kept."""
+    return _parse_request(uri, tuple(allow_hosts or ()))
+
+
+@lru_cache(maxsize=1024)  # keys up to 4 KiB each: 4 MiB at most
+def _parse_request(uri: str, allow: tuple[str, ...]) -> Target:
     if len(uri) > 4096:
         raise BadRequest("request URI too long")
     if uri.startswith("/"):
@@ -148,7 +155,7 @@ def parse_request(uri: str, allow_hosts: list[str] | None = None) -> Target:
         raise BadRequest(f"bad port in {hostport[:80]!r}")
     if (scheme, port) in (("http", 80), ("https", 443)):
         port = None
-    host = clean_host(m.group(1), allow)
+    host = clean_host(m.group(1), list(allow))
     return Target(scheme, host, port, clean_path(path), mode)
 
 
