@@ -28,6 +28,9 @@ from beiran.errors import ResponseTooLarge, UpstreamError
 
 BUFFER_LIMIT = 4 << 20
 READ_CHUNK = 1 << 20
+#: socket reads for headers and small bodies: Tornado allocates a buffer of the read size for every
+#: read, and a 1 MiB one (an mmap and its page faults) cost more than a whole small answer's parsing
+SMALL_READ = 64 << 10
 #: methods a request may be repeated with (RFC 9110 9.2.2): only these are retried on a fresh
 #: connection when a kept-alive one turns out closed; the others never take a kept-alive one
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
@@ -75,6 +78,10 @@ class StreamResponse(httputil.HTTPMessageDelegate):
             raise TypeError(f"{self.url}: got a request line on a client connection")
         self.code, self.reason, self.headers = start_line.code, start_line.reason, headers
         self._version = start_line.version
+        length = headers.get("Content-Length") or ""
+        if self._conn is not None and self._conn.stream is not None and (
+                not length.isdigit() or int(length) > 4 * SMALL_READ):
+            self._conn.stream.read_chunk_size = READ_CHUNK  # a large body: fewer, larger reads
         if not self._headers_seen.done():
             self._headers_seen.set_result(None)
 
@@ -141,8 +148,9 @@ class StreamResponse(httputil.HTTPMessageDelegate):
         conn, self._conn = self._conn, None
         if conn is not None:
             if self._pool is not None and self._route is not None and self._reusable(conn):
-                self._pool.give(self._route, conn.detach(),
-                                origin_connections.keep_for(self.headers.get("Keep-Alive")))
+                stream = conn.detach()
+                stream.read_chunk_size = SMALL_READ
+                self._pool.give(self._route, stream, origin_connections.keep_for(self.headers.get("Keep-Alive")))
             else:
                 conn.close()
         self._space.set()
@@ -204,7 +212,7 @@ async def _connect(parts: SplitResult, port: int, tls: ssl.SSLContext | None, pr
     except (OSError, StreamClosedError, TimeoutError) as exc:
         reason = getattr(exc, "real_error", None) or exc
         raise UpstreamError(f"cannot connect to {parts.netloc}{via}: {reason or 'timeout'}") from None
-    stream.read_chunk_size = READ_CHUNK
+    stream.read_chunk_size = SMALL_READ
     return stream
 
 

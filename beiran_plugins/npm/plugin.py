@@ -83,7 +83,11 @@ class NPMPlugin(BasePackagePlugin):
 
     async def start(self) -> None:
         await self.ctx.run_blocking(lambda: self.packuments.root.mkdir(parents=True, exist_ok=True))
+        await self.packuments.load()
         log.info("npm: proxying %s under /npm/ (writes: %s)", self.upstream.url, self.writes)
+
+    async def stop(self) -> None:
+        await self.packuments.flush()
 
     def status_info(self) -> dict[str, Any]:
         return {"upstream": self.upstream.url if self.upstream else None, "writes": self.writes,
