@@ -86,6 +86,7 @@ class RegistryHandler(NpmHandler):
                                                 p.size)
         plugin.count("packuments_served")
         self._send_doc(body, ABBREVIATED if kind == "abbr" else "application/json", p.stale, p.offline)
+        plugin.prefetcher.hint(p.doc)  # npm asks for the tarball once it resolved the whole tree
 
     def _send_doc(self, body: bytes, content_type: str, stale: bool, offline_answer: str | None = None) -> None:
         etag = '"' + hashlib.sha256(body).hexdigest()[:40] + '"'
