@@ -171,10 +171,19 @@ class PackumentCache:
             tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
             tmp.write_bytes(body or b"")
             os.replace(tmp, path)
+
+        def insert() -> None:
+            NpmPackument.insert(**row).on_conflict_replace().execute()
+
+        def write_and_insert() -> None:
+            write()
+            insert()
         try:
-            if body is not None:
+            if body is not None and len(body) > INLINE_JSON:
                 await self.ctx.run_blocking(write)
-            await self.ctx.run_db(lambda: NpmPackument.insert(**row).on_conflict_replace().execute())
+                await self.ctx.run_db(insert)
+            else:  # a small file: written on the database thread, one thread switch in all
+                await self.ctx.run_db(write_and_insert if body is not None else insert)
         except (OSError, PeeweeException) as exc:
             log.warning("npm: could not store the packument of %s (%s): %s", key[0], key[1], exc)
             return
