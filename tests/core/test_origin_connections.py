@@ -28,6 +28,7 @@ class CountingOrigin:
 
     def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.connections = 0
+        self.closed = 0  # connections the server has finished with
         self.requests: list[tuple[int, str, str, str]] = []  # (connection no., method, path, Connection)
         self.connection_close = False
         self.drop_request_no: int | None = None  # on a connection's Nth request: close, no answer
@@ -50,6 +51,11 @@ class CountingOrigin:
 
             def log_message(self, *args: object) -> None:
                 pass
+
+            def finish(self) -> None:
+                super().finish()
+                with origin.lock:
+                    origin.closed += 1
 
             def _answer(self, body: bytes) -> None:
                 self.served += 1
@@ -192,7 +198,10 @@ def test_an_idle_connection_the_origin_timed_out_is_not_reused(origin):
 
     async def go() -> None:
         await get(f"{origin.url}/a")
-        await asyncio.sleep(0.6)
+        deadline = time.monotonic() + 10
+        while not origin.closed and time.monotonic() < deadline:  # the server dropped it
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # ...and its FIN has reached this end
         assert await get(f"{origin.url}/b") == b"/b" * 100
     run(go())
     assert origin.connections == 2
