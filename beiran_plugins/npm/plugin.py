@@ -15,8 +15,8 @@ Configuration (`[plugins.npm]`, all optional):
     writes = "refuse"                           # or "forward": publish, login, audit, dist-tag,
                                                 # search, whoami... go to the upstream unchanged
     share_metadata = true                       # upstream down: ask peers for packuments
-    prefetch_max_bytes = 16777216               # a served packument's latest tarball is fetched
-                                                # from a peer holding it, up to this size (0: off)
+    prefetch_max_bytes = 0                      # > 0: a served packument's latest tarball is
+                                                # fetched from a peer holding it, up to this size
     allow_uppercase_names = false               # legacy names like JSONStream
 """
 

@@ -23,7 +23,7 @@ def _stored(node) -> set[str]:
 
 
 def test_a_served_packument_prefetches_its_tarball_from_a_peer_never_from_the_origin(cluster, upstream, registry):
-    n1, n2 = cluster.start(2, config=npm_daemon_config(upstream.url))
+    n1, n2 = cluster.start(2, config=npm_daemon_config(upstream.url, prefetch_max_bytes=16 << 20))
     held = registry.pub("beiran-test-p21", "1.0.0")
     status, _, body = n1.tcp("GET", f"/npm/beiran-test-p21/-/{held.file}")
     assert status == 200 and body == held.tarball
