@@ -23,12 +23,15 @@ def _stored(node) -> set[str]:
 
 
 def test_a_served_packument_prefetches_its_tarball_from_a_peer_never_from_the_origin(cluster, upstream, registry):
-    n1, n2 = cluster.start(2, config=npm_daemon_config(upstream.url, prefetch_max_bytes=16 << 20))
+    # no origin delegation: n1 fetches the tarball itself (else n2, as its owner, might hold it already)
+    config = {**npm_daemon_config(upstream.url, prefetch_max_bytes=16 << 20), "fetch": {"origin_delegation": False}}
+    n1, n2 = cluster.start(2, config=config)
     held = registry.pub("beiran-test-p21", "1.0.0")
     status, _, body = n1.tcp("GET", f"/npm/beiran-test-p21/-/{held.file}")
     assert status == 200 and body == held.tarball
     wait_until(lambda: any(b["digest"] == held.digest and b["nodes"].get(n1.uuid) == "complete"
                            for b in n2.api("GET", "/blobs?all=true")["blobs"]), 10, what="n1's tarball announced")
+    assert held.digest not in _stored(n2)
 
     status, _, _ = n2.tcp("GET", "/npm/beiran-test-p21", headers={"Accept": "application/json"})
     assert status == 200
