@@ -82,9 +82,11 @@ class RegistryHandler(NpmHandler):
         kind = packument_headers_kind(self.request.headers.get("Accept"))
         p = await plugin.packuments.get(what.name, kind)
         base = self.base_url()
-        body = await self.ctx.run_blocking(lambda: json.dumps(rewrite(p.doc, what.name, base)).encode())
+        body = await plugin.packuments.run_json(lambda: json.dumps(rewrite(p.doc, what.name, base)).encode(),
+                                                p.size)
         plugin.count("packuments_served")
         self._send_doc(body, ABBREVIATED if kind == "abbr" else "application/json", p.stale, p.offline)
+        plugin.prefetcher.hint(p.doc)  # npm asks for the tarball once it resolved the whole tree
 
     def _send_doc(self, body: bytes, content_type: str, stale: bool, offline_answer: str | None = None) -> None:
         etag = '"' + hashlib.sha256(body).hexdigest()[:40] + '"'

@@ -11,10 +11,13 @@ import logging
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
+
+from peewee import PeeweeException
 
 from beiran import offline
 from beiran.errors import BeiranError, NotFound, UpstreamError
@@ -35,9 +38,14 @@ if TYPE_CHECKING:
     from beiran.context import DaemonContext
 
 log = logging.getLogger("beiran.npm")
+T = TypeVar("T")
 KINDS = ("full", "abbr")
 MEMORY_ENTRIES = 128
 MEMORY_MAX_DOC = 16 << 20
+#: a packument up to this size is parsed and rewritten on the event loop: that takes well under a
+#: millisecond, less than the two thread switches of sending it to a worker (npm asks for
+#: packuments one after another while it resolves, so each one's latency adds up)
+INLINE_JSON = 64 << 10
 
 
 @dataclass
@@ -85,6 +93,21 @@ class PackumentCache:
         self.stats = {"upstream_200": 0, "upstream_304": 0, "stale_served": 0, "from_peers": 0}
         self._digest_index: dict[str, tuple[str, str]] | None = None
         self.offline = offline.OfflineAnswers(ctx, "npm")
+        #: (name, kind) of every stored row, read once at start: a packument this node never stored
+        #: is known absent without a database round trip (None: not loaded, ask the database)
+        self._rows: set[tuple[str, str]] | None = None
+        #: the background write of each packument being stored (one at a time per packument)
+        self._writes: dict[tuple[str, str], asyncio.Task[None]] = {}
+
+    async def load(self) -> None:
+        rows = await self.ctx.run_db(lambda: tuple_rows(NpmPackument.select(NpmPackument.name, NpmPackument.kind)))
+        self._rows = {(str(n), str(k)) for n, k in rows}
+
+    async def run_json(self, fn: Callable[[], T], size: int) -> T:
+        """`fn` (JSON work on a document of `size` bytes) inline when small, else on an I/O thread."""
+        if size <= INLINE_JSON:
+            return fn()
+        return await self.ctx.run_blocking(fn)
 
     def path(self, name: str, kind: str) -> Path:
         return self.root / kind / (quote(name, safe="") + ".json")
@@ -95,6 +118,9 @@ class PackumentCache:
         if key in self.mem:
             self.mem.move_to_end(key)
             return self.mem[key]
+        if self._rows is not None and key not in self._rows:
+            return None
+        await self._settled(key)
         rows = await self.ctx.run_db(lambda: dict_rows(NpmPackument.select().where(
             (NpmPackument.name == name) & (NpmPackument.kind == kind))))
         if not rows:
@@ -121,23 +147,65 @@ class PackumentCache:
         while len(self.mem) > MEMORY_ENTRIES:
             self.mem.popitem(last=False)
 
-    async def _save(self, p: Packument, body: bytes) -> None:
-        path = self.path(p.name, p.kind)
+    def _save(self, p: Packument, body: bytes | None) -> None:
+        """Keep `p` (in memory now; its file, when `body` is given, and its row in the background:
+        an answer does not wait for the disk). Writes of one packument happen in order."""
+        key = (p.name, p.kind)
+        self._remember(p)
+        if self._rows is not None:
+            self._rows.add(key)  # stored() asks the database once this write is done
+        row = {"name": p.name, "kind": p.kind, "etag": p.etag, "last_modified": p.last_modified,
+               "fetched": p.fetched, "size": p.size, "origin": p.origin}
+        task = asyncio.ensure_future(self._write(key, body, row, self._writes.get(key)))
+        self._writes[key] = task
+        task.add_done_callback(functools.partial(self._written, key))
+
+    async def _write(self, key: tuple[str, str], body: bytes | None, row: dict[str, Any],
+                     before: asyncio.Task[None] | None) -> None:
+        if before is not None:
+            await asyncio.wait([before])  # its own failure was logged by itself
+        path = self.path(*key)
 
         def write() -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-            tmp.write_bytes(body)
+            tmp.write_bytes(body or b"")
             os.replace(tmp, path)
-        await self.ctx.run_blocking(write)
-        await self._save_row(p)
-        self._remember(p)
-        self._digest_index = None
 
-    async def _save_row(self, p: Packument) -> None:
-        row = {"name": p.name, "kind": p.kind, "etag": p.etag, "last_modified": p.last_modified,
-               "fetched": p.fetched, "size": p.size, "origin": p.origin}
-        await self.ctx.run_db(lambda: NpmPackument.insert(**row).on_conflict_replace().execute())
+        def insert() -> None:
+            NpmPackument.insert(**row).on_conflict_replace().execute()
+
+        def write_and_insert() -> None:
+            write()
+            insert()
+        try:
+            if body is not None and len(body) > INLINE_JSON:
+                await self.ctx.run_blocking(write)
+                await self.ctx.run_db(insert)
+            else:  # a small file: written on the database thread, one thread switch in all
+                await self.ctx.run_db(write_and_insert if body is not None else insert)
+        except (OSError, PeeweeException) as exc:
+            log.warning("npm: could not store the packument of %s (%s): %s", key[0], key[1], exc)
+            return
+        if body is not None:
+            self._digest_index = None
+
+    def _written(self, key: tuple[str, str], task: asyncio.Task[None]) -> None:
+        if self._writes.get(key) is task:
+            del self._writes[key]
+        if not task.cancelled():
+            task.exception()  # _write logs its own failures; anything else is retrieved here
+
+    async def _settled(self, key: tuple[str, str]) -> None:
+        """Wait for the background write of this packument, if one is under way."""
+        task = self._writes.get(key)
+        if task is not None:
+            await asyncio.wait([task])
+
+    async def flush(self) -> None:
+        """Wait for every background write (the plugin stops)."""
+        while self._writes:
+            await asyncio.wait(list(self._writes.values()))
 
     # -- the read path -------------------------------------------------------------------------
     async def get(self, name: str, kind: str, refresh: bool = False) -> Packument:
@@ -187,19 +255,19 @@ class PackumentCache:
                 current.fetched, current.stale = time.time(), False
                 current.etag = res.etag or current.etag
                 current.last_modified = res.last_modified or current.last_modified
-                await self._save_row(current)
+                self._save(current, None)
                 return current
             body = res.body or b""
-            doc = await self.ctx.run_blocking(parse, body, name)
+            doc = await self.run_json(functools.partial(parse, body, name), len(body))
             if kind == "abbr" and res.content_type != ABBREVIATED:
                 # the upstream ignored the Accept header: keep the abbreviated form all the same
                 doc = abbreviate(doc)
-                body = await self.ctx.run_blocking(lambda: json.dumps(doc).encode())
+                body = await self.run_json(lambda: json.dumps(doc).encode(), len(body))
         except UpstreamError as exc:
             return await self._fallback(name, kind, current, exc)
         self.stats["upstream_200"] += 1
         p = Packument(name, kind, doc, time.time(), res.etag, res.last_modified, "upstream", len(body))
-        await self._save(p, body)
+        self._save(p, body)
         return p
 
     async def _fallback(self, name: str, kind: str, current: Packument | None, exc: UpstreamError) -> Packument:
@@ -257,6 +325,7 @@ class PackumentCache:
         """What this node can hand a peer during an outage: stored copies only, never the upstream."""
         p = await self.stored(name, kind)
         if p is not None:
+            await self._settled((name, kind))
             data = await self.ctx.run_blocking(self.path(name, kind).read_bytes)
             return data, p.fetched
         if kind == "abbr":
@@ -271,6 +340,7 @@ class PackumentCache:
         """sha512 digest -> (name, version) over every stored packument."""
         if self._digest_index is not None:
             return self._digest_index
+        await self.flush()
         rows = await self.ctx.run_db(lambda: tuple_rows(NpmPackument.select(NpmPackument.name, NpmPackument.kind)))
 
         def build() -> dict[str, tuple[str, str]]:

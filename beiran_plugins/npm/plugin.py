@@ -15,6 +15,8 @@ Configuration (`[plugins.npm]`, all optional):
     writes = "refuse"                           # or "forward": publish, login, audit, dist-tag,
                                                 # search, whoami... go to the upstream unchanged
     share_metadata = true                       # upstream down: ask peers for packuments
+    prefetch_max_bytes = 0                      # > 0: a served packument's latest tarball is
+                                                # fetched from a peer holding it, up to this size
     allow_uppercase_names = false               # legacy names like JSONStream
 """
 
@@ -31,12 +33,14 @@ from beiran_plugins.npm import __version__
 from beiran_plugins.npm.metadata import sha512_of, sri, tarball_file
 from beiran_plugins.npm.names import validate_name, validate_version
 from beiran_plugins.npm.packuments import Packument, PackumentCache
+from beiran_plugins.npm.prefetch import PREFETCH_MAX_BYTES, Prefetcher
 from beiran_plugins.npm.upstream import Upstream
 
 log = logging.getLogger("beiran.npm")
 DEFAULT_UPSTREAM = "https://registry.npmjs.org"
 SETTINGS = {"enabled", "upstream", "token", "username", "password", "ca_file", "timeout", "metadata_ttl",
-            "writes", "share_metadata", "allow_uppercase_names", "max_packument_size", "hold_bytes"}
+            "writes", "share_metadata", "allow_uppercase_names", "max_packument_size", "hold_bytes",
+            "prefetch_max_bytes"}
 
 
 class NPMPlugin(BasePackagePlugin):
@@ -50,6 +54,7 @@ class NPMPlugin(BasePackagePlugin):
         # built by init() from the plugin's settings; nothing reads them before it ran
         self.upstream: Upstream
         self.packuments: PackumentCache
+        self.prefetcher: Prefetcher
         self.writes = "refuse"
         self.allow_uppercase = False
         self.hold = 4 << 20
@@ -69,6 +74,7 @@ class NPMPlugin(BasePackagePlugin):
             ttl = float(config.get("metadata_ttl", 120))
             self.hold = int(config.get("hold_bytes", 4 << 20))
             max_doc = int(config.get("max_packument_size", 256 << 20))
+            prefetch_max = int(config.get("prefetch_max_bytes", PREFETCH_MAX_BYTES))
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"[plugins.npm]: {exc}") from None
         if timeout <= 0 or ttl < 0:
@@ -80,19 +86,26 @@ class NPMPlugin(BasePackagePlugin):
         root = self.ctx.config.data_dir / "npm" / "packuments"
         self.packuments = PackumentCache(self.ctx, self.upstream, root, ttl,
                                          share=bool(config.get("share_metadata", True)))
+        self.prefetcher = Prefetcher(self.ctx, prefetch_max)
 
     async def start(self) -> None:
         await self.ctx.run_blocking(lambda: self.packuments.root.mkdir(parents=True, exist_ok=True))
+        await self.packuments.load()
         log.info("npm: proxying %s under /npm/ (writes: %s)", self.upstream.url, self.writes)
+
+    async def stop(self) -> None:
+        await self.prefetcher.stop()
+        await self.packuments.flush()
 
     def status_info(self) -> dict[str, Any]:
         return {"upstream": self.upstream.url if self.upstream else None, "writes": self.writes,
-                "counters": dict(self.events),
+                "counters": {**self.events, "tarballs_prefetched": self.prefetcher.started},
                 "packuments": dict(self.packuments.stats) if self.packuments else {}}
 
     def counters(self) -> dict[str, int]:
         stats = self.packuments.stats if self.packuments else {}
-        return {**self.events, **{f"packuments_{k}": v for k, v in stats.items()}}
+        return {**self.events, "tarballs_prefetched": self.prefetcher.started,
+                **{f"packuments_{k}": v for k, v in stats.items()}}
 
     def count(self, what: str, n: int = 1) -> None:
         self.events[what] = self.events.get(what, 0) + n
