@@ -7,12 +7,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import http.client
-import os
 import shutil
 import socket
 import tempfile
 import time
-from pathlib import Path
 
 from tornado.httpclient import HTTPRequest
 from tornado.simple_httpclient import HTTPStreamClosedError
@@ -20,16 +18,10 @@ from tornado.testing import AsyncHTTPTestCase, gen_test
 from tornado.web import Application
 
 from beiran.access import Access
-from beiran.config import load_config
-from beiran.context import DaemonContext
 from beiran.errors import UpstreamError
-from beiran.events import EventBus
 from beiran.handlers import BaseHandler
-from beiran.metrics import Metrics
-from beiran.models import CORE_MODELS
-from beiran.models.base import create_and_migrate, open_database
 from beiran.serve import SENDFILE_MIN, serve_blob
-from beiran.store.blobstore import BlobStore
+from beiran_testkit.instore import store_context
 
 SMALL = 100_000  # served through Tornado
 LARGE = 3 * SENDFILE_MIN  # served with sendfile
@@ -62,20 +54,8 @@ class ServeHandler(BaseHandler):
 class ServeTest(AsyncHTTPTestCase):
     def get_app(self) -> Application:
         tmp = self._tmp = tempfile.mkdtemp(prefix="beiran-serve-")
-        cfg = load_config(environ={}, overrides={"data_dir": tmp})
-        cfg.store.fsync = False
-        cfg.fetch.peer_timeout = 5.0
-        self.ctx = ctx = DaemonContext(config=cfg, bus=EventBus())
-        ctx.metrics = Metrics()
-        open_database(os.path.join(tmp, "db.sqlite"))
-
-        async def make() -> BlobStore:
-            await ctx.run_db(create_and_migrate, CORE_MODELS)
-            store = BlobStore(ctx, Path(tmp) / "blobs")
-            await store.open()
-            return store
-
-        ctx.store = self.store = self.io_loop.run_sync(make)
+        ctx, store = store_context(self.io_loop, tmp, fsync=False)
+        self.ctx, self.store = ctx, store
         return Application([(r"/b/(.+)", ServeHandler)], ctx=ctx)
 
     def tearDown(self) -> None:

@@ -18,19 +18,13 @@ import tornado.web
 from tornado.testing import AsyncHTTPTestCase, gen_test
 
 from beiran.access import Access
-from beiran.config import load_config
-from beiran.context import DaemonContext
 from beiran.errors import VerificationError
-from beiran.events import EventBus
 from beiran.fetch import peer_source
 from beiran.fetch.fetcher import FetchJob
 from beiran.fetch.peer_source import PeerSource
 from beiran.handlers import BaseHandler
-from beiran.metrics import Metrics
-from beiran.models import CORE_MODELS
-from beiran.models.base import create_and_migrate, open_database
 from beiran.serve import serve_blob
-from beiran.store.blobstore import BlobStore
+from beiran_testkit.instore import store_context
 
 SIZE = (1 << 20) + 4321  # a .deb: over a MiB, not a multiple of the block size
 
@@ -85,20 +79,8 @@ class Stub:
 class WholeReceiveTest(AsyncHTTPTestCase):
     def get_app(self) -> tornado.web.Application:
         tmp = self._tmp = tempfile.mkdtemp(prefix="beiran-whole-")
-        cfg = load_config(environ={}, overrides={"data_dir": tmp})
-        cfg.store.fsync = True
-        cfg.fetch.peer_timeout = 5.0
-        self.ctx = ctx = DaemonContext(config=cfg, bus=EventBus())
-        ctx.metrics = Metrics()
-        open_database(os.path.join(tmp, "db.sqlite"))
-
-        async def make() -> BlobStore:
-            await ctx.run_db(create_and_migrate, CORE_MODELS)
-            store = BlobStore(ctx, Path(tmp) / "blobs")
-            await store.open()
-            return store
-
-        ctx.store = self.store = self.io_loop.run_sync(make)
+        ctx, store = store_context(self.io_loop, tmp, fsync=True)
+        self.ctx, self.store = ctx, store
         self.blobs: dict[str, tuple[bytes, float]] = {}
         return tornado.web.Application([(r"/blobs/(.+)", PeerBlobs), (r"/serve/(.+)", Serve)],
                                        blobs=self.blobs, ctx=ctx)
