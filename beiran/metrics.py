@@ -119,8 +119,8 @@ class OriginConnections:
     def describe(self) -> list[CounterMetricFamily | GaugeMetricFamily]:
         return [CounterMetricFamily("beiran_origin_connections_opened", "Connections opened to origins (kept "
                                     "alive for reuse)"),
-                CounterMetricFamily("beiran_origin_connections_reused", "Origin requests sent on a kept-alive "
-                                    "connection instead of a new one"),
+                CounterMetricFamily("beiran_origin_connections_reused", "Origin requests that took a kept-alive "
+                                    "connection instead of opening one"),
                 GaugeMetricFamily("beiran_origin_connections_idle", "Kept-alive origin connections idle now")]
 
     def collect(self) -> list[CounterMetricFamily | GaugeMetricFamily]:
