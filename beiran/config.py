@@ -219,9 +219,10 @@ def _mask_secrets(section: dict[str, Any]) -> None:
             section[k] = "***"
 
 
-#: BEIRAN_* variables that are not settings: which file to read, the switch for test hooks, and
-#: what the development scripts and the test suite use (BEIRAN_TEST_*, BEIRAN_DIST, BEIRAN_ROOT).
-NOT_SETTINGS = {"BEIRAN_CONFIG", "BEIRAN_TESTING_HOOKS", "BEIRAN_DIST", "BEIRAN_ROOT"}
+#: BEIRAN_* variables that are not settings: which file to read, the switch for test hooks, the
+#: CLI's traceback switch, and what the development scripts and the test suite use (BEIRAN_TEST_*,
+#: BEIRAN_DIST, BEIRAN_ROOT).
+NOT_SETTINGS = {"BEIRAN_CONFIG", "BEIRAN_TESTING_HOOKS", "BEIRAN_DIST", "BEIRAN_ROOT", "BEIRAN_TRACEBACK"}
 NOT_SETTINGS_PREFIXES = ("BEIRAN_TEST_",)
 
 

@@ -3,7 +3,6 @@ exit 1 naming each node that failed."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +10,7 @@ import click
 
 from beiran.cli.errors import CLIError
 from beiran.cli.main import client
-from beiran.cli.output import emit_json, human_size, table
+from beiran.cli.output import emit_json, fail_with_json, human_size, table
 
 
 def _where(sources: dict[str, int] | None) -> str:
@@ -36,9 +35,12 @@ def run_preheat(path: str, body: dict[str, Any], what: str, no_progress: bool, a
                     progress.finish(key, f"{r['done']}/{r['blobs']} blobs " +
                                     (f"error: {r['error']}" if r.get("error") else r["state"]), size=r["total"])
     if as_json:
-        emit_json(final)
         if final.get("error") or final.get("failed"):
-            sys.exit(1)
+            failed = [f"{r['node'][:8]} ({r.get('error')})" for r in final.get("nodes") or []
+                      if r.get("state") != "complete"]
+            fail_with_json(final, (final.get("error") or {}).get("message") or (
+                f"preheat failed on {len(failed)} node(s): " + ", ".join(failed)))
+        emit_json(final)
         return
     if final.get("error"):
         raise CLIError(final["error"].get("message", "preheat failed"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import logging
 import os
@@ -104,16 +105,28 @@ async def run(config: Config, reload_config: Callable[[], Config] | None = None)
     if _early_hup:
         hup.set()
     os.umask(UMASK)
-    private_data_dir(config.data_dir)
-    proxies.configure(config.proxy)
     lock = DataDirLock(config.data_dir)
-    lock.acquire()
+    try:
+        private_data_dir(config.data_dir)
+        lock.acquire()
+    except OSError as exc:
+        what = "" if str(exc.filename) == str(config.data_dir) else f" ({exc.filename})"
+        raise BeiranError(f"cannot use data dir {config.data_dir}: {exc.strerror}{what}; give a directory this "
+                          "user can write with --data-dir, data_dir or BEIRAN_DATA_DIR") from None
+    proxies.configure(config.proxy)
     host, port = config.listen_host, config.listen_port
     try:
         tcp_socks = bind_sockets(port, address=None if host in ("0.0.0.0", "") else host)
     except OSError as exc:
-        raise BeiranError(f"cannot listen on {config.listen}: {exc.strerror}") from None
-    unix_sock = bind_unix(config.socket_path)
+        hint = ("another program (or another beiran daemon) listens there: stop it or choose another"
+                if exc.errno == errno.EADDRINUSE else "choose an address of this machine with")
+        raise BeiranError(f"cannot listen on {config.listen}: {exc.strerror}; {hint} --listen, listen or "
+                          "BEIRAN_LISTEN") from None
+    try:
+        unix_sock = bind_unix(config.socket_path)
+    except OSError as exc:
+        raise BeiranError(f"cannot make the admin socket {config.socket_path}: {exc.strerror}; give a directory "
+                          "this user can write with --run-dir or run_dir (or socket)") from None
     ctx, db = await build_services(config)
     app = make_app(ctx)
     # plugins start before the listeners accept, so a node that answers /info is fully up

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any
 from urllib.parse import quote
 
@@ -11,7 +10,7 @@ import click
 
 from beiran.cli.errors import CLIError
 from beiran.cli.main import client
-from beiran.cli.output import emit_json, human_duration, human_size, json_option, table
+from beiran.cli.output import emit_json, fail_with_json, human_duration, human_size, json_option, table
 from beiran.cli.preheat import nodes_option
 
 
@@ -70,9 +69,9 @@ def pull(ref: str, platform: str | None, no_progress: bool, no_load: bool, as_js
             elif event.get("event") == "progress":
                 _show_layers(progress, event.get("layers") or [])
     if as_json:
-        emit_json(final)
         if final.get("error"):
-            sys.exit(1)
+            fail_with_json(final, final["error"].get("message", "pull failed"))
+        emit_json(final)
         return
     if final.get("error"):
         raise CLIError(final["error"].get("message", "pull failed"))

@@ -1,0 +1,114 @@
+"""Every CLI error is one line on stderr saying what was wrong and what to do, never a traceback or
+click's three-line usage block; with --json, stdout is JSON on failure too. Mostly in-process
+(click's runner); one real daemon for errors it answers, and `beiran daemon` start-up failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from beiran.cli.main import cli
+
+
+def invoke(*args: str, env: dict[str, str] | None = None):
+    clean = {k: None for k in os.environ if k.startswith("BEIRAN_")}
+    return CliRunner().invoke(cli, list(args), env={**clean, **(env or {})}, prog_name="beiran")
+
+
+def one_line(result) -> str:
+    assert result.exit_code not in (0, None), result.output
+    assert "Traceback" not in result.output and "Usage:" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["node", "info", "--bogus"], "Error: No such option '--bogus' (see `beiran node info --help`)"),
+    (["nosuch"], "Error: No such command 'nosuch' (see `beiran --help`)"),
+    (["blobs", "fetch"], "Error: Missing argument 'DIGEST' (see `beiran blobs fetch --help`)"),
+    (["ui", "--serve", "99999"], "Error: Invalid value for '--serve': 99999 is not in the range 0<=x<=65535 "
+                                 "(see `beiran ui --help`)"),
+])
+def test_a_usage_error_is_one_line_naming_the_help_to_read(args, expected):
+    result = invoke(*args)
+    assert result.exit_code == 2
+    assert one_line(result) == expected
+    assert result.stdout == ""
+
+
+def test_json_commands_fail_with_json_on_stdout(tmp_path):
+    sock = str(tmp_path / "none.sock")
+    result = invoke("--socket", sock, "node", "list", "--json")
+    line = one_line(result)
+    assert "the beiran daemon is not running" in line and "--socket" in line
+    body = json.loads(result.stdout)
+    assert body["error"] == "daemon_not_running" and body["message"] == line.removeprefix("Error: ")
+    # a usage error of a --json command: JSON too
+    result = invoke("--socket", sock, "blobs", "list", "--json", "--bogus")
+    assert result.exit_code == 2 and json.loads(result.stdout)["error"] == "usage"
+    # without --json nothing goes to stdout
+    result = invoke("--socket", sock, "node", "list")
+    assert one_line(result) and result.stdout == ""
+
+
+def test_an_unexpected_error_is_one_line_with_a_way_to_the_traceback(monkeypatch, tmp_path):
+    from beiran.cli import client as client_mod
+
+    def boom(self, path):
+        raise RuntimeError("something broke")
+
+    monkeypatch.setattr(client_mod.DaemonClient, "get", boom)
+    line = one_line(invoke("--socket", str(tmp_path / "s"), "stats"))
+    assert line == ("Error: unexpected RuntimeError: something broke (a bug in beiran: BEIRAN_TRACEBACK=1 "
+                    "shows the traceback for a report)")
+    result = invoke("--socket", str(tmp_path / "s"), "stats", env={"BEIRAN_TRACEBACK": "1"})
+    assert isinstance(result.exception, RuntimeError)
+
+    def denied(self, path):
+        raise PermissionError(13, "Permission denied", "/some/file")
+
+    monkeypatch.setattr(client_mod.DaemonClient, "get", denied)
+    assert one_line(invoke("--socket", str(tmp_path / "s"), "stats")) == "Error: /some/file: Permission denied"
+
+
+def daemon_error(tmp_path, *args: str) -> str:
+    """`beiran daemon ARGS` that must fail at start-up: its one error line."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BEIRAN_")}
+    out = subprocess.run([sys.executable, "-m", "beiran", "daemon", *args], capture_output=True, text=True,
+                         env=env, timeout=60, stdin=subprocess.DEVNULL)
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    errors = [line for line in out.stderr.splitlines() if "ERROR" in line or line.startswith("Error:")]
+    assert len(errors) == 1, out.stderr
+    return errors[0]
+
+
+def test_daemon_start_up_failures_say_what_to_do(tmp_path):
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        line = daemon_error(tmp_path, "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "d1"))
+    finally:
+        busy.close()
+    assert line.endswith(f"cannot listen on 127.0.0.1:{port}: Address already in use; another program (or another "
+                         "beiran daemon) listens there: stop it or choose another --listen, listen or BEIRAN_LISTEN")
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    line = daemon_error(tmp_path, "--listen", "127.0.0.1:1", "--data-dir", str(blocker / "data"))
+    assert line.endswith(f"cannot use data dir {blocker / 'data'}: Not a directory; give a directory this user "
+                         "can write with --data-dir, data_dir or BEIRAN_DATA_DIR")
+
+    line = daemon_error(tmp_path, "--listen", "127.0.0.1:1", "--data-dir", str(tmp_path / "d2"),
+                        "--run-dir", str(blocker / "run"))
+    assert f"cannot make the admin socket {blocker / 'run' / 'beirand.sock'}: Not a directory" in line
