@@ -43,6 +43,8 @@ def parse_size(value: Any, what: str = "size") -> int | None:
 
 def parse_hostport(value: str, default_port: int = 8888) -> tuple[str, int]:
     """'127.0.0.2:8888', '[::1]:8888', ':8888', '127.0.0.2' -> (host, port)."""
+    if not isinstance(value, str):  # a plugin's `listen = 3142` reaches here unchecked
+        raise ConfigError(f"{value!r} is not HOST:PORT: write it as a string, e.g. \"127.0.0.1:{value}\"")
     value = value.strip()
     if value.isdigit():  # `--listen 8888` would otherwise be a host named 8888
         raise ConfigError(f"{value!r} is a port alone: write HOST:PORT (e.g. 127.0.0.1:{value}, "

@@ -93,4 +93,4 @@ def _note_json(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, callback=_note_json,
-                           help="Print JSON instead of a table (errors too: {\"error\": CODE, \"message\": ...}).")
+                           help="Print JSON (errors too, as {\"error\": CODE, \"message\": ...}).")

@@ -95,3 +95,12 @@ def test_cli_shows_a_config_error_as_one_line(tmp_path):
         assert out.output == f"Error: config file {cfg}: store.fsync must be true or false, not 'yes'\n"
     out = CliRunner().invoke(cli, ["daemon", "--listen", "8888"], env={"BEIRAN_CONFIG": str(tmp_path / "none")})
     assert out.exit_code == 1 and out.output.startswith("Error: config file "), out.output
+
+
+def test_a_plugin_listen_that_is_no_string_is_a_config_error():
+    """Plugins check their `listen` with the core's parse_hostport: `listen = 3142` in
+    [plugins.apt] was an AttributeError in the plugin's status."""
+    from beiran.config import parse_hostport
+
+    with pytest.raises(ConfigError, match=r'3142 is not HOST:PORT: write it as a string, e.g. "127.0.0.1:3142"'):
+        parse_hostport(3142, 3142)  # type: ignore[arg-type]  # what a TOML file can hold
