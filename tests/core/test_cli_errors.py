@@ -112,3 +112,26 @@ def test_daemon_start_up_failures_say_what_to_do(tmp_path):
     line = daemon_error(tmp_path, "--listen", "127.0.0.1:1", "--data-dir", str(tmp_path / "d2"),
                         "--run-dir", str(blocker / "run"))
     assert f"cannot make the admin socket {blocker / 'run' / 'beirand.sock'}: Not a directory" in line
+
+
+@pytest.mark.cluster
+def test_probing_a_node_with_another_cluster_token_says_so(cluster):
+    """`beiran node probe` of a node that refuses this node's token used to print "connecting" and
+    exit 0, and the node never showed up anywhere; the log said nothing above debug."""
+    a = cluster.add(config={"cluster_token": "token-a"}, peers=None)
+    b = cluster.add(config={"cluster_token": "token-b"}, peers=None)
+    open_node = cluster.add(peers=None)  # no token: it cannot prove a's
+    out = subprocess.run([sys.executable, "-m", "beiran", "--socket", a.socket, "node", "probe", b.url.split("//")[1]],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip() == (f"Error: {b.url} (node {b.uuid[:8]}) refused our cluster token (HTTP 401): set the "
+                                  "same cluster_token on every node; it is dialed again in the background (HTTP 502)")
+    assert f"peer {b.url} refuses this node: refused our cluster token" in a.log()
+    out = subprocess.run([sys.executable, "-m", "beiran", "--socket", a.socket, "node", "probe", open_node.url,
+                          "--json"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    body = json.loads(out.stdout)
+    assert body["status"] == 502 and "closed the connection: peer could not prove the cluster token" in body["message"]
+    # a node with the same token still probes fine
+    c = cluster.add(config={"cluster_token": "token-a"}, peers=None)
+    assert a.cli("node", "probe", c.url, "--json")["status"] == "online"
