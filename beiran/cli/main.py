@@ -92,6 +92,8 @@ def report(exc: click.ClickException, as_json: bool) -> None:
     with --json also as `{"error": CODE, "message": ..., "status": HTTP status}` on stdout."""
     message = exc.format_message()
     code = getattr(exc, "code", "") or "error"
+    if not code.replace("_", "").isalnum():  # npm-style bodies carry the message as "error"
+        code = "error"
     if isinstance(exc, click.UsageError):
         code = "usage"
         if exc.ctx is not None:

@@ -48,12 +48,13 @@ def _client() -> Any:
 def proxy_url(listen: str | None = None) -> str:
     """The local proxy's URL from [plugins.apt] listen (0.0.0.0 means: ask on loopback)."""
     if listen is None:
-        try:
-            from beiran.config import load_config
+        from beiran.config import load_config
+        from beiran.errors import ConfigError
 
-            listen = str(load_config().plugin_section("apt").get("listen") or DEFAULT_LISTEN)
-        except Exception:  # noqa: BLE001 - no config file is fine: the default applies
-            listen = DEFAULT_LISTEN
+        try:  # no config file is fine (the default applies); a broken one is not (proxy-detect goes DIRECT)
+            listen = str(load_config(strict_env=False).plugin_section("apt").get("listen") or DEFAULT_LISTEN)
+        except ConfigError as exc:
+            raise CLIError(f"{exc.message} (it names the apt proxy's address when no daemon runs)") from None
     from beiran.config import parse_hostport
 
     host, port = parse_hostport(listen, 3142)
@@ -289,8 +290,12 @@ def import_debs(directory: Path, as_json: bool) -> None:
     ok = [c for c in found if c.skip is None]
     have = set(client.post("/apt/packages?cmd=have", {"digests": [c.digest for c in ok]})["have"]) if ok else set()
     imported = 0
-    with click.progressbar(ok, label="importing", file=sys.stderr, show_pos=True,
-                           item_show_func=lambda c: c.path.name if c else "") as bar:
+    import contextlib
+
+    shown = ok and not as_json  # a bar (or its label on a pipe) only for a person and only with work to show
+    with (click.progressbar(ok, label="importing", file=sys.stderr, show_pos=True,
+                            item_show_func=lambda c: c.path.name if c else "") if shown
+          else contextlib.nullcontext(ok)) as bar:
         for c in bar:
             if c.digest not in have:
                 with open(c.path, "rb") as fh:
