@@ -22,7 +22,8 @@ def blobs() -> None:
 
 @blobs.command("add")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--algorithm", type=click.Choice(["sha256", "sha512"]), default="sha256", show_default=True)
+@click.option("--algorithm", type=click.Choice(["sha256", "sha512"]), default="sha256", show_default=True,
+              help="Digest the blobs are stored under.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def add(files: tuple[str, ...], algorithm: str, no_progress: bool) -> None:
     """Store FILES; prints each digest."""

@@ -12,6 +12,8 @@ import click
 from beiran import __version__
 from beiran.cli.errors import CLIError
 
+#: what click raises for a group run without a command (click >= 8.2; older ones print the help)
+NO_ARGS_IS_HELP: type[click.ClickException] | tuple[()] = getattr(click.exceptions, "NoArgsIsHelpError", ())
 #: `BEIRAN_TRACEBACK=1 beiran ...` shows an unexpected error's traceback instead of one line
 TRACEBACK_ENV = "BEIRAN_TRACEBACK"
 
@@ -43,6 +45,9 @@ class BeiranCLI(click.Group):
         except click.Abort:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except NO_ARGS_IS_HELP as exc:  # `beiran`, `beiran node`: the help, as click shows it
+            exc.show()
+            sys.exit(exc.exit_code)
         except click.ClickException as exc:
             wants_json = output.json_requested or (
                 isinstance(exc, click.UsageError) and "--json" in argv[:argv.index("--") if "--" in argv else None])
@@ -96,7 +101,10 @@ def report(exc: click.ClickException, as_json: bool) -> None:
         code = "error"
     if isinstance(exc, click.UsageError):
         code = "usage"
-        if exc.ctx is not None:
+        if isinstance(exc, click.NoSuchOption) and exc.option_name == "--socket" and exc.ctx is not None:
+            root, _, sub = exc.ctx.command_path.partition(" ")
+            message = f"--socket goes before the command: `{root} --socket PATH {sub} ...`"
+        elif exc.ctx is not None:
             message = f"{message.rstrip('.')} (see `{exc.ctx.command_path} --help`)"
     if as_json:
         import json

@@ -44,6 +44,28 @@ def test_a_usage_error_is_one_line_naming_the_help_to_read(args, expected):
     assert result.stdout == ""
 
 
+def test_a_group_without_a_command_shows_its_help_and_socket_after_the_command_is_explained(tmp_path):
+    for args in ([], ["node"]):
+        result = invoke(*args)
+        assert result.exit_code in (0, 2) and result.output.startswith("Usage: beiran"), result.output
+        assert "Error" not in result.output
+    line = one_line(invoke("node", "list", "--socket", str(tmp_path / "s")))
+    assert line == "Error: --socket goes before the command: `beiran --socket PATH node list ...`"
+
+
+def test_config_local_checks_a_named_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[fetch]\npeer_timeout = "slow"\n')
+    assert one_line(invoke("config", "--local", "--config", str(bad))) == (
+        f"Error: config file {bad}: fetch.peer_timeout must be a number, not 'slow'")
+    assert one_line(invoke("config", "--config", str(bad))) == (
+        "Error: --config FILE reads a file, not the running daemon: add --local")
+    good = tmp_path / "good.toml"
+    good.write_text('listen = "127.0.0.1:9999"\n')
+    result = invoke("config", "--local", "--config", str(good), "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["listen"] == "127.0.0.1:9999"
+
+
 def test_json_commands_fail_with_json_on_stdout(tmp_path):
     sock = str(tmp_path / "none.sock")
     result = invoke("--socket", sock, "node", "list", "--json")
