@@ -57,6 +57,10 @@ def fetch(digest: str, output: str | None, size: int | None, source: str | None,
             src = json.loads(source)
         except ValueError as exc:
             raise CLIError(f"--source is not valid JSON: {exc}") from None
+    if output:  # before the fetch, which may take a while: not after it
+        parent = os.path.dirname(os.path.abspath(output))
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+            raise CLIError(f"-o {output}: {parent} is not a directory this user can write")
     from beiran.cli.progress import Progress
 
     c = client(timeout=600)
@@ -143,7 +147,11 @@ def store_stats(as_json: bool) -> None:
     for k in ("path", "blobs", "bytes", "pinned_blobs", "pinned_bytes", "downloading", "max_size",
               "disk_free"):
         v = data.get(k)
-        click.echo(f"{k:13} {human_size(v) if k.endswith(('bytes', 'size', 'free')) and v else v}")
+        if k == "max_size" and not v:
+            v = "unlimited"
+        elif k.endswith(("bytes", "size", "free")) and isinstance(v, (int, float)):
+            v = human_size(v)
+        click.echo(f"{k:13} {v}")
 
 
 @blobs.command("rm")
@@ -176,7 +184,17 @@ def stats(as_json: bool) -> None:
     if as_json:
         emit_json(data)
         return
-    rows = [{"name": k, "value": human_size(v) if "_bytes" in k.split("{")[0]
-             else (int(v) if float(v).is_integer() else v)}
-            for k, v in sorted(data["metrics"].items())]
+    rows = [{"name": k.replace("}{", ","), "value": _stat_value(k, v)} for k, v in sorted(data["metrics"].items())
+            if not k.split("{")[0].endswith("_bucket")]  # histogram buckets: --json, or /metrics
     table(rows, [("name", "COUNTER"), ("value", "VALUE")])
+
+
+def _stat_value(name: str, v: Any) -> Any:
+    base = name.split("{")[0]
+    if not isinstance(v, (int, float)):
+        return v
+    if "_bytes" in base:
+        return human_size(v)
+    if base.endswith("_seconds_sum"):
+        return human_duration(v)
+    return int(v) if float(v).is_integer() else round(v, 3)

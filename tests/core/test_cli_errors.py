@@ -157,3 +157,41 @@ def test_probing_a_node_with_another_cluster_token_says_so(cluster):
     # a node with the same token still probes fine
     c = cluster.add(config={"cluster_token": "token-a"}, peers=None)
     assert a.cli("node", "probe", c.url, "--json")["status"] == "online"
+
+
+def test_stats_and_store_tables_are_readable(monkeypatch, tmp_path):
+    """`beiran stats` listed every histogram bucket (90 of 141 lines on a fresh node) with labels as
+    `{code=200}{plugin=apt}`; `blobs stats` said `max_size None`."""
+    from beiran.cli import client as client_mod
+
+    answers = {
+        "/stats": {"metrics": {
+            'beiran_http_request_seconds_bucket{le=+Inf}{plugin=apt}': 13.0,
+            'beiran_http_request_seconds_sum{plugin=apt}': 0.10040664672851562,
+            'beiran_http_requests_total{code=200}{plugin=apt}': 9.0,
+            'beiran_store_bytes': 3000.0}},
+        "/blobs/stats": {"path": "/x", "blobs": 1, "bytes": 6, "pinned_blobs": 0, "pinned_bytes": 0,
+                         "downloading": 0, "max_size": None, "disk_free": 1 << 30},
+    }
+    monkeypatch.setattr(client_mod.DaemonClient, "get", lambda self, path: answers[path])
+    out = invoke("--socket", str(tmp_path / "s"), "stats")
+    assert out.exit_code == 0, out.output
+    rows = {line.split()[0]: " ".join(line.split()[1:]) for line in out.stdout.splitlines()[1:]}
+    assert rows == {"beiran_http_request_seconds_sum{plugin=apt}": "0.1s",
+                    "beiran_http_requests_total{code=200,plugin=apt}": "9",
+                    "beiran_store_bytes": "2.9 KiB"}
+    out = invoke("--socket", str(tmp_path / "s"), "blobs", "stats")
+    assert "max_size      unlimited" in out.stdout and "pinned_bytes  0 B" in out.stdout
+
+
+def test_blobs_fetch_checks_its_output_before_fetching(monkeypatch, tmp_path):
+    """A bad -o used to be found only after the whole blob had been fetched."""
+    from beiran.cli import client as client_mod
+
+    fetched = []
+    monkeypatch.setattr(client_mod.DaemonClient, "stream_lines", lambda self, *a: fetched.append(a) or iter(()))
+    line = one_line(invoke("--socket", str(tmp_path / "s"), "blobs", "fetch", "sha256:" + "a" * 64,
+                           "-o", str(tmp_path / "no" / "such" / "file")))
+    assert line == f"Error: -o {tmp_path / 'no' / 'such' / 'file'}: {tmp_path / 'no' / 'such'} is not a directory " \
+                   "this user can write"
+    assert fetched == []
