@@ -23,6 +23,13 @@ def _path(ref: str, suffix: str = "") -> str:
     return "/docker/images/" + quote(ref, safe="/:@") + suffix
 
 
+def _node(given: str) -> str:
+    """--node takes a UUID or its first 8+ characters, as the tables show it."""
+    from beiran.cli.node import resolve_node
+
+    return resolve_node(given)
+
+
 def _short(digest: str | None) -> str:
     return (digest or "")[:19]
 
@@ -130,11 +137,11 @@ def save(ref: str, output: str, platform: str | None, no_progress: bool) -> None
 
 @cli.command("images")
 @click.option("--all", "show_all", is_flag=True, help="Images on every online node, with the nodes holding each.")
-@click.option("--node", metavar="UUID", help="Images of one node.")
+@click.option("--node", metavar="UUID", help="Images of one node (its UUID or first 8+ characters).")
 @json_option
 def images(show_all: bool, node: str | None, as_json: bool) -> None:
     """Images in this node's store and its Docker engine (or the cluster's)."""
-    query = "?all=true" if show_all else (f"?node={quote(node)}" if node else "")
+    query = "?all=true" if show_all else (f"?node={quote(_node(node))}" if node else "")
     data = client().get("/docker/images" + query)
     rows = list(data.get("images") or [])
     engine = data.get("engine")
@@ -163,11 +170,11 @@ def images(show_all: bool, node: str | None, as_json: bool) -> None:
 
 @cli.command("layers")
 @click.option("--all", "show_all", is_flag=True, help="Layers on every online node.")
-@click.option("--node", metavar="UUID", help="Layers of one node.")
+@click.option("--node", metavar="UUID", help="Layers of one node (its UUID or first 8+ characters).")
 @json_option
 def layers(show_all: bool, node: str | None, as_json: bool) -> None:
     """Layers of the images this node (or the cluster) holds, and where each is."""
-    query = "?all=true" if show_all else (f"?node={quote(node)}" if node else "")
+    query = "?all=true" if show_all else (f"?node={quote(_node(node))}" if node else "")
     rows = client().get("/docker/layers" + query)["layers"]
     if as_json:
         emit_json(rows)

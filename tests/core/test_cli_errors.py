@@ -195,3 +195,30 @@ def test_blobs_fetch_checks_its_output_before_fetching(monkeypatch, tmp_path):
     assert line == f"Error: -o {tmp_path / 'no' / 'such' / 'file'}: {tmp_path / 'no' / 'such'} is not a directory " \
                    "this user can write"
     assert fetched == []
+
+
+def test_node_info_takes_the_uuid_prefix_tables_show(monkeypatch, tmp_path):
+    """Tables and preheat show 8 characters of a UUID; `node info` wanted the whole of it."""
+    from beiran.cli import client as client_mod
+
+    a, b = "3f2a9c1e-0000-4000-8000-000000000001", "3f2a9c1f-0000-4000-8000-000000000002"
+    asked = []
+
+    def get(self, path):
+        asked.append(path)
+        if path == "/nodes?all=true":
+            return {"nodes": [{"uuid": a}, {"uuid": b}]}
+        return {"uuid": path.rsplit("/", 1)[1]}
+
+    monkeypatch.setattr(client_mod.DaemonClient, "get", get)
+    sock = str(tmp_path / "s")
+    out = invoke("--socket", sock, "node", "info", "3F2A9C1E", "--json")
+    assert out.exit_code == 0 and json.loads(out.stdout)["uuid"] == a and asked[-1] == f"/nodes/{a}"
+    assert one_line(invoke("--socket", sock, "node", "info", "3f2a9c1")) == (
+        "Error: not a node UUID: '3f2a9c1' (see `beiran node list`)")
+    assert one_line(invoke("--socket", sock, "node", "info", "3f2a9c1d")) == (
+        "Error: no known node's UUID starts with '3f2a9c1d' (see `beiran node list --all`)")
+    monkeypatch.setattr(client_mod.DaemonClient, "get", lambda self, path: {"nodes": [
+        {"uuid": a}, {"uuid": a.replace("0001", "0009")}]})
+    assert one_line(invoke("--socket", sock, "node", "info", "3f2a9c1e")) == (
+        "Error: '3f2a9c1e' is the start of 2 nodes' UUIDs: give more of it")
