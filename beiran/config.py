@@ -404,6 +404,10 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
                 parse_hostport(value, cfg.listen_port if key == "advertise" else 8888)
         except ConfigError as exc:
             raise ConfigError(f"{where.named(key)}: {exc.message}") from None
+    for name, url in cfg.origins.items():
+        if not _http_url(url):
+            raise ConfigError(f"{where.named('origins.' + name)} must be an http:// or https:// URL such as "
+                              f"\"http://files.example/base\", not {url!r}")
     for key in ("client_cidrs", "peer_cidrs"):
         try:
             _networks(tuple(getattr(cfg, key)))
@@ -414,6 +418,17 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
         raise ConfigError(f"{where.named('log_level')} must be debug, info, warning or error, "
                           f"not {cfg.log_level!r}")
     return cfg
+
+
+def _http_url(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port out of range
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 #: `[testing]` switches that make a daemon misbehave on purpose (the tampering node of the tests)

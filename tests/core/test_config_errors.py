@@ -36,6 +36,10 @@ FILE_CASES = [
     ('peers = ["ftp://x"]', "peers: peer 'ftp://x': expected http://HOST:PORT"),
     ('[store]\nmax_size = "lots"', "store.max_size: expected a size such as 512M or 10G, got 'lots'"),
     ("[cluster]\nfull_mesh_max = 1", "cluster.full_mesh_max must be an integer of at least 2, not 1"),
+    ('[origins]\nfiles = "ftp://x/base"', 'origins.files must be an http:// or https:// URL such as '
+                                          '"http://files.example/base", not \'ftp://x/base\''),
+    ('[origins]\nfiles = "http://host:99999/x"', 'origins.files must be an http:// or https:// URL such as '
+                                                 '"http://files.example/base", not \'http://host:99999/x\''),
 ]
 
 
