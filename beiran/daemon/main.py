@@ -54,7 +54,8 @@ class DataDirLock:
         except BlockingIOError:
             os.close(self.fd)
             self.fd = None
-            raise BeiranError(f"another beiran daemon is already running on {self.path.parent}") from None
+            raise BeiranError(f"another beiran daemon is already running on {self.path.parent}: stop it, or give "
+                              "this one its own --data-dir (data_dir, BEIRAN_DATA_DIR)") from None
         os.ftruncate(self.fd, 0)
         os.write(self.fd, f"{os.getpid()}\n".encode())
 
@@ -68,7 +69,8 @@ def bind_unix(path: Path) -> socket.socket:
         probe = socket.socket(socket.AF_UNIX)
         try:
             probe.connect(str(path))
-            raise BeiranError(f"a daemon is already answering on {path}")
+            raise BeiranError(f"a daemon is already answering on {path}: stop it, or give this one its own "
+                              "--run-dir (run_dir, or socket)")
         except (ConnectionRefusedError, FileNotFoundError):
             path.unlink(missing_ok=True)
         finally:

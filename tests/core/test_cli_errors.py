@@ -222,3 +222,15 @@ def test_node_info_takes_the_uuid_prefix_tables_show(monkeypatch, tmp_path):
         {"uuid": a}, {"uuid": a.replace("0001", "0009")}]})
     assert one_line(invoke("--socket", sock, "node", "info", "3f2a9c1e")) == (
         "Error: '3f2a9c1e' is the start of 2 nodes' UUIDs: give more of it")
+
+
+@pytest.mark.cluster
+def test_a_second_daemon_on_a_data_dir_or_socket_in_use_says_what_to_do(cluster, tmp_path):
+    node = cluster.add(peers=None)
+    line = daemon_error(tmp_path, "--listen", "127.0.0.1:1", "--data-dir", str(node.data_dir))
+    assert line.endswith(f"another beiran daemon is already running on {node.data_dir}: stop it, or give this one "
+                         "its own --data-dir (data_dir, BEIRAN_DATA_DIR)")
+    line = daemon_error(tmp_path, "--listen", "127.0.0.1:1", "--data-dir", str(tmp_path / "other"),
+                        "--run-dir", str(os.path.dirname(node.socket)))
+    assert line.endswith(f"a daemon is already answering on {node.socket}: stop it, or give this one its own "
+                         "--run-dir (run_dir, or socket)")
