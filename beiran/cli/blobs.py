@@ -46,8 +46,9 @@ def add(files: tuple[str, ...], algorithm: str, no_progress: bool) -> None:
 @blobs.command("fetch")
 @click.argument("digest")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the blob here.")
-@click.option("--size", type=int, help="Expected size in bytes.")
-@click.option("--source", help='Origin as JSON, e.g. {"plugin": "origin", "name": "files", "path": "/x"}.')
+@click.option("--size", type=click.IntRange(min=0), metavar="BYTES", help="Expected size in bytes.")
+@click.option("--source", metavar="JSON",
+              help='Origin as JSON, e.g. {"plugin": "origin", "name": "files", "path": "/x"}.')
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def fetch(digest: str, output: str | None, size: int | None, source: str | None, no_progress: bool) -> None:
     """Fetch DIGEST through the cluster (peers first, then the origin)."""
@@ -96,8 +97,8 @@ def fetch(digest: str, output: str | None, size: int | None, source: str | None,
 
 @blobs.command("preheat")
 @click.argument("digest")
-@click.option("--size", type=int, help="Expected size in bytes.")
-@click.option("--source", required=True,
+@click.option("--size", type=click.IntRange(min=0), metavar="BYTES", help="Expected size in bytes.")
+@click.option("--source", required=True, metavar="JSON",
               help='Origin as JSON, e.g. {"plugin": "origin", "name": "files", "path": "/x"}.')
 @nodes_option
 @click.option("--no-progress", is_flag=True, help="No progress lines.")

@@ -105,7 +105,8 @@ def find_proxy(listen: str | None, socket_path: str | None) -> tuple[str, str]:
 
 @cli.command("proxy-detect")
 @click.argument("uri", required=False)
-@click.option("--listen", help="The proxy address (default: ask the running daemon, else the config file).")
+@click.option("--listen", metavar="HOST:PORT",
+              help="The proxy address (default: ask the running daemon, else the config file).")
 @click.pass_context
 def proxy_detect(ctx: click.Context, uri: str | None, listen: str | None) -> None:
     """Print the local proxy URL if it answers, else DIRECT (for Acquire::http::Proxy-Auto-Detect)."""
@@ -132,7 +133,7 @@ def proxy_detect_main() -> None:
 
 @cli.command("configure")
 @click.option("--write", is_flag=True, help=f"Write the snippet to {CONF_PATH} instead of printing it.")
-@click.option("--path", "path", default=CONF_PATH, show_default=True, help="Where --write puts it.")
+@click.option("--path", "path", default=CONF_PATH, show_default=True, metavar="FILE", help="Where --write puts it.")
 @click.pass_context
 def configure(ctx: click.Context, write: bool, path: str) -> None:
     """Print (or write) the apt configuration that sends downloads through Beiran (the running

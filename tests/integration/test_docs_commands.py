@@ -362,3 +362,28 @@ def test_readme_names_every_daemon_flag():
     daemon = cli.get_command(click.Context(cli), "daemon")
     assert daemon is not None
     assert named == {o for o in option_names(daemon) if o != "--help"}
+
+
+def test_every_command_and_option_says_what_it_is():
+    """`--help` everywhere: each command (every plugin's too) has a description, each option a help
+    text and a metavar more telling than click's TEXT or INTEGER."""
+    missing = []
+
+    def walk(cmd: click.Command, path: list[str], parent: click.Context | None) -> None:
+        ctx = click.Context(cmd, info_name=path[-1], parent=parent)
+        if not (cmd.help or "").strip():
+            missing.append(f"`{' '.join(path)}` has no help")
+        for p in cmd.params:
+            if isinstance(p, click.Option) and "--help" not in p.opts:
+                if not p.help:
+                    missing.append(f"`{' '.join(path)} {p.opts[0]}` has no help")
+                if not p.is_flag and p.make_metavar(ctx) in ("TEXT", "INTEGER", "FLOAT"):
+                    missing.append(f"`{' '.join(path)} {p.opts[0]}` shows {p.make_metavar(ctx)}")
+        if isinstance(cmd, click.Group):
+            for name in cmd.list_commands(ctx):
+                sub = cmd.get_command(ctx, name)
+                assert sub is not None
+                walk(sub, [*path, name], ctx)
+
+    walk(cli, ["beiran"], None)
+    assert missing == []
