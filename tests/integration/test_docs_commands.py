@@ -215,7 +215,7 @@ def test_example_config_commented_settings_are_settings(tmp_path):
         m = re.match(r"^# ?([a-z_]+ = .*?)(?:\s+#.*)?$", line)
         if not m or line.startswith("# ["):
             continue
-        section = next((s for s in reversed(lines[:n]) if re.match(r"^\[[a-z_.\"]+\]", s)), "")
+        section = next((s for s in reversed(lines[:n]) if re.match(r"^\[[a-z0-9_.\"]+\]", s)), "")
         uncommented = tmp_path / f"line{n}.toml"
         uncommented.write_text("\n".join([*lines[:n], m.group(1), *lines[n + 1:]]) + "\n")
         try:
@@ -343,7 +343,7 @@ def test_example_config_shows_every_setting():
     shown = set()
     table = ""
     for line in (ROOT / "contrib" / "config.example.toml").read_text().splitlines():
-        head = re.match(r"^#? ?\[([a-z_.\"]+)\]", line)
+        head = re.match(r"^#? ?\[([a-z0-9_.\"]+)\]", line)
         if head:
             table = head.group(1)
             continue
@@ -387,3 +387,63 @@ def test_every_command_and_option_says_what_it_is():
 
     walk(cli, ["beiran"], None)
     assert missing == []
+
+
+def plugin_settings() -> dict[str, set[str]]:
+    """Each plugin's own setting names (what its init accepts in [plugins.<name>])."""
+    from dataclasses import fields
+
+    from beiran_plugins.apt.config import AptConfig
+    from beiran_plugins.dns.settings import Settings as DnsSettings
+    from beiran_plugins.docker.plugin import SETTINGS as DOCKER
+    from beiran_plugins.k8s.plugin import SETTINGS as K8S
+    from beiran_plugins.npm.plugin import SETTINGS as NPM
+    from beiran_plugins.zeroconf.settings import Settings as ZeroconfSettings
+
+    return {"apt": {f.name for f in fields(AptConfig)}, "dns": {f.name for f in fields(DnsSettings)} | {"enabled"},
+            "zeroconf": {f.name for f in fields(ZeroconfSettings)} | {"enabled"},
+            "docker": set(DOCKER), "k8s": set(K8S), "npm": set(NPM)}
+
+
+def plugin_keys_shown() -> list[tuple[str, str, str]]:
+    """(where, plugin, key) for every [plugins.<name>] key the documents and examples show: their
+    TOML blocks, the manifest's ConfigMap, the example config (commented-out keys too) and the
+    plugins' README tables of settings."""
+    shown: list[tuple[str, str, str]] = []
+
+    def from_toml(where: str, text: str) -> None:
+        table = ""
+        for line in text.splitlines():
+            head = re.match(r"^#? ?\[([a-z0-9_.]+)(?:\.\"[^\"]*\")?\]", line)
+            if head:
+                table = head.group(1) if '"' not in line else ""  # registries."x": a nested table
+                continue
+            key = re.match(r"^#? ?([a-z_]+) = ", line)
+            parts = table.split(".")
+            if key and len(parts) == 2 and parts[0] == "plugins":
+                shown.append((where, parts[1], key.group(1)))
+
+    for doc in DOCS:
+        text = (ROOT / doc).read_text()
+        for lang, body in fenced_blocks(text)[0]:
+            if lang == "toml":
+                from_toml(doc, body)
+        for name, key in re.findall(r"`\[plugins\.(\w+)\] ?([a-z_]+)", text):  # prose: `[plugins.apt] listen`
+            shown.append((doc, name, key))
+        plugin = re.match(r"beiran_plugins/(\w+)/", doc)
+        if plugin:  # a plugin README's "| key | default |" table
+            for rows in re.findall(r"^\| key \|.*?\n((?:\|.*\n)+)", text, re.M):
+                for row in rows.splitlines()[1:]:
+                    for key in re.findall(r"`([a-z_]+)`", row.split("|")[1]):
+                        shown.append((doc, plugin.group(1), key))
+    from_toml("contrib/config.example.toml", (ROOT / "contrib" / "config.example.toml").read_text())
+    from_toml("contrib/k8s/beiran.yaml", k8s_docs()["ConfigMap"]["data"]["config.toml"])
+    return shown
+
+
+def test_documented_plugin_settings_are_settings():
+    known = plugin_settings()
+    shown = plugin_keys_shown()
+    assert {p for _, p, _ in shown} == set(known), "the extraction missed a plugin's settings"
+    wrong = sorted({f"{where}: [plugins.{p}] {k}" for where, p, k in shown if k not in known[p]})
+    assert wrong == []
