@@ -234,3 +234,17 @@ def test_a_second_daemon_on_a_data_dir_or_socket_in_use_says_what_to_do(cluster,
                         "--run-dir", str(os.path.dirname(node.socket)))
     assert line.endswith(f"a daemon is already answering on {node.socket}: stop it, or give this one its own "
                          "--run-dir (run_dir, or socket)")
+
+
+@pytest.mark.cluster
+def test_a_failed_preheat_with_json_is_one_json_document_and_one_error_line(cluster):
+    node = cluster.add(config={"origins": {"files": "http://127.0.0.1:1/base"}}, peers=None)
+    out = subprocess.run([sys.executable, "-m", "beiran", "--socket", node.socket, "blobs", "preheat",
+                          "sha256:" + "a" * 64, "--size", "10", "--source",
+                          '{"plugin": "origin", "name": "files", "path": "/x"}', "--json", "--no-progress"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stdout + out.stderr
+    result = json.loads(out.stdout)
+    assert result["failed"] and result["nodes"][0]["state"] == "failed"
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: preheat failed on 1 node(s): {node.uuid[:8]} ("), lines
