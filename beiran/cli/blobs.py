@@ -95,7 +95,7 @@ def fetch(digest: str, output: str | None, size: int | None, source: str | None,
     click.echo(f"{digest}: {human_size(final.get('total'))} in {took} ({srcs or 'local'})")
 
 
-@blobs.command("preheat")
+@blobs.command("preheat", short_help="Put DIGEST on the chosen nodes now.")
 @click.argument("digest")
 @click.option("--size", type=click.IntRange(min=0), metavar="BYTES", help="Expected size in bytes.")
 @click.option("--source", required=True, metavar="JSON",
@@ -166,7 +166,7 @@ def rm(digests: tuple[str, ...], force: bool) -> None:
         click.echo(f"removed {d}")
 
 
-@blobs.command("gc")
+@blobs.command("gc", short_help="Evict down to store.max_size; re-check the index.")
 @json_option
 def gc(as_json: bool) -> None:
     """Evict down to store.max_size and re-check the index against the files."""

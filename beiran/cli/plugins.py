@@ -21,7 +21,7 @@ def installed_plugins() -> list[dict[str, Any]]:
              "error": None} for n in plugin_names()]
 
 
-@click.command()
+@click.command(short_help="Installed plugins and their status.")
 @json_option
 def plugins(as_json: bool) -> None:
     """Installed plugins: kind, distribution, version, status (from the daemon when it runs)."""
@@ -40,7 +40,7 @@ def plugins(as_json: bool) -> None:
           empty="(no plugins installed)")
 
 
-@click.command()
+@click.command(short_help="The config, as TOML a daemon can start from.")
 @click.option("--local", is_flag=True, help="Show the config a daemon started here would use (no daemon needed).")
 @click.option("--config", "config_file", metavar="FILE", help="With --local: this config file instead of "
               "$BEIRAN_CONFIG or /etc/beiran/config.toml (check a file before a daemon starts from it).")

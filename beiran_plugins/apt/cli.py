@@ -103,7 +103,7 @@ def find_proxy(listen: str | None, socket_path: str | None) -> tuple[str, str]:
     return url, f"note: no running daemon said where its apt proxy is ({why}); using {url} from the config file"
 
 
-@cli.command("proxy-detect")
+@cli.command("proxy-detect", short_help="The proxy URL if it answers, else DIRECT (for apt).")
 @click.argument("uri", required=False)
 @click.option("--listen", metavar="HOST:PORT",
               help="The proxy address (default: ask the running daemon, else the config file).")
@@ -131,7 +131,7 @@ def proxy_detect_main() -> None:
     print(_detect(sys.argv[1] if len(sys.argv) > 1 else None))
 
 
-@cli.command("configure")
+@cli.command("configure", short_help="Print (or write) apt's configuration for the proxy.")
 @click.option("--write", is_flag=True, help=f"Write the snippet to {CONF_PATH} instead of printing it.")
 @click.option("--path", "path", default=CONF_PATH, show_default=True, metavar="FILE", help="Where --write puts it.")
 @click.pass_context
@@ -161,7 +161,7 @@ def configure(ctx: click.Context, write: bool, path: str) -> None:
 
 
 # -- what the node has -----------------------------------------------------------------------------
-@cli.command("packages")
+@cli.command("packages", short_help="The .debs this node (or the cluster) holds.")
 @click.option("--all", "show_all", is_flag=True, help="Also the .debs other nodes hold, with the holders.")
 @json_option
 def packages(show_all: bool, as_json: bool) -> None:
@@ -181,7 +181,7 @@ def packages(show_all: bool, as_json: bool) -> None:
     table(rows, cols, empty="(no .debs known)" if show_all else "(no .debs stored)")
 
 
-@cli.command("sources")
+@cli.command("sources", short_help="Archives seen through the proxy, and their trust.")
 @json_option
 def sources(as_json: bool) -> None:
     """The upstream archives seen through the proxy: last index refresh and trust."""
@@ -201,7 +201,7 @@ def sources(as_json: bool) -> None:
 
 
 # -- preheat ---------------------------------------------------------------------------------------
-@cli.command("preheat")
+@cli.command("preheat", short_help="Put packages' .debs on the chosen nodes now.")
 @click.argument("packages", nargs=-1, required=True, metavar="PKG[=VERSION]...")
 @click.option("--nodes", default="all", show_default=True, metavar="all|UUID,...",
               help="Nodes that fetch now: this node and every online node that runs apt, or UUIDs "
@@ -273,7 +273,7 @@ def _report_deps(summary: dict[str, Any]) -> None:
 
 
 # -- import ----------------------------------------------------------------------------------------
-@cli.command("import")
+@cli.command("import", short_help="Seed the store from apt's archives dir (verified).")
 @click.argument("directory", default="/var/cache/apt/archives",
                 type=click.Path(file_okay=False, exists=True, path_type=Path))
 @json_option

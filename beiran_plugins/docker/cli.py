@@ -14,7 +14,7 @@ from beiran.cli.output import emit_json, fail_with_json, human_duration, human_s
 from beiran.cli.preheat import nodes_option
 
 
-@click.group(name="docker", short_help="Docker/OCI images commands.")
+@click.group(name="docker", short_help="Docker/OCI images: a registry mirror fed by the cluster.")
 def cli() -> None:
     """Docker/OCI images: a registry mirror served from the cluster."""
 
@@ -53,7 +53,7 @@ def _where(sources: dict[str, int] | None) -> str:
     return ", ".join(k for k, v in sorted(sources.items()) if v)
 
 
-@cli.command("pull")
+@cli.command("pull", short_help="Pull REF through the cluster (and load it).")
 @click.argument("ref")
 @click.option("--platform", metavar="OS/ARCH[/VARIANT]", help="Image to pick from a multi-platform index "
               "(default: this machine's).")
@@ -92,7 +92,7 @@ def pull(ref: str, platform: str | None, no_progress: bool, no_load: bool, as_js
         click.echo(final["engine"][:1].upper() + final["engine"][1:])
 
 
-@cli.command("preheat")
+@cli.command("preheat", short_help="Put REF's blobs on the chosen nodes now.")
 @click.argument("ref")
 @nodes_option
 @click.option("--platform", metavar="OS/ARCH[/VARIANT]", help="Image to pick from a multi-platform index "
@@ -111,7 +111,7 @@ def preheat(ref: str, nodes: str, platform: str | None, no_progress: bool, as_js
                 ref, no_progress, as_json)
 
 
-@cli.command("save")
+@cli.command("save", short_help="Write REF as a `docker save` archive.")
 @click.argument("ref")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Archive to write.")
 @click.option("--platform", metavar="OS/ARCH", help="For an image not pulled yet: the platform to pick.")
@@ -135,7 +135,7 @@ def save(ref: str, output: str, platform: str | None, no_progress: bool) -> None
     click.echo(f"{output}: {human_size(n)}")
 
 
-@cli.command("images")
+@cli.command("images", short_help="Images here (or on every node).")
 @click.option("--all", "show_all", is_flag=True, help="Images on every online node, with the nodes holding each.")
 @click.option("--node", metavar="UUID", help="Images of one node (its UUID or first 8+ characters).")
 @json_option
@@ -168,7 +168,7 @@ def images(show_all: bool, node: str | None, as_json: bool) -> None:
         click.echo(f"(no Docker engine reachable at {engine.get('host')})", err=True)
 
 
-@cli.command("layers")
+@cli.command("layers", short_help="Layers here (or on every node), and where.")
 @click.option("--all", "show_all", is_flag=True, help="Layers on every online node.")
 @click.option("--node", metavar="UUID", help="Layers of one node (its UUID or first 8+ characters).")
 @json_option
@@ -203,7 +203,7 @@ def info(ref: str, as_json: bool) -> None:
         click.echo(f"  {lay['digest']}  {human_size(lay.get('size')):>10}  on {len(lay.get('nodes') or [])} node(s)")
 
 
-@cli.command("rmi")
+@cli.command("rmi", short_help="Remove images from this node's store.")
 @click.argument("refs", nargs=-1, required=True)
 def rmi(refs: tuple[str, ...]) -> None:
     """Remove images from this node's store (blobs no other image pins are deleted)."""

@@ -130,7 +130,7 @@ def warm(specs: tuple[str, ...], lockfile: str | None, no_deps: bool, no_progres
         raise CLIError(why)
 
 
-@cli.command("preheat")
+@cli.command("preheat", short_help="Put packages' tarballs on the chosen nodes now.")
 @click.argument("specs", nargs=-1, required=True, metavar="NAME[@VERSION|@RANGE]...")
 @nodes_option
 @click.option("--no-deps", is_flag=True, help="Only the named packages, not their dependencies.")

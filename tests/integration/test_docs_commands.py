@@ -447,3 +447,24 @@ def test_documented_plugin_settings_are_settings():
     assert {p for _, p, _ in shown} == set(known), "the extraction missed a plugin's settings"
     wrong = sorted({f"{where}: [plugins.{p}] {k}" for where, p, k in shown if k not in known[p]})
     assert wrong == []
+
+
+def test_no_command_listing_is_cut_short():
+    """`beiran --help` and each group's help list their commands on one line each: a description
+    click has to cut ("... the apt configuration that sends...") says nothing."""
+    cut = []
+
+    def walk(group: click.Group, path: list[str], parent: click.Context | None) -> None:
+        ctx = click.Context(group, info_name=path[-1], parent=parent)
+        names = group.list_commands(ctx)
+        limit = 78 - 6 - max(len(n) for n in names)  # click's help formatter, 80 columns
+        for name in names:
+            sub = group.get_command(ctx, name)
+            assert sub is not None
+            if sub.get_short_help_str(limit).endswith("..."):
+                cut.append(f"`{' '.join([*path, name])}`: {sub.get_short_help_str(limit)}")
+            if isinstance(sub, click.Group):
+                walk(sub, [*path, name], ctx)
+
+    walk(cli, ["beiran"], None)
+    assert cut == []
