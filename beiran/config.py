@@ -375,6 +375,9 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
     for name, section in plugins.items():
         if not isinstance(section, dict):
             raise ConfigError(f"{where.of('plugins.' + name)}: [plugins.{name}] must be a table, not {section!r}")
+        if not isinstance(section.get("enabled", True), bool):  # "no" would be truthy: the plugin would run
+            raise ConfigError(f"{where.named(f'plugins.{name}.enabled')} must be true or false, "
+                              f"not {section['enabled']!r}")
     try:
         store = _build_section(StoreConfig, data.pop("store", {}) or {}, "store.", where)
         fetch = _build_section(FetchConfig, data.pop("fetch", {}) or {}, "fetch.", where)

@@ -27,6 +27,7 @@ FILE_CASES = [
     ("[origins]\nfiles = 5", "origins must be a table of strings, not {'files': 5}"),
     ("plugins = 5", "plugins must be a table ([plugins.<name>] sections), not 5"),
     ("[plugins]\napt = 5", "[plugins.apt] must be a table, not 5"),
+    ('[plugins.dns]\nenabled = "false"', "plugins.dns.enabled must be true or false, not 'false'"),
     ("cluster_token = 5", "cluster_token must be a string, not 5"),
     ("advertise = 5", "advertise must be a string, not 5"),
     ("[store]\nmax_size = true", "store.max_size must be a size such as 512M or 10G (or bytes), not True"),
@@ -60,6 +61,8 @@ def test_a_bad_beiran_variable_names_the_variable(tmp_path):
         "BEIRAN_LOG_LEVEL": ("loud", "log_level must be debug, info, warning or error, not 'loud'"),
         "BEIRAN_OFFLINE__QUORUM": ("1", "offline.quorum must be an integer of at least 2"),
         "BEIRAN_LISTEN": ("127.0.0.1:0", "listen: '127.0.0.1:0' is not HOST:PORT"),
+        # "no" was a truthy string: the plugin ran
+        "BEIRAN_PLUGINS__DNS__ENABLED": ("no", "plugins.dns.enabled must be true or false, not 'no'"),
     }
     for var, (value, message) in cases.items():
         with pytest.raises(ConfigError) as err:
