@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from beiran import config_check
+from beiran import config_check, config_env
 from beiran.config_check import Provenance
 from beiran.errors import ConfigError
 from beiran.proxies import ProxyConfig, masked
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 DEFAULT_CONFIG_FILE = Path("/etc/beiran/config.toml")
-ENV_PREFIX = "BEIRAN_"
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)?\s*$", re.I)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -221,75 +220,6 @@ def _mask_secrets(section: dict[str, Any]) -> None:
             section[k] = "***"
 
 
-#: BEIRAN_* variables that are not settings: which file to read, the switch for test hooks, the
-#: CLI's traceback switch, and what the development scripts and the test suite use (BEIRAN_TEST_*,
-#: BEIRAN_DIST, BEIRAN_ROOT).
-NOT_SETTINGS = {"BEIRAN_CONFIG", "BEIRAN_TESTING_HOOKS", "BEIRAN_DIST", "BEIRAN_ROOT", "BEIRAN_TRACEBACK"}
-NOT_SETTINGS_PREFIXES = ("BEIRAN_TEST_",)
-
-
-def is_setting_var(name: str) -> bool:
-    """Whether an environment variable is meant as a config setting (BEIRAN_LISTEN, ...)."""
-    return (name.startswith(ENV_PREFIX) and name not in NOT_SETTINGS
-            and not name.startswith(NOT_SETTINGS_PREFIXES))
-
-
-def _env_unknown(path: list[str]) -> str | None:
-    """The dotted key an env var names when that is no setting (None when it is one). Plugin
-    sections are the plugins' to check, as in the file."""
-    top = {f.name for f in fields(Config)} - {"source_file"}
-    sections = {"store": StoreConfig, "fetch": FetchConfig, "offline": OfflineConfig, "proxy": ProxyConfig,
-                "limits": LimitsConfig, "cluster": ClusterConfig}
-    dotted = ".".join(path)
-    if not path[0] or path[0] not in top:
-        return dotted
-    if path[0] in sections:
-        if len(path) != 2 or path[1] not in {f.name for f in fields(sections[path[0]])}:
-            return dotted
-    elif path[0] == "plugins":
-        if len(path) < 3 or not all(path):
-            return dotted
-    elif path[0] not in ("origins", "testing") and len(path) != 1:
-        return dotted
-    return None
-
-
-def _env_overrides(environ: dict[str, str], strict: bool = True,
-                   where: Provenance | None = None) -> dict[str, Any]:
-    """BEIRAN_LISTEN=..., BEIRAN_STORE__MAX_SIZE=10G, BEIRAN_PLUGINS__DNS__ENABLED=false.
-
-    A variable that names no setting is an error naming the variable (`strict`, the daemon's
-    case), or skipped (a CLI command that only needs the socket path)."""
-    out: dict[str, Any] = {}
-    for key, raw in sorted(environ.items()):
-        if not is_setting_var(key):
-            continue
-        path = key[len(ENV_PREFIX):].lower().split("__")
-        unknown = _env_unknown(path)
-        if unknown is not None:
-            if strict:
-                raise ConfigError(f"environment variable {key}: {unknown} is not a Beiran setting "
-                                  f"(unset {key}, or see the settings in `beiran config --local`)")
-            continue
-        node = out
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = config_check.env_value(config_check.field_hint(Config, path), raw,
-                                                _parse_env_value(path[-1], raw))
-        if where is not None:
-            where.origin[".".join(path)] = f"environment variable {key}"
-    return out
-
-
-def _parse_env_value(key: str, raw: str) -> Any:
-    if key == "peers":
-        return [p.strip() for p in raw.split(",") if p.strip()]
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
-
-
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in over.items():
@@ -360,13 +290,13 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
             raise ConfigError(f"config file {source}: {exc}") from exc
     where = Provenance(f"config file {source}" if source else "config")
     where.add(file_data)
-    data = _merge(file_data, _env_overrides(environ, strict_env, where))
+    data = _merge(file_data, config_env.env_overrides(Config, environ, strict_env, where))
     flags = {k: v for k, v in (overrides or {}).items() if v not in (None, (), [])}
     for key in flags:
         where.origin[key] = "--" + {"peers": "peer"}.get(key, key).replace("_", "-")
     data = _merge(data, flags)
     if isinstance(data.get("peers"), str):  # `peers = "a, b"` in the file, as in BEIRAN_PEERS
-        data["peers"] = _parse_env_value("peers", data["peers"])
+        data["peers"] = config_env.parse_env_value("peers", data["peers"])
     config_check.check(data, Config, where)
     plugins = data.pop("plugins", {}) or {}
     if not isinstance(plugins, dict):
@@ -408,7 +338,7 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
         except ConfigError as exc:
             raise ConfigError(f"{where.named(key)}: {exc.message}") from None
     for name, url in cfg.origins.items():
-        if not _http_url(url):
+        if not config_check.http_url(url):
             raise ConfigError(f"{where.named('origins.' + name)} must be an http:// or https:// URL such as "
                               f"\"http://files.example/base\", not {url!r}")
     for key in ("client_cidrs", "peer_cidrs"):
@@ -421,17 +351,6 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
         raise ConfigError(f"{where.named('log_level')} must be debug, info, warning or error, "
                           f"not {cfg.log_level!r}")
     return cfg
-
-
-def _http_url(url: str) -> bool:
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises on a port out of range
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 #: `[testing]` switches that make a daemon misbehave on purpose (the tampering node of the tests)

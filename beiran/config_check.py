@@ -161,3 +161,15 @@ def env_value(hint: Any, raw: str, parsed: Any) -> Any:
     if any(typing.get_origin(m) is list for m in members) and not isinstance(parsed, list):
         return [p.strip() for p in raw.split(",") if p.strip()]
     return parsed
+
+
+def http_url(url: str) -> bool:
+    """Whether `url` is http(s) with a host (and, when it has one, a port from 0 to 65535)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        _port = parts.port  # raises on a port out of range
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)

@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from beiran.cli.main import cli
-from beiran.config import NOT_SETTINGS, _env_unknown, is_setting_var, load_config
+from beiran.config import Config, load_config
+from beiran.config_env import NOT_SETTINGS, env_unknown, is_setting_var
 
 
 def repo_root() -> Path:
@@ -250,7 +251,7 @@ def test_k8s_manifest_commands_env_and_config(tmp_path):
             name = var["name"]
             if name.startswith("BEIRAN_"):
                 assert name in NOT_SETTINGS or name == "BEIRAN_SOCKET" or (
-                    is_setting_var(name) and _env_unknown(name[7:].lower().split("__")) is None), name
+                    is_setting_var(name) and env_unknown(Config, name[7:].lower().split("__")) is None), name
                 env[name] = str(var.get("value", "token-from-the-secret")).replace("$(POD_IP)", "10.0.0.7")
     cfg = load_config(_write(config, tmp_path), environ=env)
     assert cfg.advertise == "10.0.0.7:8888" and cfg.cluster_token == "token-from-the-secret"
