@@ -46,16 +46,6 @@ class PeerTarget:
     last_error: str = ""
 
 
-def dial_error(exc: Exception) -> str:
-    """Why a dial failed, in words an operator acts on."""
-    code = getattr(exc, "code", None)
-    if code == 401:
-        return "refused our cluster token (HTTP 401): set the same cluster_token on every node"
-    if code == 403:
-        return "refused this node (HTTP 403): is this node's address in its peer_cidrs?"
-    return f"could not be connected: {exc or type(exc).__name__}"
-
-
 class PeerManager:
     def __init__(self, ctx: DaemonContext, avail: Availability) -> None:
         self.ctx = ctx
@@ -127,7 +117,7 @@ class PeerManager:
             self.targets[url].is_self = True
 
     async def _dial_loop(self, target: PeerTarget) -> None:
-        from beiran.peer.websocket import dial
+        from beiran.peer.websocket import dial, dial_error
 
         delay = 0.25
         while not self._closing:
