@@ -35,8 +35,9 @@ def list_nodes(show_all: bool, as_json: bool) -> None:
     table(data["nodes"], NODE_COLUMNS)
     cluster = data.get("cluster")
     if cluster:
-        click.echo(f"\ncluster mode: {cluster['mode']} ({cluster['members']} members; full mesh up to "
-                   f"{cluster['full_mesh_max']})")
+        members = cluster["members"]
+        click.echo(f"\ncluster mode: {cluster['mode']} ({members} member{'' if members == 1 else 's'}; full mesh "
+                   f"up to {cluster['full_mesh_max']})")
 
 
 def resolve_node(given: str) -> str:

@@ -248,3 +248,15 @@ def test_a_failed_preheat_with_json_is_one_json_document_and_one_error_line(clus
     assert result["failed"] and result["nodes"][0]["state"] == "failed"
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"Error: preheat failed on 1 node(s): {node.uuid[:8]} ("), lines
+
+
+def test_node_list_reads_well_for_a_lone_node(monkeypatch, tmp_path):
+    from beiran.cli import client as client_mod
+
+    me = {"uuid": "3f2a9c1e-0000-4000-8000-000000000001", "url": "http://127.0.0.1:8888", "status": "ready",
+          "found_by": ["self"], "last_seen": None}
+    monkeypatch.setattr(client_mod.DaemonClient, "get", lambda self, path: {
+        "nodes": [me], "cluster": {"mode": "full mesh", "members": 1, "full_mesh_max": 64}})
+    out = invoke("--socket", str(tmp_path / "s"), "node", "list")
+    assert out.exit_code == 0, out.output
+    assert out.stdout.splitlines()[-1] == "cluster mode: full mesh (1 member; full mesh up to 64)"
