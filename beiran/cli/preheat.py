@@ -61,7 +61,18 @@ def run_preheat(path: str, body: dict[str, Any], what: str, no_progress: bool, a
 
 
 def parse_nodes(nodes: str) -> Any:
-    return "all" if nodes.strip() == "all" else [n.strip() for n in nodes.split(",") if n.strip()]
+    """`all`, or node UUIDs / their first 8+ characters, comma-separated."""
+    import re
+
+    if nodes.strip() == "all":
+        return "all"
+    given = [n.strip() for n in nodes.split(",") if n.strip()]
+    if not given:
+        raise CLIError("--nodes: name `all` or node UUIDs, comma-separated (see `beiran node list`)")
+    for n in given:
+        if not re.fullmatch(r"[0-9a-fA-F]{8}[0-9a-fA-F-]{0,28}", n):
+            raise CLIError(f"--nodes: {n!r} is not a node UUID or its first 8+ characters (see `beiran node list`)")
+    return given
 
 
 nodes_option = click.option("--nodes", default="all", show_default=True, metavar="all|UUID,...",

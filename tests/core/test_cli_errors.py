@@ -260,3 +260,15 @@ def test_node_list_reads_well_for_a_lone_node(monkeypatch, tmp_path):
     out = invoke("--socket", str(tmp_path / "s"), "node", "list")
     assert out.exit_code == 0, out.output
     assert out.stdout.splitlines()[-1] == "cluster mode: full mesh (1 member; full mesh up to 64)"
+
+
+@pytest.mark.parametrize(("nodes", "message"), [
+    ("f5c1", "Error: --nodes: 'f5c1' is not a node UUID or its first 8+ characters (see `beiran node list`)"),
+    (",", "Error: --nodes: name `all` or node UUIDs, comma-separated (see `beiran node list`)"),
+])
+def test_preheat_nodes_are_checked_before_anything_starts(monkeypatch, tmp_path, nodes, message):
+    from beiran.cli import client as client_mod
+
+    monkeypatch.setattr(client_mod.DaemonClient, "stream_lines", lambda self, *a: pytest.fail("preheat started"))
+    assert one_line(invoke("--socket", str(tmp_path / "s"), "blobs", "preheat", "sha256:" + "a" * 64, "--source",
+                           "{}", "--nodes", nodes)) == message
