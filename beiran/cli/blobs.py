@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import stat
 import sys
-from typing import Any
+import tempfile
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 import click
 
@@ -33,14 +38,30 @@ def add(files: tuple[str, ...], algorithm: str, no_progress: bool) -> None:
     # a plain line per file is the digest itself: bars only on a terminal
     with Progress(enabled=not no_progress and sys.stderr.isatty()) as progress:
         for path in files:
-            size = os.path.getsize(path)
-            progress.add(path, os.path.basename(path), size)
-            with open(path, "rb") as fh:
+            with _sized(path) as (fh, size):
+                progress.add(path, os.path.basename(path), size)
                 body = CountingReader(fh, lambda n, path=path: progress.update(path, completed=n))
                 data = c.request("PUT", f"/blobs/upload?algorithm={algorithm}", raw=body,
                                  headers={"Content-Length": str(size)})
             progress.finish(path, "stored")
             click.echo(data["digest"])
+
+
+@contextlib.contextmanager
+def _sized(path: str) -> Iterator[tuple[BinaryIO, int]]:
+    """The file and its length. `stat` only knows the length of a regular file with data on disk: a
+    pipe, or a /proc or /sys file (size 0, contents on read), is first read into a spool file, so
+    what is stored is what a reader of PATH gets, never an empty blob."""
+    with open(path, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if stat.S_ISREG(st.st_mode) and st.st_size > 0:
+            yield fh, st.st_size
+            return
+        with tempfile.TemporaryFile() as spool:
+            shutil.copyfileobj(fh, spool, 1 << 20)
+            size = spool.tell()
+            spool.seek(0)
+            yield spool, size
 
 
 @blobs.command("fetch")
