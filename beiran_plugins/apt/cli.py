@@ -150,8 +150,10 @@ def configure(ctx: click.Context, write: bool, path: str) -> None:
     if not write:
         click.echo(text, nl=False)
         return
+    if not Path(path).parent.is_dir():  # a typo'd --path, or no apt here: never a new directory tree
+        raise CLIError(f"cannot write {path}: {Path(path).parent} is not a directory "
+                       "(is apt installed here? --path names the file to write)")
     try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
         tmp = f"{path}.tmp"
         Path(tmp).write_text(text)
         os.replace(tmp, path)

@@ -158,3 +158,21 @@ def test_import_json_is_json_alone(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"imported": 0, "files": []} and out.stderr == ""
+
+
+def test_configure_write_never_creates_directories(tmp_path: Path) -> None:
+    """`--write --path` into a directory that does not exist made the whole tree (a typo'd path
+    left /nonexistent/... behind, run as root): it is one error line and nothing is created."""
+    env = cli_env()
+    env["BEIRAN_SOCKET"] = str(tmp_path / "none.sock")
+    target = tmp_path / "no" / "such" / "99beiran"
+    out = subprocess.run([sys.executable, "-m", "beiran", "apt", "configure", "--write", "--path", str(target)],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out
+    assert out.stderr.endswith(f"{tmp_path / 'no' / 'such'} is not a directory (is apt installed here? "
+                               "--path names the file to write)\n"), out.stderr
+    assert len(out.stderr.splitlines()) <= 2 and "Traceback" not in out.stderr
+    assert not (tmp_path / "no").exists()
+    out = subprocess.run([sys.executable, "-m", "beiran", "apt", "configure", "--write", "--path",
+                          str(tmp_path / "99beiran")], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "Proxy-Auto-Detect" in (tmp_path / "99beiran").read_text()
