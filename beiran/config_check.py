@@ -173,3 +173,12 @@ def http_url(url: str) -> bool:
     except ValueError:
         return False
     return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def refuse_unknown(plugin: str, section: dict[str, Any], known: set[str] | frozenset[str]) -> None:
+    """One wording for every plugin's section: a typo'd key names itself and what would be right
+    (`enabled` is the loader's, known to every plugin)."""
+    unknown = sorted(set(section) - set(known) - {"enabled"})
+    if unknown:
+        raise ConfigError(f"[plugins.{plugin}]: unknown setting(s) {', '.join(unknown)} "
+                          f"(known: {', '.join(sorted(set(known) - {'enabled'}))})")

@@ -8,6 +8,7 @@ import os
 import re
 from typing import Any, ClassVar
 
+from beiran.config_check import refuse_unknown
 from beiran.errors import BadRequest, BeiranError, ConfigError, Forbidden
 from beiran.plugin import BasePackagePlugin, OriginStream
 from beiran_plugins.docker import __version__
@@ -37,9 +38,7 @@ class DockerPlugin(BasePackagePlugin):
     extra_route_prefixes: ClassVar[tuple[str, ...]] = ("/v2/",)
 
     async def init(self, config: dict[str, Any]) -> None:
-        unknown = sorted(set(config) - SETTINGS)
-        if unknown:
-            raise ConfigError(f"[plugins.docker]: unknown setting(s) {', '.join(unknown)}")
+        refuse_unknown("docker", config, SETTINGS)
         self.config = config
         try:
             self.default_registry = validate_registry(str(config.get("default_registry", DOCKER_HUB)))

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from beiran.config_check import refuse_unknown
 from beiran.errors import ConfigError
 from beiran.models.base import dict_rows
 from beiran.plugin import BaseInterfacePlugin
@@ -52,9 +53,7 @@ class K8sPlugin(BaseInterfacePlugin):
         from beiran_plugins.k8s.runtime import RuntimeClient
 
         self.config = config
-        unknown = set(config) - SETTINGS
-        if unknown:
-            raise ConfigError(f"[plugins.k8s]: unknown setting(s) {', '.join(sorted(unknown))}")
+        refuse_unknown("k8s", config, SETTINGS)
         cfg = self.ctx.config
         self.socket_path = Path(config.get("socket") or (cfg.run_dir or cfg.data_dir) / "beiran-cri.sock")
         self.runtime_endpoint = str(config.get("runtime_endpoint") or DEFAULT_RUNTIME)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from beiran.config_check import refuse_unknown
 from beiran.errors import BadRequest, ConfigError
 from beiran.fetch.origins import http_origin
 from beiran.plugin import BasePackagePlugin, OriginStream
@@ -62,10 +63,7 @@ class NPMPlugin(BasePackagePlugin):
 
     async def init(self, config: dict[str, Any]) -> None:
         self.config = config
-        unknown = sorted(set(config) - SETTINGS)
-        if unknown:
-            raise ConfigError(f"[plugins.npm]: unknown setting(s) {', '.join(unknown)} "
-                              f"(known: {', '.join(sorted(SETTINGS))})")
+        refuse_unknown("npm", config, SETTINGS)
         self.writes = str(config.get("writes", "refuse"))
         if self.writes not in ("refuse", "forward"):
             raise ConfigError('[plugins.npm] writes must be "refuse" or "forward"')
