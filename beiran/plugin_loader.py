@@ -307,7 +307,9 @@ class PluginManager:
                 self._mark_error(rec, missing)
                 continue
             try:
-                await plugin.init(self.ctx.config.plugin_section(rec.name))
+                section = self.ctx.config.plugin_section(rec.name)
+                type(plugin).check_config(section)
+                await plugin.init(section)
             except Exception as exc:  # noqa: BLE001
                 self.fail(rec, "init", exc)
 

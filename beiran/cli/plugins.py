@@ -57,11 +57,18 @@ def config(local: bool, config_file: str | None, as_json: bool) -> None:
     if local:
         from beiran.config import load_config
         from beiran.errors import BeiranError
+        from beiran.plugin_check import check_plugin_sections
 
         try:
-            data = load_config(config_file).to_public_dict()
+            loaded = load_config(config_file)
         except BeiranError as exc:
             raise CLIError(exc.message) from None
+        errors, notes = check_plugin_sections(loaded)
+        for note in notes:
+            click.echo(f"note: {note}", err=True)
+        if errors:
+            raise CLIError("; ".join(errors))
+        data = loaded.to_public_dict()
     else:
         data = client().get("/config")
     if as_json:

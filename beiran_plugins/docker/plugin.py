@@ -8,7 +8,6 @@ import os
 import re
 from typing import Any, ClassVar
 
-from beiran.config_check import refuse_unknown
 from beiran.errors import BadRequest, BeiranError, ConfigError, Forbidden
 from beiran.plugin import BasePackagePlugin, OriginStream
 from beiran_plugins.docker import __version__
@@ -35,10 +34,10 @@ class DockerPlugin(BasePackagePlugin):
 
     name = "docker"
     version = __version__
+    config_keys = frozenset(SETTINGS)
     extra_route_prefixes: ClassVar[tuple[str, ...]] = ("/v2/",)
 
     async def init(self, config: dict[str, Any]) -> None:
-        refuse_unknown("docker", config, SETTINGS)
         self.config = config
         try:
             self.default_registry = validate_registry(str(config.get("default_registry", DOCKER_HUB)))

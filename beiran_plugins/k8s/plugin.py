@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from beiran.config_check import refuse_unknown
 from beiran.errors import ConfigError
 from beiran.models.base import dict_rows
 from beiran.plugin import BaseInterfacePlugin
@@ -37,6 +36,7 @@ class K8sPlugin(BaseInterfacePlugin):
 
     name = "k8s"
     version = __version__
+    config_keys = frozenset(SETTINGS)
 
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
@@ -53,7 +53,6 @@ class K8sPlugin(BaseInterfacePlugin):
         from beiran_plugins.k8s.runtime import RuntimeClient
 
         self.config = config
-        refuse_unknown("k8s", config, SETTINGS)
         cfg = self.ctx.config
         self.socket_path = Path(config.get("socket") or (cfg.run_dir or cfg.data_dir) / "beiran-cri.sock")
         self.runtime_endpoint = str(config.get("runtime_endpoint") or DEFAULT_RUNTIME)

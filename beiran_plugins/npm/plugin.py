@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from beiran.config_check import refuse_unknown
 from beiran.errors import BadRequest, ConfigError
 from beiran.fetch.origins import http_origin
 from beiran.plugin import BasePackagePlugin, OriginStream
@@ -49,6 +48,7 @@ class NPMPlugin(BasePackagePlugin):
 
     name = "npm"
     version = __version__
+    config_keys = frozenset(SETTINGS)
 
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
@@ -63,7 +63,6 @@ class NPMPlugin(BasePackagePlugin):
 
     async def init(self, config: dict[str, Any]) -> None:
         self.config = config
-        refuse_unknown("npm", config, SETTINGS)
         self.writes = str(config.get("writes", "refuse"))
         if self.writes not in ("refuse", "forward"):
             raise ConfigError('[plugins.npm] writes must be "refuse" or "forward"')

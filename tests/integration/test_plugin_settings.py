@@ -20,3 +20,27 @@ def test_every_plugin_names_a_typod_setting_and_what_it_knows(cluster):
             known = error[len(prefix):-1].split(", ")
             assert len(known) >= 2 and known == sorted(known) and "enabled" not in known, error
         assert node.api("GET", "/ping")["pong"] is True
+
+
+def test_config_local_checks_plugin_sections_without_a_daemon(tmp_path):
+    """`beiran config --local` checked the core's settings only: a typo in a plugin's section
+    showed first when the restarted daemon ran without that plugin."""
+    import subprocess
+    import sys
+
+    def check(text: str) -> subprocess.CompletedProcess:
+        path = tmp_path / "config.toml"
+        path.write_text(text)
+        return subprocess.run([sys.executable, "-m", "beiran", "config", "--local", "--config", str(path)],
+                              capture_output=True, text=True, timeout=60)
+    out = check('[plugins.apt]\ncolour = 1\n[plugins.docker]\nregistires = {}\n'
+                '[plugins.npm]\nenabled = false\ncolour = 1\n[plugins.nosuch]\nx = 1\n')
+    assert out.returncode == 1 and out.stdout == "", out
+    lines = out.stderr.splitlines()
+    assert lines[0].startswith("note: [plugins.nosuch]: no such plugin is installed here (installed: apt, "), lines
+    assert len(lines) == 2 and "Traceback" not in out.stderr, lines
+    assert lines[1].startswith("Error: [plugins.apt]: unknown setting(s) colour (known: "), lines
+    assert "; [plugins.docker]: unknown setting(s) registires (known: " in lines[1], lines
+    assert "npm" not in lines[1]  # disabled: not checked, as the daemon would not load it
+    out = check('[plugins.docker]\nregistries = {}\n')
+    assert out.returncode == 0 and "[plugins.docker.registries]" in out.stdout, out
