@@ -139,3 +139,12 @@ def test_literal_prefixes():
 def test_the_daemon_app_dispatches_by_prefix():
     ctx = SimpleNamespace(plugins=SimpleNamespace(all_routes=lambda: []))
     assert isinstance(make_app(ctx), routing.Application)  # type: ignore[arg-type]
+
+
+def test_host_specific_handlers_added_later_are_dispatched_as_tornado_does():
+    class OnHost(tornado.web.RequestHandler):
+        pass
+
+    app = routing.Application([(r"/x", NotFoundHandler)], default_handler_class=NotFoundHandler)
+    app.add_handlers(r"127\.0\.0\.1", [(r"/x", OnHost)])
+    assert _chosen(app, "/x")[0] is OnHost
