@@ -93,7 +93,7 @@ def private_data_dir(path: Path) -> None:
 async def run(config: Config, reload_config: Callable[[], Config] | None = None) -> int:
     from tornado.netutil import bind_sockets
 
-    from beiran import proxies
+    from beiran import proxies, workers
     from beiran.daemon import notify
     from beiran.daemon.app import PlainHTTPServer, make_app
     from beiran.daemon.reload import reload_loop
@@ -139,6 +139,7 @@ async def run(config: Config, reload_config: Callable[[], Config] | None = None)
     unix_server = GuardedHTTPServer(app, max_body_size=64 << 20, per_address=False)
     unix_server.add_socket(unix_sock)
     await ctx.peers.start()
+    workers.prestart(ctx.io_executor, ctx.receive_executor)
     log.info("beiran %s node %s listening on %s (peers reach it at %s) and %s; plugins: %s",
              ctx.identity.version, ctx.identity.uuid, config.listen, ctx.identity.url, config.socket_path,
              ", ".join(f"{r.name}[{r.status}]" for r in ctx.plugins.records.values()) or "none")
