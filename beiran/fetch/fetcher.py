@@ -81,6 +81,10 @@ class FetchJob:
     opener: Opener | None = None
     #: the size came from a local caller (not a peer's claim): room may be made for it
     size_trusted: bool = False
+    #: the size came with the request (this node's caller, or the peer that asked): otherwise a
+    #: third peer announced it (or answered with it), and it never outlives that peer's bytes nor
+    #: outweighs the origin's own size
+    size_claimed: bool = False
     #: set once a source has answered (an origin stream opened, or bytes arrived)
     answered: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -179,14 +183,17 @@ class Fetcher:
                 job.opener = job.opener or opener
             await job.writer_ready()
             return job
-        trusted = size is not None and for_peer is None
+        trusted, claimed = size is not None and for_peer is None, size is not None
         if size is None:
             size = self._announced_size(digest)  # a peer's claim: not trusted for eviction
         job = FetchJob(digest, size, source, for_peer=for_peer, peer_source=for_peer is not None and bool(source),
-                       delegated=delegated, opener=opener, size_trusted=trusted)
+                       delegated=delegated, opener=opener, size_trusted=trusted, size_claimed=claimed)
         self.jobs[digest] = job
         try:
-            job.writer = await self.ctx.store.begin_write(digest, size, reserve=trusted)
+            # a holder's announced size plans the download (ranges, whole receive) but is no reason
+            # to refuse it for want of room: only a size that came with the request is checked so
+            job.writer = await self.ctx.store.begin_write(digest, size if claimed else None, reserve=trusted)
+            job.writer.size = size
         except Conflict:
             del self.jobs[digest]
             raise
@@ -246,6 +253,8 @@ class Fetcher:
                 job.bad |= suspects
                 job.contributors.clear()
                 job.bytes_from.clear()
+                if not job.size_claimed:
+                    job.size = None  # what a skipped peer said of the size goes with it
                 job.writer = await self.ctx.store.begin_write(job.digest, job.size, reserve=job.size_trusted)
                 job.ready.set()
         raise UpstreamError(f"blob {job.digest[:19]}: gave up after {MAX_RESTARTS} bad sources")
@@ -425,8 +434,8 @@ class Fetcher:
         self.ctx.metrics.fetch_requests.labels("origin").inc()
         stream = await self._open_origin(job, offset)
         try:
-            if job.size is None and stream.size is not None:
-                job.size = writer.size = stream.size
+            if stream.size is not None and (job.size is None or not job.size_claimed):
+                job.size = writer.size = stream.size  # the origin's word over a third peer's
             writer.source = "origin"
             async for chunk in stream:
                 await writer.feed(chunk)
