@@ -9,6 +9,7 @@ the others cover attacks that already failed safely and had no test."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
@@ -187,3 +188,19 @@ def test_a_peer_dripping_its_answer_is_given_up_for_the_origin(cluster, origin):
     result = node.fetch(digest, len(data))
     assert result.get("done") and not result.get("error"), result
     assert node.blob(digest) == data
+
+
+def test_latin1_digits_in_a_signed_header_are_refused_as_malformed(cluster):
+    """Found: X-Beiran-Auth's ts of Latin-1 digits ('²') passed `isdigit()` and failed `int()`:
+    an unauthenticated request got a 500 and left a traceback in the log (as many as it liked)
+    instead of the 401 every other malformed proof gets."""
+    node = cluster.add({"cluster_token": "s3cret"}, peers=None)
+    me = "00000000-0000-4000-8000-000000000002"
+    header = f"uuid={me},ts=1\u00b2,nonce={'a' * 32},sig={'0' * 64}"
+    for path in ("/blobs/sha256:" + "0" * 64, "/peer"):
+        req = f"GET {path} HTTP/1.1\r\nHost: x\r\nX-Beiran-Auth: {header}\r\nConnection: close\r\n\r\n"
+        with socket.create_connection((node.ip, node.port), timeout=10) as s:
+            s.sendall(req.encode("latin-1"))
+            head = s.recv(4096)
+        assert head.startswith(b"HTTP/1.1 401"), (path, head[:200])
+    assert "Traceback" not in node.log()
