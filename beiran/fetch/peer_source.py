@@ -117,8 +117,8 @@ class PeerSource:
                 if length is not None and length != str(end - offset):
                     raise UpstreamError(f"peer {node[:8]} answered the range {offset}-{end - 1} with "
                                         f"{length[:20]!r} bytes")
-            elif (job.size is None or not job.size_claimed) and length and length.isdigit():
-                job.size = writer.size = int(length) + offset  # its own claim, not a third peer's
+            elif job.size is None and length and length.isdigit():
+                job.size = writer.size = int(length) + offset
             pos = self._read_body(resp, job, node, offset, loop, end)
             if end is not None and pos != end:
                 raise UpstreamError(f"peer {node[:8]} ended the range at {pos}, expected {end}")

@@ -204,3 +204,58 @@ def test_latin1_digits_in_a_signed_header_are_refused_as_malformed(cluster):
             head = s.recv(4096)
         assert head.startswith(b"HTTP/1.1 401"), (path, head[:200])
     assert "Traceback" not in node.log()
+
+
+@pytest.mark.xfail(strict=True, reason="a blob fetched with no size (npm's tarballs) takes as many "
+                   "bytes as the peer's Content-Length says (or a chunked body sends) into its temp "
+                   "file, past store.max_size and up to a full disk, before verification fails: no "
+                   "cap applies to a size nobody claimed. The fix (the room check a claim gets, "
+                   "applied to the serving peer's Content-Length, and a bound on bodies without one) "
+                   "belongs in peer_source.py/writer.py, which aptspeed2 is changing now: reported")
+def test_a_peer_cannot_write_more_than_the_store_holds_for_a_blob_of_unknown_size(cluster, origin):
+    mib = 1 << 20
+    node = cluster.add({"origins": {"o": origin.url}, "store": {"max_size": 4 * mib}, **CONFIG}, peers=None)
+    peer = HostileBlobPeer(cluster.ip(7))
+    data, digest = random_blob(5000, 700)
+    origin.put("big", data)
+    junk = b"j" * mib
+    peer.answers[digest] = [ok_head(24 * mib)] + [junk] * 24
+    try:
+        result = as_holder(node, peer, [[digest, "c", None]],
+                           lambda: node.fetch(digest, None, {"plugin": "origin", "name": "o", "path": "/big"}))
+    finally:
+        peer.stop()
+    print(f"\nthe node took {peer.sent[digest] / mib:.1f} MiB of junk for a blob in a store of 4 MiB")
+    assert result.get("done") and not result.get("error"), result
+    assert peer.sent[digest] < 12 * mib
+
+
+@pytest.mark.parametrize("raw", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\nxx",  # Latin-1 digits (found: a ValueError)
+    b"HTTP/1.1 2\xb20 OK\r\nContent-Length: 2\r\n\r\nxx",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n folded: value\r\n\r\nxx",  # obs-fold
+    b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nxx",  # space before the colon
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\x00\r\n\r\nxx",  # NUL in the value
+    b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nxx",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nxx",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+    b"HTTP/1.1  200 OK\r\nContent-Length: 2\r\n\r\nxx",
+    b"HTTP/1.1 200 OK\rContent-Length: 2\r\r\rxx" + b"x" * 70000,  # bare CR: one endless line
+])
+def test_hostile_heads_are_refused_as_http_errors(raw):
+    """What a hostile peer might send for a head is refused with an HTTPException (the receive path
+    takes those for the peer's failure), never any other exception. The first two were found
+    (ValueError); the others were already refused and untested."""
+    import http.client
+
+    from beiran.fetch.peer_response import PeerResponse
+
+    a, b = socket.socketpair()
+    try:
+        a.sendall(raw)
+        a.shutdown(socket.SHUT_WR)
+        with pytest.raises(http.client.HTTPException):
+            PeerResponse(b, method="GET").begin()
+    finally:
+        a.close()
+        b.close()

@@ -27,6 +27,8 @@ class HostileBlobPeer:
         #: digest -> the steps of its answer (a callable gets the request head and returns them)
         self.answers: dict[str, list[Step] | Callable[[bytes], list[Step]]] = {}
         self.asked: Counter[str] = Counter()
+        #: bytes of each digest's answers the node took (sent without error)
+        self.sent: Counter[str] = Counter()
         self.connections = 0
         self._stop = False
         self._conns: list[socket.socket] = []
@@ -70,6 +72,7 @@ class HostileBlobPeer:
                         time.sleep(step)
                     else:
                         conn.sendall(step)
+                        self.sent[digest] += len(step)
         except OSError:
             return
         finally:
