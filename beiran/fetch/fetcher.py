@@ -190,10 +190,7 @@ class Fetcher:
                        delegated=delegated, opener=opener, size_trusted=trusted, size_claimed=claimed)
         self.jobs[digest] = job
         try:
-            # a holder's announced size plans the download (ranges, whole receive) but is no reason
-            # to refuse it for want of room: only a size that came with the request is checked so
-            job.writer = await self.ctx.store.begin_write(digest, size if claimed else None, reserve=trusted)
-            job.writer.size = size
+            job.writer = await self._begin_write(job)
         except Conflict:
             del self.jobs[digest]
             raise
@@ -206,9 +203,18 @@ class Fetcher:
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         return job
 
-    def _announced_size(self, digest: str) -> int | None:
-        for p in self.ctx.availability.peers.values():
-            if p.online and digest in p.blobs and p.blobs[digest][1] is not None:
+    async def _begin_write(self, job: FetchJob) -> BlobWriter:
+        """A holder's announced size plans the download (ranges, whole receive, the bound on what
+        a peer may send) but is no reason to refuse it for want of room: only a size that came
+        with the request is checked so."""
+        writer = await self.ctx.store.begin_write(job.digest, job.size if job.size_claimed else None,
+                                                  reserve=job.size_trusted)
+        writer.size = job.size
+        return writer
+
+    def _announced_size(self, digest: str, skip: set[str] | None = None) -> int | None:
+        for node, p in self.ctx.availability.peers.items():
+            if p.online and node not in (skip or ()) and digest in p.blobs and p.blobs[digest][1] is not None:
                 return p.blobs[digest][1]
         return None
 
@@ -253,9 +259,9 @@ class Fetcher:
                 job.bad |= suspects
                 job.contributors.clear()
                 job.bytes_from.clear()
-                if not job.size_claimed:
-                    job.size = None  # what a skipped peer said of the size goes with it
-                job.writer = await self.ctx.store.begin_write(job.digest, job.size, reserve=job.size_trusted)
+                if not job.size_claimed:  # what a skipped peer said of the size goes with it
+                    job.size = self._announced_size(job.digest, job.bad)
+                job.writer = await self._begin_write(job)
                 job.ready.set()
         raise UpstreamError(f"blob {job.digest[:19]}: gave up after {MAX_RESTARTS} bad sources")
 
