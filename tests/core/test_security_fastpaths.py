@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
@@ -19,7 +20,7 @@ import pytest
 from beiran_testkit.daemon import Daemon, wait_until
 from beiran_testkit.fakepeer import RPCPeer
 from beiran_testkit.fixtures import random_blob
-from beiran_testkit.hostilepeer import CLOSE, HostileBlobPeer, ok_head
+from beiran_testkit.hostilepeer import CLOSE, HostileBlobPeer, ScriptedOrigin, ok_head
 
 pytestmark = pytest.mark.cluster
 CONFIG = {"fetch": {"peer_timeout": 3.0, "origin_delegation": False}}
@@ -259,3 +260,40 @@ def test_hostile_heads_are_refused_as_http_errors(raw):
     finally:
         a.close()
         b.close()
+
+
+def test_an_origins_extra_bytes_or_interim_answers_are_never_read_as_the_next_answer(cluster):
+    """Already safe (untested with a daemon): on a kept-alive origin connection, bytes after a
+    body (a whole forged answer, at once or a moment later) and a 103 before the answer are never
+    taken for the next request's answer: every blob arrives right, and a connection with bytes
+    nobody asked for is not used again."""
+    origin = ScriptedOrigin("127.0.0.1")
+    node = cluster.add({"origins": {"o": origin.url}, **CONFIG}, peers=None)
+    blobs = {name: random_blob(3000 + i, 800 + i) for i, name in
+             enumerate(("glued", "after-glued", "late", "after-late", "early"))}
+
+    def forged(name: str) -> bytes:
+        return ok_head(len(blobs[name][0])) + b"F" * len(blobs[name][0])
+    origin.answers = {
+        "/glued": [ok_head(len(blobs["glued"][0])) + blobs["glued"][0] + forged("after-glued")],
+        "/after-glued": [ok_head(len(blobs["after-glued"][0])) + blobs["after-glued"][0]],
+        "/late": [ok_head(len(blobs["late"][0])) + blobs["late"][0], 0.3, forged("after-late")],
+        "/after-late": [ok_head(len(blobs["after-late"][0])) + blobs["after-late"][0]],
+        "/early": [b"HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n\r\n"
+                   + ok_head(len(blobs["early"][0])) + blobs["early"][0]],
+    }
+    results = {}
+    try:
+        for name, (data, digest) in blobs.items():
+            if name == "after-late":
+                time.sleep(0.6)  # the forged answer has arrived on the idle connection by now
+            results[name] = node.fetch(digest, len(data), {"plugin": "origin", "name": "o", "path": "/" + name})
+    finally:
+        origin.stop()
+    print(f"\nresults: { {k: r.get('error') or 'ok' for k, r in results.items()} }, "
+          f"{origin.connections} connections for {sum(origin.asked.values())} requests")
+    for name, (data, digest) in blobs.items():
+        assert not results[name].get("error"), (name, results[name])
+        assert node.blob(digest) == data, name
+    assert all(origin.asked["/" + n] == 1 for n in blobs), origin.asked
+    assert origin.connections >= 3  # neither connection that carried unasked bytes was used again

@@ -58,7 +58,7 @@ class HostileBlobPeer:
                     buf += data
                 head, buf = buf.split(b"\r\n\r\n", 1)
                 target = head.split(b" ", 2)[1].decode()
-                digest = target.rsplit("/", 1)[-1]
+                digest = self.key(target)
                 self.asked[digest] += 1
                 answer = self.answers.get(digest)
                 steps = answer(head) if callable(answer) else answer
@@ -78,6 +78,10 @@ class HostileBlobPeer:
         finally:
             conn.close()
 
+    def key(self, target: str) -> str:
+        """What the answers are keyed by: a blob request's digest."""
+        return target.rsplit("/", 1)[-1]
+
     def stop(self) -> None:
         self._stop = True
         self._thread.join(2)
@@ -93,3 +97,14 @@ def ok_head(length: int | str, extra: bytes = b"") -> bytes:
     """A 200 head with the given Content-Length (anything, when a str)."""
     value = str(length).encode("latin-1")
     return b"HTTP/1.1 200 OK\r\nContent-Length: " + value + b"\r\n" + extra + b"\r\n"
+
+
+class ScriptedOrigin(HostileBlobPeer):
+    """The same scripted answers for an origin: keyed by the request's path (`/name`), not a digest."""
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.ip}:{self.port}"
+
+    def key(self, target: str) -> str:
+        return target.split("?", 1)[0]
