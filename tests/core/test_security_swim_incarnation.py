@@ -1,0 +1,83 @@
+"""Red team on membership (swim datagrams): claims about other members. A member that holds the
+cluster token (or anyone in peer_cidrs when there is none) is still an untrusted peer: it must not
+be able to make a good member look dead, or take over its address, for longer than the member
+needs to refute it. Real daemon in swim mode, real SWIM members in this process, and a raw UDP
+attacker that signs its datagrams with the token."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import socket
+import time
+import uuid
+
+import pytest
+
+from beiran.peer.swim_members import MAX_INC, MAX_INC_JUMP
+from beiran_testkit.daemon import Daemon
+from beiran_testkit.swimpeers import start_swim_peers, stop_all
+
+pytestmark = pytest.mark.cluster
+TOKEN = "swim-incarnation-attack-token"
+
+
+def signed(payload: list, sender: str) -> bytes:
+    """A membership datagram as transport.py defines it (magic, channel, sender, sequence, MAC)."""
+    head = b"BSW1m" + sender.encode() + int(time.time() * 1e6).to_bytes(8, "big")
+    body = json.dumps(payload).encode()
+    key = hmac.new(TOKEN.encode(), b"beiran swim v1", hashlib.sha256).digest()
+    return head + hmac.new(key, head + body, hashlib.sha256).digest() + body
+
+
+def live_ids(node: Daemon) -> set[str]:
+    return {n["uuid"] for n in node.nodes(all=True) if n.get("status") == "online"}
+
+
+async def scenario(node: Daemon, base: str) -> tuple[bool, bool, str]:
+    loop = asyncio.get_running_loop()
+    peers = await start_swim_peers(3, [f"{base}.{170 + i}" for i in range(3)], TOKEN)
+    attacker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    attacker.bind((f"{base}.201", 0))
+    me = str(uuid.uuid4())
+    try:
+        for p in peers:
+            p.membership.start(seeds=[f"{node.ip}:{node.port}"])
+        end = loop.time() + 20
+        while len(await loop.run_in_executor(None, live_ids, node)) < 3:
+            assert loop.time() < end, "the members did not join"
+            await asyncio.sleep(0.2)
+        victim, hijacked, refuter = peers
+        # two lies at the highest incarnation the wire takes: the victim is dead, and the other
+        # member lives at the attacker's address; and one an honest member can outbid
+        lies = [["d", victim.id, MAX_INC - 1, me],
+                ["a", hijacked.id, MAX_INC - 1, f"{base}.201:{attacker.getsockname()[1]}"],
+                ["d", refuter.id, MAX_INC_JUMP, me]]
+        attacker.sendto(signed(["g", lies], me), (node.ip, node.port))
+        # each member hears the lie about itself within a few gossip rounds and refutes it; the
+        # daemon must believe the refutation
+        await asyncio.sleep(12)
+        ids = await loop.run_in_executor(None, live_ids, node)
+        listed = await loop.run_in_executor(None, node.api, "GET", "/nodes?all=true")
+        where = next((n for n in listed["nodes"] if n["uuid"] == hijacked.id), {})
+        assert refuter.id in ids and refuter.membership.inc > MAX_INC_JUMP, "a lie the member could refute stuck"
+        return victim.id in ids, hijacked.id in ids, json.dumps(where)
+    finally:
+        attacker.close()
+        stop_all(peers)
+
+
+def test_a_claim_at_the_last_incarnation_cannot_silence_or_take_over_a_member(cluster):
+    """Found: an update's incarnation was only bounded by the wire's MAX_INC, so a dead (or alive
+    elsewhere) claim at MAX_INC - 1 left the member no incarnation to refute it with: its refutation
+    at MAX_INC failed every node's decoder, which dropped the whole datagram it rode in, so the
+    member stayed dead (or the attacker's address stayed its address) for good."""
+    base = cluster.ip(0).rsplit(".", 1)[0]
+    node = cluster.add({"cluster_token": TOKEN, "peer_cidrs": [f"{base}.0/24"], "cluster": {"full_mesh_max": 2}},
+                       peers=[])
+    victim_alive, hijacked_alive, hijacked_entry = asyncio.run(scenario(node, base))
+    print(f"\nvictim alive: {victim_alive}; hijacked member: {hijacked_entry}")
+    assert victim_alive, "a member declared dead by a forged claim stayed dead"
+    assert hijacked_alive and f"{base}.201" not in hijacked_entry, hijacked_entry
