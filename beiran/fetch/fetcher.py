@@ -365,8 +365,9 @@ class Fetcher:
             return True
         except (BeiranError, OSError) as exc:
             await writer.flush()
-            if partial and writer.available > start:  # a copy still downloading ends short when
-                # its own download failed: what it sent is suspect, start over without it
+            if (partial or job.size is None) and writer.available > start:  # a copy still downloading
+                # ends short when its own download failed, and a body of unknown size has no end to
+                # resume towards: what it sent is suspect, start over without it
                 raise VerificationError(f"peer {node[:8]} ended its unverified copy short: {exc}") from None
             failed.add(node)
             writer.untrusted |= writer.available > start  # peers get none of it before it verified

@@ -45,6 +45,11 @@ class PeerHeaders:
 class PeerResponse(http.client.HTTPResponse):
     """`http.client.HTTPResponse` whose `begin()` reads the head itself."""
 
+    #: body bytes the receive loops have read (a transfer's progress rule watches it: pace.py)
+    received = 0
+    #: the end offset in the blob this answer's bytes may not pass (None: the writer's size bounds them)
+    limit: int | None = None
+
     def begin(self) -> None:
         if self.headers is not None:  # already begun
             return
