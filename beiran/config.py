@@ -96,6 +96,10 @@ class FetchConfig:
     #: store.max_size and the free disk)
     max_unknown_size: int = 1 << 30
 
+    def __post_init__(self) -> None:
+        self.peer_min_rate = parse_size(self.peer_min_rate, "fetch.peer_min_rate") or 0
+        self.max_unknown_size = parse_size(self.max_unknown_size, "fetch.max_unknown_size") or 0
+
 
 #: private, carrier-grade NAT, unique-local, link-local IPv6 and loopback ranges: where LAN peers live.
 #: 169.254.0.0/16 (cloud metadata services) and public addresses are left out on purpose.
@@ -313,8 +317,6 @@ def _build_section(cls: type[_Section], data: dict[str, Any], where: str, origin
         obj.large_blob_threshold = parse_size(obj.large_blob_threshold, "fetch.large_blob_threshold") or 0
         obj.piece_size = parse_size(obj.piece_size, "fetch.piece_size") or (8 << 20)
         obj.peer_max_bytes = parse_size(obj.peer_max_bytes, "fetch.peer_max_bytes") or 0
-        obj.peer_min_rate = parse_size(obj.peer_min_rate, "fetch.peer_min_rate") or 0
-        obj.max_unknown_size = parse_size(obj.max_unknown_size, "fetch.max_unknown_size") or 0
     if isinstance(obj, ClusterConfig):
         for name, low in (("full_mesh_max", 2), ("max_links", 4)):
             value = getattr(obj, name)

@@ -35,7 +35,7 @@ from beiran.errors import (
     UpstreamError,
     VerificationError,
 )
-from beiran.fetch import large, placement
+from beiran.fetch import blame, large, placement
 from beiran.fetch.admission import PeerAdmission
 from beiran.fetch.origins import local_source_keys, open_origin, source_key
 from beiran.fetch.peer_source import PeerSource
@@ -68,6 +68,7 @@ class FetchJob:
     contributors: set[str] = field(default_factory=set)  # peers whose bytes are in the writer
     bad: set[str] = field(default_factory=set)  # peers skipped for this blob
     busy: set[str] = field(default_factory=set)  # holders that answered "at my upload cap" (429)
+    one_by_one: bool = False  # pieces from several peers failed the blob: one holder at a time (blame.py)
     started: float = field(default_factory=time.monotonic)
     _last_event: float = 0.0
     #: set while `writer` is usable (cleared while it is (re)created); joiners wait on it
@@ -254,9 +255,7 @@ class Fetcher:
                 job.writer = None  # commit() already discarded the bytes
                 if not suspects:
                     raise  # the origin itself served bad bytes
-                log.warning("blob %s from %s failed verification (%s); skipping them",
-                            job.digest[:19], ", ".join(s[:8] for s in suspects), exc)
-                job.bad |= suspects
+                blame.failed_verification(job, suspects, exc)
                 job.contributors.clear()
                 job.bytes_from.clear()
                 if not job.size_claimed:  # what a skipped peer said of the size goes with it
@@ -294,7 +293,7 @@ class Fetcher:
             else:
                 complete, partial = self._candidates(job, failed)
             if (len(complete) >= 2 and job.size and job.size >= cfg.large_blob_threshold
-                    and writer.position == 0):
+                    and writer.position == 0 and not job.one_by_one):
                 nodes = complete[:cfg.max_parallel_peers]
                 with cluster.links_for(nodes):
                     used = await self.peers.fill_ranges(job, nodes, failed)
@@ -358,17 +357,20 @@ class Fetcher:
         writer = job.live_writer()
         if partial is None:
             partial = node in self.ctx.availability.holders(job.digest)[1]
-        start = writer.position
+        start, new = writer.position, node not in job.contributors
         try:
             job.contributors.add(node)
             await self.peers.stream_into(job, node, start)
             return True
         except (BeiranError, OSError) as exc:
             await writer.flush()
-            if (partial or job.size is None) and writer.available > start:  # a copy still downloading
-                # ends short when its own download failed, and a body of unknown size has no end to
-                # resume towards: what it sent is suspect, start over without it
+            if (partial or job.size is None or job.one_by_one) and writer.available > start:  # a copy
+                # still downloading ends short when its own download failed, a body of unknown size
+                # has no end to resume towards, and one holder at a time means one peer's bytes per
+                # attempt (blame.py): what it sent is suspect, start over without it
                 raise VerificationError(f"peer {node[:8]} ended its unverified copy short: {exc}") from None
+            if new and writer.available == start:
+                job.contributors.discard(node)  # none of its bytes are in the writer: not a suspect
             failed.add(node)
             writer.untrusted |= writer.available > start  # peers get none of it before it verified
             if isinstance(exc, PeerBusy):
