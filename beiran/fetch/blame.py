@@ -15,7 +15,7 @@ import logging
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from beiran.fetch.fetcher import FetchJob
+    from beiran.fetch.job import FetchJob
 
 log = logging.getLogger("beiran.fetch")
 

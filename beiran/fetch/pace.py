@@ -26,7 +26,7 @@ from beiran.errors import UpstreamError
 
 if TYPE_CHECKING:
     from beiran.context import DaemonContext
-    from beiran.fetch.fetcher import FetchJob
+    from beiran.fetch.job import FetchJob
 
 
 class Pace:
