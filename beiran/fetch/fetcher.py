@@ -173,7 +173,10 @@ class Fetcher:
             self.jobs.pop(job.digest, None)
 
     async def _download(self, job: FetchJob) -> BlobEntry:
-        for _ in range(MAX_RESTARTS):
+        for attempt in range(MAX_RESTARTS):
+            # peers failed every attempt before the last: that one goes to the origin, when there is
+            # one (so many lying holders cost this node restarts, never the blob)
+            job.peers_off = attempt == MAX_RESTARTS - 1 and bool(job.source or job.opener)
             try:
                 await self._fill(job)
                 return await self.ctx.store.commit(job.live_writer())
@@ -217,7 +220,7 @@ class Fetcher:
             # a local opener is for private blobs: peers never serve those (restricted), so go on
             complete: list[str]
             partial: list[str]
-            if job.opener:
+            if job.opener or job.peers_off:
                 complete, partial = [], []
             elif swim:
                 complete, partial = await large.candidates(self.ctx, job, failed), []
@@ -251,7 +254,7 @@ class Fetcher:
             # (an apt archive it never saw, an origin it cannot reach) passes it to the next rank,
             # which every requester picks alike, so the origin is still asked once
             if (job.source and job.opener is None and not job.delegated and cfg.origin_delegation
-                    and delegations < large.CHAIN):
+                    and delegations < large.CHAIN and not job.peers_off):
                 delegations += 1
                 owner = large.owner(self.ctx, job, failed) if swim else self._owner(job, failed)
                 if owner is not None and owner not in failed:

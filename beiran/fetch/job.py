@@ -33,6 +33,7 @@ class FetchJob:
     bad: set[str] = field(default_factory=set)  # peers skipped for this blob
     busy: set[str] = field(default_factory=set)  # holders that answered "at my upload cap" (429)
     one_by_one: bool = False  # pieces from several peers failed the blob: one holder at a time (blame.py)
+    peers_off: bool = False  # the last restart after bad peers: the origin only
     started: float = field(default_factory=time.monotonic)
     _last_event: float = 0.0
     #: set while `writer` is usable (cleared while it is (re)created); joiners wait on it

@@ -26,17 +26,22 @@ pytestmark = pytest.mark.cluster
 CONFIG = {"fetch": {"peer_timeout": 3.0, "origin_delegation": False}}
 
 
-def as_holder(node: Daemon, peer: HostileBlobPeer, holdings: list[list], body: Callable[[], Any]) -> Any:
-    """Run `body` (blocking calls on the node) while an RPCPeer from the hostile peer's address
-    announces `holdings` complete: the node fetches them from the hostile peer's endpoint."""
+def as_holder(node: Daemon, peer: HostileBlobPeer | list[HostileBlobPeer], holdings: list[list],
+              body: Callable[[], Any]) -> Any:
+    """Run `body` (blocking calls on the node) while an RPCPeer from each hostile peer's address
+    announces `holdings` complete: the node fetches them from the hostile peers' endpoints."""
+    peers = peer if isinstance(peer, list) else [peer]
+
     async def run() -> Any:
-        rpc = await RPCPeer(node.url, port=peer.port, holdings=holdings, source_ip=peer.ip).connect()
+        rpcs = [await RPCPeer(node.url, port=p.port, holdings=holdings, source_ip=p.ip).connect() for p in peers]
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(None, lambda: wait_until(lambda: rpc.uuid in node.online_peers(), 10))
+            await loop.run_in_executor(None, lambda: wait_until(
+                lambda: {r.uuid for r in rpcs} <= node.online_peers(), 10))
             return await loop.run_in_executor(None, body)
         finally:
-            await rpc.close()
+            for rpc in rpcs:
+                await rpc.close()
     return asyncio.run(run())
 
 
@@ -330,16 +335,7 @@ def test_one_lying_holder_in_a_multi_peer_fetch_does_not_send_the_node_to_the_or
     wait_until(lambda: any(b["digest"] == digest and b["nodes"].get(n2.uuid) == "complete"
                            for b in n1.api("GET", "/blobs?all=true")["blobs"]), 10, what="n2's blob announced")
     peer = HostileBlobPeer(cluster.ip(7))
-
-    def junk_ranges(head: bytes) -> list:
-        rng = next((line for line in head.split(b"\r\n") if line.lower().startswith(b"range:")), None)
-        if rng is None:  # asked for the whole blob: junk as well
-            return [ok_head(len(data)) + b"j" * len(data)]
-        start, end = (int(x) for x in rng.split(b"=", 1)[1].split(b"-"))
-        n = end - start + 1
-        return [b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes %d-%d/%d\r\nContent-Length: %d\r\n\r\n"
-                % (start, end, len(data), n) + b"j" * n]
-    peer.answers[digest] = junk_ranges
+    peer.answers[digest] = junk_answer(len(data))
     try:
         result = as_holder(n1, peer, [[digest, "c", len(data)]],
                            lambda: n1.fetch(digest, len(data), {"plugin": "origin", "name": "o", "path": "/large"}))
@@ -349,3 +345,46 @@ def test_one_lying_holder_in_a_multi_peer_fetch_does_not_send_the_node_to_the_or
     assert result.get("done") and not result.get("error"), result
     assert n1.blob(digest) == data
     assert origin.requests["/large"] == 0, "the origin was asked for a blob an honest peer holds"
+
+
+def junk_answer(size: int) -> Callable[[bytes], list]:
+    """A liar's answer to any request for a blob of `size` bytes: the range (or the whole) asked
+    for, of junk."""
+    def answer(head: bytes) -> list:
+        rng = next((line for line in head.split(b"\r\n") if line.lower().startswith(b"range:")), None)
+        if rng is None:
+            return [ok_head(size) + b"j" * size]
+        start, end = (int(x) for x in rng.split(b"=", 1)[1].split(b"-"))
+        n = end - start + 1
+        return [b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes %d-%d/%d\r\nContent-Length: %d\r\n\r\n"
+                % (start, end, size, n) + b"j" * n]
+    return answer
+
+
+def test_many_lying_holders_cost_restarts_never_the_blob(cluster, origin):
+    """Found (with the fix above, which takes holders one at a time after a multi-peer fetch failed):
+    each lying holder costs the fetch one of its restarts, and with as many liars as restarts the
+    fetch failed ("gave up after 4 bad sources") although the origin has the blob. Now the last
+    restart goes to the origin only: the blob arrives, verified, the origin asked once."""
+    config = {"origins": {"o": origin.url},
+              "fetch": {"peer_timeout": 3.0, "origin_delegation": False, "large_blob_threshold": 1 << 20,
+                        "piece_size": 256 << 10}}
+    node = cluster.add(config, peers=None)
+    data, digest = random_blob(2 << 20, 950)
+    origin.put("large", data)
+    liars = [HostileBlobPeer(cluster.ip(7 + i)) for i in range(5)]
+    for liar in liars:
+        liar.answers[digest] = junk_answer(len(data))
+    before = node.metrics()
+    try:
+        result = as_holder(node, liars, [[digest, "c", len(data)]],
+                           lambda: node.fetch(digest, len(data), {"plugin": "origin", "name": "o", "path": "/large"}))
+    finally:
+        for liar in liars:
+            liar.stop()
+    failures = node.metrics()["beiran_verification_failures_total"] - before.get("beiran_verification_failures_total", 0)
+    print(f"\nverification failures: {failures}; liars asked: {[liar.asked[digest] for liar in liars]}")
+    assert result.get("done") and not result.get("error"), result
+    assert node.blob(digest) == data
+    assert origin.requests["/large"] == 1, dict(origin.requests)
+    assert failures >= 3  # the attack ran: the pieces, then liars one at a time
