@@ -382,7 +382,8 @@ def test_many_lying_holders_cost_restarts_never_the_blob(cluster, origin):
     finally:
         for liar in liars:
             liar.stop()
-    failures = node.metrics()["beiran_verification_failures_total"] - before.get("beiran_verification_failures_total", 0)
+    key = "beiran_verification_failures_total"
+    failures = node.metrics()[key] - before.get(key, 0)
     print(f"\nverification failures: {failures}; liars asked: {[liar.asked[digest] for liar in liars]}")
     assert result.get("done") and not result.get("error"), result
     assert node.blob(digest) == data
