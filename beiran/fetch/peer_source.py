@@ -148,8 +148,9 @@ class PeerSource:
                 raise pace.error(node) from None
             raise UpstreamError(f"peer {node[:8]}: {exc or type(exc).__name__}") from None
         finally:
+            keep = pace.end() and keep  # a connection that was cut is not kept
             if conn is not None:
-                if pace.end() and keep:
+                if keep:
                     self.pool.put(host, port, conn)
                 else:
                     conn.close()
@@ -161,9 +162,9 @@ class PeerSource:
         timeout = self.ctx.config.fetch.peer_timeout
         while True:
             conn, reused = self.pool.get(host, port, timeout)
-            pace.attach(conn)
             self.ctx.metrics.peer_connections.labels("reused" if reused else "new").inc()
             try:
+                pace.attach(conn)  # raises once the transfer was cut (a retry after the cut)
                 conn.request("GET", path, headers=headers)
                 return conn, cast(PeerResponse, conn.getresponse())
             except (ConnectionError, http.client.BadStatusLine):
