@@ -8,36 +8,19 @@ the others cover attacks that already failed safely and had no test."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 import pytest
 
 from beiran_testkit.daemon import Daemon, wait_until
-from beiran_testkit.fakepeer import RPCPeer
 from beiran_testkit.fixtures import random_blob
-from beiran_testkit.hostilepeer import CLOSE, HostileBlobPeer, ScriptedOrigin, ok_head
+from beiran_testkit.hostilepeer import CLOSE, HostileBlobPeer, ScriptedOrigin, as_holder, ok_head
 
 pytestmark = pytest.mark.cluster
 CONFIG = {"fetch": {"peer_timeout": 3.0, "origin_delegation": False}}
-
-
-def as_holder(node: Daemon, peer: HostileBlobPeer, holdings: list[list], body: Callable[[], Any]) -> Any:
-    """Run `body` (blocking calls on the node) while an RPCPeer from the hostile peer's address
-    announces `holdings` complete: the node fetches them from the hostile peer's endpoint."""
-    async def run() -> Any:
-        rpc = await RPCPeer(node.url, port=peer.port, holdings=holdings, source_ip=peer.ip).connect()
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(None, lambda: wait_until(lambda: rpc.uuid in node.online_peers(), 10))
-            return await loop.run_in_executor(None, body)
-        finally:
-            await rpc.close()
-    return asyncio.run(run())
 
 
 def temp_files(node: Daemon) -> list[str]:
