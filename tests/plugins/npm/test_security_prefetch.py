@@ -48,6 +48,6 @@ def test_a_prefetch_takes_no_more_than_the_announced_size_from_a_lying_holder(cl
     finally:
         peer.stop()
     print(f"\nthe node took {peer.sent[held.digest] / MiB:.1f} MiB from a holder that announced 1000 bytes")
-    assert status == 200 and len(body) == len(held.tarball) and body == held.tarball, (len(body), len(held.tarball), node.log()[-6000:])
+    assert status == 200 and body == held.tarball, (len(body), len(held.tarball))
     assert upstream.tarball_requests() == {f"/beiran-test-p23/-/{held.file}": 1}
     assert peer.sent[held.digest] < 16 * MiB  # kernel buffers take a few MiB before the node hangs up
