@@ -96,7 +96,8 @@ def test_a_third_peers_size_claim_never_fails_a_fetch_the_origin_can_serve(clust
 def test_whole_blob_lies_fail_over_to_the_origin_and_leave_nothing(cluster, origin):
     """Already safe (no test covered it): on the whole-blob path (a blob of known size <= 2 MiB,
     read whole on a receive thread) a peer that sends more than the size, fewer, the right count of
-    another blob's bytes, a cut body, or a head and nothing more costs the node's client nothing:
+    another blob's bytes, a cut body, a head and nothing more, or a part and then silence (past
+    peer_timeout) costs the node's client nothing:
     the blob comes from the origin verified, no temp file or unverified file stays, and each lie
     counts as a peer failure. A right prefix and a cut is resumed from the origin (one request for
     the rest); a wrong prefix costs the origin one request more (the rest, then the whole)."""
@@ -105,13 +106,14 @@ def test_whole_blob_lies_fail_over_to_the_origin_and_leave_nothing(cluster, orig
     n = 300_000
     other, _ = random_blob(n, 999)
     blobs = {name: random_blob(n, 500 + i)
-             for i, name in enumerate(("more", "fewer", "other", "cut", "head"))}
+             for i, name in enumerate(("more", "fewer", "other", "cut", "head", "stall"))}
     answers = {
         "more": lambda data: [ok_head(n + 100) + data + b"y" * 100],
         "fewer": lambda data: [ok_head(n - 100) + other[:n - 100], CLOSE],
         "other": lambda data: [ok_head(n) + other],
         "cut": lambda data: [ok_head(n) + data[:n // 2], 0.2, CLOSE],
         "head": lambda data: [ok_head(n), CLOSE],
+        "stall": lambda data: [ok_head(n) + data[:n // 3]],  # then silence, the connection open
     }
     for name, (data, digest) in blobs.items():
         origin.put(name, data)
@@ -134,13 +136,14 @@ def test_whole_blob_lies_fail_over_to_the_origin_and_leave_nothing(cluster, orig
         assert node.tcp("GET", f"/blobs/{digest}")[2] == data, name
     asked = {name: origin.requests["/" + name] for name in blobs}
     print(f"\norigin requests per blob: {asked}; origin bytes {dict(origin.bytes)}")
-    assert asked == {"more": 1, "fewer": 2, "other": 1, "cut": 1, "head": 1}, asked
+    assert asked == {"more": 1, "fewer": 2, "other": 1, "cut": 1, "head": 1, "stall": 1}, asked
     assert origin.bytes["/cut"] == n - n // 2  # resumed where the right prefix ended
+    assert origin.bytes["/stall"] == n - n // 3
     assert temp_files(node) == []
     # "other" and the wrong prefix of "fewer" fail verification; "more" (refused before a byte of it
-    # was written), "fewer", "cut" and "head" are transfers that failed part-way
+    # was written), "fewer", "cut", "head" and "stall" are transfers that failed part-way
     assert after["beiran_verification_failures_total"] - before.get("beiran_verification_failures_total", 0) == 2
-    assert after["beiran_peer_failures_total"] - before.get("beiran_peer_failures_total", 0) == 4
+    assert after["beiran_peer_failures_total"] - before.get("beiran_peer_failures_total", 0) == 5
 
 
 @pytest.mark.slow
