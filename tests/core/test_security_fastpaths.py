@@ -361,3 +361,39 @@ def test_a_peer_leaving_the_size_out_is_still_held_to_its_byte_cap(cluster, orig
           "for a peer capped at 3 MiB")
     assert len(stored) <= 3, stored
     assert node.metrics()["beiran_peer_requests_refused_total{cap=bytes}"] >= 5
+
+
+@pytest.mark.parametrize("first", ["head", "304", "204"])
+def test_a_bodyless_answer_that_brings_a_body_never_answers_the_next_request(first):
+    """Already safe (untested): a HEAD answer, a 304 or a 204 has no body by definition; an origin
+    that sends one anyway (here: a whole forged answer as that "body") must not have it read as the
+    answer to the next request on the kept-alive connection. In-process: the real httpstream and
+    origin pool against a scripted origin."""
+    from beiran import origin_connections
+    from beiran.errors import UpstreamError
+    from beiran.httpstream import stream_request
+
+    origin = ScriptedOrigin("127.0.0.1")
+    forged = ok_head(6) + b"FORGED"
+    status = {"head": b"200 OK", "304": b"304 Not Modified", "204": b"204 No Content"}[first]
+    origin.answers = {"/first": [b"HTTP/1.1 " + status + b"\r\nContent-Length: %d\r\n\r\n" % len(forged) + forged],
+                      "/next": [ok_head(4) + b"real"]}
+
+    async def main() -> tuple[int, bytes]:
+        try:
+            method = "HEAD" if first == "head" else "GET"
+            try:
+                async with stream_request(origin.url + "/first", method=method, origin=True) as resp:
+                    await resp.read_all(1 << 20)
+            except UpstreamError:
+                assert first == "204"  # refused outright (Tornado: a 204 must not have a body)
+            async with stream_request(origin.url + "/next", origin=True) as resp:
+                return resp.code, await resp.read_all(1 << 20)
+        finally:
+            origin_connections.pool().close()
+    try:
+        code, body = asyncio.run(main())
+    finally:
+        origin.stop()
+    assert (code, body) == (200, b"real")
+    assert origin.asked["/next"] == 1
