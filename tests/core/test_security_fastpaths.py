@@ -397,3 +397,47 @@ def test_a_bodyless_answer_that_brings_a_body_never_answers_the_next_request(fir
         origin.stop()
     assert (code, body) == (200, b"real")
     assert origin.asked["/next"] == 1
+
+
+def _rss_mib(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@pytest.mark.slow
+def test_many_stalled_small_transfers_hold_bounded_memory(cluster, origin):
+    """Already safe (untested): 48 small blobs (1.5 MiB, each received whole into a 2 MiB buffer)
+    from a peer that sends each head and a few bytes and then stalls: the receive pool (32 threads)
+    bounds the buffers in use, so the node's memory grows by at most 32 x 2 MiB (plus what Python
+    and the kernel add), every fetch ends from the origin, and the node answers its API meanwhile."""
+    node = cluster.add({"origins": {"o": origin.url}, **CONFIG}, peers=None)
+    peer = HostileBlobPeer(cluster.ip(7))
+    n = 3 << 19
+    blobs = {f"s{i}": random_blob(n, 1100 + i) for i in range(48)}
+    for name, (data, digest) in blobs.items():
+        origin.put(name, data)
+        peer.answers[digest] = [ok_head(n) + data[:16], 4.0, CLOSE]  # past peer_timeout (3 s)
+    assert node.proc is not None
+    base = _rss_mib(node.proc.pid)
+
+    def run_all() -> tuple[list[dict], float, bool]:
+        with ThreadPoolExecutor(len(blobs)) as pool:
+            futs = [pool.submit(node.fetch, d, n, {"plugin": "origin", "name": "o", "path": "/" + k})
+                    for k, (_, d) in blobs.items()]
+            peak, answered = 0.0, True
+            while not all(f.done() for f in futs):
+                peak = max(peak, _rss_mib(node.proc.pid))
+                answered = answered and bool(node.api("GET", "/ping", timeout=5).get("pong"))
+                wait(futs, timeout=0.2)
+            return [f.result() for f in futs], peak, answered
+    try:
+        results, peak, answered = as_holder(node, peer, [[d, "c", n] for _, d in blobs.values()], run_all)
+    finally:
+        peer.stop()
+    print(f"\nRSS {base:.0f} MiB before, {peak:.0f} MiB at most during 48 stalled small transfers")
+    assert answered
+    assert all(r.get("done") and not r.get("error") for r in results), [r for r in results if r.get("error")]
+    assert all(node.blob(d) == data for data, d in blobs.values())
+    assert peak - base < 32 * 2 + 96  # the buffers, plus room for 48 blobs' worth of Python and sockets
