@@ -379,6 +379,8 @@ class Fetcher:
         try:
             if stream.size is not None and (job.size is None or not job.size_claimed):
                 job.size = writer.size = stream.size  # the origin's word over a third peer's
+                if job.for_peer:
+                    self.admission.charge_known(job)  # a peer that left the size out pays it now
             writer.source = "origin"
             async for chunk in stream:
                 await writer.feed(chunk)

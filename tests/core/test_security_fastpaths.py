@@ -20,29 +20,10 @@ import pytest
 from beiran_testkit.daemon import Daemon, wait_until
 from beiran_testkit.fakepeer import RPCPeer
 from beiran_testkit.fixtures import random_blob
-from beiran_testkit.hostilepeer import CLOSE, HostileBlobPeer, ScriptedOrigin, ok_head
+from beiran_testkit.hostilepeer import CLOSE, HostileBlobPeer, ScriptedOrigin, as_holder, ok_head
 
 pytestmark = pytest.mark.cluster
 CONFIG = {"fetch": {"peer_timeout": 3.0, "origin_delegation": False}}
-
-
-def as_holder(node: Daemon, peer: HostileBlobPeer | list[HostileBlobPeer], holdings: list[list],
-              body: Callable[[], Any]) -> Any:
-    """Run `body` (blocking calls on the node) while an RPCPeer from each hostile peer's address
-    announces `holdings` complete: the node fetches them from the hostile peers' endpoints."""
-    peers = peer if isinstance(peer, list) else [peer]
-
-    async def run() -> Any:
-        rpcs = [await RPCPeer(node.url, port=p.port, holdings=holdings, source_ip=p.ip).connect() for p in peers]
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(None, lambda: wait_until(
-                lambda: {r.uuid for r in rpcs} <= node.online_peers(), 10))
-            return await loop.run_in_executor(None, body)
-        finally:
-            for rpc in rpcs:
-                await rpc.close()
-    return asyncio.run(run())
 
 
 def temp_files(node: Daemon) -> list[str]:
@@ -116,7 +97,8 @@ def test_a_third_peers_size_claim_never_fails_a_fetch_the_origin_can_serve(clust
 def test_whole_blob_lies_fail_over_to_the_origin_and_leave_nothing(cluster, origin):
     """Already safe (no test covered it): on the whole-blob path (a blob of known size <= 2 MiB,
     read whole on a receive thread) a peer that sends more than the size, fewer, the right count of
-    another blob's bytes, a cut body, or a head and nothing more costs the node's client nothing:
+    another blob's bytes, a cut body, a head and nothing more, or a part and then silence (past
+    peer_timeout) costs the node's client nothing:
     the blob comes from the origin verified, no temp file or unverified file stays, and each lie
     counts as a peer failure. A right prefix and a cut is resumed from the origin (one request for
     the rest); a wrong prefix costs the origin one request more (the rest, then the whole)."""
@@ -125,13 +107,14 @@ def test_whole_blob_lies_fail_over_to_the_origin_and_leave_nothing(cluster, orig
     n = 300_000
     other, _ = random_blob(n, 999)
     blobs = {name: random_blob(n, 500 + i)
-             for i, name in enumerate(("more", "fewer", "other", "cut", "head"))}
+             for i, name in enumerate(("more", "fewer", "other", "cut", "head", "stall"))}
     answers = {
         "more": lambda data: [ok_head(n + 100) + data + b"y" * 100],
         "fewer": lambda data: [ok_head(n - 100) + other[:n - 100], CLOSE],
         "other": lambda data: [ok_head(n) + other],
         "cut": lambda data: [ok_head(n) + data[:n // 2], 0.2, CLOSE],
         "head": lambda data: [ok_head(n), CLOSE],
+        "stall": lambda data: [ok_head(n) + data[:n // 3]],  # then silence, the connection open
     }
     for name, (data, digest) in blobs.items():
         origin.put(name, data)
@@ -154,13 +137,14 @@ def test_whole_blob_lies_fail_over_to_the_origin_and_leave_nothing(cluster, orig
         assert node.tcp("GET", f"/blobs/{digest}")[2] == data, name
     asked = {name: origin.requests["/" + name] for name in blobs}
     print(f"\norigin requests per blob: {asked}; origin bytes {dict(origin.bytes)}")
-    assert asked == {"more": 1, "fewer": 2, "other": 1, "cut": 1, "head": 1}, asked
+    assert asked == {"more": 1, "fewer": 2, "other": 1, "cut": 1, "head": 1, "stall": 1}, asked
     assert origin.bytes["/cut"] == n - n // 2  # resumed where the right prefix ended
+    assert origin.bytes["/stall"] == n - n // 3
     assert temp_files(node) == []
     # "other" and the wrong prefix of "fewer" fail verification; "more" (refused before a byte of it
-    # was written), "fewer", "cut" and "head" are transfers that failed part-way
+    # was written), "fewer", "cut", "head" and "stall" are transfers that failed part-way
     assert after["beiran_verification_failures_total"] - before.get("beiran_verification_failures_total", 0) == 2
-    assert after["beiran_peer_failures_total"] - before.get("beiran_peer_failures_total", 0) == 4
+    assert after["beiran_peer_failures_total"] - before.get("beiran_peer_failures_total", 0) == 5
 
 
 @pytest.mark.slow
@@ -389,3 +373,123 @@ def test_many_lying_holders_cost_restarts_never_the_blob(cluster, origin):
     assert node.blob(digest) == data
     assert origin.requests["/large"] == 1, dict(origin.requests)
     assert failures >= 3  # the attack ran: the pieces, then liars one at a time
+
+
+def test_a_peer_leaving_the_size_out_is_still_held_to_its_byte_cap(cluster, origin):
+    """Found: a delegated fetch without a size was charged 0 bytes against [fetch] peer_max_bytes
+    (and its real size only if known when it started): a peer that left the size out had only
+    peer_max_fetches (64) as its bound, each fetch as large as the origin's blob. Now the size the
+    origin tells is charged, and a fetch it puts over the cap ends (too_many_requests)."""
+    mib = 1 << 20
+    node = cluster.add({"origins": {"o": origin.url}, "fetch": {"peer_max_bytes": "3M"}}, peers=None)
+    digests = {}
+    for i in range(8):
+        data, digest = random_blob(mib, 1000 + i)
+        origin.put(f"u{i}", data)
+        digests[f"u{i}"] = digest
+    origin.rate = 512 * 1024  # ~2 s per blob: they are all in flight together
+
+    async def attack() -> dict[str, str]:
+        peer = await RPCPeer(node.url).connect()
+        try:
+            out = {}
+            for name, digest in digests.items():
+                ans = await peer.rpc("fetch", digest=digest, size=None,
+                                     source={"plugin": "origin", "name": "o", "path": "/" + name})
+                out[name] = ans["r"]["state"] if ans["t"] == "rpc_result" else ans["e"]["error"]
+            return out
+        finally:
+            await peer.close()
+    answers = asyncio.run(attack())
+    last, still = -1, 0
+    for _ in range(60):  # until the origin has sent all it will (unchanged for 1.5 s)
+        time.sleep(0.5)
+        now = origin.total_bytes()
+        still, last = (still + 1 if now == last else 0), now
+        if still >= 3 and sum(origin.requests.values()) >= 1:
+            break
+    stored = [n for n, d in digests.items() if node.tcp("GET", f"/blobs/{d}")[0] == 200]
+    print(f"\nanswers {answers}; stored {stored}; origin sent {origin.total_bytes() / mib:.1f} MiB "
+          "for a peer capped at 3 MiB")
+    assert len(stored) <= 3, stored
+    assert node.metrics()["beiran_peer_requests_refused_total{cap=bytes}"] >= 5
+
+
+@pytest.mark.parametrize("first", ["head", "304", "204"])
+def test_a_bodyless_answer_that_brings_a_body_never_answers_the_next_request(first):
+    """Already safe (untested): a HEAD answer, a 304 or a 204 has no body by definition; an origin
+    that sends one anyway (here: a whole forged answer as that "body") must not have it read as the
+    answer to the next request on the kept-alive connection. In-process: the real httpstream and
+    origin pool against a scripted origin."""
+    from beiran import origin_connections
+    from beiran.errors import UpstreamError
+    from beiran.httpstream import stream_request
+
+    origin = ScriptedOrigin("127.0.0.1")
+    forged = ok_head(6) + b"FORGED"
+    status = {"head": b"200 OK", "304": b"304 Not Modified", "204": b"204 No Content"}[first]
+    origin.answers = {"/first": [b"HTTP/1.1 " + status + b"\r\nContent-Length: %d\r\n\r\n" % len(forged) + forged],
+                      "/next": [ok_head(4) + b"real"]}
+
+    async def main() -> tuple[int, bytes]:
+        try:
+            method = "HEAD" if first == "head" else "GET"
+            try:
+                async with stream_request(origin.url + "/first", method=method, origin=True) as resp:
+                    await resp.read_all(1 << 20)
+            except UpstreamError:
+                assert first == "204"  # refused outright (Tornado: a 204 must not have a body)
+            async with stream_request(origin.url + "/next", origin=True) as resp:
+                return resp.code, await resp.read_all(1 << 20)
+        finally:
+            origin_connections.pool().close()
+    try:
+        code, body = asyncio.run(main())
+    finally:
+        origin.stop()
+    assert (code, body) == (200, b"real")
+    assert origin.asked["/next"] == 1
+
+
+def _rss_mib(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@pytest.mark.slow
+def test_many_stalled_small_transfers_hold_bounded_memory(cluster, origin):
+    """Already safe (untested): 48 small blobs (1.5 MiB, each received whole into a 2 MiB buffer)
+    from a peer that sends each head and a few bytes and then stalls: the receive pool (32 threads)
+    bounds the buffers in use, so the node's memory grows by at most 32 x 2 MiB (plus what Python
+    and the kernel add), every fetch ends from the origin, and the node answers its API meanwhile."""
+    node = cluster.add({"origins": {"o": origin.url}, **CONFIG}, peers=None)
+    peer = HostileBlobPeer(cluster.ip(7))
+    n = 3 << 19
+    blobs = {f"s{i}": random_blob(n, 1100 + i) for i in range(48)}
+    for name, (data, digest) in blobs.items():
+        origin.put(name, data)
+        peer.answers[digest] = [ok_head(n) + data[:16], 4.0, CLOSE]  # past peer_timeout (3 s)
+    assert node.proc is not None
+    base = _rss_mib(node.proc.pid)
+
+    def run_all() -> tuple[list[dict], float, bool]:
+        with ThreadPoolExecutor(len(blobs)) as pool:
+            futs = [pool.submit(node.fetch, d, n, {"plugin": "origin", "name": "o", "path": "/" + k})
+                    for k, (_, d) in blobs.items()]
+            peak, answered = 0.0, True
+            while not all(f.done() for f in futs):
+                peak = max(peak, _rss_mib(node.proc.pid))
+                answered = answered and bool(node.api("GET", "/ping", timeout=5).get("pong"))
+                wait(futs, timeout=0.2)
+            return [f.result() for f in futs], peak, answered
+    try:
+        results, peak, answered = as_holder(node, peer, [[d, "c", n] for _, d in blobs.values()], run_all)
+    finally:
+        peer.stop()
+    print(f"\nRSS {base:.0f} MiB before, {peak:.0f} MiB at most during 48 stalled small transfers")
+    assert answered
+    assert all(r.get("done") and not r.get("error") for r in results), [r for r in results if r.get("error")]
+    assert all(node.blob(d) == data for data, d in blobs.values())
+    assert peak - base < 32 * 2 + 96  # the buffers, plus room for 48 blobs' worth of Python and sockets

@@ -81,3 +81,50 @@ def test_a_claim_at_the_last_incarnation_cannot_silence_or_take_over_a_member(cl
     print(f"\nvictim alive: {victim_alive}; hijacked member: {hijacked_entry}")
     assert victim_alive, "a member declared dead by a forged claim stayed dead"
     assert hijacked_alive and f"{base}.201" not in hijacked_entry, hijacked_entry
+
+
+def test_oversized_malformed_and_mistyped_datagrams_are_dropped_whole(cluster):
+    """Already safe (untested on a daemon): signed datagrams over the size limit, not JSON, of the
+    wrong shape, or with a bad update among good ones add no member, leave no traceback, and the
+    next correct join is heard as before."""
+    base = cluster.ip(0).rsplit(".", 1)[0]
+    node = cluster.add({"cluster_token": TOKEN, "peer_cidrs": [f"{base}.0/24"]}, peers=[])
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((f"{base}.202", 0))
+    me = f"{base}.202:{sock.getsockname()[1]}"
+    target = (node.ip, node.port)
+
+    def members() -> int:
+        return node.api("GET", "/stats")["cluster"]["members"]
+
+    def join(mid: str, pad: int = 0) -> list:
+        return ["j", ["a", mid, 0, me + " " * pad]]
+    try:
+        before = node.api("GET", "/stats")["cluster"]["datagrams"]
+        a, b = str(uuid.uuid4()), str(uuid.uuid4())
+        bad = [
+            signed(["g", [["a", a, 0, me]] * 30], a),  # over 1200 bytes
+            b"BSW1m" + a.encode() + (1).to_bytes(8, "big") + b"\x00" * 32 + b"{not json",
+            signed(["j", ["a", a, "0", me]], a),  # incarnation as a string
+            signed(["j", ["a", a, -1, me]], a),
+            signed(["j", ["x", a, 0, me]], a),
+            signed(["g", [["a", b, 0, me], ["a", a, 0, me, "extra"]]], a),  # one bad update: none taken
+            signed(["j", ["a", a, 0, "[" * 120]], a),
+            signed(["p", 1, "x" * 65, []], a),  # a target id over its length
+        ]
+        for data in bad:
+            sock.sendto(data, target)
+        time.sleep(1.0)
+        assert members() == 1
+        after = node.api("GET", "/stats")["cluster"]["datagrams"]
+        print(f"\ndatagram counters before {before}, after {after}")
+        assert after.get("refused", 0) > before.get("refused", 0)  # the oversized one, at least
+        c = str(uuid.uuid4())
+        sock.sendto(signed(join(c), c), target)  # the positive control
+        end = time.monotonic() + 5
+        while members() != 2:
+            assert time.monotonic() < end, "a correct join after the junk was not heard"
+            time.sleep(0.1)
+        assert "Traceback" not in node.log()
+    finally:
+        sock.close()

@@ -6,11 +6,16 @@ dials it exactly as it would dial a real peer."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
+
+from beiran_testkit.daemon import Daemon, wait_until
+from beiran_testkit.fakepeer import RPCPeer
 
 #: one step of an answer: bytes to send, a pause in seconds, or CLOSE (the connection ends)
 Step = bytes | float | None
@@ -91,6 +96,25 @@ class HostileBlobPeer:
                 conn.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+def as_holder(node: Daemon, peer: HostileBlobPeer | list[HostileBlobPeer], holdings: list[list],
+              body: Callable[[], Any]) -> Any:
+    """Run `body` (blocking calls on the node) while an RPCPeer from each hostile peer's address
+    announces `holdings` ([digest, "c", size]): the node fetches them from the hostile endpoints."""
+    peers = peer if isinstance(peer, list) else [peer]
+
+    async def run() -> Any:
+        rpcs = [await RPCPeer(node.url, port=p.port, holdings=holdings, source_ip=p.ip).connect() for p in peers]
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, lambda: wait_until(
+                lambda: {r.uuid for r in rpcs} <= node.online_peers(), 10))
+            return await loop.run_in_executor(None, body)
+        finally:
+            for rpc in rpcs:
+                await rpc.close()
+    return asyncio.run(run())
 
 
 def ok_head(length: int | str, extra: bytes = b"") -> bytes:
