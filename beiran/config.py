@@ -96,6 +96,11 @@ class FetchConfig:
     origin_delegation: bool = True  # ask the blob's rendezvous owner to fetch cold blobs
     peer_max_fetches: int = 64  # delegated fetches one peer may have in flight on this node
     peer_max_bytes: int = 8 << 30  # and the bytes they may claim together
+    #: bytes a second a peer transfer must average over every peer_timeout (its head included)
+    peer_min_rate: int = 64 << 10
+    #: bytes a peer may send of a blob whose size nobody this node trusts gave (also capped by
+    #: store.max_size and the free disk)
+    max_unknown_size: int = 1 << 30
 
 
 #: private, carrier-grade NAT, unique-local, link-local IPv6 and loopback ranges: where LAN peers live.
@@ -257,6 +262,8 @@ def _build_section(cls: type[_Section], data: dict[str, Any], prefix: str, where
         obj.large_blob_threshold = size("large_blob_threshold", obj.large_blob_threshold) or 0
         obj.piece_size = size("piece_size", obj.piece_size) or (8 << 20)
         obj.peer_max_bytes = size("peer_max_bytes", obj.peer_max_bytes) or 0
+        obj.peer_min_rate = size("peer_min_rate", obj.peer_min_rate) or 0
+        obj.max_unknown_size = size("max_unknown_size", obj.max_unknown_size) or 0
     if isinstance(obj, ClusterConfig):
         for name, low in (("full_mesh_max", 2), ("max_links", 4)):
             value = getattr(obj, name)

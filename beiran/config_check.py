@@ -15,7 +15,7 @@ from beiran.errors import ConfigError
 
 #: settings whose value is a size ("512M", "10G" or bytes): parse_size checks those
 SIZE_KEYS = {"store.max_size", "store.reserve_free", "fetch.large_blob_threshold", "fetch.piece_size",
-             "fetch.peer_max_bytes", "limits.max_header_size"}
+             "fetch.peer_max_bytes", "limits.max_header_size", "fetch.peer_min_rate", "fetch.max_unknown_size"}
 #: numbers for which 0 means nothing would ever work (negative numbers are refused everywhere)
 POSITIVE_KEYS = {"heartbeat_interval", "heartbeat_timeout", "fetch.max_parallel_peers", "fetch.peer_timeout",
                  "offline.max_peers", "offline.timeout", "limits.connections_per_ip", "limits.header_timeout",

@@ -217,12 +217,23 @@ async def relay(handler: BaseHandler, chunks: AsyncIterator[bytes], hold: int = 
 async def _checked(store: BlobStore, target: Target, start: int, end: int | None, timeout: float,
                    before_end: Awaitable[Any] | None) -> AsyncIterator[bytes]:
     """The blob's bytes; ends only once a download verified (and `before_end` is done)."""
+    framed = target.size  # what the answer was framed with (_serve called this with no await between)
     async for chunk in store.read(target, start, end, chunk_size=CHUNK, timeout=timeout):
         yield chunk
     if isinstance(target, BlobWriter):
         await verified(target, timeout * 2)
+        _as_framed(target, framed)
     if before_end is not None:
         await asyncio.wait_for(asyncio.shield(before_end), 30)
+
+
+def _as_framed(writer: BlobWriter, framed: int | None) -> None:
+    """A download's answer was framed (its end, its Content-Length) with the size known then, which
+    may have been only a peer's claim; the verified blob's own size must be that size, or the
+    answer would end as complete where the blob does not."""
+    if framed is not None and writer.available != framed:
+        raise UpstreamError(f"blob {writer.digest.short} is {writer.available} bytes, not the {framed} "
+                            "its answer was framed with (a peer's claim)")
 
 
 async def verified(writer: BlobWriter, timeout: float) -> None:
@@ -243,6 +254,7 @@ async def _sendfile(handler: BaseHandler, store: BlobStore, target: Target, star
     apt fetching many blobs pays one handshake, not one per blob). For a download: what has arrived
     as it arrives, and the held tail once the blob verified; a small one to a client (not to a
     peer, whose progress timeout is shorter) once it verified, whole."""
+    framed = target.size  # what the answer was framed with (_serve called this with no await between)
     ctx = handler.ctx
     loop = asyncio.get_running_loop()
     timeout = ctx.config.fetch.peer_timeout
@@ -253,6 +265,7 @@ async def _sendfile(handler: BaseHandler, store: BlobStore, target: Target, star
             while writer.available < end and not writer.done.done():  # bounded by progress, as streaming
                 await writer.wait_for_growth(writer.available, timeout)
             await verified(writer, timeout * 2)  # a failed download is an answer, not a cut
+            _as_framed(writer, framed)
             writer, whole = None, True  # verified bytes, in the temp file or already moved to the store
         if writer is not None and writer.available <= start:
             await writer.wait_for_growth(start, timeout)  # a dead source is an answer, not a cut
@@ -303,6 +316,7 @@ async def _sendfile(handler: BaseHandler, store: BlobStore, target: Target, star
                 if upto > pos:
                     pos += await loop.run_in_executor(ctx.io_executor, send, upto)
             await verified(writer, timeout * 2)
+            _as_framed(writer, framed)
             if before_end is not None:
                 await asyncio.wait_for(asyncio.shield(before_end), 30)
             pos += await loop.run_in_executor(ctx.io_executor, send, end)

@@ -48,7 +48,7 @@ Deliver = Callable[[bytes, str, str, bytes], None]  # (channel, sender uuid, "ip
 def split_addr(addr: str) -> tuple[str, int] | None:
     """'10.0.0.2:8888' / '[fd00::2]:8888' -> (host, port); None when it is not that shape."""
     host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         return None
     return host.strip("[]"), int(port)
 
