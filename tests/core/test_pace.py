@@ -60,17 +60,17 @@ def test_a_peer_keeping_the_floor_is_not_cut_and_queue_time_is_not_its() -> None
         loop = asyncio.get_running_loop()
         a, b = socket.socketpair()
         resp = SimpleNamespace(received=0)
-        window = 0.5  # a busy machine may not run the sender for a while: the floor is far below it
+        window = 1.0  # a busy machine may not run the sender for a while: the floor is far below it
         pace = Pace(loop, floor=1_000, window=window)
         pace.resp = resp  # type: ignore[assignment]
         await asyncio.sleep(window * 3)  # queued for a receive thread: nothing is due yet
         assert not pace.expired
         thread = blocked_reader(pace, b, resp)
 
-        def send() -> None:  # 20 kB per 10 ms, 2 MB/s, for 1.5 s (three windows), then the body ends
+        def send() -> None:  # 20 kB per 20 ms, 1 MB/s, for ~3 s (three windows), then the body ends
             for _ in range(150):
                 a.send(b"y" * 20_000)
-                threading.Event().wait(0.01)
+                threading.Event().wait(0.02)
         await loop.run_in_executor(None, send)
         assert not pace.expired and thread.is_alive()
         a.close()
