@@ -17,7 +17,7 @@ import uuid
 import pytest
 
 from beiran.peer.swim_members import MAX_INC, MAX_INC_JUMP
-from beiran_testkit.daemon import Daemon
+from beiran_testkit.daemon import Daemon, wait_until
 from beiran_testkit.swimpeers import start_swim_peers, stop_all
 
 pytestmark = pytest.mark.cluster
@@ -100,7 +100,8 @@ def test_oversized_malformed_and_mistyped_datagrams_are_dropped_whole(cluster):
     def join(mid: str, pad: int = 0) -> list:
         return ["j", ["a", mid, 0, me + " " * pad]]
     try:
-        before = node.api("GET", "/stats")["cluster"]["datagrams"]
+        before = wait_until(lambda: node.api("GET", "/stats")["cluster"].get("datagrams"), 10,
+                            what="the membership transport to be up")
         a, b = str(uuid.uuid4()), str(uuid.uuid4())
         bad = [
             signed(["g", [["a", a, 0, me]] * 30], a),  # over 1200 bytes
