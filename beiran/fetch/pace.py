@@ -16,10 +16,12 @@ claims more (its Content-Length, or the announced size it would fill) is given u
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import socket
 import threading
 import time
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 from beiran.errors import UpstreamError
@@ -121,6 +123,29 @@ class Pace:
             self._timer.cancel()
         if not self._over:
             self._cut()
+
+
+@contextlib.asynccontextmanager
+async def paced(node: str, floor: float, window: float) -> AsyncIterator[Callable[[int], None]]:
+    """The same rule for a transfer read on the event loop (a peer named by an https:// URL):
+    the body (and the head before it) must bring `floor * window` bytes within each window, a
+    window starting again as soon as it has; the caller reports each chunk's size to the function
+    this yields. A transfer that falls behind is cancelled where it waits."""
+    window = max(window, 0.05)
+    loop = asyncio.get_running_loop()
+    quota, got = floor * window, 0
+    try:
+        async with asyncio.timeout(window if floor > 0 else None) as budget:
+            def received(n: int) -> None:
+                nonlocal got
+                got += n
+                if floor > 0 and got >= quota:
+                    got = 0
+                    budget.reschedule(loop.time() + window)
+            yield received
+    except TimeoutError:
+        raise UpstreamError(f"peer {node[:8]} sent less than fetch.peer_min_rate ({floor:.0f} bytes/s) "
+                            f"over {window:.1f}s; given up") from None
 
 
 def unverified_limit(ctx: DaemonContext, job: FetchJob) -> int | None:

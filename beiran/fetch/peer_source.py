@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
 
 from beiran.errors import BeiranError, PeerBusy, PeerLacksBlob, UpstreamError, VerificationError
-from beiran.fetch.pace import Pace, unverified_limit
+from beiran.fetch.pace import Pace, paced, unverified_limit
 from beiran.fetch.peer_pool import PeerConnectionPool
 from beiran.fetch.peer_response import PeerResponse
 from beiran.httpstream import stream_request
@@ -279,7 +279,10 @@ class PeerSource:
     async def _receive_async(self, job: FetchJob, node: str, url: str, headers: dict[str, str],
                              offset: int) -> None:
         writer = job.live_writer()
-        async with stream_request(url, headers) as resp:
+        cfg = self.ctx.config.fetch
+        limit = unverified_limit(self.ctx, job)  # the bounds of the receive-thread path (pace.py)
+        async with paced(node, cfg.peer_min_rate, cfg.peer_timeout) as received, \
+                stream_request(url, headers) as resp:
             if resp.code == 429:
                 raise PeerBusy(f"peer {node[:8]} is at its upload cap")
             if resp.code not in (200, 206):
@@ -287,9 +290,17 @@ class PeerSource:
             if offset and resp.code != 206:
                 raise UpstreamError(f"peer {node[:8]} ignored the Range request")
             length = resp.headers.get("Content-Length")
-            if job.size is None and length and length.isdigit():
-                job.size = writer.size = int(length) + offset
-            async for chunk in resp.chunks(self.ctx.config.fetch.peer_timeout):
+            if length and length.isascii() and length.isdigit():
+                if limit is not None and int(length) + offset > limit:
+                    raise UpstreamError(f"peer {node[:8]} would send {int(length) + offset} bytes, more than this "
+                                        f"node takes of a blob of unknown size ({limit})")
+                if job.size is None:
+                    job.size = writer.size = int(length) + offset
+            async for chunk in resp.chunks(cfg.peer_timeout):
+                if limit is not None and writer.position + len(chunk) > limit:
+                    raise UpstreamError(f"peer {node[:8]} sent more than this node takes of a blob of unknown "
+                                        f"size ({limit})")
+                received(len(chunk))
                 await writer.feed(chunk)
                 self.ctx.fetcher.account(job, "peer", len(chunk))
         await writer.flush()
@@ -333,12 +344,15 @@ class PeerSource:
         if url.startswith("http://"):  # as stream_into: on a receive thread, kept-alive connection
             return await self._on_receive_thread(job, node, url, headers, start, end)
         pos, buf, buf_len = start, [], 0
-        async with stream_request(url, headers) as resp:
+        cfg = self.ctx.config.fetch
+        async with paced(node, cfg.peer_min_rate, cfg.peer_timeout) as received, \
+                stream_request(url, headers) as resp:
             if resp.code != 206:
                 raise UpstreamError(f"peer {node[:8]} answered {resp.code} to a range request")
-            async for chunk in resp.chunks(self.ctx.config.fetch.peer_timeout):
+            async for chunk in resp.chunks(cfg.peer_timeout):
                 if pos + buf_len + len(chunk) > end:
                     raise UpstreamError(f"peer {node[:8]} sent more than the range asked for")
+                received(len(chunk))
                 buf.append(chunk)
                 buf_len += len(chunk)
                 if buf_len >= PIECE_FLUSH:

@@ -95,3 +95,37 @@ def test_closing_a_running_transfer_frees_its_thread() -> None:
         a.close()
         b.close()
     asyncio.run(run())
+
+
+def test_the_event_loop_rule_cuts_a_drip_or_a_silent_head_and_keeps_a_flow() -> None:
+    """`paced`, the rule for transfers read on the loop (peers named by https:// URLs), which had
+    neither a floor nor (see peer_source) a byte bound: a drip and a head that never comes are cut
+    with the peer's error; a peer that keeps the floor is never cut, however long it takes."""
+    import pytest
+
+    from beiran.errors import UpstreamError
+    from beiran.fetch.pace import paced
+
+    async def drip() -> None:
+        async with paced("dripper", floor=10_000, window=0.2) as received:
+            for _ in range(100):  # 1 byte per 20 ms: 50 bytes/s for 2 s, far below 10 kB/s
+                await asyncio.sleep(0.02)
+                received(1)
+
+    async def silent_head() -> None:
+        async with paced("silent", floor=10_000, window=0.2):
+            await asyncio.sleep(5)
+
+    async def flow() -> int:
+        got = 0
+        async with paced("flowing", floor=1_000, window=0.5) as received:
+            for _ in range(60):  # 20 kB per 20 ms for ~1.2 s: a floor far below it
+                await asyncio.sleep(0.02)
+                received(20_000)
+                got += 20_000
+        return got
+
+    for attack in (drip, silent_head):
+        with pytest.raises(UpstreamError, match="fetch.peer_min_rate"):
+            asyncio.run(asyncio.wait_for(attack(), 4.0))
+    assert asyncio.run(flow()) == 1_200_000
