@@ -126,6 +126,6 @@ def test_the_event_loop_rule_cuts_a_drip_or_a_silent_head_and_keeps_a_flow() -> 
         return got
 
     for attack in (drip, silent_head):
-        with pytest.raises(UpstreamError, match="fetch.peer_min_rate"):
+        with pytest.raises(UpstreamError, match=r"fetch\.peer_min_rate"):
             asyncio.run(asyncio.wait_for(attack(), 4.0))
     assert asyncio.run(flow()) == 1_200_000
