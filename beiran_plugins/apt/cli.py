@@ -150,10 +150,11 @@ def configure(ctx: click.Context, write: bool, path: str) -> None:
     if not write:
         click.echo(text, nl=False)
         return
-    if not Path(path).parent.is_dir():  # a typo'd --path, or no apt here: never a new directory tree
-        raise CLIError(f"cannot write {path}: {Path(path).parent} is not a directory "
+    if not Path(path).parent.parent.is_dir():  # a typo'd --path, or no apt here: never a directory tree
+        raise CLIError(f"cannot write {path}: {Path(path).parent.parent} is not a directory "
                        "(is apt installed here? --path names the file to write)")
     try:
+        Path(path).parent.mkdir(exist_ok=True)  # apt.conf.d itself, as apt would have it
         tmp = f"{path}.tmp"
         Path(tmp).write_text(text)
         os.replace(tmp, path)
