@@ -32,11 +32,16 @@ class WriteBatcher:
     async def write(self, fn: Callable[[], Any]) -> Any:
         """Run `fn` (blocking peewee calls) in the next batch's transaction; returns its result,
         raises its exception (a failing write rolls back only itself, through a savepoint)."""
-        fut = asyncio.get_running_loop().create_future()
+        return await asyncio.shield(self.submit(fn))
+
+    def submit(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
+        """Queue `fn` for the next batch now, without a task: a caller with writes of its own and
+        another awaitable (e.g. a pin) queues them together and awaits both, in one transaction."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((fn, fut))
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._drain())
-        return await asyncio.shield(fut)
+        return fut
 
     async def flush(self) -> None:
         """Wait until every write queued so far is done."""

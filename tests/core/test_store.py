@@ -264,6 +264,31 @@ def test_prepared_insert_replaces_or_ignores_like_peewee(tmp_path):
     asyncio.run(go())
 
 
+def test_a_queued_write_and_a_pin_go_in_one_batch_without_a_task_each(tmp_path):
+    """`db_batch.submit` queues at once (no task per write): a plugin's row and the store's pin of
+    the same blob, queued back to back, are one transaction (one database thread hop)."""
+    from beiran.models.blob import BlobRef
+    from beiran.store.dbbatch import Insert
+
+    async def go():
+        store = await make_store(tmp_path)
+        row = Insert(BlobRef, ("digest", "owner", "ref"), "IGNORE")
+        loop = asyncio.get_running_loop()
+        tasks = []
+        loop.set_task_factory(lambda lp, coro: tasks.append(coro) or asyncio.Task(coro, loop=lp))
+        before = store.db_batch.batches
+        queued = store.db_batch.submit(lambda: row("sha256:" + "b" * 64, "plugin", "row"))
+        assert len(store.db_batch._pending) == 1 and not queued.done()
+        await store.pin("sha256:" + "b" * 64, "test", "pinned")
+        await queued
+        loop.set_task_factory(None)
+        assert store.db_batch.batches == before + 1
+        assert len(tasks) == 1  # the batch's own drain, nothing per write
+        rows = await store.ctx.run_db(lambda: sorted((r.owner, r.ref) for r in BlobRef.select()))
+        assert rows == [("plugin", "row"), ("test", "pinned")]
+    asyncio.run(go())
+
+
 def test_last_access_is_written_back_for_every_blob_read(tmp_path):
     from beiran.models.blob import Blob
 
