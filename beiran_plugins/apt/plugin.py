@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("beiran.apt")
 SERVICE_TYPE = "_apt_proxy._tcp.local."
+#: cluster fetches of pipelined .debs running at once (see AptPlugin.prefetch)
+PREFETCH_AT_ONCE = 2
 
 
 @dataclass
@@ -62,6 +64,8 @@ class AptPlugin(BasePackagePlugin):
         self.stats: Counter[str] = Counter()
         self.server: HTTPServer | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._prefetching = 0
+        self._prefetch_slots = asyncio.Semaphore(PREFETCH_AT_ONCE)
 
     async def start(self) -> None:
         from tornado.netutil import bind_sockets
@@ -164,14 +168,25 @@ class AptPlugin(BasePackagePlugin):
 
     def prefetch(self, target: Target) -> asyncio.Task:
         """Fetch a trusted .deb into the store ahead of its request (errors are left for the
-        request itself to meet and report)."""
+        request itself to meet and report). At most PREFETCH_AT_ONCE run at a time, in apt's
+        order: a peer sends a .deb several times faster than apt takes one in, so a few keep
+        ahead of apt, and ten at once only had ten receive threads and peer connections
+        contending for the CPU apt needs (on the peer too)."""
         async def run() -> None:
             blob = await self.archive.package(target)
             if blob is None or self.ctx.store.has(blob.digest):
                 return
             self.stats["prefetched"] += 1
             try:
-                await self.ctx.fetcher.fetch(blob.digest, blob.size, blob.source)
+                async with self._prefetch_slots:
+                    if self.ctx.store.has(blob.digest):  # its request came first and fetched it
+                        return
+                    self._prefetching += 1
+                    self.stats["prefetch_peak"] = max(self.stats["prefetch_peak"], self._prefetching)
+                    try:
+                        await self.ctx.fetcher.fetch(blob.digest, blob.size, blob.source)
+                    finally:
+                        self._prefetching -= 1
                 # pinned and listed now, so the request for it need not wait for these writes
                 await self.archive.record_deb(blob)
             except Exception as exc:  # noqa: BLE001 - the request for it will report the failure
