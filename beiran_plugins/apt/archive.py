@@ -387,33 +387,36 @@ class Archive:
         if rows and f"sha256:{rows[0]}" != digest:
             raise BadRequest(f"apt: {path} is {rows[0][:12]} in this node's index, not {digest[:19]}")
 
-    async def record_deb(self, blob: Blob, via: str = "proxy") -> None:
+    async def record_deb(self, blob: Blob, via: str = "proxy", *, defer: bool = False) -> None:
         """Pin a stored .deb for apt and list it (once: the first way it came in is kept). A second
-        caller while the first one's writes are under way waits for them."""
+        caller while the first one's writes are under way waits for them. `defer`: the rows may
+        wait for the next batch (a prefetch; the pin holds in memory at once)."""
         ref = _deb_ref(blob)
         task = self._recording.get(blob.digest)
         if task is None:
             if ("apt", ref) in self.ctx.store.pins.get(blob.digest, set()):
                 return
-            task = asyncio.ensure_future(self._record(blob, ref, via))
+            task = asyncio.ensure_future(self._record(blob, ref, via, defer))
             self._recording[blob.digest] = task
             task.add_done_callback(lambda _: self._recording.pop(blob.digest, None))
+        elif not defer:
+            self.ctx.store.db_batch.hurry()  # someone waits for a deferred record now
         await asyncio.shield(task)
 
     def recorded(self, blob: Blob) -> bool:
-        """The .deb is pinned and listed already (its writes are done, not under way)."""
-        return (blob.digest not in self._recording
-                and ("apt", _deb_ref(blob)) in self.ctx.store.pins.get(blob.digest, ()))
+        """The .deb is pinned (in memory, so never evicted) and its rows are queued or written:
+        nothing is left to wait for before apt has the file."""
+        return ("apt", _deb_ref(blob)) in self.ctx.store.pins.get(blob.digest, ())
 
-    async def _record(self, blob: Blob, ref: str, via: str) -> None:
+    async def _record(self, blob: Blob, ref: str, via: str, defer: bool) -> None:
         def db() -> None:
             _INSERT_DEB(blob.digest, blob.package, blob.version, blob.arch, blob.size,
                         blob.path.rsplit("/", 1)[-1], via, time.time())
         # both in one metadata transaction: the row is queued before the pin's own write (no task
         # per write: a gather of the two cost two tasks per .deb)
-        row = self.ctx.store.db_batch.submit(db)
+        row = self.ctx.store.db_batch.submit(db, defer=defer)
         try:
-            await self.ctx.store.pin(blob.digest, "apt", ref)
+            await self.ctx.store.pin(blob.digest, "apt", ref, defer=defer)
         finally:
             await asyncio.shield(row)
 
