@@ -29,8 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("beiran.apt")
 SERVICE_TYPE = "_apt_proxy._tcp.local."
-#: cluster fetches of pipelined .debs running at once (see AptPlugin.prefetch)
-PREFETCH_AT_ONCE = 2
 
 
 @dataclass
@@ -64,8 +62,6 @@ class AptPlugin(BasePackagePlugin):
         self.stats: Counter[str] = Counter()
         self.server: HTTPServer | None = None
         self._tasks: set[asyncio.Task] = set()
-        self._prefetching = 0
-        self._prefetch_slots = asyncio.Semaphore(PREFETCH_AT_ONCE)
 
     async def start(self) -> None:
         from tornado.netutil import bind_sockets
@@ -168,25 +164,14 @@ class AptPlugin(BasePackagePlugin):
 
     def prefetch(self, target: Target) -> asyncio.Task:
         """Fetch a trusted .deb into the store ahead of its request (errors are left for the
-        request itself to meet and report). At most PREFETCH_AT_ONCE run at a time, in apt's
-        order: a peer sends a .deb several times faster than apt takes one in, so a few keep
-        ahead of apt, and ten at once only had ten receive threads and peer connections
-        contending for the CPU apt needs (on the peer too)."""
+        request itself to meet and report)."""
         async def run() -> None:
             blob = await self.archive.package(target)
             if blob is None or self.ctx.store.has(blob.digest):
                 return
             self.stats["prefetched"] += 1
             try:
-                async with self._prefetch_slots:
-                    if self.ctx.store.has(blob.digest):  # its request came first and fetched it
-                        return
-                    self._prefetching += 1
-                    self.stats["prefetch_peak"] = max(self.stats["prefetch_peak"], self._prefetching)
-                    try:
-                        await self.ctx.fetcher.fetch(blob.digest, blob.size, blob.source)
-                    finally:
-                        self._prefetching -= 1
+                await self.ctx.fetcher.fetch(blob.digest, blob.size, blob.source)
                 # pinned and listed now, so the request for it need not wait for these writes
                 # (the rows are written behind, several .debs in one transaction)
                 await self.archive.record_deb(blob, defer=True)

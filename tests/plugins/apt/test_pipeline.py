@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from beiran_plugins.apt.plugin import PREFETCH_AT_ONCE
 from beiran_testkit.aptclient import add_nodes, client_for
 
 pytestmark = pytest.mark.cluster
@@ -28,8 +27,6 @@ def test_pipelined_debs_are_fetched_ahead_and_delivered_intact(cluster, repo, se
     counters = n2.api("GET", "/apt/sources")["counters"]
     # apt sent its requests pipelined, and node 2 fetched some of them before they were read
     assert counters.get("prefetched", 0) >= 1, counters
-    # ...a few at a time, not all ten (they only contended for the CPU apt needs)
-    assert 1 <= counters["prefetch_peak"] <= PREFETCH_AT_ONCE, counters
     assert counters["debs_via_cluster"] == len(want)
     # ahead or not, every .deb left the origin once (for node 1) and each is pinned on node 2
     assert server.debs_served() == {name: 1 for name in want}
