@@ -33,6 +33,16 @@ _INSERT_DEB = Insert(AptDeb, ("digest", "package", "version", "arch", "size", "f
 #: an index's pool files, all in one executemany (peewee's insert_many: ~5 s of CPU for Debian main)
 _INSERT_PACKAGE = Insert(AptPackage, ("base", "path", "sha256", "size", "package", "version", "arch", "depends",
                                       "provides", "required"), "REPLACE")
+#: the pool file apt asks for -> (sha256, size, package, version, arch): plain SQL made once, since
+#: every .deb not asked for before (all of them, in a real install) is looked up once
+_PACKAGE_COLUMNS = ("sha256", "size", "package", "version", "arch")
+_SELECT_PACKAGE = "SELECT {} FROM \"{}\" WHERE \"base\" = ? AND \"path\" = ? LIMIT 1".format(
+    ", ".join(f'"{AptPackage._meta.fields[c].column_name}"' for c in _PACKAGE_COLUMNS), AptPackage._meta.table_name)
+
+
+def _select_package(base: str, rel: str) -> list[tuple[Any, ...]]:
+    """Blocking (the database thread): the row of one pool file, if an index listed it."""
+    return list(AptPackage._meta.database.execute_sql(_SELECT_PACKAGE, (base, rel)).fetchall())
 
 
 @dataclass
@@ -335,17 +345,15 @@ class Archive:
         if found is None:
             return None
         base, rel = found
-        rows = await self.ctx.run_db(lambda: dict_rows(AptPackage.select().where(
-            (AptPackage.base == base) & (AptPackage.path == rel))))
+        rows = await self.ctx.run_db(_select_package, base, rel)
         pending = [t for rdir, t in self._catching_up.items() if self.releases.get(rdir, {}).get("base") == base]
         if not rows and pending:  # apt asks right after a `Hit` update: the index is on its way
             await asyncio.wait(pending, timeout=self.plugin.cfg.upstream_timeout)
-            rows = await self.ctx.run_db(lambda: dict_rows(AptPackage.select().where(
-                (AptPackage.base == base) & (AptPackage.path == rel))))
+            rows = await self.ctx.run_db(_select_package, base, rel)
         blob = None
         if rows:
-            r = rows[0]
-            blob = Blob(f"sha256:{r['sha256']}", r["size"], base, rel, r["package"], r["version"], r["arch"])
+            sha256, size, package, version, arch = rows[0]
+            blob = Blob(f"sha256:{sha256}", size, base, rel, package, version, arch)
         self._lookups[target.url] = blob
         if len(self._lookups) > LOOKUP_CACHE:
             self._lookups.popitem(last=False)
