@@ -263,9 +263,7 @@ async def _sendfile(handler: BaseHandler, store: BlobStore, target: Target, star
         raise _Unsent(exc) from exc
     pos = start
     try:
-        # a body that is all here goes out right after the headers: corked together, the client
-        # wakes once for both, not once for a lone header segment and again for the body
-        sock_fd = await _body_socket(handler, cork_headers=writer is None)
+        sock_fd = await _body_socket(handler)
     except (StreamClosedError, OSError):
         os.close(fd)
         return 0
@@ -327,25 +325,20 @@ async def _sendfile(handler: BaseHandler, store: BlobStore, target: Target, star
     return pos - start
 
 
-async def _body_socket(handler: BaseHandler, cork_headers: bool = False) -> int:
+async def _body_socket(handler: BaseHandler) -> int:
     """Send the headers, then a descriptor of the connection's socket for sendfile(2) to write to.
 
     Tornado keeps the connection; nothing else writes to it until the body is done. The descriptor
     is our own duplicate: if Tornado closes its socket meanwhile (the client went away), the number
-    cannot be reused by another connection under the sending thread. `cork_headers`: the headers
-    wait in the socket for the body's first bytes (only when those follow at once: a cork holds
-    them up to 200 ms)."""
-    stream = handler.http_connection().stream
-    if cork_headers:
-        _cork(stream.socket, True)
+    cannot be reused by another connection under the sending thread."""
     flushed = handler.flush()
+    stream = handler.http_connection().stream
     if not flushed.done():  # the headers did not all go at once: wait (sendfile must come after)
         await flushed
     flushed.result()  # StreamClosedError: the client went away
     if stream.closed() or stream.socket is None:
         raise StreamClosedError()
-    if not cork_headers:
-        _cork(stream.socket, True)
+    _cork(stream.socket, True)
     return os.dup(stream.socket.fileno())
 
 
