@@ -108,6 +108,7 @@ class Archive:
         self.learned_indexes: set[str] = set()  # sha256 of index files whose pool files are known
         self._catching_up: dict[str, asyncio.Task] = {}  # release dir -> learn_missing_indexes
         self._recording: dict[str, asyncio.Task] = {}  # digest -> record_deb's writes under way
+        self._urgent: set[str] = set()  # ...that someone waits for (not deferred)
 
     async def load(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -406,9 +407,11 @@ class Archive:
                 return
             task = asyncio.ensure_future(self._record(blob, ref, via, defer))
             self._recording[blob.digest] = task
-            task.add_done_callback(lambda _: self._recording.pop(blob.digest, None))
-        elif not defer:
-            self.ctx.store.db_batch.hurry()  # someone waits for a deferred record now
+            task.add_done_callback(lambda _: (self._recording.pop(blob.digest, None),
+                                              self._urgent.discard(blob.digest)))
+        elif not defer:  # someone waits for a deferred record now: its rows go at once, whether
+            self._urgent.add(blob.digest)  # they are queued already or about to be
+            self.ctx.store.db_batch.hurry()
         await asyncio.shield(task)
 
     def recorded(self, blob: Blob) -> bool:
@@ -422,6 +425,7 @@ class Archive:
                         blob.path.rsplit("/", 1)[-1], via, time.time())
         # both in one metadata transaction: the row is queued before the pin's own write (no task
         # per write: a gather of the two cost two tasks per .deb)
+        defer = defer and blob.digest not in self._urgent
         row = self.ctx.store.db_batch.submit(db, defer=defer)
         try:
             await self.ctx.store.pin(blob.digest, "apt", ref, defer=defer)
