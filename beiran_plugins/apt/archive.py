@@ -407,12 +407,15 @@ class Archive:
                 return
             task = asyncio.ensure_future(self._record(blob, ref, via, defer))
             self._recording[blob.digest] = task
-            task.add_done_callback(lambda _: (self._recording.pop(blob.digest, None),
-                                              self._urgent.discard(blob.digest)))
+            task.add_done_callback(lambda _: self._recorded(blob.digest))
         elif not defer:  # someone waits for a deferred record now: its rows go at once, whether
             self._urgent.add(blob.digest)  # they are queued already or about to be
             self.ctx.store.db_batch.hurry()
         await asyncio.shield(task)
+
+    def _recorded(self, digest: str) -> None:
+        self._recording.pop(digest, None)
+        self._urgent.discard(digest)
 
     def recorded(self, blob: Blob) -> bool:
         """The .deb is pinned (in memory, so never evicted) and its rows are queued or written:
