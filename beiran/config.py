@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from beiran import config_check, config_env
+from beiran.config_check import Provenance
 from beiran.errors import ConfigError
 from beiran.proxies import ProxyConfig, masked
 from beiran.proxies import resolve as resolve_proxy
@@ -22,7 +24,6 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 DEFAULT_CONFIG_FILE = Path("/etc/beiran/config.toml")
-ENV_PREFIX = "BEIRAN_"
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)?\s*$", re.I)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -41,7 +42,12 @@ def parse_size(value: Any, what: str = "size") -> int | None:
 
 def parse_hostport(value: str, default_port: int = 8888) -> tuple[str, int]:
     """'127.0.0.2:8888', '[::1]:8888', ':8888', '127.0.0.2' -> (host, port)."""
+    if not isinstance(value, str):  # a plugin's `listen = 3142` reaches here unchecked
+        raise ConfigError(f"{value!r} is not HOST:PORT: write it as a string, e.g. \"127.0.0.1:{value}\"")
     value = value.strip()
+    if value.isdigit():  # `--listen 8888` would otherwise be a host named 8888
+        raise ConfigError(f"{value!r} is a port alone: write HOST:PORT (e.g. 127.0.0.1:{value}, "
+                          f"or :{value} for every address)")
     if value.startswith("["):
         host, _, rest = value[1:].partition("]")
         port = rest.lstrip(":") or str(default_port)
@@ -52,7 +58,7 @@ def parse_hostport(value: str, default_port: int = 8888) -> tuple[str, int]:
     else:
         host, port = value, str(default_port)
     if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"listen address {value!r}: bad port")
+        raise ConfigError(f"{value!r} is not HOST:PORT with a port from 1 to 65535")
     return host or "0.0.0.0", int(port)
 
 
@@ -90,6 +96,11 @@ class FetchConfig:
     origin_delegation: bool = True  # ask the blob's rendezvous owner to fetch cold blobs
     peer_max_fetches: int = 64  # delegated fetches one peer may have in flight on this node
     peer_max_bytes: int = 8 << 30  # and the bytes they may claim together
+    #: bytes a second a peer transfer must average over every peer_timeout (its head included)
+    peer_min_rate: int = 64 << 10
+    #: bytes a peer may send of a blob whose size nobody this node trusts gave (also capped by
+    #: store.max_size and the free disk)
+    max_unknown_size: int = 1 << 30
 
 
 #: private, carrier-grade NAT, unique-local, link-local IPv6 and loopback ranges: where LAN peers live.
@@ -214,70 +225,6 @@ def _mask_secrets(section: dict[str, Any]) -> None:
             section[k] = "***"
 
 
-#: BEIRAN_* variables that are not settings: which file to read, the switch for test hooks, and
-#: what the development scripts and the test suite use (BEIRAN_TEST_*, BEIRAN_DIST, BEIRAN_ROOT).
-NOT_SETTINGS = {"BEIRAN_CONFIG", "BEIRAN_TESTING_HOOKS", "BEIRAN_DIST", "BEIRAN_ROOT"}
-NOT_SETTINGS_PREFIXES = ("BEIRAN_TEST_",)
-
-
-def is_setting_var(name: str) -> bool:
-    """Whether an environment variable is meant as a config setting (BEIRAN_LISTEN, ...)."""
-    return (name.startswith(ENV_PREFIX) and name not in NOT_SETTINGS
-            and not name.startswith(NOT_SETTINGS_PREFIXES))
-
-
-def _env_unknown(path: list[str]) -> str | None:
-    """The dotted key an env var names when that is no setting (None when it is one). Plugin
-    sections are the plugins' to check, as in the file."""
-    top = {f.name for f in fields(Config)} - {"source_file"}
-    sections = {"store": StoreConfig, "fetch": FetchConfig, "offline": OfflineConfig, "proxy": ProxyConfig,
-                "limits": LimitsConfig, "cluster": ClusterConfig}
-    dotted = ".".join(path)
-    if not path[0] or path[0] not in top:
-        return dotted
-    if path[0] in sections:
-        if len(path) != 2 or path[1] not in {f.name for f in fields(sections[path[0]])}:
-            return dotted
-    elif path[0] == "plugins":
-        if len(path) < 3 or not all(path):
-            return dotted
-    elif path[0] not in ("origins", "testing") and len(path) != 1:
-        return dotted
-    return None
-
-
-def _env_overrides(environ: dict[str, str], strict: bool = True) -> dict[str, Any]:
-    """BEIRAN_LISTEN=..., BEIRAN_STORE__MAX_SIZE=10G, BEIRAN_PLUGINS__DNS__ENABLED=false.
-
-    A variable that names no setting is an error naming the variable (`strict`, the daemon's
-    case), or skipped (a CLI command that only needs the socket path)."""
-    out: dict[str, Any] = {}
-    for key, raw in sorted(environ.items()):
-        if not is_setting_var(key):
-            continue
-        path = key[len(ENV_PREFIX):].lower().split("__")
-        unknown = _env_unknown(path)
-        if unknown is not None:
-            if strict:
-                raise ConfigError(f"environment variable {key}: {unknown} is not a Beiran setting "
-                                  f"(unset {key}, or see the settings in `beiran config --local`)")
-            continue
-        node = out
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = _parse_env_value(path[-1], raw)
-    return out
-
-
-def _parse_env_value(key: str, raw: str) -> Any:
-    if key == "peers":
-        return [p.strip() for p in raw.split(",") if p.strip()]
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
-
-
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in over.items():
@@ -291,31 +238,41 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 _Section = TypeVar("_Section", bound="DataclassInstance")
 
 
-def _build_section(cls: type[_Section], data: dict[str, Any], where: str, origin: str = "config") -> _Section:
+def _build_section(cls: type[_Section], data: dict[str, Any], prefix: str, where: Provenance) -> _Section:
     known = {f.name: f for f in fields(cls) if f.name != "source_file"}
     kwargs = {}
     for key, value in data.items():
         if key not in known:
-            raise ConfigError(f"{origin}: unknown setting {where}{key}")
+            raise ConfigError(f"{where.of(prefix + key)}: unknown setting {prefix}{key}")
         kwargs[key] = value
     obj = cls(**kwargs)
+
+    def size(key: str, value: Any) -> int | None:
+        try:
+            return parse_size(value, f"{prefix}{key}")
+        except ConfigError as exc:
+            raise ConfigError(f"{where.of(prefix + key)}: {exc.message}") from None
+
     if isinstance(obj, StoreConfig):
-        obj.max_size = parse_size(obj.max_size, "store.max_size")
-        obj.reserve_free = parse_size(obj.reserve_free, "store.reserve_free") or 0
+        obj.max_size = size("max_size", obj.max_size)
+        obj.reserve_free = size("reserve_free", obj.reserve_free) or 0
     if isinstance(obj, LimitsConfig):
-        obj.max_header_size = parse_size(obj.max_header_size, "limits.max_header_size") or (64 << 10)
+        obj.max_header_size = size("max_header_size", obj.max_header_size) or (64 << 10)
     if isinstance(obj, FetchConfig):
-        obj.large_blob_threshold = parse_size(obj.large_blob_threshold, "fetch.large_blob_threshold") or 0
-        obj.piece_size = parse_size(obj.piece_size, "fetch.piece_size") or (8 << 20)
-        obj.peer_max_bytes = parse_size(obj.peer_max_bytes, "fetch.peer_max_bytes") or 0
+        obj.large_blob_threshold = size("large_blob_threshold", obj.large_blob_threshold) or 0
+        obj.piece_size = size("piece_size", obj.piece_size) or (8 << 20)
+        obj.peer_max_bytes = size("peer_max_bytes", obj.peer_max_bytes) or 0
+        obj.peer_min_rate = size("peer_min_rate", obj.peer_min_rate) or 0
+        obj.max_unknown_size = size("max_unknown_size", obj.max_unknown_size) or 0
     if isinstance(obj, ClusterConfig):
         for name, low in (("full_mesh_max", 2), ("max_links", 4)):
             value = getattr(obj, name)
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= 1_000_000:
-                raise ConfigError(f"config: cluster.{name} must be an integer of at least {low}, not {value!r}")
+                raise ConfigError(f"{where.named('cluster.' + name)} must be an integer of at "
+                                  f"least {low}, not {value!r}")
     if isinstance(obj, OfflineConfig) and not (isinstance(obj.quorum, int) and obj.quorum >= 2):
-        raise ConfigError(f"config: offline.quorum must be an integer of at least 2 (one peer's word is never "
-                          f"enough during an outage), not {obj.quorum!r}")
+        raise ConfigError(f"{where.named('offline.quorum')} must be an integer of at least 2 (one "
+                          f"peer's word is never enough during an outage), not {obj.quorum!r}")
     return obj
 
 
@@ -338,25 +295,36 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
             file_data = tomllib.loads(source.read_text())
         except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {source}: {exc}") from exc
-    data = _merge(file_data, _env_overrides(environ, strict_env))
-    data = _merge(data, {k: v for k, v in (overrides or {}).items() if v not in (None, (), [])})
+    where = Provenance(f"config file {source}" if source else "config")
+    where.add(file_data)
+    data = _merge(file_data, config_env.env_overrides(Config, environ, strict_env, where))
+    flags = {k: v for k, v in (overrides or {}).items() if v not in (None, (), [])}
+    for key in flags:
+        where.origin[key] = "--" + {"peers": "peer"}.get(key, key).replace("_", "-")
+    data = _merge(data, flags)
     if isinstance(data.get("peers"), str):  # `peers = "a, b"` in the file, as in BEIRAN_PEERS
-        data["peers"] = _parse_env_value("peers", data["peers"])
+        data["peers"] = config_env.parse_env_value("peers", data["peers"])
+    config_check.check(data, Config, where)
+    plugins = data.pop("plugins", {}) or {}
+    if not isinstance(plugins, dict):
+        raise ConfigError(f"{where.of('plugins')}: plugins must be a table ([plugins.<name>] sections), "
+                          f"not {plugins!r}")
+    for name, section in plugins.items():
+        if not isinstance(section, dict):
+            raise ConfigError(f"{where.of('plugins.' + name)}: [plugins.{name}] must be a table, not {section!r}")
+        if not isinstance(section.get("enabled", True), bool):  # "no" would be truthy: the plugin would run
+            raise ConfigError(f"{where.named(f'plugins.{name}.enabled')} must be true or false, "
+                              f"not {section['enabled']!r}")
     try:
-        # env variables and flags are checked already: an unknown key here is the file's
-        origin = f"config file {source}" if source else "config"
-        store = _build_section(StoreConfig, data.pop("store", {}) or {}, "store.", origin)
-        fetch = _build_section(FetchConfig, data.pop("fetch", {}) or {}, "fetch.", origin)
-        offline = _build_section(OfflineConfig, data.pop("offline", {}) or {}, "offline.", origin)
-        proxy = _build_section(ProxyConfig, data.pop("proxy", {}) or {}, "proxy.", origin)
-        limits = _build_section(LimitsConfig, data.pop("limits", {}) or {}, "limits.", origin)
-        cluster = _build_section(ClusterConfig, data.pop("cluster", {}) or {}, "cluster.", origin)
-        plugins = data.pop("plugins", {}) or {}
-        if not isinstance(plugins, dict) or not all(isinstance(v, dict) for v in plugins.values()):
-            raise ConfigError("config: [plugins.<name>] sections must be tables")
-        cfg = _build_section(Config, data, "", origin)
+        store = _build_section(StoreConfig, data.pop("store", {}) or {}, "store.", where)
+        fetch = _build_section(FetchConfig, data.pop("fetch", {}) or {}, "fetch.", where)
+        offline = _build_section(OfflineConfig, data.pop("offline", {}) or {}, "offline.", where)
+        proxy = _build_section(ProxyConfig, data.pop("proxy", {}) or {}, "proxy.", where)
+        limits = _build_section(LimitsConfig, data.pop("limits", {}) or {}, "limits.", where)
+        cluster = _build_section(ClusterConfig, data.pop("cluster", {}) or {}, "cluster.", where)
+        cfg = _build_section(Config, data, "", where)
     except TypeError as exc:
-        raise ConfigError(f"config: {exc}") from exc
+        raise ConfigError(f"{where.file_label}: {exc}") from exc
     cfg.store, cfg.fetch, cfg.plugins, cfg.source_file = store, fetch, plugins, source
     cfg.offline = offline
     cfg.proxy = resolve_proxy(proxy, environ)
@@ -365,21 +333,30 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
     cfg.data_dir = Path(cfg.data_dir).expanduser()
     cfg.run_dir = Path(cfg.run_dir).expanduser() if cfg.run_dir else _default_run_dir(cfg.data_dir)
     cfg.socket = Path(cfg.socket).expanduser() if cfg.socket else None
-    cfg.peers = [normalize_peer_url(p) for p in cfg.peers]
-    parse_hostport(cfg.listen)
-    if cfg.advertise:
-        parse_hostport(cfg.advertise, cfg.listen_port)
     try:
-        cfg.client_networks()
-    except ValueError as exc:
-        raise ConfigError(f"config: client_cidrs: {exc}") from exc
-    try:
-        cfg.peer_networks()
-    except ValueError as exc:
-        raise ConfigError(f"config: peer_cidrs: {exc}") from exc
+        cfg.peers = [normalize_peer_url(p) for p in cfg.peers]
+    except ConfigError as exc:
+        raise ConfigError(f"{where.named('peers')}: {exc.message}") from None
+    for key in ("listen", "advertise"):  # listen first: advertise's default port is listen's
+        value = getattr(cfg, key)
+        try:
+            if value is not None:
+                parse_hostport(value, cfg.listen_port if key == "advertise" else 8888)
+        except ConfigError as exc:
+            raise ConfigError(f"{where.named(key)}: {exc.message}") from None
+    for name, url in cfg.origins.items():
+        if not config_check.http_url(url):
+            raise ConfigError(f"{where.named('origins.' + name)} must be an http:// or https:// URL such as "
+                              f"\"http://files.example/base\", not {url!r}")
+    for key in ("client_cidrs", "peer_cidrs"):
+        try:
+            _networks(tuple(getattr(cfg, key)))
+        except ValueError as exc:
+            raise ConfigError(f"{where.named(key)}: {exc}") from None
     _check_testing(cfg.testing, environ)
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
-        raise ConfigError(f"config: log_level must be debug, info, warning or error, not {cfg.log_level!r}")
+        raise ConfigError(f"{where.named('log_level')} must be debug, info, warning or error, "
+                          f"not {cfg.log_level!r}")
     return cfg
 
 

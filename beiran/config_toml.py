@@ -12,7 +12,7 @@ from typing import Any
 
 #: settings that hold sizes in bytes (written back with a unit when one divides them exactly)
 SIZE_KEYS = {("store", "max_size"), ("store", "reserve_free"), ("fetch", "large_blob_threshold"),
-             ("fetch", "piece_size")}
+             ("fetch", "piece_size"), ("fetch", "peer_min_rate"), ("fetch", "max_unknown_size")}
 MASK = "***"
 _UNITS = (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10))
 

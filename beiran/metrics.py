@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from beiran import origin_connections
 
 if TYPE_CHECKING:
     from beiran.context import DaemonContext
@@ -53,6 +55,7 @@ class Metrics:
         self.connections_refused = Counter("beiran_connections_refused",
                                            "TCP connections closed at accept: over a connection cap",
                                            registry=r)
+        r.register(OriginConnections())
 
     def bind(self, ctx: DaemonContext) -> None:
         self.registry.register(PluginEvents(ctx))
@@ -104,3 +107,25 @@ class PluginEvents:
             for event, value in sorted(counts.items()):
                 family.add_metric([rec.name, str(event)], float(value))
         return [family]
+
+
+class OriginConnections:
+    """The origin connection pool (beiran/origin_connections.py), read at scrape time: how often a
+    request to an origin rode a kept-alive connection instead of a new TCP (and TLS) handshake.
+
+    No per-origin label: the pool's hosts include those an origin names itself (a registry's blob
+    redirects to its storage, its token realm; npm tarball URLs), so they are not bounded by config."""
+
+    def describe(self) -> list[CounterMetricFamily | GaugeMetricFamily]:
+        return [CounterMetricFamily("beiran_origin_connections_opened", "Connections opened to origins (kept "
+                                    "alive for reuse)"),
+                CounterMetricFamily("beiran_origin_connections_reused", "Origin requests that took a kept-alive "
+                                    "connection instead of opening one"),
+                GaugeMetricFamily("beiran_origin_connections_idle", "Kept-alive origin connections idle now")]
+
+    def collect(self) -> list[CounterMetricFamily | GaugeMetricFamily]:
+        opened, reused, idle = origin_connections.totals()
+        families = self.describe()
+        for family, value in zip(families, (opened, reused, idle), strict=True):
+            family.add_metric([], float(value))
+        return families

@@ -158,6 +158,13 @@ def _usable(stream: IOStream) -> bool:
 _pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, OriginPool] = weakref.WeakKeyDictionary()
 
 
+def totals() -> tuple[int, int, int]:
+    """Connections opened and reused since start, and idle now, over every event loop's pool (the
+    daemon runs one loop; `/metrics` reads these at scrape time)."""
+    pools = list(_pools.values())
+    return (sum(p.opened for p in pools), sum(p.reused for p in pools), sum(p.idle_count() for p in pools))
+
+
 def pool() -> OriginPool:
     """This event loop's pool (a connection belongs to the loop that opened it)."""
     loop = asyncio.get_running_loop()

@@ -31,6 +31,18 @@ class BasePlugin:
     version: ClassVar[str] = "0"
     #: route prefixes a plugin may use besides "/<name>/" (the docker mirror needs "/v2/").
     extra_route_prefixes: ClassVar[tuple[str, ...]] = ()
+    #: the keys `[plugins.<name>]` may hold (`enabled` is implied); None: check_config is its own
+    config_keys: ClassVar[frozenset[str] | None] = None
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any]) -> None:
+        """Refuse a section this plugin cannot run with, before anything starts: the loader asks it
+        before init(), and `beiran config --local` asks it with no daemon running. Raise
+        ConfigError; open nothing (no files, sockets or threads)."""
+        if cls.config_keys is not None:
+            from beiran.config_check import refuse_unknown
+
+            refuse_unknown(cls.name, config, cls.config_keys)
 
     def __init__(self, ctx: DaemonContext) -> None:
         self.ctx = ctx

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from beiran.errors import BeiranError
 from beiran.plugin import PLUGIN_BASES, BaseDiscoveryPlugin, BasePlugin, PluginStatus
 
 if TYPE_CHECKING:
@@ -171,7 +172,10 @@ class PluginManager:
 
     def fail(self, rec: PluginRecord, stage: str, exc: BaseException) -> None:
         """Mark a plugin error: what failed at which stage (the daemon carries on without it)."""
-        self._mark_error(rec, f"{stage} failed: {type(exc).__name__}: {exc}")
+        # a typed error (a bad setting: "[plugins.apt]: unknown setting(s) lisen") says it all; anything
+        # else is a bug, named by its type
+        why = exc.message if isinstance(exc, BeiranError) else f"{type(exc).__name__}: {exc}"
+        self._mark_error(rec, f"{stage} failed: {why}")
         log.debug("%s", "".join(traceback.format_exception(exc)))
 
     def _mark_error(self, rec: PluginRecord, error: str) -> None:
@@ -303,7 +307,9 @@ class PluginManager:
                 self._mark_error(rec, missing)
                 continue
             try:
-                await plugin.init(self.ctx.config.plugin_section(rec.name))
+                section = self.ctx.config.plugin_section(rec.name)
+                type(plugin).check_config(section)
+                await plugin.init(section)
             except Exception as exc:  # noqa: BLE001
                 self.fail(rec, "init", exc)
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import stat
 import sys
-from typing import Any
+import tempfile
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 import click
 
@@ -22,7 +27,8 @@ def blobs() -> None:
 
 @blobs.command("add")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--algorithm", type=click.Choice(["sha256", "sha512"]), default="sha256", show_default=True)
+@click.option("--algorithm", type=click.Choice(["sha256", "sha512"]), default="sha256", show_default=True,
+              help="Digest the blobs are stored under.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def add(files: tuple[str, ...], algorithm: str, no_progress: bool) -> None:
     """Store FILES; prints each digest."""
@@ -32,9 +38,8 @@ def add(files: tuple[str, ...], algorithm: str, no_progress: bool) -> None:
     # a plain line per file is the digest itself: bars only on a terminal
     with Progress(enabled=not no_progress and sys.stderr.isatty()) as progress:
         for path in files:
-            size = os.path.getsize(path)
-            progress.add(path, os.path.basename(path), size)
-            with open(path, "rb") as fh:
+            with _sized(path) as (fh, size):
+                progress.add(path, os.path.basename(path), size)
                 body = CountingReader(fh, lambda n, path=path: progress.update(path, completed=n))
                 data = c.request("PUT", f"/blobs/upload?algorithm={algorithm}", raw=body,
                                  headers={"Content-Length": str(size)})
@@ -42,11 +47,29 @@ def add(files: tuple[str, ...], algorithm: str, no_progress: bool) -> None:
             click.echo(data["digest"])
 
 
+@contextlib.contextmanager
+def _sized(path: str) -> Iterator[tuple[BinaryIO, int]]:
+    """The file and its length. `stat` only knows the length of a regular file with data on disk: a
+    pipe, or a /proc or /sys file (size 0, contents on read), is first read into a spool file, so
+    what is stored is what a reader of PATH gets, never an empty blob."""
+    with open(path, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if stat.S_ISREG(st.st_mode) and st.st_size > 0:
+            yield fh, st.st_size
+            return
+        with tempfile.TemporaryFile() as spool:
+            shutil.copyfileobj(fh, spool, 1 << 20)
+            size = spool.tell()
+            spool.seek(0)
+            yield spool, size
+
+
 @blobs.command("fetch")
 @click.argument("digest")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the blob here.")
-@click.option("--size", type=int, help="Expected size in bytes.")
-@click.option("--source", help='Origin as JSON, e.g. {"plugin": "origin", "name": "files", "path": "/x"}.')
+@click.option("--size", type=click.IntRange(min=0), metavar="BYTES", help="Expected size in bytes.")
+@click.option("--source", metavar="JSON",
+              help='Origin as JSON, e.g. {"plugin": "origin", "name": "files", "path": "/x"}.')
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def fetch(digest: str, output: str | None, size: int | None, source: str | None, no_progress: bool) -> None:
     """Fetch DIGEST through the cluster (peers first, then the origin)."""
@@ -56,6 +79,10 @@ def fetch(digest: str, output: str | None, size: int | None, source: str | None,
             src = json.loads(source)
         except ValueError as exc:
             raise CLIError(f"--source is not valid JSON: {exc}") from None
+    if output:  # before the fetch, which may take a while: not after it
+        parent = os.path.dirname(os.path.abspath(output))
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+            raise CLIError(f"-o {output}: {parent} is not a directory this user can write")
     from beiran.cli.progress import Progress
 
     c = client(timeout=600)
@@ -89,10 +116,10 @@ def fetch(digest: str, output: str | None, size: int | None, source: str | None,
     click.echo(f"{digest}: {human_size(final.get('total'))} in {took} ({srcs or 'local'})")
 
 
-@blobs.command("preheat")
+@blobs.command("preheat", short_help="Put DIGEST on the chosen nodes now.")
 @click.argument("digest")
-@click.option("--size", type=int, help="Expected size in bytes.")
-@click.option("--source", required=True,
+@click.option("--size", type=click.IntRange(min=0), metavar="BYTES", help="Expected size in bytes.")
+@click.option("--source", required=True, metavar="JSON",
               help='Origin as JSON, e.g. {"plugin": "origin", "name": "files", "path": "/x"}.')
 @nodes_option
 @click.option("--no-progress", is_flag=True, help="No progress lines.")
@@ -142,7 +169,11 @@ def store_stats(as_json: bool) -> None:
     for k in ("path", "blobs", "bytes", "pinned_blobs", "pinned_bytes", "downloading", "max_size",
               "disk_free"):
         v = data.get(k)
-        click.echo(f"{k:13} {human_size(v) if k.endswith(('bytes', 'size', 'free')) and v else v}")
+        if k == "max_size" and not v:
+            v = "unlimited"
+        elif k.endswith(("bytes", "size", "free")) and isinstance(v, (int, float)):
+            v = human_size(v)
+        click.echo(f"{k:13} {v}")
 
 
 @blobs.command("rm")
@@ -156,7 +187,7 @@ def rm(digests: tuple[str, ...], force: bool) -> None:
         click.echo(f"removed {d}")
 
 
-@blobs.command("gc")
+@blobs.command("gc", short_help="Evict down to store.max_size; re-check the index.")
 @json_option
 def gc(as_json: bool) -> None:
     """Evict down to store.max_size and re-check the index against the files."""
@@ -175,7 +206,17 @@ def stats(as_json: bool) -> None:
     if as_json:
         emit_json(data)
         return
-    rows = [{"name": k, "value": human_size(v) if "_bytes" in k.split("{")[0]
-             else (int(v) if float(v).is_integer() else v)}
-            for k, v in sorted(data["metrics"].items())]
+    rows = [{"name": k.replace("}{", ","), "value": _stat_value(k, v)} for k, v in sorted(data["metrics"].items())
+            if not k.split("{")[0].endswith("_bucket")]  # histogram buckets: --json, or /metrics
     table(rows, [("name", "COUNTER"), ("value", "VALUE")])
+
+
+def _stat_value(name: str, v: Any) -> Any:
+    base = name.split("{")[0]
+    if not isinstance(v, (int, float)):
+        return v
+    if "_bytes" in base:
+        return human_size(v)
+    if base.endswith("_seconds_sum"):
+        return human_duration(v)
+    return int(v) if float(v).is_integer() else round(v, 3)

@@ -16,11 +16,17 @@ from beiran.cli.errors import CLIError
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Store, database and node identity.")
 @click.option("--run-dir", type=click.Path(file_okay=False), help="Where the unix socket lives.")
 @click.option("--peer", "peers", multiple=True, metavar="URL", help="A static peer (repeatable).")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              help="Log detail (default: info).")
 @click.pass_context
 def daemon(ctx: click.Context, config_file: str | None, listen: str | None, data_dir: str | None,
            run_dir: str | None, peers: tuple[str, ...], log_level: str | None) -> None:
-    """Run the Beiran daemon in the foreground."""
+    """Run the Beiran daemon in the foreground.
+
+    Flags win over BEIRAN_* variables, which win over the config file. The admin socket is
+    `beiran --socket PATH daemon` (default: <run_dir>/beirand.sock). `beiran config --local`
+    shows the config this would start with; SIGHUP re-reads it.
+    """
     from beiran.config import load_config
     from beiran.daemon.main import serve
     from beiran.errors import BeiranError

@@ -7,7 +7,10 @@ import click
 
 
 class CLIError(click.ClickException):
-    """One readable line on stderr, exit status 1."""
+    """One readable line on stderr, exit status 1 (with --json, also `{"error": code, "message": ...}`
+    on stdout)."""
+
+    code = "error"
 
 
 class DaemonError(CLIError):
@@ -21,3 +24,5 @@ class DaemonError(CLIError):
 class DaemonNotRunning(CLIError):
     """Nothing answers on the daemon's socket: commands that can work from the config file alone
     (e.g. `beiran k8s configure-containerd` in an init container) catch this one."""
+
+    code = "daemon_not_running"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Any
 
@@ -10,6 +11,11 @@ import click
 
 from beiran import __version__
 from beiran.cli.errors import CLIError
+
+#: what click raises for a group run without a command (click >= 8.2; older ones print the help)
+NO_ARGS_IS_HELP: type[click.ClickException] | tuple[()] = getattr(click.exceptions, "NoArgsIsHelpError", ())
+#: `BEIRAN_TRACEBACK=1 beiran ...` shows an unexpected error's traceback instead of one line
+TRACEBACK_ENV = "BEIRAN_TRACEBACK"
 
 CORE_COMMANDS = {
     "daemon": "beiran.cli.daemon:daemon",
@@ -23,7 +29,44 @@ CORE_COMMANDS = {
 
 
 class BeiranCLI(click.Group):
-    """Core commands are imported on use; plugin groups come from `beiran_plugins.<name>.cli`."""
+    """Core commands are imported on use; plugin groups come from `beiran_plugins.<name>.cli`.
+    Every error, a mistyped option included, is one line on stderr (and JSON on stdout with --json)."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        from beiran.cli import output
+
+        argv = list(sys.argv[1:] if args is None else args)
+        output.json_requested = False
+        try:
+            rv = super().main(argv, prog_name, complete_var, False, **extra)
+        except click.Abort:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except NO_ARGS_IS_HELP as exc:  # `beiran`, `beiran node`: the help, as click shows it
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            wants_json = output.json_requested or (
+                isinstance(exc, click.UsageError) and "--json" in argv[:argv.index("--") if "--" in argv else None])
+            report(exc, wants_json)
+            sys.exit(exc.exit_code)
+        except BrokenPipeError:  # `beiran blobs list | head`: the reader has all it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)
+        except OSError as exc:  # a file or directory the command was given (-o PATH, ...)
+            where = f"{exc.filename}: " if exc.filename else ""
+            report(CLIError(f"{where}{exc.strerror or exc}"), output.json_requested)
+            sys.exit(1)
+        except Exception as exc:  # a bug still gets one line; the traceback on request
+            if os.environ.get(TRACEBACK_ENV) == "1":
+                raise
+            report(CLIError(f"unexpected {type(exc).__name__}: {exc} (a bug in beiran: {TRACEBACK_ENV}=1 shows "
+                            "the traceback for a report)"), output.json_requested)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)  # ctx.exit(N) comes back as N
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         from beiran.plugin_loader import plugin_names
@@ -47,6 +90,30 @@ class BeiranCLI(click.Group):
         if group.name != name:
             group.name = name
         return group
+
+
+def report(exc: click.ClickException, as_json: bool) -> None:
+    """An error as one line on stderr ("Error: ..."; a usage error says which --help to read), and
+    with --json also as `{"error": CODE, "message": ..., "status": HTTP status}` on stdout."""
+    message = exc.format_message()
+    code = getattr(exc, "code", "") or "error"
+    if not code.replace("_", "").isalnum():  # npm-style bodies carry the message as "error"
+        code = "error"
+    if isinstance(exc, click.UsageError):
+        code = "usage"
+        if isinstance(exc, click.NoSuchOption) and exc.option_name == "--socket" and exc.ctx is not None:
+            root, _, sub = exc.ctx.command_path.partition(" ")
+            message = f"--socket goes before the command: `{root} --socket PATH {sub} ...`"
+        elif exc.ctx is not None:
+            message = f"{message.rstrip('.')} (see `{exc.ctx.command_path} --help`)"
+    if as_json:
+        import json
+
+        body: dict[str, Any] = {"error": code, "message": message}
+        if getattr(exc, "status", None):
+            body["status"] = exc.status  # type: ignore[attr-defined]  # DaemonError's HTTP status
+        click.echo(json.dumps(body))
+    click.echo(f"Error: {' '.join(message.split())}", err=True)
 
 
 def _broken(name: str, exc: Exception) -> click.Command:
@@ -83,8 +150,4 @@ def client(ctx: click.Context | None = None, timeout: float = 60.0) -> Any:
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
-        cli.main(args=argv, prog_name="beiran", standalone_mode=True)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+    cli.main(args=argv, prog_name="beiran", standalone_mode=True)

@@ -35,24 +35,41 @@ def list_nodes(show_all: bool, as_json: bool) -> None:
     table(data["nodes"], NODE_COLUMNS)
     cluster = data.get("cluster")
     if cluster:
-        click.echo(f"\ncluster mode: {cluster['mode']} ({cluster['members']} members; full mesh up to "
-                   f"{cluster['full_mesh_max']})")
+        members = cluster["members"]
+        click.echo(f"\ncluster mode: {cluster['mode']} ({members} member{'' if members == 1 else 's'}; full mesh "
+                   f"up to {cluster['full_mesh_max']})")
+
+
+def resolve_node(given: str) -> str:
+    """A node's UUID from the whole UUID (dashes optional) or its first 8+ characters, as tables and
+    preheat show them."""
+    import re
+    import uuid as uuidlib
+
+    from beiran.cli.errors import CLIError
+
+    try:
+        return str(uuidlib.UUID(given))
+    except ValueError:
+        pass
+    prefix = given.lower()
+    if not re.fullmatch(r"[0-9a-f]{8}[0-9a-f-]{0,27}", prefix):
+        raise CLIError(f"not a node UUID: {given!r} (see `beiran node list`)")
+    found = [n["uuid"] for n in client().get("/nodes?all=true")["nodes"] if str(n.get("uuid", "")).startswith(prefix)]
+    if len(found) > 1:
+        raise CLIError(f"{given!r} is the start of {len(found)} nodes' UUIDs: give more of it")
+    if not found:
+        raise CLIError(f"no known node's UUID starts with {given!r} (see `beiran node list --all`)")
+    return str(found[0])
 
 
 @node.command("info")
 @click.argument("uuid", required=False)
 @json_option
 def info(uuid: str | None, as_json: bool) -> None:
-    """This node, or another by UUID."""
+    """This node, or another by UUID (or its first 8+ characters)."""
     if uuid:
-        import uuid as uuidlib
-
-        from beiran.cli.errors import CLIError
-
-        try:
-            uuid = str(uuidlib.UUID(uuid))
-        except ValueError:
-            raise CLIError(f"not a node UUID: {uuid!r} (see `beiran node list`)") from None
+        uuid = resolve_node(uuid)
     data = client().get(f"/nodes/{uuid}" if uuid else "/info")
     if as_json:
         emit_json(data)

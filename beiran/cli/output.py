@@ -72,4 +72,25 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], em
         click.echo("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)).rstrip())
 
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def fail_with_json(data: Any, message: str) -> None:
+    """A --json command that failed after it had a result to show: that JSON on stdout for a
+    script, one line on stderr for a person, exit status 1."""
+    import sys
+
+    emit_json(data)
+    click.echo(f"Error: {' '.join(message.split())}", err=True)
+    sys.exit(1)
+
+
+#: set when the command being run was given --json: its errors are then JSON on stdout too
+json_requested = False
+
+
+def _note_json(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    global json_requested
+    json_requested = json_requested or bool(value)
+    return value
+
+
+json_option = click.option("--json", "as_json", is_flag=True, callback=_note_json,
+                           help="Print JSON (errors too, as {\"error\": CODE, \"message\": ...}).")

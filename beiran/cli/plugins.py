@@ -21,7 +21,7 @@ def installed_plugins() -> list[dict[str, Any]]:
              "error": None} for n in plugin_names()]
 
 
-@click.command()
+@click.command(short_help="Installed plugins and their status.")
 @json_option
 def plugins(as_json: bool) -> None:
     """Installed plugins: kind, distribution, version, status (from the daemon when it runs)."""
@@ -40,19 +40,35 @@ def plugins(as_json: bool) -> None:
           empty="(no plugins installed)")
 
 
-@click.command()
-@click.option("--local", is_flag=True, help="Show the config this CLI would start a daemon with.")
+@click.command(short_help="The config, as TOML a daemon can start from.")
+@click.option("--local", is_flag=True, help="Show the config a daemon started here would use (no daemon needed).")
+@click.option("--config", "config_file", metavar="FILE", help="With --local: this config file instead of "
+              "$BEIRAN_CONFIG or /etc/beiran/config.toml (check a file before a daemon starts from it).")
 @json_option
-def config(local: bool, as_json: bool) -> None:
-    """The running daemon's config as TOML a daemon can start from (secrets left out; --json: raw)."""
+def config(local: bool, config_file: str | None, as_json: bool) -> None:
+    """The running daemon's config as TOML a daemon can start from (secrets left out; --json: raw).
+
+    \b
+    e.g. beiran config --local --config /etc/beiran/config.toml
+         beiran config > f.toml && beiran daemon --config f.toml
+    """
+    if config_file and not local:
+        raise CLIError("--config FILE reads a file, not the running daemon: add --local")
     if local:
         from beiran.config import load_config
         from beiran.errors import BeiranError
+        from beiran.plugin_check import check_plugin_sections
 
         try:
-            data = load_config().to_public_dict()
+            loaded = load_config(config_file)
         except BeiranError as exc:
             raise CLIError(exc.message) from None
+        errors, notes = check_plugin_sections(loaded)
+        for note in notes:
+            click.echo(f"note: {note}", err=True)
+        if errors:
+            raise CLIError("; ".join(errors))
+        data = loaded.to_public_dict()
     else:
         data = client().get("/config")
     if as_json:

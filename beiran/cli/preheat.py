@@ -3,7 +3,6 @@ exit 1 naming each node that failed."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +10,7 @@ import click
 
 from beiran.cli.errors import CLIError
 from beiran.cli.main import client
-from beiran.cli.output import emit_json, human_size, table
+from beiran.cli.output import emit_json, fail_with_json, human_size, table
 
 
 def _where(sources: dict[str, int] | None) -> str:
@@ -36,9 +35,12 @@ def run_preheat(path: str, body: dict[str, Any], what: str, no_progress: bool, a
                     progress.finish(key, f"{r['done']}/{r['blobs']} blobs " +
                                     (f"error: {r['error']}" if r.get("error") else r["state"]), size=r["total"])
     if as_json:
-        emit_json(final)
         if final.get("error") or final.get("failed"):
-            sys.exit(1)
+            failed = [f"{r['node'][:8]} ({r.get('error')})" for r in final.get("nodes") or []
+                      if r.get("state") != "complete"]
+            fail_with_json(final, (final.get("error") or {}).get("message") or (
+                f"preheat failed on {len(failed)} node(s): " + ", ".join(failed)))
+        emit_json(final)
         return
     if final.get("error"):
         raise CLIError(final["error"].get("message", "preheat failed"))
@@ -59,7 +61,18 @@ def run_preheat(path: str, body: dict[str, Any], what: str, no_progress: bool, a
 
 
 def parse_nodes(nodes: str) -> Any:
-    return "all" if nodes.strip() == "all" else [n.strip() for n in nodes.split(",") if n.strip()]
+    """`all`, or node UUIDs / their first 8+ characters, comma-separated."""
+    import re
+
+    if nodes.strip() == "all":
+        return "all"
+    given = [n.strip() for n in nodes.split(",") if n.strip()]
+    if not given:
+        raise CLIError("--nodes: name `all` or node UUIDs, comma-separated (see `beiran node list`)")
+    for n in given:
+        if not re.fullmatch(r"[0-9a-fA-F]{8}[0-9a-fA-F-]{0,28}", n):
+            raise CLIError(f"--nodes: {n!r} is not a node UUID or its first 8+ characters (see `beiran node list`)")
+    return given
 
 
 nodes_option = click.option("--nodes", default="all", show_default=True, metavar="all|UUID,...",

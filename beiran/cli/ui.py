@@ -16,7 +16,7 @@ def _ui_url(listen: str) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{port}/ui/"
 
 
-@click.command("ui")
+@click.command("ui", short_help="The read-only web console's URL (or serve it).")
 @click.option("--serve", "serve_port", type=click.IntRange(0, 65535), default=None, metavar="PORT",
               help="Serve the console on 127.0.0.1:PORT through the unix socket (0: any free port), "
                    "for a node whose TCP listener the browser cannot reach.")

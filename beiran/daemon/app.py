@@ -8,7 +8,7 @@ from typing import Any
 
 import tornado.web
 
-from beiran import preheat_api
+from beiran import preheat_api, routing
 from beiran.context import DaemonContext
 from beiran.daemon import core_api
 from beiran.handlers import NotFoundHandler
@@ -24,6 +24,13 @@ from beiran.ui import handlers as ui_handlers
 
 
 def make_app(ctx: DaemonContext) -> tornado.web.Application:
+    return routing.Application(
+        all_routes(ctx), ctx=ctx, default_handler_class=NotFoundHandler, compress_response=False,
+        websocket_max_message_size=MAX_MESSAGE, log_function=_log_request)
+
+
+def all_routes(ctx: DaemonContext) -> list[Any]:
+    """Every route in the order it is tried: core, peers, then each loaded plugin's."""
     routes: list[Any] = []
     routes += core_api.ROUTES
     routes += store_api.ROUTES
@@ -32,9 +39,7 @@ def make_app(ctx: DaemonContext) -> tornado.web.Application:
     routes += [(r"/blobs/(.+)", BlobHandler), (r"/peer", PeerSocketHandler),
                (r"/peer/fetch", PeerFetchHandler), (r"/peer/rpc/([a-z_]{1,32})", PeerRPCHandler)]
     routes += ctx.plugins.all_routes()
-    return tornado.web.Application(
-        routes, ctx=ctx, default_handler_class=NotFoundHandler, compress_response=False,
-        websocket_max_message_size=MAX_MESSAGE, log_function=_log_request)
+    return routes
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import logging
 import os
@@ -53,7 +54,8 @@ class DataDirLock:
         except BlockingIOError:
             os.close(self.fd)
             self.fd = None
-            raise BeiranError(f"another beiran daemon is already running on {self.path.parent}") from None
+            raise BeiranError(f"another beiran daemon is already running on {self.path.parent}: stop it, or give "
+                              "this one its own --data-dir (data_dir, BEIRAN_DATA_DIR)") from None
         os.ftruncate(self.fd, 0)
         os.write(self.fd, f"{os.getpid()}\n".encode())
 
@@ -67,7 +69,8 @@ def bind_unix(path: Path) -> socket.socket:
         probe = socket.socket(socket.AF_UNIX)
         try:
             probe.connect(str(path))
-            raise BeiranError(f"a daemon is already answering on {path}")
+            raise BeiranError(f"a daemon is already answering on {path}: stop it, or give this one its own "
+                              "--run-dir (run_dir, or socket)")
         except (ConnectionRefusedError, FileNotFoundError):
             path.unlink(missing_ok=True)
         finally:
@@ -90,7 +93,7 @@ def private_data_dir(path: Path) -> None:
 async def run(config: Config, reload_config: Callable[[], Config] | None = None) -> int:
     from tornado.netutil import bind_sockets
 
-    from beiran import proxies
+    from beiran import proxies, workers
     from beiran.daemon import notify
     from beiran.daemon.app import PlainHTTPServer, make_app
     from beiran.daemon.reload import reload_loop
@@ -104,16 +107,28 @@ async def run(config: Config, reload_config: Callable[[], Config] | None = None)
     if _early_hup:
         hup.set()
     os.umask(UMASK)
-    private_data_dir(config.data_dir)
-    proxies.configure(config.proxy)
     lock = DataDirLock(config.data_dir)
-    lock.acquire()
+    try:
+        private_data_dir(config.data_dir)
+        lock.acquire()
+    except OSError as exc:
+        what = "" if str(exc.filename) == str(config.data_dir) else f" ({exc.filename})"
+        raise BeiranError(f"cannot use data dir {config.data_dir}: {exc.strerror}{what}; give a directory this "
+                          "user can write with --data-dir, data_dir or BEIRAN_DATA_DIR") from None
+    proxies.configure(config.proxy)
     host, port = config.listen_host, config.listen_port
     try:
         tcp_socks = bind_sockets(port, address=None if host in ("0.0.0.0", "") else host)
     except OSError as exc:
-        raise BeiranError(f"cannot listen on {config.listen}: {exc.strerror}") from None
-    unix_sock = bind_unix(config.socket_path)
+        hint = ("another program (or another beiran daemon) listens there: stop it or choose another"
+                if exc.errno == errno.EADDRINUSE else "choose an address of this machine with")
+        raise BeiranError(f"cannot listen on {config.listen}: {exc.strerror}; {hint} --listen, listen or "
+                          "BEIRAN_LISTEN") from None
+    try:
+        unix_sock = bind_unix(config.socket_path)
+    except OSError as exc:
+        raise BeiranError(f"cannot make the admin socket {config.socket_path}: {exc.strerror}; give a directory "
+                          "this user can write with --run-dir or run_dir (or socket)") from None
     ctx, db = await build_services(config)
     app = make_app(ctx)
     # plugins start before the listeners accept, so a node that answers /info is fully up
@@ -124,6 +139,7 @@ async def run(config: Config, reload_config: Callable[[], Config] | None = None)
     unix_server = GuardedHTTPServer(app, max_body_size=64 << 20, per_address=False)
     unix_server.add_socket(unix_sock)
     await ctx.peers.start()
+    workers.prestart(ctx.io_executor, ctx.receive_executor)
     log.info("beiran %s node %s listening on %s (peers reach it at %s) and %s; plugins: %s",
              ctx.identity.version, ctx.identity.uuid, config.listen, ctx.identity.url, config.socket_path,
              ", ".join(f"{r.name}[{r.status}]" for r in ctx.plugins.records.values()) or "none")

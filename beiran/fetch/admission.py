@@ -53,6 +53,20 @@ class PeerAdmission:
             mine[job.digest] = max(mine[job.digest], job.size)
         job.done.add_done_callback(lambda _: self.release(peer, job.digest))
 
+    def charge_known(self, job: FetchJob) -> None:
+        """The origin told the size of a fetch the peer admitted without one (charged 0 then):
+        charge it now; TooManyRequests (the fetch ends) when that puts the peer over its byte cap."""
+        mine = self.active.get(job.for_peer or "")
+        if mine is None or job.size is None or mine.get(job.digest, job.size) >= job.size:
+            return
+        others = sum(n for d, n in mine.items() if d != job.digest)
+        mine[job.digest] = job.size
+        cap = self.ctx.config.fetch.peer_max_bytes
+        if others + job.size > cap:
+            self.ctx.metrics.peer_refused.labels("bytes").inc()
+            raise TooManyRequests(f"the bytes of this node's fetches in flight would exceed the cap ({cap}) "
+                                  "once this blob's size is counted; try again later")
+
     def release(self, peer: str, digest: str) -> None:
         mine = self.active.get(peer)
         if mine is not None:

@@ -18,9 +18,7 @@ import asyncio
 import logging
 import random
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from beiran import events
@@ -35,8 +33,10 @@ from beiran.errors import (
     UpstreamError,
     VerificationError,
 )
-from beiran.fetch import large, placement
+from beiran.fetch import blame, large, placement
 from beiran.fetch.admission import PeerAdmission
+from beiran.fetch.job import FetchJob as FetchJob  # re-exported: callers import it from here
+from beiran.fetch.job import Opener as Opener
 from beiran.fetch.origins import local_source_keys, open_origin, source_key
 from beiran.fetch.peer_source import PeerSource
 from beiran.peer.links import PoolExhausted
@@ -53,70 +53,6 @@ MAX_RESTARTS = 4
 #: pauses (0.25 s doubling to 2 s, jittered: ~8 s in all) for holders at their upload caps before
 #: this requester gives up on them and delegates or goes to the origin
 BUSY_WAITS, BUSY_PAUSE = 6, 0.25
-#: a local-only way to the origin: (digest, offset) -> stream; never leaves this node
-Opener = Callable[[str, int], Awaitable[OriginStream]]
-
-
-@dataclass
-class FetchJob:
-    digest: str
-    size: int | None
-    source: dict[str, Any] | None
-    writer: BlobWriter | None = None
-    done: asyncio.Future[BlobEntry] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-    bytes_from: Counter[str] = field(default_factory=Counter)  # local / peer / origin
-    contributors: set[str] = field(default_factory=set)  # peers whose bytes are in the writer
-    bad: set[str] = field(default_factory=set)  # peers skipped for this blob
-    busy: set[str] = field(default_factory=set)  # holders that answered "at my upload cap" (429)
-    started: float = field(default_factory=time.monotonic)
-    _last_event: float = 0.0
-    #: set while `writer` is usable (cleared while it is (re)created); joiners wait on it
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-    #: the peer this fetch runs for (None: this node's own clients asked)
-    for_peer: str | None = None
-    #: `source` came in a peer's request: resolved only against this node's config, anonymously
-    peer_source: bool = False
-    #: this node is the owner a peer delegated to: it never delegates again
-    delegated: bool = False
-    opener: Opener | None = None
-    #: the size came from a local caller (not a peer's claim): room may be made for it
-    size_trusted: bool = False
-    #: set once a source has answered (an origin stream opened, or bytes arrived)
-    answered: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def writer_ready(self) -> None:
-        """Wait until the job has a writer to read from, or has ended."""
-        if self.ready.is_set() or self.done.done():
-            return
-        waiter = asyncio.ensure_future(self.ready.wait())
-        try:
-            either: list[asyncio.Future[Any]] = [waiter, self.done]
-            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-
-    def live_writer(self) -> BlobWriter:
-        """The writer, for the steps of a download that run only while the job has one."""
-        if self.writer is None:
-            raise RuntimeError(f"fetch of {self.digest[:19]} has no writer now")
-        return self.writer
-
-    def error(self) -> BaseException | None:
-        """What the fetch ended with: None while it runs or when it succeeded."""
-        if not self.done.done():
-            return None
-        return asyncio.CancelledError() if self.done.cancelled() else self.done.exception()
-
-    @property
-    def failed(self) -> bool:
-        return self.done.done() and (self.done.cancelled() or self.done.exception() is not None)
-
-    def progress(self) -> dict[str, Any]:
-        got = self.writer.available if self.writer and not self.done.done() else sum(self.bytes_from.values())
-        return {"digest": self.digest, "bytes": got, "total": self.size, "sources": dict(self.bytes_from),
-                "done": self.done.done(), "elapsed": round(time.monotonic() - self.started, 3)}
-
-
 class Fetcher:
     def __init__(self, ctx: DaemonContext) -> None:
         self.ctx = ctx
@@ -179,14 +115,14 @@ class Fetcher:
                 job.opener = job.opener or opener
             await job.writer_ready()
             return job
-        trusted = size is not None and for_peer is None
+        trusted, claimed = size is not None and for_peer is None, size is not None
         if size is None:
             size = self._announced_size(digest)  # a peer's claim: not trusted for eviction
         job = FetchJob(digest, size, source, for_peer=for_peer, peer_source=for_peer is not None and bool(source),
-                       delegated=delegated, opener=opener, size_trusted=trusted)
+                       delegated=delegated, opener=opener, size_trusted=trusted, size_claimed=claimed)
         self.jobs[digest] = job
         try:
-            job.writer = await self.ctx.store.begin_write(digest, size, reserve=trusted)
+            job.writer = await self._begin_write(job)
         except Conflict:
             del self.jobs[digest]
             raise
@@ -199,9 +135,18 @@ class Fetcher:
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         return job
 
-    def _announced_size(self, digest: str) -> int | None:
-        for p in self.ctx.availability.peers.values():
-            if p.online and digest in p.blobs and p.blobs[digest][1] is not None:
+    async def _begin_write(self, job: FetchJob) -> BlobWriter:
+        """A holder's announced size plans the download (ranges, whole receive, the bound on what
+        a peer may send) but is no reason to refuse it for want of room: only a size that came
+        with the request is checked so."""
+        writer = await self.ctx.store.begin_write(job.digest, job.size if job.size_claimed else None,
+                                                  reserve=job.size_trusted)
+        writer.size = job.size
+        return writer
+
+    def _announced_size(self, digest: str, skip: set[str] | None = None) -> int | None:
+        for node, p in self.ctx.availability.peers.items():
+            if p.online and node not in (skip or ()) and digest in p.blobs and p.blobs[digest][1] is not None:
                 return p.blobs[digest][1]
         return None
 
@@ -229,7 +174,10 @@ class Fetcher:
             self.jobs.pop(job.digest, None)
 
     async def _download(self, job: FetchJob) -> BlobEntry:
-        for _ in range(MAX_RESTARTS):
+        for attempt in range(MAX_RESTARTS):
+            # peers failed every attempt before the last: that one goes to the origin, when there is
+            # one (so many lying holders cost this node restarts, never the blob)
+            job.peers_off = attempt == MAX_RESTARTS - 1 and bool(job.source or job.opener)
             try:
                 await self._fill(job)
                 return await self.ctx.store.commit(job.live_writer())
@@ -242,12 +190,12 @@ class Fetcher:
                 job.writer = None  # commit() already discarded the bytes
                 if not suspects:
                     raise  # the origin itself served bad bytes
-                log.warning("blob %s from %s failed verification (%s); skipping them",
-                            job.digest[:19], ", ".join(s[:8] for s in suspects), exc)
-                job.bad |= suspects
+                blame.failed_verification(job, suspects, exc)
                 job.contributors.clear()
                 job.bytes_from.clear()
-                job.writer = await self.ctx.store.begin_write(job.digest, job.size, reserve=job.size_trusted)
+                if not job.size_claimed:  # what a skipped peer said of the size goes with it
+                    job.size = self._announced_size(job.digest, job.bad)
+                job.writer = await self._begin_write(job)
                 job.ready.set()
         raise UpstreamError(f"blob {job.digest[:19]}: gave up after {MAX_RESTARTS} bad sources")
 
@@ -273,14 +221,14 @@ class Fetcher:
             # a local opener is for private blobs: peers never serve those (restricted), so go on
             complete: list[str]
             partial: list[str]
-            if job.opener:
+            if job.opener or job.peers_off:
                 complete, partial = [], []
             elif swim:
                 complete, partial = await large.candidates(self.ctx, job, failed), []
             else:
                 complete, partial = self._candidates(job, failed)
             if (len(complete) >= 2 and job.size and job.size >= cfg.large_blob_threshold
-                    and writer.position == 0):
+                    and writer.position == 0 and not job.one_by_one):
                 nodes = complete[:cfg.max_parallel_peers]
                 with cluster.links_for(nodes):
                     used = await self.peers.fill_ranges(job, nodes, failed)
@@ -307,7 +255,7 @@ class Fetcher:
             # (an apt archive it never saw, an origin it cannot reach) passes it to the next rank,
             # which every requester picks alike, so the origin is still asked once
             if (job.source and job.opener is None and not job.delegated and cfg.origin_delegation
-                    and delegations < large.CHAIN):
+                    and delegations < large.CHAIN and not job.peers_off):
                 delegations += 1
                 owner = large.owner(self.ctx, job, failed) if swim else self._owner(job, failed)
                 if owner is not None and owner not in failed:
@@ -344,16 +292,20 @@ class Fetcher:
         writer = job.live_writer()
         if partial is None:
             partial = node in self.ctx.availability.holders(job.digest)[1]
-        start = writer.position
+        start, new = writer.position, node not in job.contributors
         try:
             job.contributors.add(node)
             await self.peers.stream_into(job, node, start)
             return True
         except (BeiranError, OSError) as exc:
             await writer.flush()
-            if partial and writer.available > start:  # a copy still downloading ends short when
-                # its own download failed: what it sent is suspect, start over without it
+            if (partial or job.size is None or job.one_by_one) and writer.available > start:  # a copy
+                # still downloading ends short when its own download failed, a body of unknown size
+                # has no end to resume towards, and one holder at a time means one peer's bytes per
+                # attempt (blame.py): what it sent is suspect, start over without it
                 raise VerificationError(f"peer {node[:8]} ended its unverified copy short: {exc}") from None
+            if new and writer.available == start:
+                job.contributors.discard(node)  # none of its bytes are in the writer: not a suspect
             failed.add(node)
             writer.untrusted |= writer.available > start  # peers get none of it before it verified
             if isinstance(exc, PeerBusy):
@@ -426,8 +378,10 @@ class Fetcher:
         self.ctx.metrics.fetch_requests.labels("origin").inc()
         stream = await self._open_origin(job, offset)
         try:
-            if job.size is None and stream.size is not None:
-                job.size = writer.size = stream.size
+            if stream.size is not None and (job.size is None or not job.size_claimed):
+                job.size = writer.size = stream.size  # the origin's word over a third peer's
+                if job.for_peer:
+                    self.admission.charge_known(job)  # a peer that left the size out pays it now
             writer.source = "origin"
             async for chunk in stream:
                 await writer.feed(chunk)

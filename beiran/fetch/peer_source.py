@@ -8,11 +8,13 @@ import logging
 import select
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
 
 from beiran.errors import BeiranError, PeerBusy, PeerLacksBlob, UpstreamError, VerificationError
+from beiran.fetch.pace import Pace, paced, unverified_limit
 from beiran.fetch.peer_pool import PeerConnectionPool
+from beiran.fetch.peer_response import PeerResponse
 from beiran.httpstream import stream_request
 from beiran.store.writer import WHOLE_MAX
 
@@ -74,11 +76,9 @@ class PeerSource:
         writer.source = f"peer:{node}"
         await writer.flush()
         if url.startswith("http://"):
-            loop = asyncio.get_running_loop()
             before = writer.available
             try:
-                end = await loop.run_in_executor(self.ctx.receive_executor, self._receive_sync, job, node,
-                                                 url, headers, offset, loop)
+                end = await self._on_receive_thread(job, node, url, headers, offset)
             finally:
                 if writer.stored_whole and writer.available > before:  # told here, not by a wake-up
                     self._received(job, writer, writer.available - before)
@@ -88,8 +88,20 @@ class PeerSource:
         if job.size is not None and writer.position != job.size:
             raise UpstreamError(f"peer {node[:8]} stopped at byte {writer.position} of {job.size}")
 
+    async def _on_receive_thread(self, job: FetchJob, node: str, url: str, headers: dict[str, str],
+                                 offset: int, end: int | None = None) -> int:
+        """`_receive_sync` on a receive thread, under the transfer's floor rate and byte bound (pace.py)."""
+        loop = asyncio.get_running_loop()
+        cfg = self.ctx.config.fetch
+        pace = Pace(loop, cfg.peer_min_rate, cfg.peer_timeout, unverified_limit(self.ctx, job))
+        try:
+            return await loop.run_in_executor(self.ctx.receive_executor, self._receive_sync, job, node, url,
+                                              headers, offset, loop, end, pace)
+        finally:
+            pace.close()
+
     def _receive_sync(self, job: FetchJob, node: str, url: str, headers: dict[str, str], offset: int,
-                      loop: asyncio.AbstractEventLoop, end: int | None = None) -> int:
+                      loop: asyncio.AbstractEventLoop, end: int | None, pace: Pace) -> int:
         """The whole transfer on one I/O thread, on a kept-alive connection: small socket reads
         into a batch buffer, hashed and pwritten a batch at a time. `end`: only bytes
         [offset, end) are asked for (a piece of a multi-peer fetch), and only those are taken.
@@ -104,8 +116,10 @@ class PeerSource:
         host, port = parts.hostname or "", parts.port or 80
         conn: http.client.HTTPConnection | None = None
         keep = False
+        pace.begin()
         try:
-            conn, resp = self._request_sync(host, port, parts.path, headers)
+            conn, resp = self._request_sync(host, port, parts.path, headers, pace)
+            pace.resp, resp.limit = resp, pace.limit
             if resp.status == 404:
                 raise PeerLacksBlob(f"peer {node[:8]} does not have {job.digest[:19]}")
             if resp.status == 429:
@@ -120,23 +134,31 @@ class PeerSource:
                     raise UpstreamError(f"peer {node[:8]} answered the range {offset}-{end - 1} with "
                                         f"{length[:20]!r} bytes")
             elif job.size is None and length and length.isdigit():
+                if pace.limit is not None and int(length) + offset > pace.limit:
+                    raise UpstreamError(f"peer {node[:8]} would send {length} bytes of {job.digest[:19]}, more "
+                                        f"than this node takes of a blob of unknown size ({pace.limit})")
                 job.size = writer.size = int(length) + offset
             pos = self._read_body(resp, job, node, offset, loop, end)
+            if not pace.end() and pos != (end if end is not None else job.size):
+                raise pace.error(node)  # cut for its pace: its body ended early
             if end is not None and pos != end:
                 raise UpstreamError(f"peer {node[:8]} ended the range at {pos}, expected {end}")
             keep = resp.isclosed() and not resp.will_close
             return pos
         except (OSError, http.client.HTTPException) as exc:
+            if not pace.end():
+                raise pace.error(node) from None
             raise UpstreamError(f"peer {node[:8]}: {exc or type(exc).__name__}") from None
         finally:
+            keep = pace.end() and keep  # a connection that was cut is not kept
             if conn is not None:
                 if keep:
                     self.pool.put(host, port, conn)
                 else:
                     conn.close()
 
-    def _request_sync(self, host: str, port: int, path: str, headers: dict[str, str]
-                      ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    def _request_sync(self, host: str, port: int, path: str, headers: dict[str, str], pace: Pace
+                      ) -> tuple[http.client.HTTPConnection, PeerResponse]:
         """Send the GET on a pooled connection; one the peer closed while it was idle (it fails
         before any byte of a response) is replaced by a fresh one, once."""
         timeout = self.ctx.config.fetch.peer_timeout
@@ -144,8 +166,9 @@ class PeerSource:
             conn, reused = self.pool.get(host, port, timeout)
             self.ctx.metrics.peer_connections.labels("reused" if reused else "new").inc()
             try:
+                pace.attach(conn)  # raises once the transfer was cut (a retry after the cut)
                 conn.request("GET", path, headers=headers)
-                return conn, conn.getresponse()
+                return conn, cast(PeerResponse, conn.getresponse())
             except (ConnectionError, http.client.BadStatusLine):
                 conn.close()
                 if not reused:
@@ -154,7 +177,7 @@ class PeerSource:
                 conn.close()
                 raise
 
-    def _read_body(self, resp: http.client.HTTPResponse, job: FetchJob, node: str, offset: int,
+    def _read_body(self, resp: PeerResponse, job: FetchJob, node: str, offset: int,
                    loop: asyncio.AbstractEventLoop, end: int | None = None) -> int:
         writer = job.live_writer()
         remaining = resp.length  # None: chunked or until close
@@ -172,7 +195,7 @@ class PeerSource:
                                                 else RECEIVE_BATCH))))  # small blobs: small buffer
         return self._read_batches(resp, job, node, offset, loop, end, batch, remaining)
 
-    def _read_small(self, resp: http.client.HTTPResponse, job: FetchJob, node: str,
+    def _read_small(self, resp: PeerResponse, job: FetchJob, node: str,
                     loop: asyncio.AbstractEventLoop, batch: memoryview) -> int:
         """A small blob whose whole body is coming (from its first byte, its size known)."""
         writer = job.live_writer()
@@ -187,7 +210,7 @@ class PeerSource:
             loop.call_soon_threadsafe(self._received, job, writer, got)
         return self._read_batches(resp, job, node, got, loop, None, batch, whole - got)
 
-    def _read_batches(self, resp: http.client.HTTPResponse, job: FetchJob, node: str, offset: int,
+    def _read_batches(self, resp: PeerResponse, job: FetchJob, node: str, offset: int,
                       loop: asyncio.AbstractEventLoop, end: int | None, batch: memoryview,
                       remaining: int | None) -> int:
         """Socket reads into `batch`, written out (hashed) a batch at a time; `remaining`: the
@@ -207,6 +230,7 @@ class PeerSource:
                 n = len(data)
                 batch[filled:filled + n] = data
             filled += n
+            resp.received += n  # the transfer's pace (pace.py)
             if remaining is not None:
                 remaining -= n
             if filled and (not n or filled == limit or time.monotonic() - last >= FLUSH_SECONDS):
@@ -214,6 +238,9 @@ class PeerSource:
                     raise UpstreamError(f"peer {node[:8]} sent more than the range asked for")
                 if writer.size is not None and pos + filled > writer.size:
                     raise VerificationError(f"peer {node[:8]} sent more than the blob's {writer.size} bytes")
+                if resp.limit is not None and pos + filled > resp.limit:
+                    raise UpstreamError(f"peer {node[:8]} sent more of a blob of unknown size than this "
+                                        f"node takes ({resp.limit})")
                 writer.write_at_blocking(pos, batch[:filled])
                 pos += filled
                 loop.call_soon_threadsafe(self._received, job, writer, filled)
@@ -225,7 +252,7 @@ class PeerSource:
         return pos
 
     @staticmethod
-    def _read_whole(resp: http.client.HTTPResponse, writer: BlobWriter, buf: memoryview, size: int) -> int:
+    def _read_whole(resp: PeerResponse, writer: BlobWriter, buf: memoryview, size: int) -> int:
         """The whole body into `buf`, then stored, verified, fsynced and moved into the store on
         this thread (`store_whole_blocking`): the loop is woken once per blob (the executor's
         answer), where it was woken once per batch and again for the seal's own I/O hop; each
@@ -243,6 +270,7 @@ class PeerSource:
             if not n:
                 return filled
             filled += n
+            resp.received += n  # the transfer's pace (pace.py)
         writer.store_whole_blocking(buf[:size])  # the loop hears of it when this thread returns
         return size
 
@@ -253,7 +281,10 @@ class PeerSource:
     async def _receive_async(self, job: FetchJob, node: str, url: str, headers: dict[str, str],
                              offset: int) -> None:
         writer = job.live_writer()
-        async with stream_request(url, headers) as resp:
+        cfg = self.ctx.config.fetch
+        limit = unverified_limit(self.ctx, job)  # the bounds of the receive-thread path (pace.py)
+        async with paced(node, cfg.peer_min_rate, cfg.peer_timeout) as received, \
+                stream_request(url, headers) as resp:
             if resp.code == 429:
                 raise PeerBusy(f"peer {node[:8]} is at its upload cap")
             if resp.code not in (200, 206):
@@ -261,9 +292,17 @@ class PeerSource:
             if offset and resp.code != 206:
                 raise UpstreamError(f"peer {node[:8]} ignored the Range request")
             length = resp.headers.get("Content-Length")
-            if job.size is None and length and length.isdigit():
-                job.size = writer.size = int(length) + offset
-            async for chunk in resp.chunks(self.ctx.config.fetch.peer_timeout):
+            if length and length.isascii() and length.isdigit():
+                if limit is not None and int(length) + offset > limit:
+                    raise UpstreamError(f"peer {node[:8]} would send {int(length) + offset} bytes, more than this "
+                                        f"node takes of a blob of unknown size ({limit})")
+                if job.size is None:
+                    job.size = writer.size = int(length) + offset
+            async for chunk in resp.chunks(cfg.peer_timeout):
+                if limit is not None and writer.position + len(chunk) > limit:
+                    raise UpstreamError(f"peer {node[:8]} sent more than this node takes of a blob of unknown "
+                                        f"size ({limit})")
+                received(len(chunk))
                 await writer.feed(chunk)
                 self.ctx.fetcher.account(job, "peer", len(chunk))
         await writer.flush()
@@ -305,16 +344,17 @@ class PeerSource:
         headers["Range"] = f"bytes={start}-{end - 1}"
         self.ctx.metrics.fetch_requests.labels("peer").inc()
         if url.startswith("http://"):  # as stream_into: on a receive thread, kept-alive connection
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self.ctx.receive_executor, self._receive_sync, job, node, url,
-                                              headers, start, loop, end)
+            return await self._on_receive_thread(job, node, url, headers, start, end)
         pos, buf, buf_len = start, [], 0
-        async with stream_request(url, headers) as resp:
+        cfg = self.ctx.config.fetch
+        async with paced(node, cfg.peer_min_rate, cfg.peer_timeout) as received, \
+                stream_request(url, headers) as resp:
             if resp.code != 206:
                 raise UpstreamError(f"peer {node[:8]} answered {resp.code} to a range request")
-            async for chunk in resp.chunks(self.ctx.config.fetch.peer_timeout):
+            async for chunk in resp.chunks(cfg.peer_timeout):
                 if pos + buf_len + len(chunk) > end:
                     raise UpstreamError(f"peer {node[:8]} sent more than the range asked for")
+                received(len(chunk))
                 buf.append(chunk)
                 buf_len += len(chunk)
                 if buf_len >= PIECE_FLUSH:

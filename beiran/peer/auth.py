@@ -63,7 +63,7 @@ def parse_auth_header(raw: str) -> AuthProof:
         raise Unauthorized(f"malformed {HEADER} header: sig must be 64 lowercase hex characters")
     if not 16 <= len(nonce) <= 64 or not _HEX.fullmatch(nonce):
         raise Unauthorized(f"malformed {HEADER} header: nonce must be 16-64 lowercase hex characters")
-    if not ts.isdigit() or len(ts) > 12:
+    if not (ts.isascii() and ts.isdigit()) or len(ts) > 12:  # not "²": isdigit() takes it, int() not
         raise Unauthorized(f"malformed {HEADER} header: ts must be a Unix time")
     if body and (len(body) != 64 or not _HEX.fullmatch(body)):
         raise Unauthorized(f"malformed {HEADER} header: body must be a sha256 hex digest")

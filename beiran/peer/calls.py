@@ -91,7 +91,8 @@ class PeerCalls:
     def __init__(self, ctx: DaemonContext) -> None:
         self.ctx = ctx
         self.inbound: InUse[str] = InUse()  # peer -> its HTTP calls running here now
-        self._plugins: OrderedDict[str, tuple[float, tuple[str, ...]]] = OrderedDict()
+        #: node -> (ask after, its plugins, at url): what one address said holds for that address only
+        self._plugins: OrderedDict[str, tuple[float, tuple[str, ...], str]] = OrderedDict()
         self._failed: OrderedDict[str, tuple[float, str]] = OrderedDict()  # node -> (ask after, at url)
         self._asking: dict[str, asyncio.Future[tuple[str, ...] | None]] = {}  # node -> its /info request
         self._info_slots = asyncio.Semaphore(INFO_PARALLEL)
@@ -207,12 +208,12 @@ class PeerCalls:
         if conn is not None:
             return plugin_names(conn.info.get("plugins"))
         now = time.monotonic()
-        known = self._plugins.get(node)
-        if known is not None and known[0] > now:
-            return known[1]
         url = self.ctx.peers.cluster.url_of(node)
         if not url:
             return None
+        known = self._plugins.get(node)
+        if known is not None and known[0] > now and known[2] == url:
+            return known[1]
         failed = self._failed.get(node)
         if failed is not None and failed[0] > now and failed[1] == url:
             return None
@@ -236,7 +237,7 @@ class PeerCalls:
             _remember(self._failed, node, (now + INFO_FAIL_TTL, url))
             return None
         self._failed.pop(node, None)
-        _remember(self._plugins, node, (now + INFO_TTL, names))
+        _remember(self._plugins, node, (now + INFO_TTL, names, url))
         return names
 
 

@@ -42,6 +42,8 @@ class PeerTarget:
     uuid: str | None = None
     task: asyncio.Task[None] | None = None
     is_self: bool = False
+    #: why the last dial failed ("" once connected): `beiran node probe` says it
+    last_error: str = ""
 
 
 class PeerManager:
@@ -115,7 +117,7 @@ class PeerManager:
             self.targets[url].is_self = True
 
     async def _dial_loop(self, target: PeerTarget) -> None:
-        from beiran.peer.websocket import dial
+        from beiran.peer.websocket import dial, dial_error
 
         delay = 0.25
         while not self._closing:
@@ -137,6 +139,8 @@ class PeerManager:
                 conn = await dial(self, target.url)
                 delay = 0.25
                 await asyncio.shield(conn.closed)
+                synced = conn.synced or conn.inherits
+                target.last_error = "" if synced else f"closed the connection: {conn.close_reason}"
                 if conn.uuid:
                     target.uuid = conn.uuid
                     # the connection may have lost the tie-break to the peer's own (inbound) one:
@@ -148,7 +152,12 @@ class PeerManager:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - unreachable peers are normal; retry later
-                log.debug("dial %s failed: %s", target.url, exc)
+                error = dial_error(exc)
+                if error != target.last_error and getattr(exc, "code", None) in (401, 403):
+                    log.warning("peer %s refuses this node: %s", target.url, error)  # a config mismatch
+                else:
+                    log.debug("dial %s failed: %s", target.url, exc)
+                target.last_error = error
             await asyncio.sleep(delay * (0.8 + random.random() * 0.4))
             delay = min(delay * 2, 10.0)
 
@@ -360,11 +369,19 @@ class PeerManager:
         node = str(info.get("uuid", ""))
         if node == self.ctx.identity.uuid:
             raise BadRequest(f"{url} is this node")
+        stale = self.targets.get(url)
+        if stale is not None:
+            stale.last_error = ""  # this probe's dial decides
         self.discovered(url, via)
         deadline = time.monotonic() + timeout
+        target = self.targets.get(url)
         while time.monotonic() < deadline and node not in self.online():
+            if target is not None and target.last_error:
+                break  # refused or failed: say why rather than "connecting"
             await asyncio.sleep(0.05)
         info["status"] = "online" if node in self.online() else "connecting"
+        if node not in self.online() and target is not None and target.last_error:
+            raise UpstreamError(f"{url} (node {node[:8]}) {target.last_error}; it is dialed again in the background")
         return info
 
     async def fetch_info(self, url: str, timeout: float = 5.0, named: bool = False) -> dict[str, Any]:

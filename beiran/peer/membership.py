@@ -30,7 +30,7 @@ from typing import Any
 
 from beiran.peer.gossip import BroadcastQueue, Scheduler, TimerHandle, encode, hid, hinc, retransmit_limit
 from beiran.peer.swim_config import SwimConfig
-from beiran.peer.swim_members import ALIVE, DEAD, GONE, SUSPECT, Member, SharedStart, pick_live
+from beiran.peer.swim_members import ALIVE, DEAD, GONE, MAX_INC_JUMP, SUSPECT, Member, SharedStart, pick_live
 from beiran.peer.swim_probe import Prober
 from beiran.peer.swim_suspicion import Suspicions
 from beiran.peer.swim_transfer import StateTransfers
@@ -187,8 +187,16 @@ class Membership:
             self.stats["bad"] += 1
 
     def _merge(self, updates: list[Any], quiet: bool = False) -> None:
-        """Apply checked updates (swim_wire.decode checked them)."""
+        """Apply checked updates (swim_wire.decode checked them). An update that raises a member's
+        incarnation further than MAX_INC_JUMP above what this node knows is dropped (alone): only
+        the member raises its own, one refutation at a time, and a claim near MAX_INC would leave
+        it no incarnation to refute a lie with."""
+        members = self.members
         for kind, mid, inc, extra in updates:
+            known = members.get(mid)
+            if inc > (known.inc if known is not None else 0) + MAX_INC_JUMP:
+                self.stats["bad"] += 1
+                continue
             if kind == "a":
                 self._alive(mid, inc, extra, quiet)
             elif kind == "s":

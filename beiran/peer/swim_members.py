@@ -15,6 +15,9 @@ from beiran.peer.gossip import hid, hinc
 ALIVE, SUSPECT, DEAD = "alive", "suspect", "dead"
 GONE = "gone"  # a dead record forgotten after `dead_keep`: listeners free what they kept for it
 MAX_ID, MAX_ADDR, MAX_INC = 64, 128, 1 << 53
+#: how far one claim may raise a member's incarnation above what a node knows of it (a member
+#: refuting a lie raises its own by one: 2^16 refutations would be needed to outgrow this honestly)
+MAX_INC_JUMP = 1 << 16
 
 #: a state as one letter on the wire
 LETTER = {ALIVE: "a", SUSPECT: "s", DEAD: "d"}

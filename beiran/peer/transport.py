@@ -48,7 +48,7 @@ Deliver = Callable[[bytes, str, str, bytes], None]  # (channel, sender uuid, "ip
 def split_addr(addr: str) -> tuple[str, int] | None:
     """'10.0.0.2:8888' / '[fd00::2]:8888' -> (host, port); None when it is not that shape."""
     host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         return None
     return host.strip("[]"), int(port)
 
@@ -60,21 +60,28 @@ def join_addr(host: str, port: int) -> str:
 class _Replay:
     """Sequence numbers seen from one sender: a floor and the numbers above it (bounded)."""
 
-    __slots__ = ("floor", "seen")
+    __slots__ = ("floor", "newest", "seen")
 
     def __init__(self) -> None:
         self.floor = 0
+        self.newest = 0
         self.seen: set[int] = set()
 
-    def fresh(self, seq: int) -> bool:
+    def fresh(self, seq: int, oldest: int = 0) -> bool:
+        """`oldest`: the first sequence number the clock window still takes; older ones need no
+        remembering (the window refuses them), so a sender's memory is what it sent within it."""
         if seq <= self.floor or seq in self.seen:
             return False
         self.seen.add(seq)
+        self.newest = max(self.newest, seq)
         if len(self.seen) > REPLAY_KEEP:
             ordered = sorted(self.seen)
             cut = len(ordered) - REPLAY_KEEP // 2
             self.floor = ordered[cut - 1]
             self.seen = set(ordered[cut:])
+        elif len(self.seen) > REPLAY_KEEP // 16 and oldest > self.floor:
+            self.floor = oldest
+            self.seen = {s for s in self.seen if s > oldest}
         return True
 
 
@@ -87,6 +94,7 @@ class DatagramTransport(asyncio.DatagramProtocol):
         self.room = MAX_DATAGRAM - _HEAD - (_MAC if self.key else 0)
         self.transport: asyncio.DatagramTransport | None = None
         self._replay: dict[bytes, _Replay] = {}
+        self._swept = time.monotonic()
         self._last_seq = 0
         self.stats = {"sent": 0, "received": 0, "bytes_sent": 0, "bytes_received": 0, "refused": 0,
                       "oversize": 0}
@@ -102,6 +110,16 @@ class DatagramTransport(asyncio.DatagramProtocol):
         if self.transport is not None:
             self.transport.close()
             self.transport = None
+
+    def _forget_quiet(self, oldest: int) -> None:
+        """Once per WINDOW: forget the senders that sent nothing the clock window still takes
+        (none of theirs can be replayed now), so made-up senders cost memory for WINDOW at most
+        and a long-running node does not keep every member it ever heard from."""
+        if time.monotonic() - self._swept < WINDOW:
+            return
+        self._swept = time.monotonic()
+        for raw_id in [k for k, r in self._replay.items() if r.newest <= oldest]:
+            del self._replay[raw_id]
 
     # -- sending -----------------------------------------------------------------------------------
     def send(self, channel: bytes, addr: str, payload: bytes) -> None:
@@ -159,14 +177,16 @@ class DatagramTransport(asyncio.DatagramProtocol):
             want = hmac.new(self.key, head + payload, hashlib.sha256).digest()
             if not hmac.compare_digest(want, mac):
                 return None
-            seq = int.from_bytes(head[5 + _ID:], "big")
-            if abs(seq / 1e6 - time.time()) > WINDOW:
+            seq, now = int.from_bytes(head[5 + _ID:], "big"), time.time()
+            if abs(seq / 1e6 - now) > WINDOW:
                 return None
+            oldest = int((now - WINDOW) * 1e6)
             replay = self._replay.get(raw_id)
             if replay is None:
+                self._forget_quiet(oldest)
                 if len(self._replay) >= MAX_SENDERS:  # the oldest sender's memory goes (WINDOW still holds)
                     del self._replay[next(iter(self._replay))]
                 replay = self._replay[raw_id] = _Replay()
-            if not replay.fresh(seq):
+            if not replay.fresh(seq, oldest):
                 return None
         return channel, sender, payload

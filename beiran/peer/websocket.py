@@ -94,3 +94,13 @@ def _source_ip(listen_host: str, url: str) -> str | None:
     if src.is_unspecified or src.version != dst.version or src.is_loopback != dst.is_loopback:
         return None
     return str(src)
+
+
+def dial_error(exc: Exception) -> str:
+    """Why a dial failed, in words an operator acts on."""
+    code = getattr(exc, "code", None)
+    if code == 401:
+        return "refused our cluster token (HTTP 401): set the same cluster_token on every node"
+    if code == 403:
+        return "refused this node (HTTP 403): is this node's address in its peer_cidrs?"
+    return f"could not be connected: {exc or type(exc).__name__}"

@@ -121,6 +121,12 @@ class Retention:
             return None
         return seen[1] - self._disk_claimed
 
+    def free_seen(self) -> int | None:
+        """Free disk bytes at the last look (however old) less what room was made for since;
+        None before the first look. For bounds that must cost no statfs(2) of their own."""
+        seen = self._disk_seen
+        return None if seen is None else seen[1] - self._disk_claimed
+
     async def _disk_free(self) -> int:
         free = (await self.ctx.run_blocking(shutil.disk_usage, self.root)).free
         self._disk_seen, self._disk_claimed = (time.monotonic(), free), 0

@@ -48,12 +48,13 @@ def _client() -> Any:
 def proxy_url(listen: str | None = None) -> str:
     """The local proxy's URL from [plugins.apt] listen (0.0.0.0 means: ask on loopback)."""
     if listen is None:
-        try:
-            from beiran.config import load_config
+        from beiran.config import load_config
+        from beiran.errors import ConfigError
 
-            listen = str(load_config().plugin_section("apt").get("listen") or DEFAULT_LISTEN)
-        except Exception:  # noqa: BLE001 - no config file is fine: the default applies
-            listen = DEFAULT_LISTEN
+        try:  # no config file is fine (the default applies); a broken one is not (proxy-detect goes DIRECT)
+            listen = str(load_config(strict_env=False).plugin_section("apt").get("listen") or DEFAULT_LISTEN)
+        except ConfigError as exc:
+            raise CLIError(f"{exc.message} (it names the apt proxy's address when no daemon runs)") from None
     from beiran.config import parse_hostport
 
     host, port = parse_hostport(listen, 3142)
@@ -102,9 +103,10 @@ def find_proxy(listen: str | None, socket_path: str | None) -> tuple[str, str]:
     return url, f"note: no running daemon said where its apt proxy is ({why}); using {url} from the config file"
 
 
-@cli.command("proxy-detect")
+@cli.command("proxy-detect", short_help="The proxy URL if it answers, else DIRECT (for apt).")
 @click.argument("uri", required=False)
-@click.option("--listen", help="The proxy address (default: ask the running daemon, else the config file).")
+@click.option("--listen", metavar="HOST:PORT",
+              help="The proxy address (default: ask the running daemon, else the config file).")
 @click.pass_context
 def proxy_detect(ctx: click.Context, uri: str | None, listen: str | None) -> None:
     """Print the local proxy URL if it answers, else DIRECT (for Acquire::http::Proxy-Auto-Detect)."""
@@ -129,9 +131,9 @@ def proxy_detect_main() -> None:
     print(_detect(sys.argv[1] if len(sys.argv) > 1 else None))
 
 
-@cli.command("configure")
+@cli.command("configure", short_help="Print (or write) apt's configuration for the proxy.")
 @click.option("--write", is_flag=True, help=f"Write the snippet to {CONF_PATH} instead of printing it.")
-@click.option("--path", "path", default=CONF_PATH, show_default=True, help="Where --write puts it.")
+@click.option("--path", "path", default=CONF_PATH, show_default=True, metavar="FILE", help="Where --write puts it.")
 @click.pass_context
 def configure(ctx: click.Context, write: bool, path: str) -> None:
     """Print (or write) the apt configuration that sends downloads through Beiran (the running
@@ -148,8 +150,10 @@ def configure(ctx: click.Context, write: bool, path: str) -> None:
     if not write:
         click.echo(text, nl=False)
         return
+    if not Path(path).parent.is_dir():  # a typo'd --path, or no apt here: never a new directory tree
+        raise CLIError(f"cannot write {path}: {Path(path).parent} is not a directory "
+                       "(is apt installed here? --path names the file to write)")
     try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
         tmp = f"{path}.tmp"
         Path(tmp).write_text(text)
         os.replace(tmp, path)
@@ -159,7 +163,7 @@ def configure(ctx: click.Context, write: bool, path: str) -> None:
 
 
 # -- what the node has -----------------------------------------------------------------------------
-@cli.command("packages")
+@cli.command("packages", short_help="The .debs this node (or the cluster) holds.")
 @click.option("--all", "show_all", is_flag=True, help="Also the .debs other nodes hold, with the holders.")
 @json_option
 def packages(show_all: bool, as_json: bool) -> None:
@@ -179,7 +183,7 @@ def packages(show_all: bool, as_json: bool) -> None:
     table(rows, cols, empty="(no .debs known)" if show_all else "(no .debs stored)")
 
 
-@cli.command("sources")
+@cli.command("sources", short_help="Archives seen through the proxy, and their trust.")
 @json_option
 def sources(as_json: bool) -> None:
     """The upstream archives seen through the proxy: last index refresh and trust."""
@@ -199,7 +203,7 @@ def sources(as_json: bool) -> None:
 
 
 # -- preheat ---------------------------------------------------------------------------------------
-@cli.command("preheat")
+@cli.command("preheat", short_help="Put packages' .debs on the chosen nodes now.")
 @click.argument("packages", nargs=-1, required=True, metavar="PKG[=VERSION]...")
 @click.option("--nodes", default="all", show_default=True, metavar="all|UUID,...",
               help="Nodes that fetch now: this node and every online node that runs apt, or UUIDs "
@@ -271,7 +275,7 @@ def _report_deps(summary: dict[str, Any]) -> None:
 
 
 # -- import ----------------------------------------------------------------------------------------
-@cli.command("import")
+@cli.command("import", short_help="Seed the store from apt's archives dir (verified).")
 @click.argument("directory", default="/var/cache/apt/archives",
                 type=click.Path(file_okay=False, exists=True, path_type=Path))
 @json_option
@@ -289,8 +293,12 @@ def import_debs(directory: Path, as_json: bool) -> None:
     ok = [c for c in found if c.skip is None]
     have = set(client.post("/apt/packages?cmd=have", {"digests": [c.digest for c in ok]})["have"]) if ok else set()
     imported = 0
-    with click.progressbar(ok, label="importing", file=sys.stderr, show_pos=True,
-                           item_show_func=lambda c: c.path.name if c else "") as bar:
+    import contextlib
+
+    shown = ok and not as_json  # a bar (or its label on a pipe) only for a person and only with work to show
+    with (click.progressbar(ok, label="importing", file=sys.stderr, show_pos=True,
+                            item_show_func=lambda c: c.path.name if c else "") if shown
+          else contextlib.nullcontext(ok)) as bar:
         for c in bar:
             if c.digest not in have:
                 with open(c.path, "rb") as fh:

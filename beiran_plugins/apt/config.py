@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from beiran.config import parse_hostport, parse_size
+from beiran.config_check import refuse_unknown
 from beiran.errors import ConfigError
 
 DEFAULT_LISTEN = "127.0.0.1:3142"
@@ -74,11 +75,7 @@ def keyring_files(places: list[str]) -> list[str]:
 
 
 def parse_config(section: dict[str, Any]) -> AptConfig:
-    known = set(AptConfig.__dataclass_fields__)
-    unknown = sorted(set(section) - known)
-    if unknown:
-        raise ConfigError(f"[plugins.apt]: unknown setting(s) {', '.join(unknown)} "
-                          f"(known: {', '.join(sorted(known))})")
+    refuse_unknown("apt", section, set(AptConfig.__dataclass_fields__))
     cfg = AptConfig(**section)
     parse_hostport(cfg.listen, 3142)
     for name in ("keyrings", "keyring_dirs", "trusted_sources", "allow_hosts"):

@@ -47,6 +47,10 @@ class AptPlugin(BasePackagePlugin):
     name = "apt"
     version = __version__
 
+    @classmethod
+    def check_config(cls, config: dict[str, Any]) -> None:
+        parse_config(config)
+
     cfg: AptConfig
     root: Path
     archive: Archive

@@ -17,7 +17,7 @@ NAME_COLUMNS = [("name", "NAME"), ("type", "TYPE"), ("state", "STATE"), ("target
 TARGET_COLUMNS = [("url", "TARGET"), ("state", "STATE"), ("uuid", "NODE"), ("names", "FROM"), ("age", "SINCE")]
 
 
-@click.group(name="dns", short_help="DNS (SRV, A/AAAA) discovery commands.")
+@click.group(name="dns", short_help="DNS discovery: peers from SRV and A/AAAA records.")
 def cli() -> None:
     """DNS discovery: peers from SRV and A/AAAA records ([plugins.dns] names)."""
 
@@ -31,7 +31,7 @@ def _get(path: str) -> Any:
         raise
 
 
-@cli.command("status")
+@cli.command("status", short_help="Configured names, their answers and targets.")
 @json_option
 def status(as_json: bool) -> None:
     """The configured names, their last answers, and what became of each target.
@@ -54,7 +54,7 @@ def status(as_json: bool) -> None:
     table(rows, TARGET_COLUMNS, empty="(no targets)")
 
 
-@cli.command("lookup")
+@cli.command("lookup", short_help="Look NAME up now (SRV for _service._tcp. names).")
 @click.argument("name")
 @json_option
 def lookup(name: str, as_json: bool) -> None:

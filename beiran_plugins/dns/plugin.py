@@ -48,6 +48,10 @@ class DNSPlugin(BaseDiscoveryPlugin):
     name = "dns"
     version = __version__
 
+    @classmethod
+    def check_config(cls, config: dict[str, Any]) -> None:
+        Settings.parse(config)
+
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
         self.settings = Settings()

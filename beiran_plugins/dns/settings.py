@@ -6,6 +6,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+from beiran.config_check import refuse_unknown
 from beiran.errors import ConfigError
 
 DEFAULT_PORT = 8888
@@ -37,10 +38,8 @@ class Settings:
     @classmethod
     def parse(cls, section: dict[str, Any]) -> Settings:
         data = {k: v for k, v in section.items() if k != "enabled"}
-        known = {"names", "nameservers", "port", "interval", "min_interval", "timeout", "probe_timeout"}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"[plugins.dns]: unknown setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        refuse_unknown("dns", data, {"names", "nameservers", "port", "interval", "min_interval", "timeout",
+                                     "probe_timeout"})
         s = cls()
         for key in ("interval", "min_interval", "timeout", "probe_timeout"):
             if key in data:

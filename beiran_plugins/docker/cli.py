@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any
 from urllib.parse import quote
 
@@ -11,17 +10,24 @@ import click
 
 from beiran.cli.errors import CLIError
 from beiran.cli.main import client
-from beiran.cli.output import emit_json, human_duration, human_size, json_option, table
+from beiran.cli.output import emit_json, fail_with_json, human_duration, human_size, json_option, table
 from beiran.cli.preheat import nodes_option
 
 
-@click.group(name="docker", short_help="Docker/OCI images commands.")
+@click.group(name="docker", short_help="Docker/OCI images: a registry mirror fed by the cluster.")
 def cli() -> None:
     """Docker/OCI images: a registry mirror served from the cluster."""
 
 
 def _path(ref: str, suffix: str = "") -> str:
     return "/docker/images/" + quote(ref, safe="/:@") + suffix
+
+
+def _node(given: str) -> str:
+    """--node takes a UUID or its first 8+ characters, as the tables show it."""
+    from beiran.cli.node import resolve_node
+
+    return resolve_node(given)
 
 
 def _short(digest: str | None) -> str:
@@ -47,7 +53,7 @@ def _where(sources: dict[str, int] | None) -> str:
     return ", ".join(k for k, v in sorted(sources.items()) if v)
 
 
-@cli.command("pull")
+@cli.command("pull", short_help="Pull REF through the cluster (and load it).")
 @click.argument("ref")
 @click.option("--platform", metavar="OS/ARCH[/VARIANT]", help="Image to pick from a multi-platform index "
               "(default: this machine's).")
@@ -70,9 +76,9 @@ def pull(ref: str, platform: str | None, no_progress: bool, no_load: bool, as_js
             elif event.get("event") == "progress":
                 _show_layers(progress, event.get("layers") or [])
     if as_json:
-        emit_json(final)
         if final.get("error"):
-            sys.exit(1)
+            fail_with_json(final, final["error"].get("message", "pull failed"))
+        emit_json(final)
         return
     if final.get("error"):
         raise CLIError(final["error"].get("message", "pull failed"))
@@ -86,7 +92,7 @@ def pull(ref: str, platform: str | None, no_progress: bool, no_load: bool, as_js
         click.echo(final["engine"][:1].upper() + final["engine"][1:])
 
 
-@cli.command("preheat")
+@cli.command("preheat", short_help="Put REF's blobs on the chosen nodes now.")
 @click.argument("ref")
 @nodes_option
 @click.option("--platform", metavar="OS/ARCH[/VARIANT]", help="Image to pick from a multi-platform index "
@@ -105,7 +111,7 @@ def preheat(ref: str, nodes: str, platform: str | None, no_progress: bool, as_js
                 ref, no_progress, as_json)
 
 
-@cli.command("save")
+@cli.command("save", short_help="Write REF as a `docker save` archive.")
 @click.argument("ref")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Archive to write.")
 @click.option("--platform", metavar="OS/ARCH", help="For an image not pulled yet: the platform to pick.")
@@ -129,13 +135,13 @@ def save(ref: str, output: str, platform: str | None, no_progress: bool) -> None
     click.echo(f"{output}: {human_size(n)}")
 
 
-@cli.command("images")
+@cli.command("images", short_help="Images here (or on every node).")
 @click.option("--all", "show_all", is_flag=True, help="Images on every online node, with the nodes holding each.")
-@click.option("--node", metavar="UUID", help="Images of one node.")
+@click.option("--node", metavar="UUID", help="Images of one node (its UUID or first 8+ characters).")
 @json_option
 def images(show_all: bool, node: str | None, as_json: bool) -> None:
     """Images in this node's store and its Docker engine (or the cluster's)."""
-    query = "?all=true" if show_all else (f"?node={quote(node)}" if node else "")
+    query = "?all=true" if show_all else (f"?node={quote(_node(node))}" if node else "")
     data = client().get("/docker/images" + query)
     rows = list(data.get("images") or [])
     engine = data.get("engine")
@@ -162,13 +168,13 @@ def images(show_all: bool, node: str | None, as_json: bool) -> None:
         click.echo(f"(no Docker engine reachable at {engine.get('host')})", err=True)
 
 
-@cli.command("layers")
+@cli.command("layers", short_help="Layers here (or on every node), and where.")
 @click.option("--all", "show_all", is_flag=True, help="Layers on every online node.")
-@click.option("--node", metavar="UUID", help="Layers of one node.")
+@click.option("--node", metavar="UUID", help="Layers of one node (its UUID or first 8+ characters).")
 @json_option
 def layers(show_all: bool, node: str | None, as_json: bool) -> None:
     """Layers of the images this node (or the cluster) holds, and where each is."""
-    query = "?all=true" if show_all else (f"?node={quote(node)}" if node else "")
+    query = "?all=true" if show_all else (f"?node={quote(_node(node))}" if node else "")
     rows = client().get("/docker/layers" + query)["layers"]
     if as_json:
         emit_json(rows)
@@ -197,7 +203,7 @@ def info(ref: str, as_json: bool) -> None:
         click.echo(f"  {lay['digest']}  {human_size(lay.get('size')):>10}  on {len(lay.get('nodes') or [])} node(s)")
 
 
-@cli.command("rmi")
+@cli.command("rmi", short_help="Remove images from this node's store.")
 @click.argument("refs", nargs=-1, required=True)
 def rmi(refs: tuple[str, ...]) -> None:
     """Remove images from this node's store (blobs no other image pins are deleted)."""

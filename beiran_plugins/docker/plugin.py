@@ -34,12 +34,10 @@ class DockerPlugin(BasePackagePlugin):
 
     name = "docker"
     version = __version__
+    config_keys = frozenset(SETTINGS)
     extra_route_prefixes: ClassVar[tuple[str, ...]] = ("/v2/",)
 
     async def init(self, config: dict[str, Any]) -> None:
-        unknown = sorted(set(config) - SETTINGS)
-        if unknown:
-            raise ConfigError(f"[plugins.docker]: unknown setting(s) {', '.join(unknown)}")
         self.config = config
         try:
             self.default_registry = validate_registry(str(config.get("default_registry", DOCKER_HUB)))

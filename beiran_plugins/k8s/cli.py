@@ -11,7 +11,7 @@ from beiran.cli.errors import CLIError, DaemonNotRunning
 from beiran.cli.output import emit_json, human_size, json_option, table
 
 
-@click.group(name="k8s", short_help="Kubernetes commands.")
+@click.group(name="k8s", short_help="Kubernetes: a CRI image service for kubelet.")
 def cli() -> None:
     """Kubernetes: a CRI image service for kubelet (--image-service-endpoint)."""
 
@@ -45,7 +45,7 @@ def images(show_all: bool, as_json: bool) -> None:
     table(rows, cols, empty="(the runtime holds no images)")
 
 
-@cli.command("configure-containerd")
+@cli.command("configure-containerd", short_help="containerd hosts.toml for this node's mirror.")
 @click.option("--write", is_flag=True, help="Write the hosts.toml files (else print them).")
 @click.option("--dir", "hosts_dir", type=click.Path(file_okay=False),
               help="containerd's config_path (default: [plugins.k8s] hosts_dir, /etc/containerd/certs.d).")

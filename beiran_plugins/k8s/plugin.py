@@ -36,6 +36,7 @@ class K8sPlugin(BaseInterfacePlugin):
 
     name = "k8s"
     version = __version__
+    config_keys = frozenset(SETTINGS)
 
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
@@ -52,9 +53,6 @@ class K8sPlugin(BaseInterfacePlugin):
         from beiran_plugins.k8s.runtime import RuntimeClient
 
         self.config = config
-        unknown = set(config) - SETTINGS
-        if unknown:
-            raise ConfigError(f"[plugins.k8s]: unknown setting(s) {', '.join(sorted(unknown))}")
         cfg = self.ctx.config
         self.socket_path = Path(config.get("socket") or (cfg.run_dir or cfg.data_dir) / "beiran-cri.sock")
         self.runtime_endpoint = str(config.get("runtime_endpoint") or DEFAULT_RUNTIME)

@@ -188,8 +188,10 @@ class PreheatHandler(JSONEndpoint, NpmHandler):
             raise BadRequest("packages must be a non-empty list of PACKAGE[@RANGE] strings")
         nodes = await preheat.targets(self.ctx, body.get("nodes", "all"))
         found, errors = await warm.resolve(self.plugin, specs, bool(body.get("deps", True)))
-        if errors:
-            raise NotFound("; ".join(f"{e['package']}: {e['error']}" for e in errors[:5]))
+        if errors:  # the answer's status is the error to act on first: bad input, then the upstream
+            first = min(errors, key=lambda e: (e["status"] == 404, e["status"] >= 500))
+            raise BeiranError("; ".join(f"{e['package']}: {e['error']}" for e in errors[:5]),
+                              status=first["status"], code=first["code"])
         items = []
         for t in found:
             digest, source = await warm.tarball_of(self.plugin, t)

@@ -11,7 +11,7 @@ import click
 
 from beiran.cli.errors import CLIError
 from beiran.cli.main import client
-from beiran.cli.output import emit_json, human_size, json_option, table
+from beiran.cli.output import emit_json, fail_with_json, human_size, json_option, table
 from beiran.cli.preheat import nodes_option
 
 
@@ -115,19 +115,22 @@ def warm(specs: tuple[str, ...], lockfile: str | None, no_deps: bool, no_progres
                 progress.update("warm", advance=1)
             if event.get("done"):
                 final = event
-    if as_json:
-        emit_json(final)
-    else:
-        click.echo(f"warmed {final.get('fetched', 0)} of {final.get('total', 0)} tarballs "
-                   f"({human_size(final.get('bytes', 0))})")
     failed = final.get("failed") or []
-    for f in failed:
-        click.echo(f"  failed: {f['package']}: {f['error']}", err=True)
+    why = f"{len(failed)} package(s) could not be warmed: " + "; ".join(
+        f"{f['package']}: {f['error']}" for f in failed[:5]) + (
+        f"; and {len(failed) - 5} more (--json lists them all)" if len(failed) > 5 else "")
+    if as_json:
+        if failed:
+            fail_with_json(final, why)  # one JSON document on stdout, one line on stderr
+        emit_json(final)
+        return
+    click.echo(f"warmed {final.get('fetched', 0)} of {final.get('total', 0)} tarballs "
+               f"({human_size(final.get('bytes', 0))})")
     if failed:
-        raise CLIError(f"{len(failed)} package(s) could not be warmed")
+        raise CLIError(why)
 
 
-@cli.command("preheat")
+@cli.command("preheat", short_help="Put packages' tarballs on the chosen nodes now.")
 @click.argument("specs", nargs=-1, required=True, metavar="NAME[@VERSION|@RANGE]...")
 @nodes_option
 @click.option("--no-deps", is_flag=True, help="Only the named packages, not their dependencies.")

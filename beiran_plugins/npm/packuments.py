@@ -22,6 +22,7 @@ from peewee import PeeweeException
 from beiran import offline
 from beiran.errors import BeiranError, NotFound, UpstreamError
 from beiran.models.base import dict_rows, tuple_rows
+from beiran.store.dbbatch import Insert
 from beiran_plugins.npm.metadata import (
     ABBREVIATED,
     MalformedPackument,
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("beiran.npm")
 T = TypeVar("T")
 KINDS = ("full", "abbr")
+_INSERT_PACKUMENT = Insert(NpmPackument, ("name", "kind", "etag", "last_modified", "fetched", "size", "origin"),
+                           "REPLACE")
 MEMORY_ENTRIES = 128
 MEMORY_MAX_DOC = 16 << 20
 #: a packument up to this size is parsed and rewritten on the event loop: that takes well under a
@@ -98,6 +101,7 @@ class PackumentCache:
         self._rows: set[tuple[str, str]] | None = None
         #: the background write of each packument being stored (one at a time per packument)
         self._writes: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._dirs: set[Path] = set()  # directories made already (written from the database thread)
 
     async def load(self) -> None:
         rows = await self.ctx.run_db(lambda: tuple_rows(NpmPackument.select(NpmPackument.name, NpmPackument.kind)))
@@ -154,36 +158,35 @@ class PackumentCache:
         self._remember(p)
         if self._rows is not None:
             self._rows.add(key)  # stored() asks the database once this write is done
-        row = {"name": p.name, "kind": p.kind, "etag": p.etag, "last_modified": p.last_modified,
-               "fetched": p.fetched, "size": p.size, "origin": p.origin}
+        row = (p.name, p.kind, p.etag, p.last_modified, p.fetched, p.size, p.origin)
         task = asyncio.ensure_future(self._write(key, body, row, self._writes.get(key)))
         self._writes[key] = task
         task.add_done_callback(functools.partial(self._written, key))
 
-    async def _write(self, key: tuple[str, str], body: bytes | None, row: dict[str, Any],
+    async def _write(self, key: tuple[str, str], body: bytes | None, row: tuple[Any, ...],
                      before: asyncio.Task[None] | None) -> None:
         if before is not None:
             await asyncio.wait([before])  # its own failure was logged by itself
         path = self.path(*key)
 
         def write() -> None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.parent not in self._dirs:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._dirs.add(path.parent)
             tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
             tmp.write_bytes(body or b"")
             os.replace(tmp, path)
 
-        def insert() -> None:
-            NpmPackument.insert(**row).on_conflict_replace().execute()
-
         def write_and_insert() -> None:
             write()
-            insert()
+            _INSERT_PACKUMENT(*row)
         try:
             if body is not None and len(body) > INLINE_JSON:
                 await self.ctx.run_blocking(write)
-                await self.ctx.run_db(insert)
-            else:  # a small file: written on the database thread, one thread switch in all
-                await self.ctx.run_db(write_and_insert if body is not None else insert)
+                await self.ctx.store.db_batch.write(lambda: _INSERT_PACKUMENT(*row))
+            else:  # a small file: written in the store's next batch of database writes, no hop of its own
+                await self.ctx.store.db_batch.write(write_and_insert if body is not None
+                                                    else lambda: _INSERT_PACKUMENT(*row))
         except (OSError, PeeweeException) as exc:
             log.warning("npm: could not store the packument of %s (%s): %s", key[0], key[1], exc)
             return

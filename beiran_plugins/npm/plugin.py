@@ -48,6 +48,7 @@ class NPMPlugin(BasePackagePlugin):
 
     name = "npm"
     version = __version__
+    config_keys = frozenset(SETTINGS)
 
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
@@ -62,10 +63,6 @@ class NPMPlugin(BasePackagePlugin):
 
     async def init(self, config: dict[str, Any]) -> None:
         self.config = config
-        unknown = sorted(set(config) - SETTINGS)
-        if unknown:
-            raise ConfigError(f"[plugins.npm]: unknown setting(s) {', '.join(unknown)} "
-                              f"(known: {', '.join(sorted(SETTINGS))})")
         self.writes = str(config.get("writes", "refuse"))
         if self.writes not in ("refuse", "forward"):
             raise ConfigError('[plugins.npm] writes must be "refuse" or "forward"')

@@ -89,7 +89,8 @@ class Upstream:
         if last_modified:
             headers["If-Modified-Since"] = last_modified
         try:
-            return await asyncio.wait_for(self._get_packument(name, headers), self.timeout)
+            async with asyncio.timeout(self.timeout):  # no task of its own, unlike wait_for
+                return await self._get_packument(name, headers)
         except TimeoutError:
             raise UpstreamTimeout(f"upstream {self.netloc} did not answer for {name} in {self.timeout:g}s") from None
 

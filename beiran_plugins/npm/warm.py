@@ -82,7 +82,7 @@ async def resolve(plugin: NPMPlugin, specs: list[str], deps: bool) -> tuple[list
             if version is None:
                 raise NotFound(f"no version of {name} matches {rng!r}")
         except BeiranError as exc:
-            errors.append({"package": f"{name}@{rng}", "error": exc.message})
+            errors.append({"package": f"{name}@{rng}", "error": exc.message, "code": exc.code, "status": exc.status})
             continue
         if (name, version) in found:
             continue

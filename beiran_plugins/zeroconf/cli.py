@@ -15,7 +15,7 @@ SERVICE_COLUMNS = [("instance", "INSTANCE"), ("addresses", "ADDRESSES"), ("port"
                    ("state", "STATE"), ("detail", "DETAIL"), ("age", "SINCE")]
 
 
-@click.group(name="zeroconf", short_help="Zeroconf (mDNS) discovery commands.")
+@click.group(name="zeroconf", short_help="Zeroconf discovery: peers found over mDNS.")
 def cli() -> None:
     """Zeroconf discovery: peers found over mDNS (`_beiran._tcp.local.`)."""
 

@@ -39,6 +39,10 @@ class ZeroconfPlugin(BaseDiscoveryPlugin):
     name = "zeroconf"
     version = __version__
 
+    @classmethod
+    def check_config(cls, config: dict[str, Any]) -> None:
+        Settings.parse(config)
+
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
         self.settings = Settings()

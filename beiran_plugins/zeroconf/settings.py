@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from beiran.config_check import refuse_unknown
 from beiran.errors import ConfigError
 
 SERVICE_TYPE = "_beiran._tcp.local."
@@ -23,10 +24,7 @@ class Settings:
     @classmethod
     def parse(cls, section: dict[str, Any]) -> Settings:
         data = {k: v for k, v in section.items() if k != "enabled"}
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"[plugins.zeroconf]: unknown setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        refuse_unknown("zeroconf", data, set(cls.__dataclass_fields__))
         s = cls(**data)
         if not isinstance(s.interfaces, list) or not all(isinstance(i, str) and i for i in s.interfaces):
             raise ConfigError("[plugins.zeroconf] interfaces: expected a list of addresses or interface names")

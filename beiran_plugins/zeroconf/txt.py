@@ -62,7 +62,7 @@ def parse(props: dict[bytes, bytes | None], srv_port: int | None, addresses: lis
     port_text = _text(props, "port", required=False)
     port = srv_port
     if port_text is not None:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
             raise MalformedService(f"TXT port {port_text[:20]!r} is not a port number")
         if srv_port and int(port_text) != srv_port:
             raise MalformedService(f"TXT port {port_text} disagrees with the SRV port {srv_port}")

@@ -276,3 +276,33 @@ def test_blobs_cli_add_list_fetch_rm(cluster, tmp_path):
     assert out.returncode == 1 and "digest" in out.stderr
     out = cli(n2, "stats", "--json")
     assert json.loads(out.stdout)["metrics"]["beiran_fetch_bytes_total{source=peer}"] == len(data)
+
+
+def test_blobs_add_stores_what_a_reader_gets_from_a_pipe_or_proc_file(cluster, tmp_path):
+    """`stat` says 0 bytes for a /proc file and a pipe: what is stored is their contents."""
+    import os
+    import subprocess
+    import sys
+
+    (n1,) = cluster.start(1)
+    proc_file = "/proc/version"  # the same text for every reader
+    with open(proc_file, "rb") as fh:
+        expected = {proc_file: fh.read()}
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    expected[str(fifo)] = random_blob(3 * MiB + 5, 9)[0]
+
+    def feed() -> None:
+        with open(fifo, "wb") as fh:
+            fh.write(expected[str(fifo)])
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    out = subprocess.run([sys.executable, "-m", "beiran", "--socket", n1.socket, "blobs", "add", proc_file,
+                          str(fifo)], capture_output=True, text=True, timeout=120)
+    writer.join(10)
+    assert out.returncode == 0, out.stderr
+    digests = out.stdout.split()
+    for (path, data), digest in zip(expected.items(), digests, strict=True):
+        assert data, path
+        assert digest == "sha256:" + hashlib.sha256(data).hexdigest(), path
+        assert n1.blob(digest) == data, path

@@ -4,6 +4,7 @@ real HTTP servers on loopback that count the TCP connections they accept."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ssl
 import threading
 import time
@@ -310,3 +311,30 @@ def test_an_idle_connection_is_closed_after_its_time(origin):
             await asyncio.sleep(0.1)
         assert pool.idle_count() == 0
     run(go())
+
+
+def _scrape(node: Any) -> dict[str, float]:
+    """`GET /metrics` over TCP, as Prometheus scrapes it: sample name -> value (unlabelled ones)."""
+    status, _, body = node.tcp("GET", "/metrics")
+    assert status == 200
+    return {parts[0]: float(parts[1]) for line in body.decode().splitlines()
+            if line.startswith("beiran_origin_connections") and len(parts := line.split()) == 2}
+
+
+def test_a_daemon_exports_its_origin_connections_to_metrics(cluster, origin):
+    """Two blobs from one `[origins]` entry, one after the other: one TCP connection at the origin,
+    and /metrics says so (opened 1, reused 1, the connection idle in the pool afterwards)."""
+    node = cluster.add(config={"origins": {"o": origin.url}})
+    assert _scrape(node) == {"beiran_origin_connections_opened_total": 0.0,
+                             "beiran_origin_connections_reused_total": 0.0, "beiran_origin_connections_idle": 0.0}
+    for path in ("/one", "/two"):
+        data = path.encode() * 100  # what CountingOrigin answers
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        result = node.fetch(digest, len(data), {"plugin": "origin", "name": "o", "path": path})
+        assert "error" not in result, result
+        assert node.blob(digest) == data
+    assert origin.connections == 1 and [p for _, _, p, _ in origin.requests] == ["/one", "/two"]
+    assert _scrape(node) == {"beiran_origin_connections_opened_total": 1.0,
+                             "beiran_origin_connections_reused_total": 1.0, "beiran_origin_connections_idle": 1.0}
+    stats = node.metrics()  # `beiran stats` reads the same numbers
+    assert stats["beiran_origin_connections_opened_total"] == 1 and stats["beiran_origin_connections_reused_total"] == 1

@@ -88,3 +88,22 @@ def test_requirement_names_map_to_plugins():
                              "Beiran_Zero.Conf ; python_version>'3'", 'beiran-apt; extra == "dev"']
                             ) == ("docker", "zero_conf")
     assert required_plugins(None) == ()
+
+
+def test_a_plugin_with_a_bad_setting_says_which_without_the_exception_type(tmp_path, monkeypatch):
+    """`beiran plugins` showed "init failed: ConfigError: [plugins.x]: ..." (the type of a typed error
+    is noise); an untyped exception, a bug, keeps its type."""
+    site = tmp_path / "site"
+    strict = ("from beiran.errors import ConfigError\nfrom beiran.plugin import BaseInterfacePlugin\n\n"
+              "class Strict(BaseInterfacePlugin):\n"
+              "    async def init(self, config):\n"
+              "        raise ConfigError(f'[plugins.tlstrict]: unknown setting(s) {\", \".join(sorted(config))}')\n\n"
+              "PLUGIN = Strict\n")
+    buggy = ("from beiran.plugin import BaseInterfacePlugin\n\nclass Buggy(BaseInterfacePlugin):\n"
+             "    async def init(self, config):\n        {}['x']\n\nPLUGIN = Buggy\n")
+    _install(site, "tlstrict", strict)
+    _install(site, "tlbuggy", buggy)
+    manager = _load(monkeypatch, site, {"tlstrict": {"lisen": 1}})
+    status = {p["name"]: p for p in manager.to_list()}
+    assert status["tlstrict"]["error"] == "init failed: [plugins.tlstrict]: unknown setting(s) lisen"
+    assert status["tlbuggy"]["error"] == "init failed: KeyError: 'x'"

@@ -150,8 +150,9 @@ class RPCPeer:
 
     def __init__(self, daemon_url: str, token: str | None = None, node_uuid: str | None = None,
                  url: str | None = None, plugins: list[str] | None = None, port: int = 8888,
-                 holdings: list[list] | None = None) -> None:
+                 holdings: list[list] | None = None, source_ip: str | None = None) -> None:
         self.daemon_url = daemon_url.rstrip("/")
+        self.source_ip = source_ip  # the address it connects from (the node fetches from there)
         self.token = token
         self.uuid = node_uuid or str(uuidlib.uuid4())
         self.url = url
@@ -174,6 +175,7 @@ class RPCPeer:
     async def connect(self, timeout: float = 10) -> RPCPeer:
         ws_url = self.daemon_url.replace("http://", "ws://", 1) + "/peer"
         self.ws = await websocket_connect(HTTPRequest(ws_url, headers=self.headers("GET", "/peer"),
+                                                      network_interface=self.source_ip,
                                                       connect_timeout=timeout, request_timeout=timeout))
         self.hello = json.loads(await asyncio.wait_for(self.ws.read_message(), timeout))
         self.send({"t": "hello", "uuid": self.uuid, "url": self.url, "hostname": "attacker",

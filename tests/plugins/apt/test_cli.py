@@ -131,3 +131,48 @@ def test_a_taken_port_says_how_to_move_the_proxy(cluster, tmp_path):
         assert "[plugins.apt] listen = " in beiran(node, "plugins").stdout + node.log()
     finally:
         holder.close()
+
+
+def test_configure_with_a_broken_config_file_says_so(tmp_path: Path) -> None:
+    """With no daemon, `apt configure` reads the config file for the proxy's address: a broken one
+    used to be skipped silently (the default address, "from the config file"); proxy-detect, which
+    apt runs, still answers DIRECT."""
+    (tmp_path / "config.toml").write_text("lisen = 1\n")
+    env = cli_env(tmp_path / "config.toml")
+    env["BEIRAN_SOCKET"] = str(tmp_path / "none.sock")
+    out = subprocess.run([sys.executable, "-m", "beiran", "apt", "configure"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr == (f"Error: config file {tmp_path / 'config.toml'}: unknown setting lisen (it names the apt "
+                          "proxy's address when no daemon runs)\n")
+    out = subprocess.run([sys.executable, "-m", "beiran", "apt", "proxy-detect"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout == "DIRECT\n"
+
+
+def test_import_json_is_json_alone(tmp_path: Path) -> None:
+    """`apt import DIR --json` printed its progress label ("importing") on stderr too."""
+    env = cli_env()
+    env["BEIRAN_SOCKET"] = str(tmp_path / "none.sock")
+    out = subprocess.run([sys.executable, "-m", "beiran", "apt", "import", str(tmp_path), "--json"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"imported": 0, "files": []} and out.stderr == ""
+
+
+def test_configure_write_never_creates_directories(tmp_path: Path) -> None:
+    """`--write --path` into a directory that does not exist made the whole tree (a typo'd path
+    left /nonexistent/... behind, run as root): it is one error line and nothing is created."""
+    env = cli_env()
+    env["BEIRAN_SOCKET"] = str(tmp_path / "none.sock")
+    target = tmp_path / "no" / "such" / "99beiran"
+    out = subprocess.run([sys.executable, "-m", "beiran", "apt", "configure", "--write", "--path", str(target)],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out
+    assert out.stderr.endswith(f"{tmp_path / 'no' / 'such'} is not a directory (is apt installed here? "
+                               "--path names the file to write)\n"), out.stderr
+    assert len(out.stderr.splitlines()) <= 2 and "Traceback" not in out.stderr
+    assert not (tmp_path / "no").exists()
+    out = subprocess.run([sys.executable, "-m", "beiran", "apt", "configure", "--write", "--path",
+                          str(tmp_path / "99beiran")], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "Proxy-Auto-Detect" in (tmp_path / "99beiran").read_text()

@@ -14,6 +14,7 @@ import pytest
 
 from beiran.errors import BadRequest
 from beiran_testkit.aptclient import add_nodes, beiran, client_for
+from beiran_testkit.aptindex import IndexRows
 
 BASE = "http://archive.test/debian/"
 
@@ -25,31 +26,12 @@ def row(name: str, version: str = "1.0", depends: str | None = "", provides: str
             "sha256": hashlib.sha256(f"{name}_{version}_{arch}".encode()).hexdigest(), "size": 100}
 
 
-class MemRows:
-    """An in-memory index for the daemon's driver (depends.closure)."""
-
-    def __init__(self, rows: list[dict[str, Any]]) -> None:
-        self.rows = rows
-
-    async def named(self, names: list[str]) -> list[dict[str, Any]]:
-        return [r for r in self.rows if r["package"] in names]
-
-    async def providing(self) -> list[dict[str, Any]]:
-        return [r for r in self.rows if r["provides"]]
-
-    async def required(self) -> list[dict[str, Any]]:
-        return [r for r in self.rows if r["required"]]
-
-    async def blocking(self, fn, *args):
-        return fn(*args)
-
-
 def closure(rows: list[dict[str, Any]], *roots: str, arch: str = "amd64", cap: int = 512,
             include_required: bool = False):
     from beiran_plugins.apt import depends
 
     named = [next(x for x in rows if f"{x['package']}={x['version']}" == spec) for spec in roots]
-    return asyncio.run(depends.closure(MemRows(rows), named, arch, cap, include_required))
+    return asyncio.run(depends.closure(IndexRows(rows), named, arch, cap, include_required))
 
 
 def added(out) -> list[str]:

@@ -10,9 +10,10 @@ import asyncio
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
+
+from beiran_testkit.aptindex import IndexRows
 
 LISTS = Path("/var/lib/apt/lists")
 SOURCES = Path("/etc/apt/sources.list.d")
@@ -20,26 +21,6 @@ PACKAGES = ["nginx", "build-essential"]  # each apt-get -s over the full lists t
 _FILES = sorted(LISTS.glob("*_Packages*")) if LISTS.is_dir() else []
 pytestmark = pytest.mark.skipif(not _FILES or not SOURCES.is_dir(),
                                 reason="no Debian package lists on this machine (run apt-get update once)")
-
-
-class ListRows:
-    def __init__(self, rows: list[dict[str, Any]]) -> None:
-        self.rows = rows
-        self.by_name: dict[str, list[dict[str, Any]]] = {}
-        for r in rows:
-            self.by_name.setdefault(r["package"], []).append(r)
-
-    async def named(self, names: list[str]) -> list[dict[str, Any]]:
-        return [r for n in names for r in self.by_name.get(n, [])]
-
-    async def providing(self) -> list[dict[str, Any]]:
-        return [r for r in self.rows if r["provides"]]
-
-    async def required(self) -> list[dict[str, Any]]:
-        return [r for r in self.rows if r["required"]]
-
-    async def blocking(self, fn, *args):
-        return fn(*args)
 
 
 def _apt(tmp: Path) -> tuple[dict[str, str], Path]:
@@ -81,7 +62,7 @@ def test_the_closure_is_what_apt_get_itself_would_download_on_debians_own_indexe
     arch = native_arch()
     rows = [{**r, "base": f.name.split("_dists_")[0]}
             for f in _FILES for r in trust.parse_packages(f, f.name.rsplit("_", 1)[-1], tmp_path)]
-    index = ListRows(rows)
+    index = IndexRows(rows)
     env, status = _apt(tmp_path / "apt")
 
     def ours(name: str, include_required: bool) -> dict[str, str]:

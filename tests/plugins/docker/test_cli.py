@@ -55,6 +55,8 @@ def test_cli_pull_progress_listings_info_save_and_errors(cluster, registry, test
     assert where == {f"{registry.name}/test/img:v1": [n1.uuid], f"{registry.name}/test/zstd:v1": [n2.uuid]}
     only2 = json.loads(beiran(n1, "docker", "images", "--node", n2.uuid, "--json").stdout)["images"]
     assert [i["ref"] for i in only2] == [f"{registry.name}/test/zstd:v1"]
+    # the 8 characters of a UUID the tables show are enough
+    assert json.loads(beiran(n1, "docker", "images", "--node", n2.uuid[:8], "--json").stdout)["images"] == only2
     table = beiran(n1, "docker", "images", "--all").stdout
     assert "test/zstd:v1" in table and "NODES" in table
     layers = json.loads(beiran(n1, "docker", "layers", "--all", "--json").stdout)
@@ -102,3 +104,7 @@ def test_cli_pull_progress_listings_info_save_and_errors(cluster, registry, test
         res = beiran(n1, "docker", *args, check=False)
         assert res.returncode == 1 and message in res.stderr, (args, res.stderr)
         assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+        if args[0] in ("pull", "info"):  # --json: one JSON document on stdout, the one line on stderr too
+            res = beiran(n1, "docker", *args, "--json", check=False)
+            assert res.returncode == 1 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1
+            assert message in json.dumps(json.loads(res.stdout)), res.stdout

@@ -64,6 +64,11 @@ def test_warm_packages_and_configure(cluster, upstream, registry, work):
     out = beiran(n1, "npm", "warm", "beiran-test-no-such-package", "Bad-Name@1", ok=False)
     assert out.returncode == 1 and "2 package(s) could not be warmed" in out.stderr
     assert "not in the registry" in out.stderr and "lower case" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    # with --json: one JSON document on stdout (it used to be followed by a second one), one line on stderr
+    out = beiran(n1, "npm", "warm", "beiran-test-no-such-package", "--json", ok=False)
+    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert json.loads(out.stdout)["failed"][0]["package"].startswith("beiran-test-no-such-package")
     out = beiran(n1, "npm", "warm", ok=False)
     assert out.returncode == 1 and "nothing to warm" in out.stderr and "Traceback" not in out.stderr
 

@@ -33,3 +33,23 @@ def test_preheat_of_an_unknown_package_fails_with_one_line(cluster, upstream, re
     res = beiran(n1, "npm", "preheat", "beiran-test-no-such-package", check=False)
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert "beiran-test-no-such-package" in res.stderr.strip().splitlines()[-1]
+
+
+def test_preheat_answers_say_whose_fault_a_failure_is(cluster, upstream, registry):
+    """An invalid package name was a 404 like an unknown package, and so was an upstream that does
+    not answer: a caller (and a retry policy) could not tell "fix the request" from "try later"."""
+    import socket
+
+    with socket.socket() as s:  # a loopback port nothing listens on: the upstream is down
+        s.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{s.getsockname()[1]}"
+    n1 = cluster.add(npm_daemon_config(upstream.url), peers=None)
+    n2 = cluster.add(npm_daemon_config(down), peers=None)
+    cases = [(n1, ["Not A Name!"], 400, "invalid_package_name"), (n1, ["beiran-test-no-such-package"], 404, None),
+             (n2, [UTIL], 502, None), (n1, ["beiran-test-no-such-package", "Not A Name!"], 400, "invalid_package_name")]
+    for node, packages, status, code in cases:
+        got, _, body = node.request("POST", "/npm/-/beiran/preheat", {"packages": packages})
+        assert got == status and (code is None or json.loads(body)["code"] == code), (packages, got, body[:300])
+    res = beiran(n2, "npm", "preheat", UTIL, check=False)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and UTIL in res.stderr, res.stderr
