@@ -155,9 +155,10 @@ class Fetcher:
         try:
             entry = await self._download(job)
             job.done.set_result(entry)
-            log.debug("fetched %s (%d bytes: %s) in %.2fs", job.digest[:19], entry.size,
-                     ", ".join(f"{k} {v}" for k, v in job.bytes_from.items()),
-                     time.monotonic() - job.started)
+            if log.isEnabledFor(logging.DEBUG):  # its arguments cost more than the call
+                log.debug("fetched %s (%d bytes: %s) in %.2fs", job.digest[:19], entry.size,
+                          ", ".join(f"{k} {v}" for k, v in job.bytes_from.items()),
+                          time.monotonic() - job.started)
         except BaseException as exc:  # noqa: BLE001 - every failure ends up on the job
             if job.writer is not None:
                 self.ctx.store.abort(job.writer, exc)

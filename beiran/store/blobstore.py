@@ -36,6 +36,12 @@ SMALL_TAIL = 256 << 10
 _INSERT_BLOB = Insert(Blob, ("digest", "size", "state", "path", "media_type", "created", "last_access"), "REPLACE")
 
 
+def _row_written(fut: asyncio.Future[Any]) -> None:
+    """A blob row written behind failed: the blob stays stored (the next start adopts its file)."""
+    if not fut.cancelled() and fut.exception() is not None:
+        log.warning("store: recording a blob in the database failed: %s", fut.exception())
+
+
 def _read_range(path: str, offset: int, size: int) -> bytes:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -264,7 +270,10 @@ class BlobStore(Retention, Restrictions):
                                 move_to=writer.seal_to or self.path_for(writer.digest))
             now = time.time()
             entry = BlobEntry(digest, writer.available, "complete", None, media_type, now, now)
-            await self.db_batch.write(lambda: self._db_add(entry))
+            # the file is in place and verified: the blob is stored from here on. Its row is
+            # written behind, with the next rows (a crash before it leaves a verified file, which
+            # the next start adopts after hashing it again)
+            self.db_batch.submit(lambda: self._db_add(entry), defer=True).add_done_callback(_row_written)
         except BaseException as exc:
             writer.fail(exc)
             self.writers.pop(digest, None)

@@ -18,6 +18,8 @@ import peewee
 
 #: writes in one transaction at most (a long batch would hold the database thread)
 MAX_BATCH = 256
+#: how long a deferred write (one nobody waits for: a fresh blob's row) waits for company
+LINGER = 0.05
 
 
 class WriteBatcher:
@@ -26,21 +28,47 @@ class WriteBatcher:
         self._database = database  # the peewee database, looked up when a batch runs
         self._pending: list[tuple[Callable[[], Any], asyncio.Future]] = []
         self._task: asyncio.Task | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self.batches = 0
         self.writes = 0
 
     async def write(self, fn: Callable[[], Any]) -> Any:
         """Run `fn` (blocking peewee calls) in the next batch's transaction; returns its result,
         raises its exception (a failing write rolls back only itself, through a savepoint)."""
-        fut = asyncio.get_running_loop().create_future()
+        return await asyncio.shield(self.submit(fn))
+
+    def submit(self, fn: Callable[[], Any], *, defer: bool = False) -> asyncio.Future[Any]:
+        """Queue `fn` for the next batch now, without a task: a caller with writes of its own and
+        another awaitable (e.g. a pin) queues them together and awaits both, in one transaction.
+
+        `defer`: nobody waits for it now (its effect is in memory already), so the batch may wait
+        up to LINGER for more: small blobs arriving one after another (apt's .debs) then share a
+        transaction instead of paying one (and a database thread hop) each. A write that is not
+        deferred, `hurry()` or `flush()` sends what is queued at once."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((fn, fut))
-        if self._task is None or self._task.done():
+        if not defer:
+            self.hurry()
+        elif self._timer is None and not self._running():
+            self._timer = asyncio.get_running_loop().call_later(LINGER, self.hurry)
+        return fut
+
+    def hurry(self) -> None:
+        """Start the batch of what is queued now (someone waits for a deferred write)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._pending and not self._running():
             self._task = asyncio.ensure_future(self._drain())
-        return await asyncio.shield(fut)
+
+    def _running(self) -> bool:
+        return self._task is not None and not self._task.done()
 
     async def flush(self) -> None:
-        """Wait until every write queued so far is done."""
-        while self._task is not None and not self._task.done():
+        """Wait until every write queued so far (deferred ones too) is done."""
+        self.hurry()
+        while self._running():
+            assert self._task is not None
             await asyncio.shield(self._task)
 
     async def _drain(self) -> None:

@@ -49,10 +49,12 @@ class Retention:
         async def remove(self, digest: str, force: bool = False) -> None: ...
         async def reconcile(self) -> dict[str, int]: ...
 
-    async def pin(self, digest: str, owner: str, ref: str) -> None:
+    async def pin(self, digest: str, owner: str, ref: str, *, defer: bool = False) -> None:
+        """Pinned in memory at once (eviction asks there); `defer`: its row may wait for the next
+        batch of rows (see WriteBatcher.submit)."""
         parse_digest(digest)
         self.pins.setdefault(digest, set()).add((owner, ref))
-        await self.db_batch.write(lambda: _INSERT_PIN(digest, owner, ref))
+        await asyncio.shield(self.db_batch.submit(lambda: _INSERT_PIN(digest, owner, ref), defer=defer))
 
     async def unpin(self, owner: str, ref: str, digest: str | None = None) -> None:
         for d, holders in list(self.pins.items()):
@@ -164,6 +166,7 @@ class Retention:
         dirty, self._dirty_access = self._dirty_access, set()
         rows = [(d, self.entries[d].last_access) for d in dirty if d in self.entries]
         if rows:
+            await self.db_batch.flush()  # rows written behind exist before they are updated
             def db() -> None:
                 database = Blob._meta.database
                 with database.atomic():  # one statement, made once, for every row

@@ -29,6 +29,7 @@ class PackagesHandler(RPCEndpoint):
 
     async def get(self) -> None:
         store = self.ctx.store
+        await self.ctx.store.db_batch.flush()  # rows written behind are listed too
         rows = await self.ctx.run_db(lambda: dict_rows(AptDeb.select()))
         me = self.ctx.identity.uuid
         out = {r["digest"]: {**r, "nodes": [me]} for r in rows if store.has(r["digest"])}

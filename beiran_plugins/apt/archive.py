@@ -33,6 +33,16 @@ _INSERT_DEB = Insert(AptDeb, ("digest", "package", "version", "arch", "size", "f
 #: an index's pool files, all in one executemany (peewee's insert_many: ~5 s of CPU for Debian main)
 _INSERT_PACKAGE = Insert(AptPackage, ("base", "path", "sha256", "size", "package", "version", "arch", "depends",
                                       "provides", "required"), "REPLACE")
+#: the pool file apt asks for -> (sha256, size, package, version, arch): plain SQL made once, since
+#: every .deb not asked for before (all of them, in a real install) is looked up once
+_PACKAGE_COLUMNS = ("sha256", "size", "package", "version", "arch")
+_SELECT_PACKAGE = "SELECT {} FROM \"{}\" WHERE \"base\" = ? AND \"path\" = ? LIMIT 1".format(
+    ", ".join(f'"{AptPackage._meta.fields[c].column_name}"' for c in _PACKAGE_COLUMNS), AptPackage._meta.table_name)
+
+
+def _select_package(base: str, rel: str) -> list[tuple[Any, ...]]:
+    """Blocking (the database thread): the row of one pool file, if an index listed it."""
+    return list(AptPackage._meta.database.execute_sql(_SELECT_PACKAGE, (base, rel)).fetchall())
 
 
 @dataclass
@@ -98,6 +108,7 @@ class Archive:
         self.learned_indexes: set[str] = set()  # sha256 of index files whose pool files are known
         self._catching_up: dict[str, asyncio.Task] = {}  # release dir -> learn_missing_indexes
         self._recording: dict[str, asyncio.Task] = {}  # digest -> record_deb's writes under way
+        self._urgent: set[str] = set()  # ...that someone waits for (not deferred)
 
     async def load(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -335,17 +346,15 @@ class Archive:
         if found is None:
             return None
         base, rel = found
-        rows = await self.ctx.run_db(lambda: dict_rows(AptPackage.select().where(
-            (AptPackage.base == base) & (AptPackage.path == rel))))
+        rows = await self.ctx.run_db(_select_package, base, rel)
         pending = [t for rdir, t in self._catching_up.items() if self.releases.get(rdir, {}).get("base") == base]
         if not rows and pending:  # apt asks right after a `Hit` update: the index is on its way
             await asyncio.wait(pending, timeout=self.plugin.cfg.upstream_timeout)
-            rows = await self.ctx.run_db(lambda: dict_rows(AptPackage.select().where(
-                (AptPackage.base == base) & (AptPackage.path == rel))))
+            rows = await self.ctx.run_db(_select_package, base, rel)
         blob = None
         if rows:
-            r = rows[0]
-            blob = Blob(f"sha256:{r['sha256']}", r["size"], base, rel, r["package"], r["version"], r["arch"])
+            sha256, size, package, version, arch = rows[0]
+            blob = Blob(f"sha256:{sha256}", size, base, rel, package, version, arch)
         self._lookups[target.url] = blob
         if len(self._lookups) > LOOKUP_CACHE:
             self._lookups.popitem(last=False)
@@ -387,30 +396,44 @@ class Archive:
         if rows and f"sha256:{rows[0]}" != digest:
             raise BadRequest(f"apt: {path} is {rows[0][:12]} in this node's index, not {digest[:19]}")
 
-    async def record_deb(self, blob: Blob, via: str = "proxy") -> None:
+    async def record_deb(self, blob: Blob, via: str = "proxy", *, defer: bool = False) -> None:
         """Pin a stored .deb for apt and list it (once: the first way it came in is kept). A second
-        caller while the first one's writes are under way waits for them."""
+        caller while the first one's writes are under way waits for them. `defer`: the rows may
+        wait for the next batch (a prefetch; the pin holds in memory at once)."""
         ref = _deb_ref(blob)
         task = self._recording.get(blob.digest)
         if task is None:
             if ("apt", ref) in self.ctx.store.pins.get(blob.digest, set()):
                 return
-            task = asyncio.ensure_future(self._record(blob, ref, via))
+            task = asyncio.ensure_future(self._record(blob, ref, via, defer))
             self._recording[blob.digest] = task
-            task.add_done_callback(lambda _: self._recording.pop(blob.digest, None))
+            task.add_done_callback(lambda _: self._recorded(blob.digest))
+        elif not defer:  # someone waits for a deferred record now: its rows go at once, whether
+            self._urgent.add(blob.digest)  # they are queued already or about to be
+            self.ctx.store.db_batch.hurry()
         await asyncio.shield(task)
 
-    def recorded(self, blob: Blob) -> bool:
-        """The .deb is pinned and listed already (its writes are done, not under way)."""
-        return (blob.digest not in self._recording
-                and ("apt", _deb_ref(blob)) in self.ctx.store.pins.get(blob.digest, ()))
+    def _recorded(self, digest: str) -> None:
+        self._recording.pop(digest, None)
+        self._urgent.discard(digest)
 
-    async def _record(self, blob: Blob, ref: str, via: str) -> None:
+    def recorded(self, blob: Blob) -> bool:
+        """The .deb is pinned (in memory, so never evicted) and its rows are queued or written:
+        nothing is left to wait for before apt has the file."""
+        return ("apt", _deb_ref(blob)) in self.ctx.store.pins.get(blob.digest, ())
+
+    async def _record(self, blob: Blob, ref: str, via: str, defer: bool) -> None:
         def db() -> None:
             _INSERT_DEB(blob.digest, blob.package, blob.version, blob.arch, blob.size,
                         blob.path.rsplit("/", 1)[-1], via, time.time())
-        # both in one metadata transaction
-        await asyncio.gather(self.ctx.store.pin(blob.digest, "apt", ref), self.ctx.store.db_batch.write(db))
+        # both in one metadata transaction: the row is queued before the pin's own write (no task
+        # per write: a gather of the two cost two tasks per .deb)
+        defer = defer and blob.digest not in self._urgent
+        row = self.ctx.store.db_batch.submit(db, defer=defer)
+        try:
+            await self.ctx.store.pin(blob.digest, "apt", ref, defer=defer)
+        finally:
+            await asyncio.shield(row)
 
 
 def _deb_ref(blob: Blob) -> str:

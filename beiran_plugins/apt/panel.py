@@ -11,6 +11,7 @@ from beiran_plugins.apt.models import AptDeb
 
 class DebsPanel(PanelHandler):
     async def table(self) -> dict[str, Any]:
+        await self.ctx.store.db_batch.flush()  # rows written behind are listed too
         debs = await self.ctx.run_db(lambda: dict_rows(AptDeb.select().order_by(AptDeb.package)))
         rows = [[d["package"] or d["filename"], d["version"], d["arch"], d["size"], self.holders([d["digest"]])]
                 for d in debs if self.ctx.store.has(d["digest"])]

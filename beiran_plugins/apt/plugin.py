@@ -177,7 +177,8 @@ class AptPlugin(BasePackagePlugin):
             try:
                 await self.ctx.fetcher.fetch(blob.digest, blob.size, blob.source)
                 # pinned and listed now, so the request for it need not wait for these writes
-                await self.archive.record_deb(blob)
+                # (the rows are written behind, several .debs in one transaction)
+                await self.archive.record_deb(blob, defer=True)
             except Exception as exc:  # noqa: BLE001 - the request for it will report the failure
                 log.debug("apt: prefetch of %s failed: %s", target.url, exc)
         return self._spawn(run())

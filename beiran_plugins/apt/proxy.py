@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import tornado.web
@@ -180,8 +181,15 @@ class ProxyHandler(BaseHandler):
         or it is pinned and listed (.deb). A Range resumes only from a complete, verified local copy
         and only when no If-Range could disagree (apt's partial file may hold bytes of an earlier,
         failed attempt)."""
-        job = await self.ctx.fetcher.start(blob.digest, blob.size, blob.source)
-        after = self.plugin.after_fetch(target, blob, job, by_hash)
+        stored = self.ctx.store.has(blob.digest)
+        after: Awaitable[Any] | None = None
+        if not stored:  # apt asked before its prefetch (if any) was done
+            self.plugin.stats["requests_before_stored"] += 1
+        if stored and not by_hash and self.plugin.archive.recorded(blob):
+            self.plugin.stats["debs_via_cluster"] += 1  # prefetched, stored and listed: serve it
+        else:
+            job = await self.ctx.fetcher.start(blob.digest, blob.size, blob.source)
+            after = self.plugin.after_fetch(target, blob, job, by_hash)
         ext = "." + target.name.rsplit(".", 1)[-1]
         self.set_header("Content-Type", DEB_TYPES.get(ext, "application/octet-stream"))
         self.set_header("X-Beiran-Digest", blob.digest)

@@ -264,6 +264,68 @@ def test_prepared_insert_replaces_or_ignores_like_peewee(tmp_path):
     asyncio.run(go())
 
 
+def test_a_queued_write_and_a_pin_go_in_one_batch_without_a_task_each(tmp_path):
+    """`db_batch.submit` queues at once (no task per write): a plugin's row and the store's pin of
+    the same blob, queued back to back, are one transaction (one database thread hop)."""
+    from beiran.models.blob import BlobRef
+    from beiran.store.dbbatch import Insert
+
+    async def go():
+        store = await make_store(tmp_path)
+        row = Insert(BlobRef, ("digest", "owner", "ref"), "IGNORE")
+        loop = asyncio.get_running_loop()
+        tasks = []
+        loop.set_task_factory(lambda lp, coro: tasks.append(coro) or asyncio.Task(coro, loop=lp))
+        before = store.db_batch.batches
+        queued = store.db_batch.submit(lambda: row("sha256:" + "b" * 64, "plugin", "row"))
+        assert len(store.db_batch._pending) == 1 and not queued.done()
+        await store.pin("sha256:" + "b" * 64, "test", "pinned")
+        await queued
+        loop.set_task_factory(None)
+        assert store.db_batch.batches == before + 1
+        assert len(tasks) == 1  # the batch's own drain, nothing per write
+        rows = await store.ctx.run_db(lambda: sorted((r.owner, r.ref) for r in BlobRef.select()))
+        assert rows == [("plugin", "row"), ("test", "pinned")]
+    asyncio.run(go())
+
+
+def test_rows_of_blobs_stored_one_after_another_share_a_transaction(tmp_path, monkeypatch):
+    """A stored blob's row and a deferred pin are written behind: twenty small blobs stored one
+    after another (apt's .debs) share one database batch (however long they take: the batch waits
+    here until flushed), not one each; what waits for a row (a listing, a removal, close) flushes
+    first, so nothing is lost or reordered."""
+    from beiran.models.blob import Blob, BlobRef
+    from beiran.store import dbbatch
+
+    monkeypatch.setattr(dbbatch, "LINGER", 3600.0)
+
+    async def go():
+        store = await make_store(tmp_path)
+        before = store.db_batch.batches
+        blobs = [f"deb number {i}".encode() for i in range(20)]
+        pins = []
+        for i, data in enumerate(blobs):
+            await write(store, data)  # each stored (visible) at once
+            assert store.has(sha(data))
+            # as apt's prefetches do: each pins its .deb and waits for that on its own
+            pins.append(asyncio.ensure_future(store.pin(sha(data), "apt", f"deb{i}", defer=True)))
+        await asyncio.sleep(0)  # the last pin is queued
+        assert store.db_batch.batches == before  # nothing written yet
+        await store.db_batch.flush()
+        await asyncio.gather(*pins)
+        assert store.db_batch.batches == before + 1
+        await store.remove(sha(blobs[0]), force=True)  # its queued insert lands before the delete
+        await store.db_batch.flush()
+        rows = await store.ctx.run_db(lambda: ({r.digest for r in Blob.select()},
+                                               {r.digest for r in BlobRef.select()}))
+        assert rows[0] == rows[1] == {sha(b) for b in blobs[1:]}
+        await write(store, b"written at close")
+        await store.close()
+        rows = await store.ctx.run_db(lambda: {r.digest for r in Blob.select()})
+        assert sha(b"written at close") in rows
+    asyncio.run(go())
+
+
 def test_last_access_is_written_back_for_every_blob_read(tmp_path):
     from beiran.models.blob import Blob
 

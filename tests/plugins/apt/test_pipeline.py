@@ -32,3 +32,16 @@ def test_pipelined_debs_are_fetched_ahead_and_delivered_intact(cluster, repo, se
     assert server.debs_served() == {name: 1 for name in want}
     listed = {p["package"] for p in n2.api("GET", "/apt/packages")["packages"]}
     assert listed == set(names)
+
+    # every .deb is stored and listed on node 2 now: a third apt-get gets each straight from the
+    # store, with no fetch started for it (the fetcher counts a start for a stored blob as "local")
+    c3 = client_for(tmp_path, "c3", n2, repo, server.url)
+    c3.update()  # (its by-hash index is a stored blob too: counted before the .debs)
+    local = n2.metrics().get("beiran_fetch_requests_total{source=local}", 0)
+    c3.download(*names)
+    assert c3.debs() == want
+    assert n2.metrics().get("beiran_fetch_requests_total{source=local}", 0) == local
+    after = n2.api("GET", "/apt/sources")["counters"]
+    assert after["debs_via_cluster"] == 2 * len(want) and after.get("requests_before_stored", 0) == \
+        counters.get("requests_before_stored", 0)
+    assert server.debs_served() == {name: 1 for name in want}
