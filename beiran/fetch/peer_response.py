@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import http.client
 
+from beiran.wire_numbers import ascii_digits
+
 #: a status or header line at most this long (http.client's own bound)
 MAX_LINE = 65536
 #: header lines at most (http.client's own bound)
@@ -79,7 +81,7 @@ class PeerResponse(http.client.HTTPResponse):
         self.length = None
         length = headers.get("content-length")
         if length is not None and not self.chunked:
-            if not _digits(length) or len(length) > 19 or len(set(headers.get_all("content-length") or [])) > 1:
+            if not ascii_digits(length) or len(length) > 19 or len(set(headers.get_all("content-length") or [])) > 1:
                 raise http.client.HTTPException(f"bad Content-Length {length[:40]!r}")
             self.length = int(length)
         if status in (204, 304) or self._method == "HEAD":
@@ -93,7 +95,7 @@ class PeerResponse(http.client.HTTPResponse):
             raise http.client.RemoteDisconnected("the peer closed the connection without an answer")
         version, _, rest = line.decode("iso-8859-1").rstrip("\r\n").partition(" ")
         status, _, reason = rest.partition(" ")
-        if version not in ("HTTP/1.1", "HTTP/1.0") or len(status) != 3 or not _digits(status):
+        if version not in ("HTTP/1.1", "HTTP/1.0") or len(status) != 3 or not ascii_digits(status):
             raise http.client.BadStatusLine(line[:80].decode("iso-8859-1"))
         code = int(status)
         if code < 200:  # a peer never sends 1xx (nothing asks it to continue or switch)
@@ -106,12 +108,6 @@ class PeerResponse(http.client.HTTPResponse):
         if len(line) > MAX_LINE:
             raise http.client.LineTooLong(what)
         return line
-
-
-def _digits(text: str) -> bool:
-    """ASCII digits only: str.isdigit() also takes Latin-1's superscripts ('\xb2' is '²'), which int()
-    then refuses with a ValueError no caller takes for the peer's fault."""
-    return text.isascii() and text.isdigit()
 
 
 class PeerHTTPConnection(http.client.HTTPConnection):

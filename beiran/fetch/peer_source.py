@@ -17,6 +17,7 @@ from beiran.fetch.peer_pool import PeerConnectionPool
 from beiran.fetch.peer_response import PeerResponse
 from beiran.httpstream import stream_request
 from beiran.store.writer import WHOLE_MAX
+from beiran.wire_numbers import ascii_digits
 
 if TYPE_CHECKING:
     from beiran.context import DaemonContext
@@ -292,7 +293,7 @@ class PeerSource:
             if offset and resp.code != 206:
                 raise UpstreamError(f"peer {node[:8]} ignored the Range request")
             length = resp.headers.get("Content-Length")
-            if length and length.isascii() and length.isdigit():
+            if length and ascii_digits(length):
                 if limit is not None and int(length) + offset > limit:
                     raise UpstreamError(f"peer {node[:8]} would send {int(length) + offset} bytes, more than this "
                                         f"node takes of a blob of unknown size ({limit})")

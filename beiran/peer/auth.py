@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from tornado.httputil import HTTPServerRequest
 
 from beiran.errors import BadRequest, Unauthorized
+from beiran.wire_numbers import ascii_digits
 
 WINDOW = 300  # seconds of clock skew accepted; a nonce is remembered this long after its timestamp
 NONCE_CAPACITY = 200_000  # remembered nonces (~40 MB at most); beyond it the oldest are dropped
@@ -63,7 +64,7 @@ def parse_auth_header(raw: str) -> AuthProof:
         raise Unauthorized(f"malformed {HEADER} header: sig must be 64 lowercase hex characters")
     if not 16 <= len(nonce) <= 64 or not _HEX.fullmatch(nonce):
         raise Unauthorized(f"malformed {HEADER} header: nonce must be 16-64 lowercase hex characters")
-    if not (ts.isascii() and ts.isdigit()) or len(ts) > 12:  # not "²": isdigit() takes it, int() not
+    if not ascii_digits(ts) or len(ts) > 12:
         raise Unauthorized(f"malformed {HEADER} header: ts must be a Unix time")
     if body and (len(body) != 64 or not _HEX.fullmatch(body)):
         raise Unauthorized(f"malformed {HEADER} header: body must be a sha256 hex digest")

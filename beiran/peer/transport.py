@@ -31,6 +31,8 @@ import uuid as uuidlib
 from collections.abc import Callable
 from typing import Any, cast
 
+from beiran.wire_numbers import port_number
+
 log = logging.getLogger("beiran.peer")
 MAGIC = b"BSW1"
 MEMBERSHIP, DIRECTORY = b"m", b"d"
@@ -47,10 +49,11 @@ Deliver = Callable[[bytes, str, str, bytes], None]  # (channel, sender uuid, "ip
 
 def split_addr(addr: str) -> tuple[str, int] | None:
     """'10.0.0.2:8888' / '[fd00::2]:8888' -> (host, port); None when it is not that shape."""
-    host, sep, port = addr.rpartition(":")
-    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+    host, sep, port_text = addr.rpartition(":")
+    port = port_number(port_text) if sep else None
+    if port is None:
         return None
-    return host.strip("[]"), int(port)
+    return host.strip("[]"), port
 
 
 def join_addr(host: str, port: int) -> str:

@@ -10,6 +10,8 @@ import uuid as uuidlib
 from dataclasses import dataclass
 from typing import Any
 
+from beiran.wire_numbers import port_number
+
 TXT_VERSION = "1"
 MAX_TXT_VALUE = 200  # a TXT string is at most 255 bytes including the key
 
@@ -62,11 +64,11 @@ def parse(props: dict[bytes, bytes | None], srv_port: int | None, addresses: lis
     port_text = _text(props, "port", required=False)
     port = srv_port
     if port_text is not None:
-        if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
+        port = port_number(port_text)
+        if port is None:
             raise MalformedService(f"TXT port {port_text[:20]!r} is not a port number")
-        if srv_port and int(port_text) != srv_port:
+        if srv_port and port != srv_port:
             raise MalformedService(f"TXT port {port_text} disagrees with the SRV port {srv_port}")
-        port = int(port_text)
     if not port or not 0 < port < 65536:
         raise MalformedService("no usable port")
     if not addresses:
