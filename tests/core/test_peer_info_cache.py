@@ -5,53 +5,23 @@ call, nor once per concurrent caller. The fake peer is a real TCP server countin
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
 
 from beiran.peer import calls as calls_mod
 from beiran.peer.calls import PeerCalls
+from beiran_testkit.infopeer import InfoServer, swim_ctx
 
-ME, GOOD, ODD = "00000000-0000-4000-8000-0000000000aa", "00000000-0000-4000-8000-0000000000bb", \
-    "00000000-0000-4000-8000-0000000000cc"
-
-
-class FakePeer:
-    """Answers every request with `body` (a JSON object) and counts the connections it accepted."""
-
-    def __init__(self, body: bytes) -> None:
-        self.body, self.connections = body, 0
-
-    async def start(self) -> str:
-        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            await reader.readuntil(b"\r\n\r\n")
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                         b"Content-Length: %d\r\n\r\n%s" % (len(self.body), self.body))
-            await writer.drain()
-        finally:
-            writer.close()
-
-
-def swim_ctx(urls: dict[str, str]) -> SimpleNamespace:
-    """What PeerCalls reads of the daemon in swim mode: members, their addresses, no websockets."""
-    cluster = SimpleNamespace(swim=True, membership=SimpleNamespace(live_ids=lambda: [ME, *urls]),
-                              url_of=urls.get)
-    return SimpleNamespace(identity=SimpleNamespace(uuid=ME), auth=SimpleNamespace(headers=lambda *a: {}),
-                           peers=SimpleNamespace(conn=lambda node: None, cluster=cluster))
+GOOD, ODD = "00000000-0000-4000-8000-0000000000bb", "00000000-0000-4000-8000-0000000000cc"
 
 
 def test_failed_info_is_cached_briefly_shared_by_concurrent_callers_and_bounded(monkeypatch):
     monkeypatch.setattr(calls_mod, "INFO_FAIL_TTL", 0.5)
 
     async def main() -> None:
-        good = FakePeer(b'{"uuid": "%s", "plugins": ["docker"]}' % GOOD.encode())
-        odd = FakePeer(b'{"uuid": "someone-else", "plugins": ["docker"]}')  # not the member it is said to be
+        good = InfoServer(b'{"uuid": "%s", "plugins": ["docker"]}' % GOOD.encode())
+        odd = InfoServer(b'{"uuid": "someone-else", "plugins": ["docker"]}')  # not the member it is said to be
         urls = {GOOD: await good.start(), ODD: await odd.start()}
         dead = "00000000-0000-4000-8000-0000000000dd"
-        gone = FakePeer(b"{}")
+        gone = InfoServer(b"{}")
         urls[dead] = await gone.start()
         gone.server.close()
         await gone.server.wait_closed()  # connection refused from now on

@@ -8,39 +8,11 @@ claim and the refutation would swap it."""
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
 
 from beiran.peer.calls import PeerCalls
+from beiran_testkit.infopeer import InfoServer, swim_ctx
 
-ME, MEMBER = "00000000-0000-4000-8000-0000000000aa", "00000000-0000-4000-8000-0000000000bb"
-
-
-class InfoServer:
-    """Answers every request with `body` and counts them."""
-
-    def __init__(self, body: bytes) -> None:
-        self.body, self.requests = body, 0
-
-    async def start(self) -> str:
-        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.requests += 1
-        try:
-            await reader.readuntil(b"\r\n\r\n")
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                         b"Content-Length: %d\r\n\r\n%s" % (len(self.body), self.body))
-            await writer.drain()
-        finally:
-            writer.close()
-
-
-def swim_ctx(urls: dict[str, str]) -> SimpleNamespace:
-    cluster = SimpleNamespace(swim=True, membership=SimpleNamespace(live_ids=lambda: [ME, *urls]),
-                              url_of=urls.get)
-    return SimpleNamespace(identity=SimpleNamespace(uuid=ME), auth=SimpleNamespace(headers=lambda *a: {}),
-                           peers=SimpleNamespace(conn=lambda node: None, cluster=cluster))
+MEMBER = "00000000-0000-4000-8000-0000000000bb"
 
 
 def test_a_plugin_list_learned_at_a_hijacked_address_is_not_kept_after_the_member_refutes():
@@ -58,7 +30,7 @@ def test_a_plugin_list_learned_at_a_hijacked_address_is_not_kept_after_the_membe
         urls[MEMBER] = real_url  # the member refuted: its own address again
         assert await calls.reachable("docker") == [MEMBER]
         assert await calls.reachable("npm") == [MEMBER]
-        assert real.requests == 1  # and learned once there, then cached
+        assert real.connections == 1  # and learned once there, then cached
         for s in (real, fake):
             s.server.close()
     asyncio.run(main())

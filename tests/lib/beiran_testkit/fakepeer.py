@@ -231,21 +231,22 @@ class RPCPeer:
             self.ws.close()
 
 
-class CountingListener:
-    """A TCP listener that counts connections and answers any request with 200 and a body."""
+class ThreadedListener:
+    """A TCP listener on `ip` (any free port) whose thread accepts connections, counts them and
+    hands each to `accepted`, until `stop`."""
 
-    def __init__(self, ip: str, body: bytes = b"internal secret\n") -> None:
+    def __init__(self, ip: str) -> None:
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((ip, 0))
         self.sock.listen(64)
         self.ip, self.port = ip, self.sock.getsockname()[1]
-        self.url = f"http://{ip}:{self.port}"
-        self.body = body
         self.connections = 0
-        self.requests: list[bytes] = []
         self._stop = False
         self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def start_listening(self) -> None:
+        """Called by a subclass once its own state is set (connections may come at once)."""
         self._thread.start()
 
     def _serve(self) -> None:
@@ -256,17 +257,34 @@ class CountingListener:
             except OSError:
                 continue
             self.connections += 1
-            try:
-                conn.settimeout(2)
-                self.requests.append(conn.recv(4096))
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
-                             % len(self.body) + self.body)
-            except OSError:
-                pass
-            finally:
-                conn.close()
+            self.accepted(conn)
+
+    def accepted(self, conn: socket.socket) -> None:
+        raise NotImplementedError
 
     def stop(self) -> None:
         self._stop = True
         self._thread.join(2)
         self.sock.close()
+
+
+class CountingListener(ThreadedListener):
+    """A TCP listener that counts connections and answers any request with 200 and a body."""
+
+    def __init__(self, ip: str, body: bytes = b"internal secret\n") -> None:
+        super().__init__(ip)
+        self.url = f"http://{ip}:{self.port}"
+        self.body = body
+        self.requests: list[bytes] = []
+        self.start_listening()
+
+    def accepted(self, conn: socket.socket) -> None:
+        try:
+            conn.settimeout(2)
+            self.requests.append(conn.recv(4096))
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                         % len(self.body) + self.body)
+        except OSError:
+            pass
+        finally:
+            conn.close()

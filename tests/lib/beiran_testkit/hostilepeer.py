@@ -15,41 +15,27 @@ from collections.abc import Callable
 from typing import Any
 
 from beiran_testkit.daemon import Daemon, wait_until
-from beiran_testkit.fakepeer import RPCPeer
+from beiran_testkit.fakepeer import RPCPeer, ThreadedListener
 
 #: one step of an answer: bytes to send, a pause in seconds, or CLOSE (the connection ends)
 Step = bytes | float | None
 CLOSE: Step = None
 
 
-class HostileBlobPeer:
+class HostileBlobPeer(ThreadedListener):
     def __init__(self, ip: str) -> None:
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((ip, 0))
-        self.sock.listen(64)
-        self.ip, self.port = ip, self.sock.getsockname()[1]
+        super().__init__(ip)
         #: digest -> the steps of its answer (a callable gets the request head and returns them)
         self.answers: dict[str, list[Step] | Callable[[bytes], list[Step]]] = {}
         self.asked: Counter[str] = Counter()
         #: bytes of each digest's answers the node took (sent without error)
         self.sent: Counter[str] = Counter()
-        self.connections = 0
-        self._stop = False
         self._conns: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        self.start_listening()
 
-    def _serve(self) -> None:
-        self.sock.settimeout(0.2)
-        while not self._stop:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.connections += 1
-            self._conns.append(conn)
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+    def accepted(self, conn: socket.socket) -> None:
+        self._conns.append(conn)
+        threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def _handle(self, conn: socket.socket) -> None:
         conn.settimeout(30)
@@ -88,9 +74,7 @@ class HostileBlobPeer:
         return target.rsplit("/", 1)[-1]
 
     def stop(self) -> None:
-        self._stop = True
-        self._thread.join(2)
-        self.sock.close()
+        super().stop()
         for conn in self._conns:
             try:
                 conn.shutdown(socket.SHUT_RDWR)
