@@ -3,11 +3,10 @@ checks it before init(): `beiran config --local` finds a typo before a restart d
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
 from beiran.errors import BeiranError
-from beiran.plugin_loader import NAMESPACE, plugin_class, plugin_names
+from beiran.plugin_loader import load_plugin_class, plugin_names
 
 if TYPE_CHECKING:
     from beiran.config import Config
@@ -22,10 +21,7 @@ def check_plugin_sections(config: Config) -> tuple[list[str], list[str]]:
         if not config.plugin_enabled(name):
             continue
         try:
-            cls = plugin_class(importlib.import_module(f"{NAMESPACE}.{name}.plugin"))
-            if not cls.name:
-                cls.name = name
-            cls.check_config(config.plugin_section(name))
+            load_plugin_class(name).check_config(config.plugin_section(name))
         except BeiranError as exc:
             errors.append(exc.message)
         except ImportError as exc:

@@ -104,6 +104,17 @@ def plugin_class(module: ModuleType) -> type[BasePlugin]:
     return cls
 
 
+def load_plugin_class(name: str) -> type[BasePlugin]:
+    """Import `beiran_plugins.<name>.plugin` and return its class, named `name` (the folder's)."""
+    base = f"{NAMESPACE}.{name}"
+    cls = plugin_class(importlib.import_module(f"{base}.plugin"))
+    if not cls.name:
+        cls.name = name
+    if cls.name != name:
+        raise ImportError(f"plugin class says name {cls.name!r} but lives in {base}")
+    return cls
+
+
 @dataclass
 class PluginRecord:
     name: str
@@ -250,12 +261,7 @@ class PluginManager:
 
     def _import_one(self, rec: PluginRecord) -> None:
         base = f"{NAMESPACE}.{rec.name}"
-        module = importlib.import_module(f"{base}.plugin")
-        cls = plugin_class(module)
-        if not cls.name:
-            cls.name = rec.name
-        if cls.name != rec.name:
-            raise ImportError(f"plugin class says name {cls.name!r} but lives in {base}")
+        cls = load_plugin_class(rec.name)
         rec.kind = cls.kind
         pkg = importlib.import_module(base)
         rec.version = rec.version or getattr(pkg, "__version__", cls.version)
