@@ -138,11 +138,13 @@ async def run(config: Config, reload_config: Callable[[], Config] | None = None)
     tcp_server.add_sockets(tcp_socks)
     unix_server = GuardedHTTPServer(app, max_body_size=64 << 20, per_address=False)
     unix_server.add_socket(unix_sock)
-    await ctx.peers.start()
     workers.prestart(ctx.io_executor, ctx.receive_executor)
+    # said before the first await: a peer that dials in at once is logged online after this line,
+    # never before it (peers.start() reads the node table, and a peer's hello may land meanwhile)
     log.info("beiran %s node %s listening on %s (peers reach it at %s) and %s; plugins: %s",
              ctx.identity.version, ctx.identity.uuid, config.listen, ctx.identity.url, config.socket_path,
              ", ".join(f"{r.name}[{r.status}]" for r in ctx.plugins.records.values()) or "none")
+    await ctx.peers.start()
     if proxies.policy().describe() != "none":
         log.info("origin requests use the upstream proxy: %s", proxies.policy().describe())
     notify.ready(f"listening on {config.listen}")

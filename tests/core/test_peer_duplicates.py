@@ -4,11 +4,16 @@ normal start is quiet at INFO."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import sqlite3
 import time
+import uuid as uuidlib
 
 import pytest
 
 from beiran_testkit.daemon import Daemon, wait_until
+from beiran_testkit.fakepeer import RPCPeer
 from beiran_testkit.fixtures import random_blob
 
 pytestmark = pytest.mark.cluster
@@ -72,3 +77,40 @@ def test_a_normal_start_is_quiet_at_info(cluster):
         # the start-up line and one "online" per peer; nothing per connection attempt or request
         assert len(lines) <= 3, lines
         assert sum("online" in x for x in lines) == 1, lines
+
+
+def test_a_peer_dialing_in_during_start_up_is_logged_after_the_listening_line(cluster):
+    """Found (the flake of the test above under load): the listener accepts before `peers.start()`
+    reads the node table, and "listening on" was logged only after it; a peer that dialed in
+    meanwhile was logged online before the node said it listens. Made certain here: a node table of
+    many rows (a long-lived node's) makes that read long, and a peer dials in as soon as the port
+    accepts."""
+    n1 = cluster.add(peers=None)
+    n1.stop()
+    now = time.time()
+    with sqlite3.connect(n1.data_dir / "beiran.db") as db:
+        db.executemany("INSERT INTO node (uuid, hostname, url, addresses, port, os_type, architecture, version, "
+                       "plugins, status, found_by, last_seen, first_seen) VALUES "
+                       "(?, 'old', 'http://10.0.0.1:8888', '[]', 8888, '', '', '', '[]', 'offline', "
+                       "'[\"static\"]', ?, ?)",
+                       ((str(uuidlib.UUID(int=i + 1)), now, now) for i in range(50_000)))
+    start = len(n1.log())
+    n1.start(wait=False)
+
+    def accepts() -> bool:
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            return s.connect_ex((n1.ip, n1.port)) == 0
+    wait_until(accepts, 30, interval=0.002, what="n1 to accept connections")
+    peer = RPCPeer(n1.url, source_ip=cluster.ip(5))
+
+    async def dial_in() -> None:
+        await peer.connect()
+        await peer.close()
+    asyncio.run(dial_in())
+
+    def logged() -> list[str]:
+        lines = [x for x in n1.log()[start:].splitlines() if " INFO " in x]
+        return [x for x in lines if "listening on" in x or " online" in x]
+    lines = wait_until(lambda: len(logged()) == 2 and logged(), 60, what="n1's listening and online lines")
+    assert "listening on" in lines[0] and " online" in lines[1], lines
