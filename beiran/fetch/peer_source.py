@@ -185,7 +185,7 @@ class PeerSource:
         direct = remaining is not None and not resp.chunked and resp.fp is not None
         # a small blob whose whole body is coming: one buffer, stored and sealed in one go
         whole = (remaining if direct and end is None and offset == 0 and writer.size == remaining
-                 and writer.available == 0 and remaining and remaining <= WHOLE_MAX else 0)
+                 and writer.fresh and remaining and remaining <= WHOLE_MAX else 0)
         if whole:
             pooled = _take_buffer()
             try:

@@ -73,6 +73,12 @@ class BlobWriter:
         return self._hashed
 
     @property
+    def fresh(self) -> bool:
+        """Nothing written yet: no bytes from 0 and no piece further on (a multi-peer fetch that
+        lost one piece leaves the others), so the blob may be stored whole."""
+        return not self._hashed and not self._pieces
+
+    @property
     def failed(self) -> bool:
         return self.error is not None
 
