@@ -20,7 +20,15 @@ import pytest
 from beiran_testkit.daemon import Daemon, wait_until
 from beiran_testkit.fakepeer import RPCPeer
 from beiran_testkit.fixtures import random_blob
-from beiran_testkit.hostilepeer import CLOSE, HostileBlobPeer, ScriptedOrigin, as_holder, ok_head
+from beiran_testkit.hostilepeer import (
+    CLOSE,
+    HostileBlobPeer,
+    ScriptedOrigin,
+    as_holder,
+    asked_range,
+    ok_head,
+    range_head,
+)
 
 pytestmark = pytest.mark.cluster
 CONFIG = {"fetch": {"peer_timeout": 3.0, "origin_delegation": False}}
@@ -493,3 +501,36 @@ def test_many_stalled_small_transfers_hold_bounded_memory(cluster, origin):
     assert all(r.get("done") and not r.get("error") for r in results), [r for r in results if r.get("error")]
     assert all(node.blob(d) == data for data, d in blobs.values())
     assert peak - base < 32 * 2 + 96  # the buffers, plus room for 48 blobs' worth of Python and sockets
+
+
+def test_a_hole_a_failed_first_piece_left_is_filled_by_the_next_peer(cluster, origin):
+    """Found (by test_security_https_peer.py): a multi-peer fetch whose first piece failed goes on
+    with the next holder from byte 0; its answer, a blob of 2 MiB or less, took the whole-blob path
+    into a writer that already held the other pieces, and the fetch failed (with the origin there).
+    Two holders that are slow to fail a range from byte 0 and serve every other one: the other
+    pieces are done before the first one fails."""
+    node = cluster.add({"origins": {"o": origin.url},
+                        "fetch": {**CONFIG["fetch"], "large_blob_threshold": 1 << 20, "piece_size": 256 << 10}},
+                       peers=None)
+    data, digest = random_blob(2 << 20, 77)
+    origin.put("hole", data)
+
+    def answer(head: bytes) -> list:
+        asked = asked_range(head)
+        if asked is None:
+            return [ok_head(len(data)) + data]
+        start, end = asked
+        return [1.0, CLOSE] if start == 0 else [range_head(start, end, len(data)) + data[start:end]]
+    peers = [HostileBlobPeer(cluster.ip(7)), HostileBlobPeer(cluster.ip(8))]
+    for peer in peers:
+        peer.answers[digest] = answer
+    try:
+        result = as_holder(node, peers, [[digest, "c", len(data)]],
+                           lambda: node.fetch(digest, len(data), {"plugin": "origin", "name": "o", "path": "/hole"}))
+    finally:
+        for peer in peers:
+            peer.stop()
+    assert result.get("done") and not result.get("error"), result
+    assert node.blob(digest) == data
+    assert origin.requests["/hole"] == 0
+    assert sum(p.asked[digest] for p in peers) >= 9  # eight pieces, and the first again whole

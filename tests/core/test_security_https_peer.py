@@ -13,7 +13,6 @@ holds the fetch until the drip ends and a silent head for 35 s (the head timeout
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -23,7 +22,7 @@ import pytest
 
 from beiran_testkit.daemon import Daemon, wait_until
 from beiran_testkit.fixtures import random_blob
-from beiran_testkit.hostilepeer import CLOSE, Step, ok_head
+from beiran_testkit.hostilepeer import CLOSE, Step, asked_range, ok_head, range_head
 from beiran_testkit.pki import make_ca
 from beiran_testkit.tlsfront import TlsFront
 
@@ -38,13 +37,9 @@ def drip(data: bytes) -> Callable[[bytes], list[Step]]:
     """A right head (206 for a range) and then one right byte every 0.2 s: never idle for a
     peer_timeout, 5 bytes a second."""
     def answer(head: bytes) -> list[Step]:
-        m = re.search(rb"(?im)^range: bytes=(\d+)-(\d+)\r?$", head)
-        start, end = (int(m[1]), int(m[2]) + 1) if m else (0, len(data))
-        if m:
-            first = (b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes %d-%d/%d\r\nContent-Length: %d\r\n\r\n"
-                     % (start, end - 1, len(data), end - start))
-        else:
-            first = ok_head(len(data))
+        asked = asked_range(head)
+        start, end = asked or (0, len(data))
+        first = range_head(start, end, len(data)) if asked else ok_head(len(data))
         return [first, *(s for b in data[start:start + int(DRIP / 0.2)] for s in (bytes([b]), 0.2)), CLOSE]
     return answer
 

@@ -7,6 +7,7 @@ dials it exactly as it would dial a real peer."""
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import threading
 import time
@@ -105,6 +106,18 @@ def ok_head(length: int | str, extra: bytes = b"") -> bytes:
     """A 200 head with the given Content-Length (anything, when a str)."""
     value = str(length).encode("latin-1")
     return b"HTTP/1.1 200 OK\r\nContent-Length: " + value + b"\r\n" + extra + b"\r\n"
+
+
+def range_head(start: int, end: int, size: int) -> bytes:
+    """A 206 head for bytes [start, end) of a blob of `size` bytes."""
+    return (b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes %d-%d/%d\r\nContent-Length: %d\r\n\r\n"
+            % (start, end - 1, size, end - start))
+
+
+def asked_range(head: bytes) -> tuple[int, int] | None:
+    """The [start, end) a request head's `Range: bytes=A-B` asks for (None: no range)."""
+    m = re.search(rb"(?im)^range: bytes=(\d+)-(\d+)\r?$", head)
+    return (int(m[1]), int(m[2]) + 1) if m else None
 
 
 class ScriptedOrigin(HostileBlobPeer):
