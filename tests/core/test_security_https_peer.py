@@ -4,9 +4,10 @@ read on the event loop; the http:// path has its own, tested in test_security_fa
 The node is told to trust a test CA (SSL_CERT_FILE) and has a peer at an https:// address: TLS in
 front of a real daemon (beiran_testkit.tlsfront), which the node dials, syncs with and fetches from
 as from any peer. The front answers some blob requests as an attacker would: a drip (a byte now and
-then, always inside peer_timeout), or a head that never comes. The node must cut each (within a few
-peer_timeouts, not when the attacker stops) and get the blob elsewhere, from an honest peer or the
-origin, its bytes verified; an honest peer over TLS that sends slowly but above the floor is kept.
+then, always inside peer_timeout), a head that never comes, or a body that never ends. The node
+must cut each (within a few peer_timeouts, not when the attacker stops; a flood at the blob's size,
+its memory flat) and get the blob elsewhere, from an honest peer or the origin, its bytes verified;
+an honest peer over TLS that sends slowly but above the floor is kept.
 
 Found: nothing yet on this code; with `paced` taken out of `_receive_async` and `_piece` the drip
 holds the fetch until the drip ends and a silent head for 35 s (the head timeout), and these fail."""
@@ -47,6 +48,13 @@ def drip(data: bytes) -> Callable[[bytes], list[Step]]:
 SILENT_HEAD: list[Step] = [DRIP, CLOSE]  # connected, TLS done, and never a byte of the answer
 
 
+def _rss_mib(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def origin_source(name: str) -> dict:
     return {"plugin": "origin", "name": "o", "path": "/" + name}
 
@@ -66,7 +74,8 @@ def test_an_https_peer_that_drips_or_keeps_its_head_is_cut_and_a_flowing_one_kep
     honest = cluster.add(peers=None)  # a plain http:// peer holding the large blob too
     front = TlsFront(held, cert, key)
     blobs = {"drip": random_blob(300 << 10, 1), "silent": random_blob(300 << 10, 2),
-             "pieces": random_blob(2 << 20, 3), "flow": random_blob(768 << 10, 4)}
+             "pieces": random_blob(2 << 20, 3), "flow": random_blob(768 << 10, 4),
+             "flood": random_blob(300 << 10, 5)}
     for name, (data, _) in blobs.items():
         origin.put(name, data)
         held.add_blob(data)
@@ -74,6 +83,8 @@ def test_an_https_peer_that_drips_or_keeps_its_head_is_cut_and_a_flowing_one_kep
     front.answers[blobs["drip"][1]] = drip(blobs["drip"][0])
     front.answers[blobs["silent"][1]] = SILENT_HEAD
     front.answers[blobs["pieces"][1]] = drip(blobs["pieces"][0])
+    # a body with no length that never ends, as fast as TLS goes: the node takes the announced size
+    front.answers[blobs["flood"][1]] = [b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", *[b"\0" * (64 << 10)] * 1024]
     front.rate[blobs["flow"][1]] = 256 << 10  # 4x fetch.peer_min_rate (64 KiB/s): 3 s, three windows
     node = cluster.add({"origins": {"o": origin.url},
                         "fetch": {"peer_timeout": WINDOW, "origin_delegation": False,
@@ -84,11 +95,14 @@ def test_an_https_peer_that_drips_or_keeps_its_head_is_cut_and_a_flowing_one_kep
         assert any(n["uuid"] == held.uuid and n["url"] == front.url for n in node.nodes()), node.nodes()
         before = node.metrics()
         results = {}
-        for name in ("drip", "silent", "pieces"):  # the attacks
+        assert node.proc is not None
+        rss = [_rss_mib(node.proc.pid)]
+        for name in ("drip", "silent", "pieces", "flood"):  # the attacks
             data, digest = blobs[name]
             t0 = time.monotonic()
             results[name] = fetch_within(node, digest, len(data), name, BOUND)
             print(f"{name}: done in {time.monotonic() - t0:.1f}s: {results[name].get('sources')}")
+            rss.append(_rss_mib(node.proc.pid))
         dripped = {name: front.sent[blobs[name][1]] for name in ("drip", "pieces")}
         time.sleep(1.0)  # a drip still read by the node sends 5 bytes more meanwhile
         dripped = {name: front.sent[blobs[name][1]] - n for name, n in dripped.items()}
@@ -117,5 +131,8 @@ def test_an_https_peer_that_drips_or_keeps_its_head_is_cut_and_a_flowing_one_kep
     assert results["flow"]["sources"] == {"peer": len(blobs["flow"][0])}
     assert origin.requests["/flow"] == 0
     failures = after["beiran_peer_failures_total"] - before.get("beiran_peer_failures_total", 0)
-    assert failures == 3, failures
+    assert failures == 4, failures
+    # the flood: cut at the blob's size (what TLS and the socket buffers held is all it sent)
+    assert front.sent[blobs["flood"][1]] < 16 << 20, front.sent[blobs["flood"][1]]
+    assert max(rss) - rss[0] < 64, f"the node's memory grew from {rss[0]:.0f} to {max(rss):.0f} MiB"
     assert not list(node.data_dir.rglob("tmp/*"))
