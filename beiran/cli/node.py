@@ -33,6 +33,10 @@ def list_nodes(show_all: bool, as_json: bool) -> None:
     for n in data["nodes"]:
         n["seen"] = human_age(n.get("last_seen"), now)
     table(data["nodes"], NODE_COLUMNS)
+    from beiran.peer.refusals import HINTS
+
+    for reason in sorted({str(n["refused"]) for n in data["nodes"] if n.get("refused")}):
+        click.echo(f"\nrefused: {reason}: {HINTS.get(reason, reason)}")
     cluster = data.get("cluster")
     if cluster:
         members = cluster["members"]

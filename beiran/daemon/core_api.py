@@ -10,6 +10,7 @@ from beiran.access import Access
 from beiran.errors import BadRequest
 from beiran.handlers import BaseHandler, JSONEndpoint, RPCEndpoint, rpc_command
 from beiran.models.node import Node
+from beiran.peer import refusals
 
 
 class InfoHandler(JSONEndpoint):
@@ -51,10 +52,14 @@ class NodesHandler(RPCEndpoint):
         cluster = self.ctx.peers.cluster
         members = {m["uuid"]: m for m in cluster.members()}
         nodes = []
+        # nodes refusing this node (or refused by it) at their last dial, by the address dialed
+        refused = {r["url"]: r for r in refusals.rows(self.ctx.peers.targets.values(), self.ctx.peers.conns)}
         for n in rows:
             if n["uuid"] == me:
                 continue
             n["status"] = self.ctx.peers.calls.status_of(n["uuid"])
+            if n["status"] == "offline" and n["url"] in refused:
+                n.update({k: v for k, v in refused.pop(n["url"]).items() if k in ("status", "refused")})
             n["found_by"] = sorted(self.ctx.peers.found_by.get(n["uuid"], set()) or n["found_by"])
             member = members.pop(n["uuid"], None)
             n["membership"] = member["membership"] if member else None
@@ -62,6 +67,7 @@ class NodesHandler(RPCEndpoint):
                 n["url"] = member["url"]
             if show_all or n["status"] not in ("offline",):
                 nodes.append(n)
+        nodes += refused.values()
         for member in members.values() if cluster.swim else ():  # known only through membership
             status = self.ctx.peers.calls.status_of(member["uuid"])
             if show_all or status != "offline":

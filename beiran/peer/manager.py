@@ -18,6 +18,7 @@ from beiran.config import normalize_peer_url
 from beiran.errors import BadRequest, UpstreamError
 from beiran.models.base import dict_rows
 from beiran.models.node import Node, NodeStatus
+from beiran.peer import refusals
 from beiran.peer.availability import Availability
 from beiran.peer.calls import PeerCalls
 from beiran.peer.cluster import ClusterService
@@ -44,6 +45,11 @@ class PeerTarget:
     is_self: bool = False
     #: why the last dial failed ("" once connected): `beiran node probe` says it
     last_error: str = ""
+    #: why the node there refused the last dial ("token", "peer_cidrs"; refusals.py), and when
+    refused: str = ""
+    refused_at: float = 0.0
+    #: what its /info said when probed (uuid, hostname, version): `node list` shows a refusing node so
+    claimed: dict[str, str] = field(default_factory=dict)
 
 
 class PeerManager:
@@ -138,9 +144,11 @@ class PeerManager:
             try:
                 conn = await dial(self, target.url)
                 delay = 0.25
+                refusals.note(target, "")
                 await asyncio.shield(conn.closed)
                 synced = conn.synced or conn.inherits
                 target.last_error = "" if synced else f"closed the connection: {conn.close_reason}"
+                refusals.note(target, refusals.of_closed(conn))
                 if conn.uuid:
                     target.uuid = conn.uuid
                     # the connection may have lost the tie-break to the peer's own (inbound) one:
@@ -153,6 +161,7 @@ class PeerManager:
                 raise
             except Exception as exc:  # noqa: BLE001 - unreachable peers are normal; retry later
                 error = dial_error(exc)
+                refusals.note(target, refusals.of_dial_error(exc))
                 if error != target.last_error and getattr(exc, "code", None) in (401, 403):
                     log.warning("peer %s refuses this node: %s", target.url, error)  # a config mismatch
                 else:
@@ -375,6 +384,8 @@ class PeerManager:
         self.discovered(url, via)
         deadline = time.monotonic() + timeout
         target = self.targets.get(url)
+        if target is not None:
+            target.claimed = refusals.claimed(info)
         while time.monotonic() < deadline and node not in self.online():
             if target is not None and target.last_error:
                 break  # refused or failed: say why rather than "connecting"
