@@ -24,7 +24,7 @@ import pytest
 from beiran_testkit.daemon import Daemon, wait_until
 from beiran_testkit.fixtures import random_blob
 from beiran_testkit.hostilepeer import CLOSE, Step, asked_range, ok_head, range_head
-from beiran_testkit.pki import make_ca
+from beiran_testkit.pki import make_ca, make_self_signed
 from beiran_testkit.tlsfront import TlsFront
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -73,8 +73,9 @@ def test_an_https_peer_that_drips_or_keeps_its_head_is_cut_and_a_flowing_one_kep
     held = cluster.add(peers=None)  # behind the TLS front: the node knows it only as https://
     honest = cluster.add(peers=None)  # a plain http:// peer holding the large blob too
     front = TlsFront(held, cert, key)
+    rogue = TlsFront(held, *make_self_signed(tmp_path / "rogue"))  # a certificate no trusted CA signed
     blobs = {"drip": random_blob(300 << 10, 1), "silent": random_blob(300 << 10, 2),
-             "pieces": random_blob(2 << 20, 3), "flow": random_blob(768 << 10, 4),
+             "pieces": random_blob(2 << 20, 3), "flow": random_blob(3 << 19, 4),
              "flood": random_blob(300 << 10, 5)}
     for name, (data, _) in blobs.items():
         origin.put(name, data)
@@ -85,14 +86,16 @@ def test_an_https_peer_that_drips_or_keeps_its_head_is_cut_and_a_flowing_one_kep
     front.answers[blobs["pieces"][1]] = drip(blobs["pieces"][0])
     # a body with no length that never ends, as fast as TLS goes: the node takes the announced size
     front.answers[blobs["flood"][1]] = [b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", *[b"\0" * (64 << 10)] * 1024]
-    front.rate[blobs["flow"][1]] = 256 << 10  # 4x fetch.peer_min_rate (64 KiB/s): 3 s, three windows
+    # 8x fetch.peer_min_rate (64 KiB/s; a busy machine may stall the sender a while): 3 s, three windows
+    front.rate[blobs["flow"][1]] = 512 << 10
     node = cluster.add({"origins": {"o": origin.url},
                         "fetch": {"peer_timeout": WINDOW, "origin_delegation": False,
                                   "large_blob_threshold": 1 << 20, "piece_size": 256 << 10}},
-                       peers=[front.url, honest.url], env={"SSL_CERT_FILE": str(ca)})
+                       peers=[front.url, honest.url, rogue.url], env={"SSL_CERT_FILE": str(ca)})
     try:
         wait_until(lambda: {held.uuid, honest.uuid} <= node.online_peers(), 20, what="both peers online")
         assert any(n["uuid"] == held.uuid and n["url"] == front.url for n in node.nodes()), node.nodes()
+        wait_until(lambda: rogue.connections >= 1, 10, what="the node to dial the rogue certificate's address")
         before = node.metrics()
         results = {}
         assert node.proc is not None
@@ -111,6 +114,8 @@ def test_an_https_peer_that_drips_or_keeps_its_head_is_cut_and_a_flowing_one_kep
         after = node.metrics()
     finally:
         front.stop()
+        rogue.stop()
+    assert rogue.handshakes == 0, "the node took a certificate no CA it trusts signed"
     for name, (data, digest) in blobs.items():
         assert results[name].get("done") and not results[name].get("error"), (name, results[name])
         assert node.blob(digest) == data, name

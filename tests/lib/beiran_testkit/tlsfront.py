@@ -32,6 +32,8 @@ class TlsFront(ThreadedListener):
         self.answers: dict[str, list[Step] | Callable[[bytes], list[Step]]] = {}
         #: digest -> bytes a second its pass-through answer is held to
         self.rate: dict[str, float] = {}
+        #: TLS handshakes that completed (a client that does not trust the certificate ends its own)
+        self.handshakes = 0
         self.asked: Counter[str] = Counter()
         #: bytes of each digest's answers the node took (scripted or passed through)
         self.sent: Counter[str] = Counter()
@@ -48,6 +50,7 @@ class TlsFront(ThreadedListener):
         try:
             client_ip = raw.getpeername()[0]
             conn = self.tls.wrap_socket(raw, server_side=True)  # `raw` is detached: `conn` is the socket
+            self.handshakes += 1
             self._socks.append(conn)
             buf = b""
             while b"\r\n\r\n" not in buf:
