@@ -162,7 +162,9 @@ class PeerManager:
             except Exception as exc:  # noqa: BLE001 - unreachable peers are normal; retry later
                 error = dial_error(exc)
                 refusals.note(target, refusals.of_dial_error(exc))
-                if error != target.last_error and getattr(exc, "code", None) in (401, 403):
+                if error != target.last_error and target.refused == refusals.CERTIFICATE:
+                    log.warning("peer %s %s", target.url, error)  # a config mismatch, on this side
+                elif error != target.last_error and target.refused:
                     log.warning("peer %s refuses this node: %s", target.url, error)  # a config mismatch
                 else:
                     log.debug("dial %s failed: %s", target.url, exc)

@@ -1,13 +1,15 @@
 """Nodes that refuse this node, or that this node refuses, listed with why.
 
-Why: a node whose dial is refused (another cluster token, or this node's address outside its
-peer_cidrs) never says hello, so it had no node record, and `beiran node list --all` did not show
-it at all: the operator who probed it saw one error, then nothing. Each dial target keeps why
-it was last refused, and `node list` shows it as a state ("refused: token").
+Why: a node whose dial is refused (another cluster token, this node's address outside its
+peer_cidrs, or a TLS certificate this node does not trust) never says hello, so it had no node
+record, and `beiran node list --all` did not show it at all: the operator who probed it saw one
+error, then nothing. Each dial target keeps why it was last refused, and `node list` shows it as
+a state ("refused: token").
 """
 
 from __future__ import annotations
 
+import ssl
 import time
 import uuid as uuidlib
 from typing import TYPE_CHECKING, Any
@@ -20,15 +22,20 @@ if TYPE_CHECKING:
 
 TOKEN = "token"  # it refused our token (HTTP 401), or could not prove its own (close 4001)
 PEER_CIDRS = "peer_cidrs"  # its peer_cidrs leave this node's address out (HTTP 403)
+CERTIFICATE = "certificate"  # an https:// peer whose certificate no CA this node trusts signed
 #: close code of an outbound connection whose peer could not prove the cluster token (connection.py)
 NO_PROOF = 4001
 _BY_STATUS = {401: TOKEN, 403: PEER_CIDRS}
 HINTS = {TOKEN: "the nodes have different cluster_token values: set the same on every node",
-         PEER_CIDRS: "its peer_cidrs leave this node's address out: add it there"}
+         PEER_CIDRS: "its peer_cidrs leave this node's address out: add it there",
+         CERTIFICATE: "its TLS certificate is not signed by a CA this node trusts (the system's, or "
+                      "the file in SSL_CERT_FILE)"}
 
 
 def of_dial_error(exc: BaseException) -> str:
     """Why a failed dial was a refusal ("" when it was not one: unreachable, a timeout ...)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return CERTIFICATE
     return _BY_STATUS.get(getattr(exc, "code", None) or 0, "")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import secrets
+import ssl
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -103,4 +104,7 @@ def dial_error(exc: Exception) -> str:
         return "refused our cluster token (HTTP 401): set the same cluster_token on every node"
     if code == 403:
         return "refused this node (HTTP 403): is this node's address in its peer_cidrs?"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (f"has a TLS certificate this node does not trust ({exc.verify_message}): sign it with a CA "
+                "in the system's store, or give this node that CA's file in SSL_CERT_FILE")
     return f"could not be connected: {exc or type(exc).__name__}"

@@ -95,7 +95,11 @@ def test_an_https_peer_that_drips_or_keeps_its_head_is_cut_and_a_flowing_one_kep
     try:
         wait_until(lambda: {held.uuid, honest.uuid} <= node.online_peers(), 20, what="both peers online")
         assert any(n["uuid"] == held.uuid and n["url"] == front.url for n in node.nodes()), node.nodes()
-        wait_until(lambda: rogue.connections >= 1, 10, what="the node to dial the rogue certificate's address")
+        # the operator sees why: the node lists it so, and says so once at WARNING
+        rows = wait_until(lambda: [n for n in node.nodes(all=True) if n["url"] == rogue.url], 10,
+                          what="the node to list the rogue certificate's address")
+        assert rows[0]["status"] == "refused: certificate", rows
+        assert f"peer {rogue.url} has a TLS certificate this node does not trust" in node.log()
         before = node.metrics()
         results = {}
         assert node.proc is not None
