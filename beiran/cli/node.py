@@ -35,8 +35,11 @@ def list_nodes(show_all: bool, as_json: bool) -> None:
     table(data["nodes"], NODE_COLUMNS)
     from beiran.peer.refusals import HINTS
 
-    for reason in sorted({str(n["refused"]) for n in data["nodes"] if n.get("refused")}):
-        click.echo(f"\nrefused: {reason}: {HINTS.get(reason, reason)}")
+    reasons = sorted({str(n["refused"]) for n in data["nodes"] if n.get("refused")})
+    if reasons:
+        click.echo("")
+    for reason in reasons:
+        click.echo(f"refused: {reason}: {HINTS.get(reason, reason)}")
     cluster = data.get("cluster")
     if cluster:
         members = cluster["members"]

@@ -27,7 +27,7 @@ CERTIFICATE = "certificate"  # an https:// peer whose certificate no CA this nod
 NO_PROOF = 4001
 _BY_STATUS = {401: TOKEN, 403: PEER_CIDRS}
 HINTS = {TOKEN: "the nodes have different cluster_token values: set the same on every node",
-         PEER_CIDRS: "its peer_cidrs leave this node's address out: add it there",
+         PEER_CIDRS: "its peer_cidrs leave this node's address out: add this node's address there",
          CERTIFICATE: "its TLS certificate is not signed by a CA this node trusts (the system's, or "
                       "the file in SSL_CERT_FILE)"}
 

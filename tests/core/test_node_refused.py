@@ -38,10 +38,11 @@ def test_a_probed_node_that_refuses_this_node_is_listed_with_why(cluster):
     assert {n["url"] for n in a.cli("node", "list", "--json")} >= {other_token.url, walled.url}  # not "offline"
 
     table = a.cli("node", "list")
+    print(table)
     lines = {node.url: next((x for x in table.splitlines() if node.url in x), "") for node in (other_token, walled)}
     assert "refused: token" in lines[other_token.url] and other_token.uuid in lines[other_token.url], table
     assert "refused: peer_cidrs" in lines[walled.url], table
-    assert "set the same on every node" in table and "add it there" in table
+    assert "set the same on every node" in table and "add this node's address there" in table
 
     # the operator sets the same token there: its next dial connects, and the row says online
     other_token.stop()
