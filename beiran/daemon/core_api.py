@@ -106,11 +106,16 @@ class NodeHandler(JSONEndpoint):
         rows = await self.ctx.run_db(lambda: [n.to_dict() for n in Node.select().where(Node.uuid == node)])
         cluster = self.ctx.peers.cluster
         member = next((m for m in cluster.members() if m["uuid"] == node), None)
-        if not rows:  # known only through membership (a large cluster), or not at all
-            if member is None:
+        refused = next((r for r in refusals.rows(self.ctx.peers.targets.values(), self.ctx.peers.conns)
+                        if r["uuid"] == node), None)  # it refuses this node: `node list` shows it so
+        if not rows:  # known only through membership (a large cluster), by its refusal, or not at all
+            if member is None and refused is None:
                 raise NotFound(f"node {node[:40]} is not known")
-            rows = [{**member, "hostname": "", "version": "", "found_by": ["membership"], "last_seen": None}]
+            rows = [{**member, "hostname": "", "version": "", "found_by": ["membership"], "last_seen": None}
+                    if member is not None else dict(refused or {})]
         rows[0]["status"] = self.ctx.peers.calls.status_of(node)
+        if refused is not None and rows[0]["status"] == "offline":
+            rows[0].update(status=refused["status"], refused=refused["refused"])
         rows[0]["membership"] = member["membership"] if member else None
         holdings = self.ctx.availability.peers.get(node)
         rows[0]["blobs"] = len(holdings.blobs) if holdings else 0

@@ -36,6 +36,7 @@ def test_a_probed_node_that_refuses_this_node_is_listed_with_why(cluster):
     for node in (other_token, walled):  # what its /info said, and how it was found
         assert rows[node.url]["uuid"] == node.uuid and rows[node.url]["found_by"] == ["probe"], rows[node.url]
     assert {n["url"] for n in a.cli("node", "list", "--json")} >= {other_token.url, walled.url}  # not "offline"
+    assert a.cli("node", "info", other_token.uuid[:8], "--json")["status"] == "refused: token"
 
     table = a.cli("node", "list")
     print(table)
