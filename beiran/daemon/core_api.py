@@ -114,7 +114,7 @@ class NodeHandler(JSONEndpoint):
             rows = [{**member, "hostname": "", "version": "", "found_by": ["membership"], "last_seen": None}
                     if member is not None else dict(refused or {})]
         rows[0]["status"] = self.ctx.peers.calls.status_of(node)
-        if refused is not None and rows[0]["status"] == "offline":
+        if refused is not None and rows[0]["status"] == "offline" and rows[0].get("url") == refused["url"]:
             rows[0].update(status=refused["status"], refused=refused["refused"])
         rows[0]["membership"] = member["membership"] if member else None
         holdings = self.ctx.availability.peers.get(node)

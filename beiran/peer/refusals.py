@@ -69,7 +69,7 @@ def rows(targets: Iterable[PeerTarget], connected: Iterable[str]) -> list[dict[s
     for t in targets:
         if not t.refused or t.is_self or (t.uuid and t.uuid in live):
             continue
-        found.append({"uuid": t.claimed.get("uuid") or t.uuid or "", "url": t.url,
+        found.append({"uuid": t.uuid or t.claimed.get("uuid") or "", "url": t.url,
                       "hostname": t.claimed.get("hostname", ""), "version": t.claimed.get("version", ""),
                       "status": f"refused: {t.refused}", "refused": t.refused, "found_by": sorted(t.found_by),
                       "membership": None, "last_seen": t.refused_at})
