@@ -39,7 +39,12 @@ PLUGINS = ["docker", "apt", "npm", "dns", "zeroconf", "k8s"]
 #: plugins whose wheel depends on another plugin's wheel
 PLUGIN_DEPENDS = {"k8s": ["docker"]}
 #: what every test venv gets besides the wheels
-TEST_TOOLS = ["pytest>=8", "pytest-timeout"]
+TEST_TOOLS = ["pytest>=8", "pytest-timeout", "pytest-xdist>=3.5"]
+#: pytest-xdist workers for a whole test session (BEIRAN_TEST_WORKERS overrides; 0 runs in-process).
+#: The suite mostly waits (on daemons starting, peers, clients, timeouts), not computes: tests(core)
+#: used ~210 s of CPU in ~400 s of wall time on one worker, so on two cores three workers overlap
+#: the waits. Every test already runs on its own 127.x subnet, ports, data dirs and namespaces.
+TEST_WORKERS = 3
 DEBIAN_PYTHON = "/usr/bin/python3"
 #: sources that go into each wheel (a wheel older than any of them is rebuilt)
 SOURCE_SUFFIXES = {".py", ".proto", ".json", ".toml", ".html", ".js", ".css"}
@@ -254,14 +259,36 @@ def _pytest(session: nox.Session, dist: str, plugins: list[str], scratch: Path) 
         else:
             session.log(f"{plugin_tests.relative_to(ROOT)} does not exist yet: running the core tests only")
     env = _clean_env()
+    workers = _workers(session.posargs)
     env.update({"BEIRAN_DIST": str(DIST), "BEIRAN_TEST_PLUGINS": ",".join(plugins),
                 "BEIRAN_TEST_REPO": str(ROOT)})  # the checkout, for the README walk-through's clone
     with session.chdir(scratch):
         for paths, select in runs:
             # pytest exits 5 when it collected (or kept) no test, e.g. `-k` matching only the
             # other run's tests: not a failure.
-            session.run("pytest", "--import-mode=importlib", "-p", "no:cacheprovider", "-ra",
+            session.run("pytest", "--import-mode=importlib", "-p", "no:cacheprovider", "-ra", *workers,
                         *paths, *select, *session.posargs, env=env, success_codes=[0, 5])
+
+
+def _workers(posargs: list[str]) -> list[str]:
+    """pytest-xdist options: TEST_WORKERS workers for a whole session (BEIRAN_TEST_WORKERS=N
+    overrides, 0 runs in-process); none when the arguments pick tests (`-k NAME`, a path, a node
+    id), ask for `--pdb` or `-s`, or set xdist's own `-n`/`-p`/`--dist`, so a dev loop on one test
+    starts no workers and prints what it prints."""
+    if any(a in ("-n", "--numprocesses", "-p", "--dist") or a.startswith(("-n", "--numprocesses=", "--dist="))
+           for a in posargs):
+        return []
+    setting = os.environ.get("BEIRAN_TEST_WORKERS", "").strip()
+    if setting:
+        n = int(setting)
+    elif any(a in ("-k", "--pdb", "-s", "--capture=no") or a.startswith("-k") or "::" in a
+             or a.startswith(("tests/", "/")) for a in posargs):
+        n = 0
+    else:
+        n = TEST_WORKERS
+    # loadgroup: each test to whichever worker is free, but the tests of a module with a
+    # module-scoped fixture share one worker (tests/conftest.py groups them), so it is set up once
+    return ["-n", str(n), "--dist", "loadgroup"] if n > 0 else []
 
 
 @nox.session(tags=["tests"])

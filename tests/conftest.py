@@ -9,3 +9,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent / "lib"))
 
 from beiran_testkit.fixtures import *  # noqa: F403
+
+
+def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001 - pytest's hook
+    """Under pytest-xdist (`--dist loadgroup`, see noxfile.py) tests go to workers one by one; the
+    tests of a module that use a module-scoped fixture (a cluster with containerds, wheels built
+    once) stay together on one worker so the fixture is still set up once per module."""
+    import pytest
+
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None:
+            continue
+        if any(defs and defs[-1].scope == "module" for defs in info.name2fixturedefs.values()):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
