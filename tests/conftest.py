@@ -6,17 +6,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent / "lib"))
 
 from beiran_testkit.fixtures import *  # noqa: F403
 
 
-def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001 - pytest's hook
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (`--dist loadgroup`, see noxfile.py) tests go to workers one by one; the
     tests of a module that use a module-scoped fixture (a cluster with containerds, wheels built
     once) stay together on one worker so the fixture is still set up once per module."""
-    import pytest
-
     for item in items:
         info = getattr(item, "_fixtureinfo", None)
         if info is None:
