@@ -246,49 +246,65 @@ def _pytest(session: nox.Session, dist: str, plugins: list[str], scratch: Path) 
     (start-up, plugin discovery, the CLI, the console: what an installed plugin changes) and then all
     of the plugin's own. The rest of the core does not change with a plugin and runs once, in
     tests(core): running it again per plugin doubled CI's time."""
-    runs: list[tuple[list[str], list[str]]] = []
+    # (paths, selection, how xdist shares the run out: see _workers)
+    runs: list[tuple[list[str], list[str], str]] = []
     if dist == "integration":
-        runs.append(([str(ROOT / "tests" / "integration")], []))
+        runs.append(([str(ROOT / "tests" / "integration")], [], "worksteal"))
     elif dist == "core":
-        runs.append(([str(ROOT / "tests" / "core")], []))
+        runs.append(([str(ROOT / "tests" / "core")], [], "worksteal"))
     else:
-        runs.append(([str(ROOT / "tests" / "core")], ["-m", "each_plugin and not slow"]))
+        runs.append(([str(ROOT / "tests" / "core")], ["-m", "each_plugin and not slow"], "serial"))
         plugin_tests = ROOT / "tests" / "plugins" / dist
         if plugin_tests.is_dir():
-            runs.append(([str(plugin_tests)], []))
+            runs.append(([str(plugin_tests)], [], "loadfile"))
         else:
             session.log(f"{plugin_tests.relative_to(ROOT)} does not exist yet: running the core tests only")
     env = _clean_env()
-    workers = _workers(session.posargs)
     env.update({"BEIRAN_DIST": str(DIST), "BEIRAN_TEST_PLUGINS": ",".join(plugins),
                 "BEIRAN_TEST_REPO": str(ROOT)})  # the checkout, for the README walk-through's clone
     with session.chdir(scratch):
-        for paths, select in runs:
+        for paths, select, share in runs:
+            workers, temp = _workers(session.posargs, share), _basetemp(session.posargs)
             # pytest exits 5 when it collected (or kept) no test, e.g. `-k` matching only the
             # other run's tests: not a failure.
-            session.run("pytest", "--import-mode=importlib", "-p", "no:cacheprovider", "-ra", *workers,
+            session.run("pytest", "--import-mode=importlib", "-p", "no:cacheprovider", "-ra", *workers, *temp,
                         *paths, *select, *session.posargs, env=env, success_codes=[0, 5])
+            if temp:  # kept when the run failed (session.run raised): the daemons' logs are there
+                shutil.rmtree(temp[0].removeprefix("--basetemp="), ignore_errors=True)
 
 
-def _workers(posargs: list[str]) -> list[str]:
-    """pytest-xdist options: TEST_WORKERS workers for a whole session (BEIRAN_TEST_WORKERS=N
-    overrides, 0 runs in-process); none when the arguments pick tests (`-k NAME`, a path, a node
-    id), ask for `--pdb` or `-s`, or set xdist's own `-n`/`-p`/`--dist`, so a dev loop on one test
-    starts no workers and prints what it prints."""
+def _basetemp(posargs: list[str]) -> list[str]:
+    """A short `--basetemp` (/tmp/btXXXXXXXX, under which xdist adds popen-gwN/): unix socket
+    paths under tmp_path (daemon and CRI sockets, gpg-agent's) must stay under 108 bytes, and
+    pytest's /tmp/pytest-of-USER/pytest-NNNN/popen-gwN/ took 41 of them."""
+    if any(a.startswith("--basetemp") for a in posargs):
+        return []
+    return [f"--basetemp={tempfile.mkdtemp(prefix='bt', dir='/tmp')}"]
+
+
+def _workers(posargs: list[str], share: str) -> list[str]:
+    """pytest-xdist options for one pytest run: TEST_WORKERS workers (BEIRAN_TEST_WORKERS=N
+    overrides, 0 runs in-process) sharing the tests out by `share`:
+    - "worksteal": test by test, an idle worker takes queued tests from a busy one (tests(core),
+      tests(integration): independent tests of very different lengths);
+    - "loadfile": file by file (a plugin's tests: tests/plugins/k8s sets up three daemons with a
+      containerd each per module, and one test there reads what an earlier one pulled);
+    - "serial": in-process (the ~20 `each_plugin` core tests: starting workers costs more).
+    None when the arguments pick tests (`-k NAME`, a path, a node id), ask for `--pdb` or `-s`,
+    or set xdist's own `-n`/`-p`/`--dist`: a dev loop on one test starts no workers.
+    (Not `--dist loadgroup`: pytest 9 ignores the node id suffix pytest-xdist 3.8 groups by.)"""
     if any(a in ("-n", "--numprocesses", "-p", "--dist") or a.startswith(("-n", "--numprocesses=", "--dist="))
            for a in posargs):
         return []
     setting = os.environ.get("BEIRAN_TEST_WORKERS", "").strip()
     if setting:
         n = int(setting)
-    elif any(a in ("-k", "--pdb", "-s", "--capture=no") or a.startswith("-k") or "::" in a
-             or a.startswith(("tests/", "/")) for a in posargs):
+    elif share == "serial" or any(a in ("-k", "--pdb", "-s", "--capture=no") or a.startswith("-k") or "::" in a
+                                  or a.startswith(("tests/", "/")) for a in posargs):
         n = 0
     else:
         n = TEST_WORKERS
-    # loadgroup: each test to whichever worker is free, but the tests of a module with a
-    # module-scoped fixture share one worker (tests/conftest.py groups them), so it is set up once
-    return ["-n", str(n), "--dist", "loadgroup"] if n > 0 else []
+    return ["-n", str(n), "--dist", "load" if share == "serial" else share] if n > 0 else []
 
 
 @nox.session(tags=["tests"])
