@@ -217,7 +217,12 @@ def _install(session: nox.Session, plugins: list[str]) -> None:
     reqs = [ROOT / "tests" / "requirements.txt", *(ROOT / "tests" / "plugins" / p / "requirements.txt"
                                                    for p in plugins)]
     extra = [arg for r in reqs if r.is_file() for arg in ("-r", str(r))]
-    session.install(*(str(_find_wheel(d)) for d in ["core", *plugins]), *TEST_TOOLS, *extra)
+    # Compiled at install time: PYTHONDONTWRITEBYTECODE=1 (set on this machine and in CI) stops
+    # Python writing .pyc on first import, so every daemon, CLI call and pytest worker compiled
+    # tornado, peewee, click and beiran from source again: a daemon's start-up cost 0.65 s of CPU
+    # instead of 0.25 s, and tests(core) starts ~190 daemons. pip compiles by default; uv needs this.
+    session.install(*(str(_find_wheel(d)) for d in ["core", *plugins]), *TEST_TOOLS, *extra,
+                    env={"UV_COMPILE_BYTECODE": "1"})
 
 
 def _run_tests(session: nox.Session, dist: str) -> None:
