@@ -39,7 +39,12 @@ PLUGINS = ["docker", "apt", "npm", "dns", "zeroconf", "k8s"]
 #: plugins whose wheel depends on another plugin's wheel
 PLUGIN_DEPENDS = {"k8s": ["docker"]}
 #: what every test venv gets besides the wheels
-TEST_TOOLS = ["pytest>=8", "pytest-timeout"]
+TEST_TOOLS = ["pytest>=8", "pytest-timeout", "pytest-xdist>=3.5"]
+#: pytest-xdist workers for a whole test session (BEIRAN_TEST_WORKERS overrides; 0 runs in-process).
+#: The suite mostly waits (on daemons starting, peers, clients, timeouts), not computes: tests(core)
+#: used ~210 s of CPU in ~400 s of wall time on one worker, so on two cores three workers overlap
+#: the waits. Every test already runs on its own 127.x subnet, ports, data dirs and namespaces.
+TEST_WORKERS = 3
 DEBIAN_PYTHON = "/usr/bin/python3"
 #: sources that go into each wheel (a wheel older than any of them is rebuilt)
 SOURCE_SUFFIXES = {".py", ".proto", ".json", ".toml", ".html", ".js", ".css"}
@@ -212,7 +217,12 @@ def _install(session: nox.Session, plugins: list[str]) -> None:
     reqs = [ROOT / "tests" / "requirements.txt", *(ROOT / "tests" / "plugins" / p / "requirements.txt"
                                                    for p in plugins)]
     extra = [arg for r in reqs if r.is_file() for arg in ("-r", str(r))]
-    session.install(*(str(_find_wheel(d)) for d in ["core", *plugins]), *TEST_TOOLS, *extra)
+    # Compiled at install time: PYTHONDONTWRITEBYTECODE=1 (set on this machine and in CI) stops
+    # Python writing .pyc on first import, so every daemon, CLI call and pytest worker compiled
+    # tornado, peewee, click and beiran from source again: a daemon's start-up cost 0.65 s of CPU
+    # instead of 0.25 s, and tests(core) starts ~190 daemons. pip compiles by default; uv needs this.
+    session.install(*(str(_find_wheel(d)) for d in ["core", *plugins]), *TEST_TOOLS, *extra,
+                    env={"UV_COMPILE_BYTECODE": "1"})
 
 
 def _run_tests(session: nox.Session, dist: str) -> None:
@@ -241,27 +251,65 @@ def _pytest(session: nox.Session, dist: str, plugins: list[str], scratch: Path) 
     (start-up, plugin discovery, the CLI, the console: what an installed plugin changes) and then all
     of the plugin's own. The rest of the core does not change with a plugin and runs once, in
     tests(core): running it again per plugin doubled CI's time."""
-    runs: list[tuple[list[str], list[str]]] = []
+    # (paths, selection, how xdist shares the run out: see _workers)
+    runs: list[tuple[list[str], list[str], str]] = []
     if dist == "integration":
-        runs.append(([str(ROOT / "tests" / "integration")], []))
+        runs.append(([str(ROOT / "tests" / "integration")], [], "worksteal"))
     elif dist == "core":
-        runs.append(([str(ROOT / "tests" / "core")], []))
+        runs.append(([str(ROOT / "tests" / "core")], [], "worksteal"))
     else:
-        runs.append(([str(ROOT / "tests" / "core")], ["-m", "each_plugin and not slow"]))
+        runs.append(([str(ROOT / "tests" / "core")], ["-m", "each_plugin and not slow"], "serial"))
         plugin_tests = ROOT / "tests" / "plugins" / dist
         if plugin_tests.is_dir():
-            runs.append(([str(plugin_tests)], []))
+            runs.append(([str(plugin_tests)], [], "loadfile"))
         else:
             session.log(f"{plugin_tests.relative_to(ROOT)} does not exist yet: running the core tests only")
     env = _clean_env()
     env.update({"BEIRAN_DIST": str(DIST), "BEIRAN_TEST_PLUGINS": ",".join(plugins),
                 "BEIRAN_TEST_REPO": str(ROOT)})  # the checkout, for the README walk-through's clone
     with session.chdir(scratch):
-        for paths, select in runs:
+        for paths, select, share in runs:
+            workers, temp = _workers(session.posargs, share), _basetemp(session.posargs)
             # pytest exits 5 when it collected (or kept) no test, e.g. `-k` matching only the
             # other run's tests: not a failure.
-            session.run("pytest", "--import-mode=importlib", "-p", "no:cacheprovider", "-ra",
+            session.run("pytest", "--import-mode=importlib", "-p", "no:cacheprovider", "-ra", *workers, *temp,
                         *paths, *select, *session.posargs, env=env, success_codes=[0, 5])
+            if temp:  # kept when the run failed (session.run raised): the daemons' logs are there
+                shutil.rmtree(temp[0].removeprefix("--basetemp="), ignore_errors=True)
+
+
+def _basetemp(posargs: list[str]) -> list[str]:
+    """A short `--basetemp` (/tmp/btXXXXXXXX, under which xdist adds popen-gwN/): unix socket
+    paths under tmp_path (daemon and CRI sockets, gpg-agent's) must stay under 108 bytes, and
+    pytest's /tmp/pytest-of-USER/pytest-NNNN/popen-gwN/ took 41 of them."""
+    if any(a.startswith("--basetemp") for a in posargs):
+        return []
+    return [f"--basetemp={tempfile.mkdtemp(prefix='bt', dir='/tmp')}"]
+
+
+def _workers(posargs: list[str], share: str) -> list[str]:
+    """pytest-xdist options for one pytest run: TEST_WORKERS workers (BEIRAN_TEST_WORKERS=N
+    overrides, 0 runs in-process) sharing the tests out by `share`:
+    - "worksteal": test by test, an idle worker takes queued tests from a busy one (tests(core),
+      tests(integration): independent tests of very different lengths);
+    - "loadfile": file by file (a plugin's tests: tests/plugins/k8s sets up three daemons with a
+      containerd each per module, and one test there reads what an earlier one pulled);
+    - "serial": in-process (the ~20 `each_plugin` core tests: starting workers costs more).
+    None when the arguments pick tests (`-k NAME`, a path, a node id), ask for `--pdb` or `-s`,
+    or set xdist's own `-n`/`-p`/`--dist`: a dev loop on one test starts no workers.
+    (Not `--dist loadgroup`: pytest 9 ignores the node id suffix pytest-xdist 3.8 groups by.)"""
+    if any(a in ("-n", "--numprocesses", "-p", "--dist") or a.startswith(("-n", "--numprocesses=", "--dist="))
+           for a in posargs):
+        return []
+    setting = os.environ.get("BEIRAN_TEST_WORKERS", "").strip()
+    if setting:
+        n = int(setting)
+    elif share == "serial" or any(a in ("-k", "--pdb", "-s", "--capture=no") or a.startswith("-k") or "::" in a
+                                  or a.startswith(("tests/", "/")) for a in posargs):
+        n = 0
+    else:
+        n = TEST_WORKERS
+    return ["-n", str(n), "--dist", "load" if share == "serial" else share] if n > 0 else []
 
 
 @nox.session(tags=["tests"])

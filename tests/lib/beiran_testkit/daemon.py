@@ -163,7 +163,7 @@ class Daemon:
             self.wait_ready()
         return self
 
-    def wait_ready(self, timeout: float = 20) -> None:
+    def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc and self.proc.poll() is not None:
@@ -271,6 +271,12 @@ class Daemon:
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else None
         self.proc.send_signal(sig)
+        return self.wait_stopped(timeout)
+
+    def wait_stopped(self, timeout: float = 10) -> int | None:
+        """Wait for the process to exit (a signal was sent); killed when it takes over `timeout`."""
+        if self.proc is None:
+            return None
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
