@@ -171,11 +171,10 @@ class PackumentCache:
         row = (p.name, p.kind, p.etag, p.last_modified, p.fetched, p.size, p.origin)
         before = self._writes.get(key)
         if before is None and (body is None or len(body) <= INLINE_JSON):
-            # a small file and its row: queued for the store's next batch of database writes, which
-            # may wait a moment for company (npm's next packument is ~10 ms away); nothing waits for
-            # it but a reader of the file, which hurries it (_settled)
+            # a small file and its row: queued for the store's next batch of database writes
+            # straight away, without a task of its own (one event-loop pass less per answer)
             write = _small_write(self.path(*key), body, row, self._dirs)
-            fut = self.ctx.store.db_batch.submit(write, defer=True)
+            fut = self.ctx.store.db_batch.submit(write)
             self._writes[key] = fut
             fut.add_done_callback(functools.partial(self._small_written, key, body is not None))
             return
@@ -218,13 +217,11 @@ class PackumentCache:
         """Wait for the background write of this packument, if one is under way."""
         task = self._writes.get(key)
         if task is not None:
-            self.ctx.store.db_batch.hurry()
             await asyncio.wait([task])
 
     async def flush(self) -> None:
         """Wait for every background write (the plugin stops)."""
         while self._writes:
-            self.ctx.store.db_batch.hurry()
             await asyncio.wait(list(self._writes.values()))
 
     # -- the read path -------------------------------------------------------------------------
