@@ -275,7 +275,10 @@ async def _exchange(stream: IOStream, method: str, url: str, path: str, hdrs: ht
     task = resp._task = asyncio.ensure_future(conn.read_response(resp))
     task.add_done_callback(resp._read_ended)
     try:
-        await asyncio.wait_for(asyncio.shield(resp._headers_seen), connect_timeout + 25)
+        # awaited directly (no wait_for/shield: each is one more event-loop pass before the headers
+        # are seen); a timeout cancels only this future, which nothing else waits for or sets later
+        async with asyncio.timeout(connect_timeout + 25):
+            await resp._headers_seen
     except TimeoutError:
         conn.close()
         raise UpstreamError(f"{netloc}: no response headers in time") from None

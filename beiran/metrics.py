@@ -12,6 +12,9 @@ from beiran import origin_connections
 if TYPE_CHECKING:
     from beiran.context import DaemonContext
 
+#: (plugin, status) pairs whose series are kept looked up (far more than plugins x status codes in use)
+MAX_REQUEST_SERIES = 1024
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -56,6 +59,21 @@ class Metrics:
                                            "TCP connections closed at accept: over a connection cap",
                                            registry=r)
         r.register(OriginConnections())
+        #: (plugin, status) -> the request counter's and the histogram's child for it: `labels()`
+        #: builds and locks on every call, and every answered request would pay it twice
+        self._request_series: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+    def observe_request(self, plugin: str, status: int, seconds: float) -> None:
+        """One answered HTTP request: `beiran_http_requests_total{plugin, code}` and
+        `beiran_http_request_seconds{plugin}`. Plugins and status codes are few (Tornado answers
+        100-599 only), so the children looked up are kept."""
+        series = self._request_series.get((plugin, status))
+        if series is None:
+            series = (self.http_requests.labels(plugin, str(status)), self.http_seconds.labels(plugin))
+            if len(self._request_series) < MAX_REQUEST_SERIES:
+                self._request_series[(plugin, status)] = series
+        series[0].inc()
+        series[1].observe(seconds)
 
     def bind(self, ctx: DaemonContext) -> None:
         self.registry.register(PluginEvents(ctx))

@@ -8,7 +8,8 @@ a literal part (`/npm/-/beiran/info`, `/v2`, `/blobs/`); a path can only match r
 part it starts with. Which routes those are depends only on the path's first segment, so the
 candidates are worked out once per first segment and kept. The candidates keep their registration
 order, so the route chosen, its arguments and therefore access control are exactly what the full
-scan would give.
+scan would give. Within them, a rule whose literal part the path does not start with is skipped
+without its regex (`/npm/x` never tries the six `/npm/-/beiran/...` routes before npm's catch-all).
 """
 
 from __future__ import annotations
@@ -73,8 +74,8 @@ def _top_level_alternation(pattern: str) -> bool:
 def _rule_prefix(rule: Rule) -> str:
     matcher = rule.matcher
     if isinstance(matcher, PathMatches) and isinstance(matcher.regex.pattern, str):
-        if matcher.regex.flags & re.IGNORECASE:
-            return ""  # `/NPM` matches `/npm`: no literal start to compare with
+        if matcher.regex.flags & (re.IGNORECASE | re.VERBOSE):
+            return ""  # `/NPM` matches `/npm`, `/a b` matches `/ab`: no literal start to compare with
         return literal_prefix(matcher.regex.pattern)
     return ""  # any other matcher (host, method...): a candidate for every path
 
@@ -103,18 +104,20 @@ class PrefixIndex:
         self.rules = rules
         self._size = len(rules)
         self._prefixes = [_rule_prefix(r) for r in rules]
-        self._by_segment: dict[str, list[Rule]] = {}
+        self._all = list(zip(rules, self._prefixes, strict=True))
+        self._by_segment: dict[str, list[tuple[Rule, str]]] = {}
 
     def stale(self, rules: list[Rule]) -> bool:
         return rules is not self.rules or len(rules) != self._size
 
-    def candidates(self, path: str) -> list[Rule]:
+    def candidates(self, path: str) -> list[tuple[Rule, str]]:
+        """The rules `path` may match, in order, each with the literal start a match needs."""
         segment = first_segment(path)
         if segment is None:
-            return self.rules
+            return self._all
         found = self._by_segment.get(segment)
         if found is None:
-            found = [r for r, p in zip(self.rules, self._prefixes, strict=True) if could_match(p, segment)]
+            found = [(r, p) for r, p in self._all if could_match(p, segment)]
             if len(self._by_segment) < MAX_CACHED_SEGMENTS and len(segment) <= MAX_CACHED_SEGMENT_LEN:
                 self._by_segment[segment] = found
         return found
@@ -133,7 +136,10 @@ class Application(tornado.web.Application):
         router = self.wildcard_router
         if self._index.stale(router.rules):
             self._index = PrefixIndex(router.rules)
-        for rule in self._index.candidates(request.path):
+        path = request.path
+        for rule, prefix in self._index.candidates(path):
+            if not path.startswith(prefix):
+                continue  # its regex cannot match: a match starts with the literal prefix
             params = rule.matcher.match(request)
             if params is None:
                 continue

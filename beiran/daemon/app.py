@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from typing import Any
 
@@ -21,6 +22,8 @@ from beiran.peer.websocket import PeerSocketHandler
 from beiran.store import api as store_api
 from beiran.tasks import spawn
 from beiran.ui import handlers as ui_handlers
+
+_http_log = logging.getLogger("beiran.http")
 
 
 def make_app(ctx: DaemonContext) -> tornado.web.Application:
@@ -43,20 +46,16 @@ def all_routes(ctx: DaemonContext) -> list[Any]:
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:
-    import logging
-
+    """Every answered request: its metrics, and a log line (DEBUG; WARNING for a 5xx)."""
     status = handler.get_status()
-    metrics = handler.settings["ctx"].metrics
+    request = handler.request
+    seconds = request.request_time()
     plugin = getattr(getattr(handler, "plugin", None), "name", None) or "core"
-    metrics.http_requests.labels(plugin, str(status)).inc()
-    metrics.http_seconds.labels(plugin).observe(handler.request.request_time())
-    if status >= 500:
-        level = logging.WARNING
-    else:
-        level = logging.DEBUG
-    logging.getLogger("beiran.http").log(level, "%d %s %s (%s) %.1fms", status, handler.request.method,
-                                         handler.request.uri, handler.request.remote_ip,
-                                         1000.0 * handler.request.request_time())
+    handler.settings["ctx"].metrics.observe_request(plugin, status, seconds)
+    level = logging.WARNING if status >= 500 else logging.DEBUG
+    if _http_log.isEnabledFor(level):
+        _http_log.log(level, "%d %s %s (%s) %.1fms", status, request.method, request.uri, request.remote_ip,
+                      1000.0 * seconds)
 
 
 class PlainHTTPServer(GuardedHTTPServer):

@@ -4,6 +4,7 @@ URLs rewritten to this node, and each version's tarball file name and sha512 dig
 from __future__ import annotations
 
 import base64
+import json
 import re
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,6 +46,14 @@ def check_packument(doc: Any, name: str) -> dict[str, Any]:
     if not isinstance(tags, dict) or not all(isinstance(t, str) for t in tags.values()):
         raise MalformedPackument(f"{where}: 'dist-tags' is not an object of versions")
     return doc
+
+
+def parse(body: bytes, name: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedPackument(f"upstream sent a malformed packument for {name}: not JSON ({exc})") from None
+    return check_packument(doc, name)
 
 
 def abbreviate(doc: dict[str, Any]) -> dict[str, Any]:

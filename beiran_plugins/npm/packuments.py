@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -23,13 +22,12 @@ from beiran import offline
 from beiran.errors import BeiranError, NotFound, UpstreamError
 from beiran.models.base import dict_rows, tuple_rows
 from beiran.store.dbbatch import Insert
+from beiran_plugins.npm.agreement import agreed_doc, peer_doc, vouching
 from beiran_plugins.npm.metadata import (
     ABBREVIATED,
-    MalformedPackument,
     abbreviate,
-    check_packument,
+    parse,
     sha512_of,
-    tarball_file,
     version_for_file,
 )
 from beiran_plugins.npm.models import NpmPackument
@@ -75,12 +73,24 @@ class Packument:
         return m if isinstance(m, dict) else None
 
 
-def parse(body: bytes, name: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedPackument(f"upstream sent a malformed packument for {name}: not JSON ({exc})") from None
-    return check_packument(doc, name)
+def _write_file(path: Path, body: bytes, dirs: set[Path]) -> None:
+    """A packument's file, replaced whole; `dirs` holds the directories made already."""
+    if path.parent not in dirs:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        dirs.add(path.parent)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_bytes(body)
+    os.replace(tmp, path)
+
+
+def _small_write(path: Path, body: bytes | None, row: tuple[Any, ...], dirs: set[Path]) -> Callable[[], None]:
+    """The database-thread work of storing a small packument: its file (when it has a new body),
+    then its row."""
+    def write() -> None:
+        if body is not None:
+            _write_file(path, body, dirs)
+        _INSERT_PACKUMENT(*row)
+    return write
 
 
 class PackumentCache:
@@ -100,7 +110,7 @@ class PackumentCache:
         #: is known absent without a database round trip (None: not loaded, ask the database)
         self._rows: set[tuple[str, str]] | None = None
         #: the background write of each packument being stored (one at a time per packument)
-        self._writes: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._writes: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._dirs: set[Path] = set()  # directories made already (written from the database thread)
 
     async def load(self) -> None:
@@ -159,41 +169,45 @@ class PackumentCache:
         if self._rows is not None:
             self._rows.add(key)  # stored() asks the database once this write is done
         row = (p.name, p.kind, p.etag, p.last_modified, p.fetched, p.size, p.origin)
-        task = asyncio.ensure_future(self._write(key, body, row, self._writes.get(key)))
+        before = self._writes.get(key)
+        if before is None and (body is None or len(body) <= INLINE_JSON):
+            # a small file and its row: queued for the store's next batch of database writes
+            # straight away, without a task of its own (one event-loop pass less per answer)
+            write = _small_write(self.path(*key), body, row, self._dirs)
+            fut = self.ctx.store.db_batch.submit(write)
+            self._writes[key] = fut
+            fut.add_done_callback(functools.partial(self._small_written, key, body is not None))
+            return
+        task = asyncio.ensure_future(self._write(key, body, row, before))
         self._writes[key] = task
         task.add_done_callback(functools.partial(self._written, key))
 
+    def _small_written(self, key: tuple[str, str], with_body: bool, fut: asyncio.Future[None]) -> None:
+        self._written(key, fut)
+        exc = None if fut.cancelled() else fut.exception()
+        if isinstance(exc, (OSError, PeeweeException)):
+            log.warning("npm: could not store the packument of %s (%s): %s", key[0], key[1], exc)
+        elif exc is None and with_body and not fut.cancelled():
+            self._digest_index = None
+
     async def _write(self, key: tuple[str, str], body: bytes | None, row: tuple[Any, ...],
-                     before: asyncio.Task[None] | None) -> None:
+                     before: asyncio.Future[None] | None) -> None:
         if before is not None:
             await asyncio.wait([before])  # its own failure was logged by itself
         path = self.path(*key)
-
-        def write() -> None:
-            if path.parent not in self._dirs:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self._dirs.add(path.parent)
-            tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-            tmp.write_bytes(body or b"")
-            os.replace(tmp, path)
-
-        def write_and_insert() -> None:
-            write()
-            _INSERT_PACKUMENT(*row)
         try:
             if body is not None and len(body) > INLINE_JSON:
-                await self.ctx.run_blocking(write)
+                await self.ctx.run_blocking(functools.partial(_write_file, path, body, self._dirs))
                 await self.ctx.store.db_batch.write(lambda: _INSERT_PACKUMENT(*row))
             else:  # a small file: written in the store's next batch of database writes, no hop of its own
-                await self.ctx.store.db_batch.write(write_and_insert if body is not None
-                                                    else lambda: _INSERT_PACKUMENT(*row))
+                await self.ctx.store.db_batch.write(_small_write(path, body, row, self._dirs))
         except (OSError, PeeweeException) as exc:
             log.warning("npm: could not store the packument of %s (%s): %s", key[0], key[1], exc)
             return
         if body is not None:
             self._digest_index = None
 
-    def _written(self, key: tuple[str, str], task: asyncio.Task[None]) -> None:
+    def _written(self, key: tuple[str, str], task: asyncio.Future[None]) -> None:
         if self._writes.get(key) is task:
             del self._writes[key]
         if not task.cancelled():
@@ -212,23 +226,36 @@ class PackumentCache:
 
     # -- the read path -------------------------------------------------------------------------
     async def get(self, name: str, kind: str, refresh: bool = False) -> Packument:
-        """The packument, revalidated with the upstream once older than the TTL."""
+        """The packument, revalidated with the upstream once older than the TTL. Concurrent asks for
+        one packument share one upstream request: the first runs it, the others wait for its answer.
+
+        The first runs it itself rather than in a task of its own: npm asks for packuments one after
+        another while it resolves, and a task (and the shield around it) cost three more passes of
+        the event loop on every answer."""
         current = await self.stored(name, kind)
         if current is not None and not refresh and time.time() - current.fetched < self.ttl:
             current.stale = False
             return current
         key = (name, kind)
-        fut = self.inflight.get(key)
-        if fut is None:
-            fut = asyncio.ensure_future(self._refresh(name, kind, current))
-            self.inflight[key] = fut
-            fut.add_done_callback(functools.partial(self._refreshed, key))
-        return await asyncio.shield(fut)
-
-    def _refreshed(self, key: tuple[str, str], fut: asyncio.Future[Packument]) -> None:
-        self.inflight.pop(key, None)
-        if not fut.cancelled():
-            fut.exception()  # retrieved here: the callers that awaited it have it already
+        shared = self.inflight.get(key)
+        if shared is not None:
+            return await asyncio.shield(shared)
+        shared = self.inflight[key] = asyncio.get_running_loop().create_future()
+        try:
+            p = await self._refresh(name, kind, current)
+        except asyncio.CancelledError:
+            shared.cancel()  # the daemon stops: those waiting with it stop too
+            raise
+        except BaseException as exc:
+            shared.set_exception(exc)
+            shared.exception()  # retrieved: those waiting get it raised; none may be waiting
+            raise
+        else:
+            shared.set_result(p)
+            return p
+        finally:
+            if self.inflight.get(key) is shared:
+                del self.inflight[key]
 
     async def any_with_version(self, name: str, version: str | None = None,
                                file: str | None = None) -> tuple[Packument, str]:
@@ -300,20 +327,20 @@ class PackumentCache:
         """The versions (and dist-tags) enough peers agree on, each peer's copy being one it fetched
         from its own upstream. Kept in memory only: the node never takes it for its own copy."""
         path = f"/npm/-/beiran/peer/packument/{kind}/{quote(name, safe='@')}"
-        answers = await self.offline.ask(path, lambda body: _peer_doc(body, name, kind),
+        answers = await self.offline.ask(path, lambda body: peer_doc(body, name, kind),
                                          self.upstream.max_packument_size)
         what = f"packument {name} ({kind})"
         verdicts = offline.agree({n: votes for n, (_, votes) in answers.items()}, self.offline.quorum)
         if not verdicts:
             self.offline.report(offline.UNKNOWN, what, detail=exc.message)
             return None
-        doc = _agreed_doc(name, kind, {n: d for n, (d, _) in answers.items()}, verdicts)
+        doc = agreed_doc(name, kind, {n: d for n, (d, _) in answers.items()}, verdicts)
         left_out = sum(1 for v in verdicts.values() if v.value is None)
         if not doc["versions"]:
             self.offline.report(offline.REFUSED, what, detail=f"{exc.message}; {len(answers)} peers answered, "
                                 f"{left_out} versions/tags without agreement")
             return None
-        peers = _vouching(verdicts)
+        peers = vouching(verdicts)
         latest = doc["dist-tags"].get("latest")
         integrity = ((doc["versions"].get(latest) or {}).get("dist") or {}).get("integrity") if latest else None
         value = f"{len(doc['versions'])} versions, latest {latest} {str(integrity or '')[:30]}"
@@ -363,47 +390,3 @@ class PackumentCache:
 
     async def count(self) -> int:
         return await self.ctx.run_db(lambda: NpmPackument.select().count())
-
-
-def _peer_doc(body: bytes, name: str, kind: str) -> tuple[dict[str, Any], dict[str, str]]:
-    """A peer's packument and its votes: each version's manifest (hashed, with the tarball URL
-    reduced to its file name, which is all this node uses of it) and each dist-tag's version.
-    Abbreviated answers are compared (and served) in this node's own abbreviated form, so a peer
-    that stored the upstream's and one that abbreviated its full copy can agree."""
-    doc = parse(body, name)
-    if kind == "abbr":
-        doc = abbreviate(doc)
-    votes = {}
-    for v, manifest in (doc.get("versions") or {}).items():
-        m = dict(manifest)
-        m["dist"] = {**(m.get("dist") or {}), "tarball": tarball_file(name, v, manifest)}
-        canon = json.dumps(m, sort_keys=True, separators=(",", ":")).encode()
-        votes[f"version:{v}"] = hashlib.sha256(canon).hexdigest()
-    for tag, v in (doc.get("dist-tags") or {}).items():
-        votes[f"tag:{tag}"] = v
-    return doc, votes
-
-
-def _vouching(verdicts: dict[str, offline.Verdict]) -> list[str]:
-    """The peers named for an agreed packument: those that agreed on every version served (else on
-    any), so a peer that only shared the dist-tags is not listed as vouching for the manifests."""
-    served = [set(v.agreed) for k, v in verdicts.items() if k.startswith("version:") and v.value is not None]
-    every = set.intersection(*served) if served else set()
-    return sorted(every or set().union(*served))
-
-
-def _agreed_doc(name: str, kind: str, docs: dict[str, dict[str, Any]],
-                verdicts: dict[str, offline.Verdict]) -> dict[str, Any]:
-    """A packument of only what the peers agree on: agreed versions (each from a peer that agreed)
-    and the dist-tags that agree and name one of them."""
-    versions: dict[str, Any] = {}
-    for key, verdict in verdicts.items():
-        if key.startswith("version:") and verdict.value is not None:
-            v = key[len("version:"):]
-            versions[v] = docs[verdict.agreed[0]]["versions"][v]
-    tags = {key[len("tag:"):]: verdict.value for key, verdict in verdicts.items()
-            if key.startswith("tag:") and verdict.value in versions}
-    doc: dict[str, Any] = {"name": name, "dist-tags": tags, "versions": dict(sorted(versions.items()))}
-    if kind == "full":
-        doc["_id"] = name
-    return doc
