@@ -2,7 +2,7 @@
 daemons for the timed part and prints the top of each profile (self and inclusive time per function).
 
 py-spy is not a dependency: `pip install py-spy` anywhere and put it on PATH (or set PYSPY=path);
-PYSPY_ARGS adds options (e.g. `--threads`, `--native`).
+PYSPY_ARGS adds options (e.g. `--threads`, `--native`), PYSPY_RATE sets the samples per second (250).
 Two profiles per daemon: every sample of a thread that was not idle (where the time goes) and, with
 `--gil`, only samples of the thread holding the GIL (what serialises the node on one core).
 """
@@ -33,7 +33,8 @@ class Profiler:
         for name, pid in targets.items():
             for gil in (False, True):
                 path = self.out / f"{name}-{tag}{'-gil' if gil else ''}.txt"
-                cmd = [self.exe, "record", "--nonblocking", "--rate", "250", "--format", "raw",
+                rate = os.environ.get("PYSPY_RATE", "250")
+                cmd = [self.exe, "record", "--nonblocking", "--rate", rate, "--format", "raw",
                        "-o", str(path), "-p", str(pid), *(["--gil"] if gil else []),
                        *os.environ.get("PYSPY_ARGS", "").split()]
                 self.procs.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),

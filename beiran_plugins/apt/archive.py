@@ -40,9 +40,11 @@ _SELECT_PACKAGE = "SELECT {} FROM \"{}\" WHERE \"base\" = ? AND \"path\" = ? LIM
     ", ".join(f'"{AptPackage._meta.fields[c].column_name}"' for c in _PACKAGE_COLUMNS), AptPackage._meta.table_name)
 
 
-def _select_package(base: str, rel: str) -> list[tuple[Any, ...]]:
-    """Blocking (the database thread): the row of one pool file, if an index listed it."""
-    return list(AptPackage._meta.database.execute_sql(_SELECT_PACKAGE, (base, rel)).fetchall())
+def _select_packages(wanted: list[tuple[str, str]]) -> list[tuple[Any, ...] | None]:
+    """Blocking (the database thread): the row of each (base, pool file), None where no index
+    listed it; all in one hop to the database thread (apt asks for up to 10 at once, pipelined)."""
+    database = AptPackage._meta.database
+    return [next(iter(database.execute_sql(_SELECT_PACKAGE, key).fetchall()), None) for key in wanted]
 
 
 @dataclass
@@ -337,28 +339,37 @@ class Archive:
 
     # -- lookups -------------------------------------------------------------------------------
     async def package(self, target: Target) -> Blob | None:
-        """The trusted description of a pool file, or None (then it is passed through). Recent
+        """The trusted description of a pool file, or None (then it is passed through)."""
+        return (await self.packages([target]))[0]
+
+    async def packages(self, targets: list[Target]) -> list[Blob | None]:
+        """`package` of each target, those not known yet looked up in one database hop. Recent
         answers are kept: a pipelined request is looked up once for its prefetch, then again."""
-        if target.url in self._lookups:
-            self._lookups.move_to_end(target.url)
-            return self._lookups[target.url]
-        found = split_base(target, self.bases)
-        if found is None:
-            return None
-        base, rel = found
-        rows = await self.ctx.run_db(_select_package, base, rel)
-        pending = [t for rdir, t in self._catching_up.items() if self.releases.get(rdir, {}).get("base") == base]
-        if not rows and pending:  # apt asks right after a `Hit` update: the index is on its way
+        found: list[Blob | None] = [None] * len(targets)
+        wanted: dict[int, tuple[str, str]] = {}
+        for i, target in enumerate(targets):
+            if target.url in self._lookups:
+                self._lookups.move_to_end(target.url)
+                found[i] = self._lookups[target.url]
+            elif (where := split_base(target, self.bases)) is not None:
+                wanted[i] = where
+        if not wanted:
+            return found
+        rows = await self.ctx.run_db(_select_packages, list(wanted.values()))
+        bases = {base for base, _ in wanted.values()}
+        pending = [t for rdir, t in self._catching_up.items() if self.releases.get(rdir, {}).get("base") in bases]
+        if pending and not all(rows):  # apt asks right after a `Hit` update: the index is on its way
             await asyncio.wait(pending, timeout=self.plugin.cfg.upstream_timeout)
-            rows = await self.ctx.run_db(_select_package, base, rel)
-        blob = None
-        if rows:
-            sha256, size, package, version, arch = rows[0]
-            blob = Blob(f"sha256:{sha256}", size, base, rel, package, version, arch)
-        self._lookups[target.url] = blob
-        if len(self._lookups) > LOOKUP_CACHE:
+            rows = await self.ctx.run_db(_select_packages, list(wanted.values()))
+        for (i, (base, rel)), row in zip(wanted.items(), rows, strict=True):
+            blob = None
+            if row is not None:
+                sha256, size, package, version, arch = row
+                blob = Blob(f"sha256:{sha256}", size, base, rel, package, version, arch)
+            found[i] = self._lookups[targets[i].url] = blob
+        while len(self._lookups) > LOOKUP_CACHE:
             self._lookups.popitem(last=False)
-        return blob
+        return found
 
     def by_hash(self, target: Target) -> Blob | None:
         """`.../by-hash/SHA256/<hex>` listed by a verified Release -> a content-addressed blob."""

@@ -166,22 +166,24 @@ class AptPlugin(BasePackagePlugin):
         self.stats["origin_fetches"] += 1
         return await http_origin(url, offset, ssl_ctx=self.ssl_ctx, what=f"apt {params['path']}")
 
-    def prefetch(self, target: Target) -> asyncio.Task:
-        """Fetch a trusted .deb into the store ahead of its request (errors are left for the
-        request itself to meet and report)."""
+    def prefetch(self, targets: list[Target]) -> asyncio.Task:
+        """Fetch trusted .debs into the store ahead of their requests (looked up together, in one
+        database hop; errors are left for each request itself to meet and report)."""
         async def run() -> None:
-            blob = await self.archive.package(target)
-            if blob is None or self.ctx.store.has(blob.digest):
-                return
-            self.stats["prefetched"] += 1
-            try:
-                await self.ctx.fetcher.fetch(blob.digest, blob.size, blob.source)
-                # pinned and listed now, so the request for it need not wait for these writes
-                # (the rows are written behind, several .debs in one transaction)
-                await self.archive.record_deb(blob, defer=True)
-            except Exception as exc:  # noqa: BLE001 - the request for it will report the failure
-                log.debug("apt: prefetch of %s failed: %s", target.url, exc)
+            for blob in await self.archive.packages(targets):
+                if blob is not None and not self.ctx.store.has(blob.digest):
+                    self._spawn(self._prefetch_one(blob))
         return self._spawn(run())
+
+    async def _prefetch_one(self, blob: Blob) -> None:
+        self.stats["prefetched"] += 1
+        try:
+            await self.ctx.fetcher.fetch(blob.digest, blob.size, blob.source)
+            # pinned and listed now, so the request for it need not wait for these writes
+            # (the rows are written behind, several .debs in one transaction)
+            await self.archive.record_deb(blob, defer=True)
+        except Exception as exc:  # noqa: BLE001 - the request for it will report the failure
+            log.debug("apt: prefetch of %s failed: %s", blob.path, exc)
 
     def after_fetch(self, target: Target, blob: Blob, job: FetchJob, by_hash: bool) -> asyncio.Task | None:
         """Once the core has the blob (even if the client went away): pin it and learn from it.

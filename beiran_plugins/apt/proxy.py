@@ -115,13 +115,16 @@ class ProxyHandler(BaseHandler):
     def _prefetch_pipelined(self) -> None:
         """Start the cluster fetches of the .debs apt has already asked for on this connection
         (see `pipeline`): they download while this response goes out."""
+        targets = []
         for uri in waiting_uris(self.request.connection):
             try:
                 target = parse_request(uri, self.plugin.cfg.allow_hosts)
+                if target.kind == Kind.PACKAGE:
+                    targets.append(target)
             except BeiranError:
                 continue
-            if target.kind == Kind.PACKAGE:
-                self.plugin.prefetch(target)
+        if targets:
+            self.plugin.prefetch(targets)
 
     async def _index(self, target: Target) -> None:
         entry: CachedIndex = await self.plugin.indexes.get(target)

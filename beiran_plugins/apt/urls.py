@@ -59,8 +59,9 @@ class Target:
     def name(self) -> str:
         return self.path.rsplit("/", 1)[-1]
 
-    @property
+    @cached_property
     def kind(self) -> Kind:
+        """Classified once per target (parsed targets are kept: `_parse_request`)."""
         return classify(self.path)
 
 
