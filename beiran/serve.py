@@ -45,6 +45,9 @@ LOOP_SENDFILE_MAX = 8 << 20
 #: body that arrives in a few milliseconds anyway (200 .debs of 1 MiB through apt)
 SMALL_DOWNLOAD = 2 << 20
 CHUNK = 1 << 20
+#: a thread sending a growing blob waits this long for more before handing back to the loop
+#: (an I/O thread is not held by a stalled download)
+GROWTH_WAIT = 0.2
 #: a large body for a client on this same host is copied through a buffer of this size instead of
 #: sendfile(2)'d (see `same_host`)
 COPY_CHUNK = 1 << 20
@@ -296,6 +299,23 @@ async def _sendfile(handler: BaseHandler, store: BlobStore, target: Target, star
             raise UpstreamError(f"blob {target.digest}: file ended at byte {pos + n}")
         return n
 
+    def send_growing(writer: BlobWriter, at: int, last: int) -> int:
+        """Bytes [at, last) of a growing blob as they arrive, woken by the writer itself: a hop
+        through the event loop and back per received batch cost the loop, and under load the
+        receive thread, more than the sending. Returns to the loop (which decides what a pause
+        or an end means) when the blob paused for GROWTH_WAIT or ended."""
+        p = at
+        while p < last:
+            avail = writer.wait_available_blocking(p, GROWTH_WAIT)
+            if avail <= p:
+                break
+            upto = min(avail, last)
+            n = send_range(sock_fd, fd, p, upto - p, timeout)
+            p += n
+            if p < upto:
+                raise UpstreamError(f"blob {target.digest}: file ended at byte {p}")
+        return p - at
+
     conn = handler.http_connection()
     try:
         if whole:  # all but the held tail while `before_end` (the commit, the plugin's record) runs
@@ -321,9 +341,8 @@ async def _sendfile(handler: BaseHandler, store: BlobStore, target: Target, star
                     if writer.done.done():
                         raise UpstreamError(f"blob {writer.digest.short} ended at byte {writer.available}")
                     await writer.wait_for_growth(pos, timeout)
-                upto = min(writer.available, last)
-                if upto > pos:
-                    pos += await loop.run_in_executor(ctx.io_executor, send, upto)
+                if writer.available > pos:
+                    pos += await loop.run_in_executor(ctx.io_executor, send_growing, writer, pos, last)
             await verified(writer, timeout * 2)
             _as_framed(writer, framed)
             if before_end is not None:

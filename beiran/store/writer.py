@@ -15,6 +15,7 @@ import errno
 import logging
 import os
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,10 @@ class BlobWriter:
         self._hashed = 0  # bytes [0, hashed) are hashed
         self._pieces: dict[int, int] = {}  # offset -> end of written ranges beyond the prefix
         self._lock = threading.Lock()
+        #: signalled (under `_lock`) when the verified-in-order prefix grows or the writer closes:
+        #: a thread sending a growing blob waits on it instead of a hop through the event loop
+        self._grew = threading.Condition(self._lock)
+        self._loop_waiters = 0  # coroutines in wait_for_growth (read by receive threads)
         self._buf: list[bytes] = []
         self._buf_len = 0
         self._pos = 0  # next offset for sequential feed()
@@ -82,16 +87,38 @@ class BlobWriter:
     def failed(self) -> bool:
         return self.error is not None
 
+    @property
+    def loop_waiting(self) -> bool:
+        """A coroutine waits for this blob's growth: a receive thread tells the loop at once."""
+        return self._loop_waiters > 0
+
     async def wait_for_growth(self, beyond: int, timeout: float) -> None:
         """Wait until more than `beyond` bytes are available, the write ends, or timeout."""
-        while self._hashed <= beyond and not self.done.done():
-            event = self._grown
-            try:
-                await asyncio.wait_for(event.wait(), timeout)
-            except TimeoutError:
-                raise UpstreamError(f"blob {self.digest.short}: no progress for {timeout:.0f}s") from None
+        self._loop_waiters += 1  # before the check: a receive thread growing it after sees this
+        try:
+            while self._hashed <= beyond and not self.done.done():
+                event = self._grown
+                try:
+                    await asyncio.wait_for(event.wait(), timeout)
+                except TimeoutError:
+                    raise UpstreamError(f"blob {self.digest.short}: no progress for {timeout:.0f}s") from None
+        finally:
+            self._loop_waiters -= 1
         if self.error is not None and self._hashed <= beyond:
             raise UpstreamError(f"blob {self.digest.short}: download failed: {self.error}")
+
+    def wait_available_blocking(self, beyond: int, timeout: float) -> int:
+        """Thread side: the bytes available once more than `beyond` are, or once the writer
+        closed or `timeout` passed (then possibly no more than `beyond`: the caller goes back to
+        the loop, which tells a failed download from a slow one)."""
+        deadline = time.monotonic() + timeout
+        with self._grew:
+            while self._hashed <= beyond and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._grew.wait(left)
+            return self._hashed
 
     def _notify(self) -> None:
         event, self._grown = self._grown, asyncio.Event()
@@ -126,6 +153,7 @@ class BlobWriter:
             else:
                 self._pieces[offset] = max(end, self._pieces.get(offset, 0))
             self._catch_up()
+            self._grew.notify_all()
 
     def _catch_up(self) -> None:
         """Hash pieces that became contiguous, reading them back from the page cache."""
@@ -285,5 +313,6 @@ class BlobWriter:
         with self._lock:
             fd, self._fd = self._fd, -1
             self._closed = True
+            self._grew.notify_all()
         if fd >= 0:
             os.close(fd)
