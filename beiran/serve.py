@@ -10,8 +10,10 @@ the download goes on from another source, the verified copy); after it, the body
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
+import mmap
 import os
 import re
 import select
@@ -26,7 +28,7 @@ from tornado.iostream import StreamClosedError
 from beiran.access import check_blob_access
 from beiran.errors import BeiranError, BlobNotFound, InvalidRange, UpstreamError
 from beiran.store.blobstore import BlobEntry
-from beiran.store.writer import BlobWriter
+from beiran.store.writer import ALIGN, O_DIRECT, BlobWriter
 
 if TYPE_CHECKING:
     from beiran.handlers import BaseHandler
@@ -45,6 +47,9 @@ LOOP_SENDFILE_MAX = 8 << 20
 #: body that arrives in a few milliseconds anyway (200 .debs of 1 MiB through apt)
 SMALL_DOWNLOAD = 2 << 20
 CHUNK = 1 << 20
+#: a thread sending a growing blob waits this long for more before handing back to the loop
+#: (an I/O thread is not held by a stalled download)
+GROWTH_WAIT = 0.2
 #: a large body for a client on this same host is copied through a buffer of this size instead of
 #: sendfile(2)'d (see `same_host`)
 COPY_CHUNK = 1 << 20
@@ -290,13 +295,33 @@ async def _sendfile(handler: BaseHandler, store: BlobStore, target: Target, star
     # n2's event loop serving apt 200 small .debs, each sent by the loop's own sendfile
     threaded = writer is not None or end - start > LOOP_SENDFILE_MAX
     copy = threaded and not to_peer and same_host(handler.http_connection().stream.socket)
-    send_range = copy_range if copy else sendfile_range
+    uncached = isinstance(target, BlobEntry) and target.uncached
+    send_range = (copy_uncached if uncached else copy_range) if copy else sendfile_range
 
     def send(upto: int) -> int:
         n = send_range(sock_fd, fd, pos, upto - pos, timeout)
         if n < upto - pos:
             raise UpstreamError(f"blob {target.digest}: file ended at byte {pos + n}")
         return n
+
+    def send_growing(writer: BlobWriter, at: int, last: int) -> int:
+        """Bytes [at, last) of a growing blob as they arrive, woken by the writer itself: a hop
+        through the event loop and back per received batch cost the loop, and under load the
+        receive thread, more than the sending. Returns to the loop (which decides what a pause
+        or an end means) when the blob paused for GROWTH_WAIT or ended."""
+        # written past the page cache (write_direct_blocking): read past it too, for any client
+        grow_range = copy_uncached if writer.direct else send_range
+        p = at
+        while p < last:
+            avail = writer.wait_available_blocking(p, GROWTH_WAIT)
+            if avail <= p:
+                break
+            upto = min(avail, last)
+            n = grow_range(sock_fd, fd, p, upto - p, timeout)
+            p += n
+            if p < upto:
+                raise UpstreamError(f"blob {target.digest}: file ended at byte {p}")
+        return p - at
 
     conn = handler.http_connection()
     try:
@@ -323,9 +348,8 @@ async def _sendfile(handler: BaseHandler, store: BlobStore, target: Target, star
                     if writer.done.done():
                         raise UpstreamError(f"blob {writer.digest.short} ended at byte {writer.available}")
                     await writer.wait_for_growth(pos, timeout)
-                upto = min(writer.available, last)
-                if upto > pos:
-                    pos += await loop.run_in_executor(ctx.io_executor, send, upto)
+                if writer.available > pos:
+                    pos += await loop.run_in_executor(ctx.io_executor, send_growing, writer, pos, last)
             await verified(writer, timeout * 2)
             _as_framed(writer, framed)
             if before_end is not None:
@@ -468,25 +492,72 @@ def sendfile_range(sock_fd: int, fileno: int, offset: int, count: int, timeout: 
     return done
 
 
-def copy_range(sock_fd: int, fileno: int, offset: int, count: int, timeout: float) -> int:
+def copy_range(sock_fd: int, fileno: int, offset: int, count: int, timeout: float,
+               uncached: bool = False) -> int:
     """Blocking, as `sendfile_range`, but the bytes go through this thread's buffer (pread, then
-    write to the socket): for a client on this host (`same_host`). Returns what was sent."""
-    buf: memoryview | None = getattr(_buffers, "buf", None)
-    if buf is None:  # one per I/O thread, reused: a fresh one each time would be faulted in anew
-        buf = _buffers.buf = memoryview(bytearray(COPY_CHUNK))
-    done = 0
+    write to the socket): for a client on this host (`same_host`). Returns what was sent.
+
+    `uncached`: the file was written by direct I/O (write_direct_blocking), so it is not in the page
+    cache; it is read the same way, past the cache: read through the cache it would fill fresh
+    memory (on a VM that hands free memory back to its host, a host fault per page: 0.4 s of CPU
+    per 256 MiB)."""
     poller = select.poll()
     poller.register(sock_fd, select.POLLOUT)
-    while done < count:
-        n = os.preadv(fileno, [buf[:min(COPY_CHUNK, count - done)]], offset + done)
-        if n == 0:
-            break
-        sent = 0
-        while sent < n:
-            try:
-                sent += os.write(sock_fd, buf[sent:n])
-            except BlockingIOError:
-                if not poller.poll(timeout * 1000):
-                    raise TimeoutError(f"client took no data for {timeout:.0f}s") from None
-        done += n
+    reader = _Reader(fileno, uncached)
+    done = 0
+    try:
+        while done < count:
+            view = reader.read(offset + done, min(COPY_CHUNK, count - done))
+            if not view:
+                break
+            sent = 0
+            while sent < len(view):
+                try:
+                    sent += os.write(sock_fd, view[sent:])
+                except BlockingIOError:
+                    if not poller.poll(timeout * 1000):
+                        raise TimeoutError(f"client took no data for {timeout:.0f}s") from None
+            done += len(view)
+    finally:
+        reader.close()
     return done
+
+
+def copy_uncached(sock_fd: int, fileno: int, offset: int, count: int, timeout: float) -> int:
+    return copy_range(sock_fd, fileno, offset, count, timeout, uncached=True)
+
+
+class _Reader:
+    """Reads of one file for `copy_range`: through the page cache, or for an uncached file by
+    direct I/O through a second descriptor (page-aligned reads into a page-aligned buffer)."""
+
+    def __init__(self, fileno: int, uncached: bool) -> None:
+        self.fileno = fileno
+        self.direct = -2
+        if uncached and O_DIRECT:
+            try:
+                self.direct = os.open(f"/proc/self/fd/{fileno}", os.O_RDONLY | O_DIRECT)
+            except OSError:  # no /proc, or a file system without direct I/O: through the cache
+                pass
+        buf: memoryview | None = getattr(_buffers, "buf", None)
+        if buf is None:  # one per I/O thread, reused: a fresh one each time would be faulted in anew
+            buf = _buffers.buf = memoryview(mmap.mmap(-1, COPY_CHUNK + ALIGN))  # page-aligned
+        self.buf = buf
+
+    def read(self, at: int, want: int) -> memoryview:
+        buf = self.buf
+        if self.direct >= 0:
+            skip = at % ALIGN
+            try:
+                got = os.preadv(self.direct, [buf[:-(-(skip + want) // ALIGN) * ALIGN]], at - skip)
+                return buf[skip:skip + max(0, min(got - skip, want))]
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self.close()  # refused after all: through the page cache
+        return buf[:os.preadv(self.fileno, [buf[:want]], at)]
+
+    def close(self) -> None:
+        if self.direct >= 0:
+            os.close(self.direct)
+        self.direct = -2

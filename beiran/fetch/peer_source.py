@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import http.client
 import logging
+import mmap
 import select
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
 
@@ -16,7 +18,7 @@ from beiran.fetch.pace import Pace, paced, unverified_limit
 from beiran.fetch.peer_pool import PeerConnectionPool
 from beiran.fetch.peer_response import PeerResponse
 from beiran.httpstream import stream_request
-from beiran.store.writer import WHOLE_MAX
+from beiran.store.writer import ALIGN, WHOLE_MAX
 from beiran.wire_numbers import ascii_digits
 
 if TYPE_CHECKING:
@@ -32,6 +34,8 @@ RECEIVE_BATCH = 1 << 20
 READ_SIZE = 1 << 20
 #: ...and a batch that is not full is still written out after this long
 FLUSH_SECONDS = 0.05
+#: the loop hears of a large receive's progress this often when no coroutine waits for it
+TELL_SECONDS = 0.1
 #: a small blob is received whole (in memory, then stored in one go) unless it takes longer than this
 WHOLE_WAIT = 0.5
 #: buffers for small blobs, reused: a fresh one per blob (their sizes differ, so glibc maps each
@@ -41,6 +45,23 @@ _buffers: list[bytearray] = []
 #: as many as small receives run at once in practice (apt keeps 10 requests in flight, each
 #: prefetched): with 8 kept, every burst allocated (and faulted in) a few fresh 2 MiB buffers
 BUFFERS_KEPT = 16
+
+
+#: page-aligned receive buffers for large bodies (mmap'd: a bytearray has no alignment), reused
+_aligned: list[mmap.mmap] = []
+ALIGN_SPACE = RECEIVE_BATCH + ALIGN
+
+
+def _take_aligned() -> mmap.mmap:
+    try:
+        return _aligned.pop()
+    except IndexError:
+        return mmap.mmap(-1, ALIGN_SPACE)
+
+
+def _give_back_aligned(space: mmap.mmap) -> None:
+    if len(_aligned) < BUFFERS_KEPT:
+        _aligned.append(space)
 
 
 def _take_buffer() -> bytearray:
@@ -53,6 +74,49 @@ def _take_buffer() -> bytearray:
 def _give_back(buf: bytearray) -> None:
     if len(_buffers) < BUFFERS_KEPT:
         _buffers.append(buf)
+
+
+class _Growth:
+    """Tells the event loop of a receive's written batches, from the receive thread: the first at
+    once (the fetch has answered), then at once while a coroutine waits for the blob to grow, else
+    at most every TELL_SECONDS (progress, metrics), several batches in one call. A thread serving
+    the blob is woken by the writer itself. Each call from a thread wakes the loop and then waits
+    for the GIL the loop took: per 1 MiB batch that was a quarter of the busy receive threads'
+    samples (py-spy, docker_pull), and loop time for readers that were not waiting."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, report: Callable[[int], None],
+                 writer: BlobWriter) -> None:
+        self.loop, self.report, self.writer = loop, report, writer
+        self.got = 0  # written so far (receive thread)
+        self.told = 0  # reported so far (loop)
+        self.posted = False  # a report is on its way to the loop
+        self.last = 0.0
+
+    def add(self, n: int) -> None:
+        """Receive thread: `n` more bytes are written."""
+        self.got += n
+        if self.posted:
+            return  # the report on its way reads `got` when it runs
+        now = time.monotonic()
+        if self.last and not self.writer.loop_waiting and now - self.last < TELL_SECONDS:
+            return
+        self._post(now)
+
+    def close(self) -> None:
+        """Receive thread, at the end (or on an error): whatever was not reported yet."""
+        if not self.posted and self.got != self.told:
+            self._post(time.monotonic())
+
+    def _post(self, now: float) -> None:
+        self.posted, self.last = True, now
+        self.loop.call_soon_threadsafe(self._tell)
+
+    def _tell(self) -> None:
+        self.posted = False  # before reading `got`: bytes added after this are posted again
+        n = self.got - self.told
+        self.told += n
+        if n:
+            self.report(n)
 
 
 class PeerSource:
@@ -192,9 +256,16 @@ class PeerSource:
                 return self._read_small(resp, job, node, loop, memoryview(pooled)[:whole])
             finally:
                 _give_back(pooled)
-        batch = memoryview(bytearray(max(1, min(RECEIVE_BATCH, remaining if remaining is not None
-                                                else RECEIVE_BATCH))))  # small blobs: small buffer
-        return self._read_batches(resp, job, node, offset, loop, end, batch, remaining)
+        if remaining is not None and remaining <= WHOLE_MAX:
+            batch = memoryview(bytearray(max(1, remaining)))  # small blobs: small buffer
+            return self._read_batches(resp, job, node, offset, loop, end, batch, remaining)
+        # a large body: page-aligned batches, written past the page cache (write_direct_blocking)
+        space = _take_aligned()
+        try:
+            return self._read_batches(resp, job, node, offset, loop, end, memoryview(space), remaining,
+                                      aligned=True)
+        finally:
+            _give_back_aligned(space)
 
     def _read_small(self, resp: PeerResponse, job: FetchJob, node: str,
                     loop: asyncio.AbstractEventLoop, batch: memoryview) -> int:
@@ -213,13 +284,24 @@ class PeerSource:
 
     def _read_batches(self, resp: PeerResponse, job: FetchJob, node: str, offset: int,
                       loop: asyncio.AbstractEventLoop, end: int | None, batch: memoryview,
-                      remaining: int | None) -> int:
+                      remaining: int | None, aligned: bool = False) -> int:
         """Socket reads into `batch`, written out (hashed) a batch at a time; `remaining`: the
-        body's bytes still to come (None: chunked or until close)."""
+        body's bytes still to come (None: chunked or until close). `aligned`: `batch` is a
+        page-aligned ALIGN_SPACE; each batch starts in it at its file offset modulo ALIGN."""
         writer = job.live_writer()
+        told = _Growth(loop, lambda n: self._received(job, writer, n), writer)
+        try:
+            return self._read_batches_into(resp, node, offset, end, batch, remaining, writer, told, aligned)
+        finally:
+            told.close()
+
+    def _read_batches_into(self, resp: PeerResponse, node: str, offset: int, end: int | None,
+                           space: memoryview, remaining: int | None, writer: BlobWriter,
+                           told: _Growth, aligned: bool) -> int:
         direct = remaining is not None and not resp.chunked and resp.fp is not None
-        limit = len(batch)
+        limit = RECEIVE_BATCH if aligned else len(space)
         pos, filled, last = offset, 0, time.monotonic()
+        batch = space[pos % ALIGN:pos % ALIGN + limit] if aligned else space
         while True:
             want = min(READ_SIZE, limit - filled, remaining if remaining is not None else READ_SIZE)
             if want <= 0 and remaining == 0:
@@ -242,10 +324,15 @@ class PeerSource:
                 if resp.limit is not None and pos + filled > resp.limit:
                     raise UpstreamError(f"peer {node[:8]} sent more of a blob of unknown size than this "
                                         f"node takes ({resp.limit})")
-                writer.write_at_blocking(pos, batch[:filled])
+                if aligned:
+                    writer.write_direct_blocking(pos, batch[:filled])
+                else:
+                    writer.write_at_blocking(pos, batch[:filled])
                 pos += filled
-                loop.call_soon_threadsafe(self._received, job, writer, filled)
+                told.add(filled)
                 filled, last = 0, time.monotonic()
+                if aligned:
+                    batch = space[pos % ALIGN:pos % ALIGN + limit]
             if not n:
                 break
         if direct and remaining == 0:

@@ -66,6 +66,8 @@ class BlobEntry:
     media_type: str = ""
     last_access: float = 0.0
     created: float = 0.0
+    #: written by direct I/O, past the page cache (read so too: serve.copy_range); not persisted
+    uncached: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"digest": self.digest, "size": self.size, "state": self.state,
@@ -270,6 +272,7 @@ class BlobStore(Retention, Restrictions):
                                 move_to=writer.seal_to or self.path_for(writer.digest))
             now = time.time()
             entry = BlobEntry(digest, writer.available, "complete", None, media_type, now, now)
+            entry.uncached = writer.direct
             # the file is in place and verified: the blob is stored from here on. Its row is
             # written behind, with the next rows (a crash before it leaves a verified file, which
             # the next start adopts after hashing it again)

@@ -15,6 +15,7 @@ import errno
 import logging
 import os
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 FLUSH_BYTES = 1 << 20
 #: a blob no larger, of known size, may be received whole into one buffer (`store_whole_blocking`)
 WHOLE_MAX = 2 << 20
+#: file offsets, lengths and buffer addresses of direct I/O (O_DIRECT) are multiples of this
+ALIGN = 4096
+O_DIRECT: int = getattr(os, "O_DIRECT", 0)  # 0: not Linux, no direct I/O
 
 
 class BlobWriter:
@@ -39,11 +43,20 @@ class BlobWriter:
         #: the temp file is created by the first write, on an I/O thread: creating a file can block
         #: (it cost n2 7% of its event loop fetching 200 .debs); readers wait for bytes before opening
         self._fd = -1
+        #: a second descriptor with O_DIRECT for a large receive's aligned batches (`write_direct`);
+        #: -1: not open yet, -2: the file system refused it (buffered writes only)
+        self._dfd = -1
+        #: bytes went to the file by direct I/O: not in the page cache, readers read it directly too
+        self.direct = False
         self._closed = False
         self._hasher = digest.hasher()
         self._hashed = 0  # bytes [0, hashed) are hashed
         self._pieces: dict[int, int] = {}  # offset -> end of written ranges beyond the prefix
         self._lock = threading.Lock()
+        #: signalled (under `_lock`) when the verified-in-order prefix grows or the writer closes:
+        #: a thread sending a growing blob waits on it instead of a hop through the event loop
+        self._grew = threading.Condition(self._lock)
+        self._loop_waiters = 0  # coroutines in wait_for_growth (read by receive threads)
         self._buf: list[bytes] = []
         self._buf_len = 0
         self._pos = 0  # next offset for sequential feed()
@@ -82,16 +95,38 @@ class BlobWriter:
     def failed(self) -> bool:
         return self.error is not None
 
+    @property
+    def loop_waiting(self) -> bool:
+        """A coroutine waits for this blob's growth: a receive thread tells the loop at once."""
+        return self._loop_waiters > 0
+
     async def wait_for_growth(self, beyond: int, timeout: float) -> None:
         """Wait until more than `beyond` bytes are available, the write ends, or timeout."""
-        while self._hashed <= beyond and not self.done.done():
-            event = self._grown
-            try:
-                await asyncio.wait_for(event.wait(), timeout)
-            except TimeoutError:
-                raise UpstreamError(f"blob {self.digest.short}: no progress for {timeout:.0f}s") from None
+        self._loop_waiters += 1  # before the check: a receive thread growing it after sees this
+        try:
+            while self._hashed <= beyond and not self.done.done():
+                event = self._grown
+                try:
+                    await asyncio.wait_for(event.wait(), timeout)
+                except TimeoutError:
+                    raise UpstreamError(f"blob {self.digest.short}: no progress for {timeout:.0f}s") from None
+        finally:
+            self._loop_waiters -= 1
         if self.error is not None and self._hashed <= beyond:
             raise UpstreamError(f"blob {self.digest.short}: download failed: {self.error}")
+
+    def wait_available_blocking(self, beyond: int, timeout: float) -> int:
+        """Thread side: the bytes available once more than `beyond` are, or once the writer
+        closed or `timeout` passed (then possibly no more than `beyond`: the caller goes back to
+        the loop, which tells a failed download from a slow one)."""
+        deadline = time.monotonic() + timeout
+        with self._grew:
+            while self._hashed <= beyond and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._grew.wait(left)
+            return self._hashed
 
     def _notify(self) -> None:
         event, self._grown = self._grown, asyncio.Event()
@@ -103,9 +138,12 @@ class BlobWriter:
     def _open_fd(self) -> int:
         """The temp file's descriptor, created on first use (-1 once the writer was closed)."""
         with self._lock:
-            if self._fd < 0 and not self._closed:
-                self._fd = os.open(self.tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-            return self._fd
+            return self._open_fd_locked()
+
+    def _open_fd_locked(self) -> int:
+        if self._fd < 0 and not self._closed:
+            self._fd = os.open(self.tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        return self._fd
 
     def _write_at_sync(self, offset: int, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -118,7 +156,11 @@ class BlobWriter:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StorageFull(f"disk full while writing {self.digest.short}") from None
             raise
-        end = offset + len(data)
+        self._grown_by(offset, len(view), view)
+
+    def _grown_by(self, offset: int, n: int, view: memoryview) -> None:
+        """Bytes [offset, offset + n), now in the file, are hashed (or kept as a piece)."""
+        end = offset + n
         with self._lock:
             if offset == self._hashed:
                 self._hasher.update(view)
@@ -126,6 +168,57 @@ class BlobWriter:
             else:
                 self._pieces[offset] = max(end, self._pieces.get(offset, 0))
             self._catch_up()
+            self._grew.notify_all()
+
+    def write_direct_blocking(self, offset: int, data: memoryview) -> None:
+        """As `write_at_blocking`, but the whole pages go to the disk by direct I/O, past the page
+        cache: on a VM whose free memory is handed back to its host (virtio-balloon free page
+        reporting), every fresh page-cache page cost a host fault, and writing a 256 MiB blob cost
+        its node 1-1.5 s of CPU instead of 0.03 s. `data` must sit in memory as it will in the file
+        (address = offset modulo ALIGN, e.g. a page-aligned buffer filled from offset % ALIGN);
+        the partial pages at either end are written buffered. Hashed as any write."""
+        head = min(len(data), -offset % ALIGN)
+        body = (len(data) - head) // ALIGN * ALIGN
+        dfd = self._open_direct() if body else -2
+        if dfd < 0:
+            self._write_at_sync(offset, data)
+            return
+        try:
+            if head:
+                self._pwrite(self._open_fd(), data[:head], offset)
+            self._pwrite(dfd, data[head:head + body], offset + head)
+            if head + body < len(data):
+                self._pwrite(self._open_fd(), data[head + body:], offset + head + body)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # EINVAL: not aligned after all; buffered below
+                raise
+            with self._lock:
+                self._dfd = -2
+            self._pwrite(self._open_fd(), data, offset)
+        self.direct = True
+        self._grown_by(offset, len(data), data)
+
+    def _open_direct(self) -> int:
+        with self._lock:
+            if self._dfd == -1 and not self._closed:
+                self._dfd = -2
+                self._open_fd_locked()
+                if O_DIRECT:
+                    try:
+                        self._dfd = os.open(self.tmp_path, os.O_WRONLY | O_DIRECT)
+                    except OSError:  # a file system without direct I/O (tmpfs before Linux 6.6)
+                        pass
+            return self._dfd if not self._closed else -2
+
+    def _pwrite(self, fd: int, view: memoryview, offset: int) -> None:
+        written = 0
+        try:
+            while written < len(view):
+                written += os.pwrite(fd, view[written:], offset + written)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull(f"disk full while writing {self.digest.short}") from None
+            raise
 
     def _catch_up(self) -> None:
         """Hash pieces that became contiguous, reading them back from the page cache."""
@@ -260,7 +353,14 @@ class BlobWriter:
                 self._fd = -1
                 self._closed = True
                 os.close(fd)
+                self._close_direct()
             self._synced = True
+
+    def _close_direct(self) -> None:
+        """Under `_lock`: the direct-I/O descriptor goes with the file's own."""
+        if self._dfd >= 0:
+            os.close(self._dfd)
+        self._dfd = -2
 
     def complete(self) -> None:
         if not self.done.done():
@@ -285,5 +385,7 @@ class BlobWriter:
         with self._lock:
             fd, self._fd = self._fd, -1
             self._closed = True
+            self._close_direct()
+            self._grew.notify_all()
         if fd >= 0:
             os.close(fd)
