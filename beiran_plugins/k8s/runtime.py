@@ -12,7 +12,9 @@ from beiran_plugins.k8s.proto import api_pb2 as pb
 from beiran_plugins.k8s.proto import api_pb2_grpc
 from beiran_plugins.k8s.status import from_runtime
 
-RECONNECT_WAIT = 2.0
+# Longer than the channel's longest backoff (1 s, +20% jitter) with room for a loaded machine: a
+# runtime that is back must be found within one call (kubelet's own CRI deadline is 2 minutes).
+RECONNECT_WAIT = 5.0
 
 
 class RuntimeClient:
@@ -25,7 +27,7 @@ class RuntimeClient:
         self.channel = grpc.aio.insecure_channel(target, options=[
             ("grpc.max_receive_message_length", 64 << 20),
             ("grpc.initial_reconnect_backoff_ms", 200),
-            ("grpc.max_reconnect_backoff_ms", 2000),
+            ("grpc.max_reconnect_backoff_ms", 1000),
         ])
         self.stub = api_pb2_grpc.ImageServiceStub(self.channel)
 
