@@ -57,12 +57,26 @@ async def scenario(node: Daemon, base: str) -> tuple[bool, bool, str]:
                 ["d", refuter.id, MAX_INC_JUMP, me]]
         attacker.sendto(signed(["g", lies], me), (node.ip, node.port))
         # each member hears the lie about itself within a few gossip rounds and refutes it; the
-        # daemon must believe the refutation
-        await asyncio.sleep(12)
-        ids = await loop.run_in_executor(None, live_ids, node)
-        listed = await loop.run_in_executor(None, node.api, "GET", "/nodes?all=true")
-        where = next((n for n in listed["nodes"] if n["uuid"] == hijacked.id), {})
+        # daemon must believe the refutation. Once the refuter has outbid its lie (heard from the
+        # daemon, so the daemon took all three), the other two get as long again to come right.
+        async def state() -> tuple[set[str], dict]:
+            ids = await loop.run_in_executor(None, live_ids, node)
+            listed = await loop.run_in_executor(None, node.api, "GET", "/nodes?all=true")
+            return ids, next((n for n in listed["nodes"] if n["uuid"] == hijacked.id), {})
+
+        end = loop.time() + 20
+        while True:
+            ids, where = await state()
+            if refuter.id in ids and refuter.membership.inc > MAX_INC_JUMP or loop.time() > end:
+                break
+            await asyncio.sleep(0.3)
         assert refuter.id in ids and refuter.membership.inc > MAX_INC_JUMP, "a lie the member could refute stuck"
+        end = loop.time() + 10
+        while not (victim.id in ids and hijacked.id in ids and f"{base}.201" not in json.dumps(where)):
+            if loop.time() > end:
+                break
+            await asyncio.sleep(0.3)
+            ids, where = await state()
         return victim.id in ids, hijacked.id in ids, json.dumps(where)
     finally:
         attacker.close()
