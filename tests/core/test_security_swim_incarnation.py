@@ -67,7 +67,7 @@ async def scenario(node: Daemon, base: str) -> tuple[bool, bool, str]:
         end = loop.time() + 20
         while True:
             ids, where = await state()
-            if refuter.id in ids and refuter.membership.inc > MAX_INC_JUMP or loop.time() > end:
+            if (refuter.id in ids and refuter.membership.inc > MAX_INC_JUMP) or loop.time() > end:
                 break
             await asyncio.sleep(0.3)
         assert refuter.id in ids and refuter.membership.inc > MAX_INC_JUMP, "a lie the member could refute stuck"
