@@ -223,6 +223,12 @@ def _install(session: nox.Session, plugins: list[str]) -> None:
     # instead of 0.25 s, and tests(core) starts ~190 daemons. pip compiles by default; uv needs this.
     session.install(*(str(_find_wheel(d)) for d in ["core", *plugins]), *TEST_TOOLS, *extra,
                     env={"UV_COMPILE_BYTECODE": "1"})
+    # `-R` (reuse the venv, --no-install) skips session.install: the beiran wheels are put in
+    # again by hand, else a reused venv's tests and benches run the code of its first install
+    _uv(session)
+    session.run("uv", "pip", "install", "--python", str(Path(session.bin) / "python"), "--no-deps", "--reinstall",
+                *(str(_find_wheel(d)) for d in ["core", *plugins]), env={"UV_COMPILE_BYTECODE": "1"},
+                silent=True)
 
 
 def _run_tests(session: nox.Session, dist: str) -> None:
