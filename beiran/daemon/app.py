@@ -66,9 +66,20 @@ class PlainHTTPServer(GuardedHTTPServer):
     """
 
     def handle_stream(self, stream: Any, address: Any) -> None:
-        spawn(self._sniff(stream, address), "TLS sniffing a new connection")
+        # most clients send their request with the connection: then it is routed now, with no
+        # event-loop pass (a task, a reader) before the answer starts
+        try:
+            first = stream.socket.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            spawn(self._sniff(stream, address), "TLS sniffing a new connection")
+            return
+        except OSError:
+            stream.close()
+            return
+        self._route(stream, address, first)
 
     async def _sniff(self, stream: Any, address: Any) -> None:
+        """Waits (at most 2 s) for the first byte of a connection that sent nothing yet."""
         loop = asyncio.get_running_loop()
         sock = stream.socket
         fd = sock.fileno()
@@ -87,6 +98,9 @@ class PlainHTTPServer(GuardedHTTPServer):
         except OSError:
             stream.close()
             return
+        self._route(stream, address, first)
+
+    def _route(self, stream: Any, address: Any, first: bytes) -> None:
         if first == b"\x16":  # TLS handshake record
             stream.close()
             return
