@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import http.client
 import logging
-import mmap
 import select
 import time
 from collections import deque
@@ -17,6 +16,7 @@ from beiran.errors import BeiranError, PeerBusy, PeerLacksBlob, UpstreamError, V
 from beiran.fetch.pace import Pace, paced, unverified_limit
 from beiran.fetch.peer_pool import PeerConnectionPool
 from beiran.fetch.peer_response import PeerResponse
+from beiran.fetch.recv_buffers import RECEIVE_BATCH, give_back, give_back_aligned, take_aligned, take_buffer
 from beiran.httpstream import stream_request
 from beiran.store.writer import ALIGN, WHOLE_MAX
 from beiran.wire_numbers import ascii_digits
@@ -28,8 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("beiran.fetch")
 PIECE_FLUSH = 1 << 20
-#: bytes hashed and written in one go (and reported to readers and progress)
-RECEIVE_BATCH = 1 << 20
 #: one socket read at most (a read returns what has arrived: a slow peer's bytes are seen as they come)
 READ_SIZE = 1 << 20
 #: ...and a batch that is not full is still written out after this long
@@ -38,43 +36,6 @@ FLUSH_SECONDS = 0.05
 TELL_SECONDS = 0.1
 #: a small blob is received whole (in memory, then stored in one go) unless it takes longer than this
 WHOLE_WAIT = 0.5
-#: buffers for small blobs, reused: a fresh one per blob (their sizes differ, so glibc maps each
-#: anew) is memory the kernel must zero and fault in, which on a VM that hands free pages back to
-#: its host costs a host fault per page; a reused one is resident already
-_buffers: list[bytearray] = []
-#: as many as small receives run at once in practice (apt keeps 10 requests in flight, each
-#: prefetched): with 8 kept, every burst allocated (and faulted in) a few fresh 2 MiB buffers
-BUFFERS_KEPT = 16
-
-
-#: page-aligned receive buffers for large bodies (mmap'd: a bytearray has no alignment), reused
-_aligned: list[mmap.mmap] = []
-ALIGN_SPACE = RECEIVE_BATCH + ALIGN
-
-
-def _take_aligned() -> mmap.mmap:
-    try:
-        return _aligned.pop()
-    except IndexError:
-        return mmap.mmap(-1, ALIGN_SPACE)
-
-
-def _give_back_aligned(space: mmap.mmap) -> None:
-    if len(_aligned) < BUFFERS_KEPT:
-        _aligned.append(space)
-
-
-def _take_buffer() -> bytearray:
-    try:
-        return _buffers.pop()
-    except IndexError:
-        return bytearray(WHOLE_MAX)
-
-
-def _give_back(buf: bytearray) -> None:
-    if len(_buffers) < BUFFERS_KEPT:
-        _buffers.append(buf)
-
 
 class _Growth:
     """Tells the event loop of a receive's written batches, from the receive thread: the first at
@@ -251,21 +212,21 @@ class PeerSource:
         whole = (remaining if direct and end is None and offset == 0 and writer.size == remaining
                  and writer.fresh and remaining and remaining <= WHOLE_MAX else 0)
         if whole:
-            pooled = _take_buffer()
+            pooled = take_buffer(whole)
             try:
                 return self._read_small(resp, job, node, loop, memoryview(pooled)[:whole])
             finally:
-                _give_back(pooled)
+                give_back(pooled)
         if remaining is not None and remaining <= WHOLE_MAX:
             batch = memoryview(bytearray(max(1, remaining)))  # small blobs: small buffer
             return self._read_batches(resp, job, node, offset, loop, end, batch, remaining)
         # a large body: page-aligned batches, written past the page cache (write_direct_blocking)
-        space = _take_aligned()
+        space = take_aligned()
         try:
             return self._read_batches(resp, job, node, offset, loop, end, memoryview(space), remaining,
                                       aligned=True)
         finally:
-            _give_back_aligned(space)
+            give_back_aligned(space)
 
     def _read_small(self, resp: PeerResponse, job: FetchJob, node: str,
                     loop: asyncio.AbstractEventLoop, batch: memoryview) -> int:
