@@ -11,7 +11,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -103,7 +103,8 @@ class BlobStore(Retention, Restrictions):
 
     # -- start-up ------------------------------------------------------------------------------
     async def open(self) -> None:
-        await self.ctx.run_blocking(self._make_dirs)
+        for alg in ("sha256", "sha512"):
+            (self.root / alg).mkdir(parents=True, exist_ok=True)
         if self.tmp_dir.exists():
             shutil.rmtree(self.tmp_dir, ignore_errors=True)  # leftovers of a crash
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -117,19 +118,6 @@ class BlobStore(Retention, Restrictions):
         await self.load_restrictions()
         await self.reconcile()
         self._bg = asyncio.ensure_future(self._persist_access_loop())
-
-    def _make_dirs(self) -> None:
-        """Every two-hex subdirectory up front (~1-2 ms once): a new node's first blob of each prefix
-        would otherwise fail its rename and make the directory then (py-spy: a sixth of a new
-        node's samples in npm_install). Sealing still makes a directory someone removed."""
-        for alg in ("sha256", "sha512"):
-            base = self.root / alg
-            base.mkdir(parents=True, exist_ok=True)
-            have = set(os.listdir(base))  # a store opened before has them all: no mkdir at all
-            for name in (f"{i:02x}" for i in range(256)):
-                if name not in have:
-                    with suppress(FileExistsError):
-                        os.mkdir(base / name)
 
     async def reconcile(self) -> dict[str, int]:
         """Make index and files agree: drop rows without files, verify and index unknown files."""
