@@ -223,12 +223,28 @@ def _install(session: nox.Session, plugins: list[str]) -> None:
     # instead of 0.25 s, and tests(core) starts ~190 daemons. pip compiles by default; uv needs this.
     session.install(*(str(_find_wheel(d)) for d in ["core", *plugins]), *TEST_TOOLS, *extra,
                     env={"UV_COMPILE_BYTECODE": "1"})
-    # `-R` (reuse the venv, --no-install) skips session.install: the beiran wheels are put in
-    # again by hand, else a reused venv's tests and benches run the code of its first install
+    _sync_wheels(session, ["core", *plugins])
+
+
+def _sync_wheels(session: nox.Session, dists: list[str]) -> None:
+    """Reinstall each of these wheels the venv does not have as built now. `-R` (nox's
+    --no-install) skips `session.install`, and a reused venv takes a rebuilt wheel of the same
+    version as installed already: either way tests and benches ran the code of the venv's first
+    install (a bench comparing a change against main compared main with main). A stamp file in
+    the venv names the wheels (file and build time) it last got; `uv pip install` through
+    `session.run` runs under -R too."""
+    stamp = Path(session.virtualenv.location) / "beiran-wheels.txt"
+    had = stamp.read_text().split() if stamp.is_file() else []
+    wheels = [w for d in dists if (w := _find_wheel(d)) is not None]
+    now = [f"{w.name}@{w.stat().st_mtime_ns}" for w in wheels]
+    changed = [str(w) for w, tag in zip(wheels, now, strict=True) if tag not in had]
+    if not changed:
+        return
     _uv(session)
-    session.run("uv", "pip", "install", "--python", str(Path(session.bin) / "python"), "--no-deps", "--reinstall",
-                *(str(_find_wheel(d)) for d in ["core", *plugins]), env={"UV_COMPILE_BYTECODE": "1"},
-                silent=True)
+    session.run("uv", "pip", "install", "--python", str(Path(session.bin) / "python"), "--reinstall",
+                "--no-deps", "--quiet", *changed, env={"UV_COMPILE_BYTECODE": "1"}, silent=True)
+    kept = [t for t in had if t.split("@", 1)[0] not in {Path(c).name for c in changed}]
+    stamp.write_text("\n".join(sorted({*kept, *now})) + "\n")
 
 
 def _run_tests(session: nox.Session, dist: str) -> None:
