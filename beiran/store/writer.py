@@ -11,12 +11,13 @@ blob, where there were one per batch plus one more for the seal.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -147,15 +148,8 @@ class BlobWriter:
 
     def _write_at_sync(self, offset: int, data: bytes | memoryview) -> None:
         view = memoryview(data)
-        written = 0
-        try:
-            fd = self._open_fd()
-            while written < len(view):
-                written += os.pwrite(fd, view[written:], offset + written)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StorageFull(f"disk full while writing {self.digest.short}") from None
-            raise
+        with self._disk_errors():  # creating the file can find the disk full too
+            self._pwrite(self._open_fd(), view, offset)
         self._grown_by(offset, len(view), view)
 
     def _grown_by(self, offset: int, n: int, view: memoryview) -> None:
@@ -212,9 +206,15 @@ class BlobWriter:
 
     def _pwrite(self, fd: int, view: memoryview, offset: int) -> None:
         written = 0
-        try:
+        with self._disk_errors():
             while written < len(view):
                 written += os.pwrite(fd, view[written:], offset + written)
+
+    @contextlib.contextmanager
+    def _disk_errors(self) -> Iterator[None]:
+        """A full disk or quota is the typed StorageFull (507), not an OSError."""
+        try:
+            yield
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StorageFull(f"disk full while writing {self.digest.short}") from None

@@ -11,7 +11,6 @@ import mmap
 import shutil
 import tempfile
 
-from tornado.httpclient import HTTPRequest
 from tornado.simple_httpclient import HTTPStreamClosedError
 from tornado.testing import AsyncHTTPTestCase, gen_test
 from tornado.web import Application
@@ -20,7 +19,7 @@ from beiran.access import Access
 from beiran.handlers import BaseHandler
 from beiran.serve import serve_blob
 from beiran.store.writer import ALIGN
-from beiran_testkit.instore import store_context
+from beiran_testkit.instore import StreamingClient, store_context
 
 SIZE = 5 * (1 << 20) + 12345  # several batches, an unaligned end
 
@@ -40,7 +39,7 @@ class Handler(BaseHandler):
         await serve_blob(self, digest, fetch=False, hold=int(self.get_query_argument("hold", "1")))
 
 
-class DirectReceiveTest(AsyncHTTPTestCase):
+class DirectReceiveTest(StreamingClient, AsyncHTTPTestCase):
     def get_app(self) -> Application:
         self._tmp = tempfile.mkdtemp(prefix="beiran-direct-", dir="/var/tmp")  # a disk, not tmpfs
         self.ctx, self.store = store_context(self.io_loop, self._tmp, fsync=False)
@@ -66,17 +65,7 @@ class DirectReceiveTest(AsyncHTTPTestCase):
             pos += n
         view.release()
 
-    def streaming(self, path: str):
-        got = bytearray()
-        req = HTTPRequest(self.get_url(path), streaming_callback=got.extend, request_timeout=20)
-        return asyncio.ensure_future(self.http_client.fetch(req, raise_error=False)), got
 
-    async def until(self, predicate, what: str) -> None:
-        for _ in range(2000):
-            if predicate():
-                return
-            await asyncio.sleep(0.005)
-        raise AssertionError(f"timed out waiting for {what}")
 
     @gen_test(timeout=30)
     async def test_unaligned_batches_are_stored_exactly_and_served_while_growing(self):

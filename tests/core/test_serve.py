@@ -12,7 +12,6 @@ import socket
 import tempfile
 import time
 
-from tornado.httpclient import HTTPRequest
 from tornado.simple_httpclient import HTTPStreamClosedError
 from tornado.testing import AsyncHTTPTestCase, gen_test
 from tornado.web import Application
@@ -21,7 +20,7 @@ from beiran.access import Access
 from beiran.errors import UpstreamError
 from beiran.handlers import BaseHandler
 from beiran.serve import SENDFILE_MIN, serve_blob
-from beiran_testkit.instore import store_context
+from beiran_testkit.instore import StreamingClient, store_context
 
 SMALL = 100_000  # served through Tornado
 LARGE = 3 * SENDFILE_MIN  # served with sendfile
@@ -51,7 +50,7 @@ class ServeHandler(BaseHandler):
                          to_peer=q("peer", "") == "1")
 
 
-class ServeTest(AsyncHTTPTestCase):
+class ServeTest(StreamingClient, AsyncHTTPTestCase):
     def get_app(self) -> Application:
         tmp = self._tmp = tempfile.mkdtemp(prefix="beiran-serve-")
         ctx, store = store_context(self.io_loop, tmp, fsync=False)
@@ -71,10 +70,6 @@ class ServeTest(AsyncHTTPTestCase):
     async def get(self, path: str, **headers: str):
         return await self.http_client.fetch(self.get_url(path), headers=headers, raise_error=False)
 
-    def streaming(self, path: str) -> tuple[asyncio.Future, bytearray]:
-        got = bytearray()
-        req = HTTPRequest(self.get_url(path), streaming_callback=got.extend, request_timeout=20)
-        return asyncio.ensure_future(self.http_client.fetch(req, raise_error=False)), got
 
     async def outcome(self, fut: asyncio.Future) -> int | str:
         """The response's status, or "cut" when the connection closed mid-body."""
@@ -83,12 +78,6 @@ class ServeTest(AsyncHTTPTestCase):
         except HTTPStreamClosedError:
             return "cut"
 
-    async def until(self, predicate, what: str) -> None:
-        for _ in range(2000):
-            if predicate():
-                return
-            await asyncio.sleep(0.005)
-        raise AssertionError(f"timed out waiting for {what}")
 
     # -- complete blobs ------------------------------------------------------------------------
     @gen_test(timeout=20)

@@ -9,25 +9,14 @@ import asyncio
 import hashlib
 import types
 
-from beiran.config import load_config
-from beiran.context import DaemonContext
-from beiran.events import EventBus
-from beiran.models import CORE_MODELS
-from beiran.models.base import create_and_migrate, open_database
 from beiran.store import dbbatch
-from beiran.store.blobstore import BlobStore
 from beiran_plugins.apt.archive import Archive, Blob
 from beiran_plugins.apt.models import MODELS, AptDeb
+from beiran_testkit.instore import open_context
 
 
 async def make_archive(tmp_path) -> Archive:
-    cfg = load_config(environ={}, overrides={"data_dir": str(tmp_path)})
-    cfg.store.fsync = False
-    ctx = DaemonContext(config=cfg, bus=EventBus())
-    open_database(tmp_path / "db.sqlite")
-    await ctx.run_db(create_and_migrate, [*CORE_MODELS, *MODELS])
-    ctx.store = BlobStore(ctx, tmp_path / "blobs")
-    await ctx.store.open()
+    ctx = await open_context(tmp_path, MODELS)
     return Archive(types.SimpleNamespace(ctx=ctx, root=tmp_path / "apt"))  # type: ignore[arg-type]
 
 

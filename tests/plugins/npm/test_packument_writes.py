@@ -13,28 +13,17 @@ import json
 
 import pytest
 
-from beiran.config import load_config
-from beiran.context import DaemonContext
 from beiran.errors import UpstreamError
-from beiran.events import EventBus
-from beiran.models import CORE_MODELS
-from beiran.models.base import create_and_migrate, open_database
-from beiran.store.blobstore import BlobStore
 from beiran_plugins.npm.models import MODELS, NpmPackument
 from beiran_plugins.npm.packuments import PackumentCache
 from beiran_plugins.npm.upstream import Upstream
+from beiran_testkit.instore import open_context
 
 NAMES = [f"beiran-test-p{i:02d}" for i in range(21, 24)]
 
 
 async def make_cache(tmp_path, upstream_url: str) -> PackumentCache:
-    cfg = load_config(environ={}, overrides={"data_dir": str(tmp_path)})
-    cfg.store.fsync = False
-    ctx = DaemonContext(config=cfg, bus=EventBus())
-    open_database(tmp_path / "db.sqlite")
-    await ctx.run_db(create_and_migrate, [*CORE_MODELS, *MODELS])
-    ctx.store = BlobStore(ctx, tmp_path / "blobs")
-    await ctx.store.open()
+    ctx = await open_context(tmp_path, MODELS)
     cache = PackumentCache(ctx, Upstream(upstream_url, timeout=10), tmp_path / "packuments", ttl=0, share=False)
     await cache.load()
     return cache
