@@ -65,8 +65,6 @@ class DirectReceiveTest(StreamingClient, AsyncHTTPTestCase):
             pos += n
         view.release()
 
-
-
     @gen_test(timeout=30)
     async def test_unaligned_batches_are_stored_exactly_and_served_while_growing(self):
         data = blob(SIZE, 1)

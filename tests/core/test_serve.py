@@ -70,7 +70,6 @@ class ServeTest(StreamingClient, AsyncHTTPTestCase):
     async def get(self, path: str, **headers: str):
         return await self.http_client.fetch(self.get_url(path), headers=headers, raise_error=False)
 
-
     async def outcome(self, fut: asyncio.Future) -> int | str:
         """The response's status, or "cut" when the connection closed mid-body."""
         try:
@@ -237,7 +236,6 @@ class ServeTest(StreamingClient, AsyncHTTPTestCase):
             await self.store.remove(d)  # not held by a dead request
             r = await self.get("/b/" + d)
             assert r.code == 404
-
 
     @gen_test(timeout=30)
     async def test_large_bodies_leave_over_one_kept_alive_connection(self):
